@@ -1,0 +1,3 @@
+from stream_learner.cli import run
+
+run()

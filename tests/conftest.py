@@ -1,0 +1,80 @@
+"""Shared fixtures: a live Kafka broker for the session and unique topics per test.
+
+The broker is the one named by ``STREAM_LEARNER_BOOTSTRAP`` when set, else the
+project's own local broker, started here if it is not running (and stopped at
+the end of the session only if this session started it). No mocks of Kafka.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import uuid
+from collections.abc import Callable, Iterator
+
+import pytest
+
+
+@pytest.fixture(scope="session")
+def bootstrap() -> Iterator[str]:
+    from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable
+
+    external = os.environ.get(BOOTSTRAP_ENV)
+    if external:
+        check_reachable(external, timeout=15)
+        yield external
+        return
+    from stream_learner.kafka.local import LocalBroker
+
+    broker = LocalBroker()
+    status, started = broker.up(timeout=120)
+    try:
+        yield status.bootstrap
+    finally:
+        if started:
+            broker.down()
+
+
+@pytest.fixture
+def admin(bootstrap: str):
+    from confluent_kafka.admin import AdminClient
+
+    from stream_learner.kafka.client import client_config
+
+    return AdminClient(client_config(bootstrap))
+
+
+@pytest.fixture
+def unique_name(request: pytest.FixtureRequest) -> Callable[[str], str]:
+    """Names unique to this test run: ``unique_name("events")`` → ``t-<test>-<hex>-events``."""
+    stem = request.node.name.replace("[", "-").replace("]", "")[:40]
+    token = uuid.uuid4().hex[:8]
+
+    def make(suffix: str = "") -> str:
+        return f"t-{stem}-{token}-{suffix}".rstrip("-")
+
+    return make
+
+
+@pytest.fixture
+def topic_factory(admin, unique_name) -> Iterator[Callable[..., str]]:
+    """Create a fresh topic for this test; all are deleted afterwards."""
+    from confluent_kafka.admin import NewTopic
+
+    created: list[str] = []
+
+    def make(suffix: str = "topic", partitions: int = 1, config: dict | None = None) -> str:
+        name = unique_name(suffix)
+        futures = admin.create_topics(
+            [NewTopic(name, num_partitions=partitions, replication_factor=1, config=config or {})]
+        )
+        futures[name].result(timeout=30)
+        created.append(name)
+        return name
+
+    yield make
+    if created:
+        for future in admin.delete_topics(created, operation_timeout=30).values():
+            # Best-effort cleanup: a failed delete must not mask the test's own result.
+            with contextlib.suppress(Exception):
+                future.result(timeout=30)
