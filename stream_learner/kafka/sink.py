@@ -1,0 +1,96 @@
+"""Producing the service's outputs (predictions, dead letters, control commands).
+
+One idempotent producer per process. Messages are never given up on
+(``message.timeout.ms=0``: librdkafka retries until the broker is back), so a
+broker restart delays outputs but loses none; the service commits input offsets
+only after :meth:`KafkaSink.flush` reports everything delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from confluent_kafka import Producer
+
+from stream_learner.errors import BrokerError
+from stream_learner.kafka.client import client_config
+
+log = logging.getLogger(__name__)
+
+Headers = Sequence[tuple[str, bytes | str]]
+
+# Java clients hash keys with murmur2; so do we, so a key lands on the same
+# partition whichever client produced it (events, labels and control commands
+# of one model key must meet on one partition number).
+_PRODUCER_DEFAULTS = {
+    "partitioner": "murmur2_random",
+    "enable.idempotence": True,
+    "acks": "all",
+    "linger.ms": 5,
+    "compression.type": "lz4",
+    "message.timeout.ms": 0,
+}
+
+
+class KafkaSink:
+    """A thin producer: ``produce`` buffers, ``flush`` waits for every delivery."""
+
+    def __init__(self, bootstrap: str, extra: Mapping[str, Any] | None = None) -> None:
+        self._conf = client_config(bootstrap, {**_PRODUCER_DEFAULTS, **(extra or {})})
+        self._producer = None
+        self._failures: list[str] = []
+        self.delivered = 0
+
+    @property
+    def producer(self):
+        if self._producer is None:  # lazily: no network in __init__
+            self._producer = Producer(self._conf)
+        return self._producer
+
+    def _on_delivery(self, err, msg) -> None:
+        if err is not None:
+            self._failures.append(f"{msg.topic()}: {err.str()}")
+        else:
+            self.delivered += 1
+
+    def produce(
+        self,
+        topic: str,
+        value: bytes | None,
+        *,
+        key: bytes | str | None = None,
+        headers: Headers | None = None,
+        partition: int | None = None,
+    ) -> None:
+        kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": self._on_delivery}
+        if partition is not None:
+            kwargs["partition"] = partition
+        while True:
+            try:
+                self.producer.produce(topic, value, **kwargs)
+                break
+            except BufferError:
+                # Local queue full: serve delivery reports until there is room.
+                self.producer.poll(0.1)
+        self.producer.poll(0)
+
+    def flush(self, timeout: float = 10.0) -> int:
+        """Wait up to ``timeout`` for deliveries; return how many are still in flight.
+
+        A permanent delivery failure raises ``BrokerError``: the caller must not
+        commit input offsets past outputs that were lost.
+        """
+        if self._producer is None:
+            return 0
+        remaining = self._producer.flush(timeout)
+        if self._failures:
+            failures, self._failures = self._failures, []
+            raise BrokerError(f"{len(failures)} output message(s) failed: {failures[0]}")
+        return remaining
+
+    def close(self, timeout: float = 10.0) -> int:
+        remaining = self.flush(timeout)
+        self._producer = None
+        return remaining

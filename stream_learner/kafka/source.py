@@ -1,0 +1,175 @@
+"""Consuming the service's inputs in batches from one consumer group.
+
+The group subscribes to the events, labels and control topics. They share one
+partition count and are assigned with the ``range`` strategy, so partition *p*
+of each lands on the same instance: a model key's events, delayed labels and
+commands meet in one process, which is that key's single writer.
+
+Offsets are never auto-committed: the service commits, per partition, the
+position after the last message whose outputs were delivered.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+from stream_learner.errors import BrokerError
+from stream_learner.kafka.client import client_config
+
+log = logging.getLogger(__name__)
+
+TopicPartition = tuple[str, int]
+
+_CONSUMER_DEFAULTS = {
+    "enable.auto.commit": False,
+    "enable.auto.offset.store": False,
+    "auto.offset.reset": "earliest",
+    "partition.assignment.strategy": "range",
+    "statistics.interval.ms": 2000,
+    "fetch.wait.max.ms": 50,
+    "queued.max.messages.kbytes": 65536,
+    "session.timeout.ms": 30000,
+    "max.poll.interval.ms": 300000,
+}
+
+
+@dataclass(frozen=True, slots=True)
+class Record:
+    """One consumed message, reduced to what the service needs."""
+
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+    headers: tuple[tuple[str, bytes], ...] = ()
+
+
+class KafkaSource:
+    """A group consumer with explicit commits and per-partition lag from statistics.
+
+    ``on_assign(partitions)`` runs before the first message of newly assigned
+    partitions; ``on_revoke(partitions)`` runs before they are taken away, so the
+    service can flush and commit (and later hand state off) in time.
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        group_id: str,
+        topics: Sequence[str],
+        *,
+        extra: Mapping[str, Any] | None = None,
+        on_assign: Callable[[list[TopicPartition]], None] | None = None,
+        on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+    ) -> None:
+        conf = {**_CONSUMER_DEFAULTS, "group.id": group_id, **(extra or {})}
+        self._conf = client_config(bootstrap, conf)
+        self._conf["stats_cb"] = self._on_stats
+        self._conf["error_cb"] = self._on_error
+        self._topics = list(topics)
+        self._on_assign = on_assign
+        self._on_revoke = on_revoke
+        self._consumer = None
+        self.lag: dict[TopicPartition, int] = {}
+        self.assignment: set[TopicPartition] = set()
+        self.fatal: str | None = None
+
+    # -- lifecycle ------------------------------------------------------------
+    def start(self) -> None:
+        self._consumer = Consumer(self._conf)
+        self._consumer.subscribe(
+            self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+        )
+
+    def close(self) -> None:
+        if self._consumer is not None:
+            self._consumer.close()  # triggers on_revoke for what is still assigned
+            self._consumer = None
+
+    # -- callbacks (run inside poll/consume/close) --------------------------
+    def _assigned(self, consumer, partitions) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        self.assignment.update(tps)
+        if self._on_assign:
+            self._on_assign(tps)
+
+    def _revoked(self, consumer, partitions) -> None:
+        tps = [(p.topic, p.partition) for p in partitions]
+        if self._on_revoke:
+            self._on_revoke(tps)
+        self.assignment.difference_update(tps)
+        for tp in tps:
+            self.lag.pop(tp, None)
+
+    def _on_stats(self, raw: str) -> None:
+        stats = orjson.loads(raw)
+        for topic, tstats in stats.get("topics", {}).items():
+            for pid, pstats in tstats.get("partitions", {}).items():
+                tp = (topic, int(pid))
+                if tp in self.assignment and pstats.get("consumer_lag", -1) >= 0:
+                    self.lag[tp] = pstats["consumer_lag"]
+
+    def _on_error(self, err) -> None:
+        if err.fatal():
+            self.fatal = err.str()
+        log.warning("kafka client error: %s", err.str())
+
+    # -- data -----------------------------------------------------------------
+    def poll(self, max_messages: int, timeout: float) -> list[Record]:
+        if self._consumer is None:
+            raise BrokerError("KafkaSource.poll() before start()")
+        messages = self._consumer.consume(num_messages=max_messages, timeout=timeout)
+        if self.fatal:
+            raise BrokerError(f"fatal Kafka consumer error: {self.fatal}")
+        records = []
+        for msg in messages:
+            err = msg.error()
+            if err is not None:
+                if err.fatal():
+                    raise BrokerError(f"fatal Kafka consumer error: {err.str()}", code=err.name())
+                log.warning("consume error on %s[%s]: %s", msg.topic(), msg.partition(), err.str())
+                continue
+            ts_type, ts = msg.timestamp()
+            records.append(
+                Record(
+                    msg.topic(),
+                    msg.partition(),
+                    msg.offset(),
+                    msg.key(),
+                    msg.value(),
+                    ts if ts_type else None,
+                    tuple(msg.headers() or ()),
+                )
+            )
+        return records
+
+    def commit(self, positions: Mapping[TopicPartition, int]) -> None:
+        """Commit ``positions`` (next offset to read) synchronously."""
+        if not positions or self._consumer is None:
+            return
+        offsets = [KafkaTopicPartition(t, p, off) for (t, p), off in positions.items()]
+        try:
+            self._consumer.commit(offsets=offsets, asynchronous=False)
+        except KafkaException as exc:
+            err = exc.args[0]
+            raise BrokerError(
+                f"offset commit failed: {err.str()}", code=err.name(), description=err.str()
+            ) from None
+
+    def seek(self, topic: str, partition: int, offset: int) -> None:
+        self._consumer.seek(KafkaTopicPartition(topic, partition, offset))
+
+    def committed(self, tps: Sequence[TopicPartition], timeout: float = 10.0) -> dict:
+        result = self._consumer.committed(
+            [KafkaTopicPartition(t, p) for t, p in tps], timeout=timeout
+        )
+        return {(tp.topic, tp.partition): tp.offset for tp in result}

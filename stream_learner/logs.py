@@ -1,0 +1,207 @@
+"""Structured logs: one JSON line per event of interest, with secrets masked on the way out.
+
+A line looks like::
+
+    {"ts":"2024-05-01T12:00:00.123Z","level":"INFO","logger":"stream_learner.service",
+     "event":"retrain_finished","key":"fraud","outcome":"promoted","duration_s":1.7}
+
+(one line in reality). Decisions worth knowing:
+
+- :func:`log_event` passes its fields as one ``extra`` entry, so a field may be named like a
+  ``LogRecord`` attribute (``name``, ``module``, ``process``) without ``logging`` refusing it;
+  plain ``logger.info(..., extra={...})`` fields come out as top-level keys too.
+- ``ts``, ``level``, ``logger``, ``event`` and ``exc`` belong to the line; a field with one of
+  those names comes out with a trailing underscore (``ts_``) instead of overwriting them.
+- A value JSON cannot hold is written as its ``str()``; logging never raises.
+- **Secrets never reach the output.** Redaction runs in the formatter, on every field, inside
+  nested mappings (a librdkafka config passed as a field) and on mapping arguments of the
+  message. A *name* is secret when it ends in ``password``, ``passwd``, ``passphrase``,
+  ``secret``, ``token`` or ``credentials``, names an API/private/access/secret key, or is a
+  setting whose value embeds a credential (``ssl.key.pem``, ``sasl.oauthbearer.config``,
+  ``sasl.jaas.config``). A bare ``key``
+  is a model key and stays visible, as does ``ssl.key.location`` (a path).
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import sys
+from collections.abc import Mapping
+from datetime import UTC, datetime
+from typing import IO, Any
+
+import orjson
+
+from stream_learner.errors import ConfigError
+
+__all__ = [
+    "MASK",
+    "JsonFormatter",
+    "configure_logging",
+    "is_secret_name",
+    "log_event",
+    "redact_config",
+]
+
+MASK = "***"
+
+# Settings whose value is itself a credential although the name does not say so: an inline
+# private key, and free-form strings that may embed a client secret.
+_SECRET_SETTINGS = frozenset({"ssl.key.pem", "sasl.oauthbearer.config", "sasl.jaas.config"})
+_SECRET_NAME = re.compile(
+    r"(password|passwd|passphrase|secret|token|credentials?|(api|private|access|secret)[._-]?key)$",
+    re.IGNORECASE,
+)
+
+_FIELDS_ATTR = "sl_fields"
+_LINE_KEYS = frozenset({"ts", "level", "logger", "event", "exc"})
+_RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__) | {
+    "message",
+    "asctime",
+    "taskName",
+    "event",
+    _FIELDS_ATTR,
+}
+_DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
+_HANDLER_NAME = "stream_learner"
+
+
+def is_secret_name(name: object) -> bool:
+    """Whether a field or config key named ``name`` holds a credential."""
+    text = str(name).lower()
+    return text in _SECRET_SETTINGS or _SECRET_NAME.search(text) is not None
+
+
+def _redact(value: Any) -> Any:
+    if isinstance(value, Mapping):
+        return redact_config(value)
+    if isinstance(value, list):
+        return [_redact(item) for item in value]
+    if isinstance(value, tuple):
+        return tuple(_redact(item) for item in value)
+    return value
+
+
+def redact_config(conf: Mapping) -> dict:
+    """A copy of ``conf`` with every secret value replaced by :data:`MASK`, at any depth.
+
+    Use it before printing or logging a librdkafka config. ``None`` stays ``None``: that a
+    secret is *unset* is worth seeing and reveals nothing.
+
+    >>> redact_config({"bootstrap.servers": "b:9092", "sasl.password": "hunter2", "key": "fraud"})
+    {'bootstrap.servers': 'b:9092', 'sasl.password': '***', 'key': 'fraud'}
+    """
+    return {
+        name: (MASK if value is not None else None) if is_secret_name(name) else _redact(value)
+        for name, value in conf.items()
+    }
+
+
+def _default(value: Any) -> str:
+    try:
+        return str(value)
+    except Exception:
+        return f"<unprintable {type(value).__name__}>"
+
+
+def _message(record: logging.LogRecord) -> str:
+    """``record.getMessage()`` with secrets masked in mapping arguments."""
+    msg = record.msg
+    if isinstance(msg, Mapping):
+        msg = redact_config(msg)
+    text = str(msg)
+    if record.args:
+        args = _redact(record.args)
+        try:
+            text = text % args
+        except (TypeError, ValueError):  # a bad format string must not lose the line
+            text = f"{text} {args!r}"
+    return text
+
+
+class JsonFormatter(logging.Formatter):
+    """Formats a record as one JSON object: ``ts``, ``level``, ``logger``, ``event``, fields."""
+
+    def document(self, record: logging.LogRecord) -> dict[str, Any]:
+        """The line as a dict, secrets already masked."""
+        event = getattr(record, "event", None)
+        doc: dict[str, Any] = {
+            "ts": datetime.fromtimestamp(record.created, UTC)
+            .isoformat(timespec="milliseconds")
+            .replace("+00:00", "Z"),
+            "level": record.levelname,
+            "logger": record.name,
+            "event": str(event) if event is not None else _message(record),
+        }
+        fields = {k: v for k, v in record.__dict__.items() if k not in _RECORD_ATTRS}
+        fields.update(getattr(record, _FIELDS_ATTR, None) or {})
+        for name, value in redact_config(fields).items():
+            doc[f"{name}_" if name in _LINE_KEYS else name] = value
+        if record.exc_info:
+            doc["exc"] = self.formatException(record.exc_info)
+        elif record.exc_text:
+            doc["exc"] = record.exc_text
+        if record.stack_info:
+            doc["exc"] = (doc.get("exc", "") + "\n" + self.formatStack(record.stack_info)).strip()
+        return doc
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = self.document(record)
+        try:
+            return orjson.dumps(doc, default=_default, option=_DUMPS_OPTIONS).decode()
+        except TypeError:  # orjson.JSONEncodeError: an int over 64 bits, a cycle, ...
+            doc = {k: _jsonable(v) for k, v in doc.items()}
+            return orjson.dumps(doc, default=_default, option=_DUMPS_OPTIONS).decode()
+
+
+def _jsonable(value: Any) -> Any:
+    try:
+        orjson.dumps(value, default=_default, option=_DUMPS_OPTIONS)
+    except TypeError:
+        return _default(value)
+    return value
+
+
+class _TextFormatter(JsonFormatter):
+    """The same content for a terminal: ``ts level logger event name=value ...``."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        doc = self.document(record)
+        exc = doc.pop("exc", None)
+        head = " ".join(str(doc.pop(k)) for k in ("ts", "level", "logger", "event"))
+        line = " ".join([head, *(f"{k}={v!r}" for k, v in doc.items())])
+        return f"{line}\n{exc}" if exc else line
+
+
+def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
+    """Log ``event`` with ``fields`` as top-level keys of the JSON line.
+
+    >>> log_event(logging.getLogger("stream_learner.service"), "assigned", partitions=[0, 1])
+    """
+    logger.log(level, event, extra={"event": event, _FIELDS_ATTR: fields}, stacklevel=2)
+
+
+def configure_logging(
+    level: str | int = "INFO", json: bool = True, stream: IO[str] | None = None
+) -> logging.Handler:
+    """Send every log record to ``stream`` (default: stderr) as JSON lines, or as text.
+
+    Calling it again replaces the handler it installed before instead of adding a second one.
+    """
+    if isinstance(level, str):
+        names = logging.getLevelNamesMapping()
+        if level.upper() not in names:
+            choices = ", ".join(("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"))
+            raise ConfigError(f"log level {level!r} is not one of {choices}")
+        level = names[level.upper()]
+    root = logging.getLogger()
+    for old in [h for h in root.handlers if h.get_name() == _HANDLER_NAME]:
+        root.removeHandler(old)
+        old.close()
+    handler = logging.StreamHandler(sys.stderr if stream is None else stream)
+    handler.set_name(_HANDLER_NAME)
+    handler.setFormatter(JsonFormatter() if json else _TextFormatter())
+    root.addHandler(handler)
+    root.setLevel(level)
+    return handler

@@ -1,0 +1,463 @@
+"""Prometheus metrics of the service: one object owns every series, on a registry it is given.
+
+The service updates these once per batch (never per event), so every method is a handful of
+dictionary look-ups. Decisions worth knowing:
+
+- **No hidden globals.** Every metric is created on the registry passed in; ``registry=None``
+  means a fresh private :class:`~prometheus_client.CollectorRegistry` (available as
+  ``.registry``), never the process-wide default, so two instances never clash.
+- **Bounded key cardinality.** At most ``max_keys`` distinct model keys get their own ``key``
+  label, across all per-key series. Keys seen after that are folded into ``key="__other__"``
+  (for gauges the last value written wins, so ``__other__`` shows *some* overflowed key, not an
+  aggregate) and each such key is counted once in ``stream_learner_keys_overflow_total``. A key
+  keeps its label until :meth:`ServiceMetrics.forget_key`, which frees its slot for the next
+  *new* key; keys already folded stay in ``__other__`` so a series never changes label.
+- **Ages at scrape time.** ``seconds_since_last_retrain`` and ``checkpoint_age_seconds`` are
+  computed from stored timestamps when Prometheus scrapes, so they keep growing while the
+  service is busy elsewhere; their size is bounded by the same key cap.
+- **Closed label sets are checked.** Outcomes, results and signals listed below raise
+  ``ValueError`` on a value outside their set (a caller bug, caught in tests) and start at 0 so
+  ``rate()`` works from the first scrape. Free-form labels (reasons, detectors, triggers) come
+  from closed sets in the callers; they are still cut to :data:`MAX_LABEL_CHARS`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import threading
+import time
+from collections.abc import Callable, Iterator, Mapping
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.core import GaugeMetricFamily
+
+from stream_learner import __version__
+
+__all__ = [
+    "CHECKPOINT_RESULTS",
+    "DRIFT_SIGNALS",
+    "EVENT_OUTCOMES",
+    "LABEL_RESULTS",
+    "MAX_LABEL_CHARS",
+    "OTHER_KEY",
+    "RETRAIN_OUTCOMES",
+    "ServiceMetrics",
+]
+
+OTHER_KEY = "__other__"
+MAX_LABEL_CHARS = 100
+
+EVENT_OUTCOMES = ("learned", "predicted", "dead_lettered", "replayed", "paused")
+LABEL_RESULTS = ("joined", "unmatched", "expired")
+DRIFT_SIGNALS = ("performance", "data")
+RETRAIN_OUTCOMES = ("promoted", "kept", "failed")
+CHECKPOINT_RESULTS = ("written", "restored", "rejected")
+
+_ROLLING_SUFFIX = "_rolling"
+
+# A batch takes from about a millisecond (a few events, linear model) to seconds (a big batch
+# through a forest); a retrain from well under a second (stateful) to many minutes (stateless).
+BATCH_DURATION_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0)
+BATCH_SIZE_BUCKETS = (1, 10, 50, 100, 250, 500, 1000, 2500, 5000, 10000)
+RETRAIN_DURATION_BUCKETS = (0.1, 0.5, 1.0, 5.0, 10.0, 30.0, 60.0, 300.0, 900.0, 3600.0)
+
+
+def _bounded(value: object) -> str:
+    """``value`` as a label of at most :data:`MAX_LABEL_CHARS` characters.
+
+    A cut value ends in a short digest of the whole, so two long values that share a prefix
+    (model keys may be 128 characters) still get distinct labels.
+    """
+    text = str(value)
+    if len(text) <= MAX_LABEL_CHARS:
+        return text
+    digest = hashlib.blake2b(text.encode(), digest_size=4).hexdigest()
+    return f"{text[: MAX_LABEL_CHARS - 9]}~{digest}"
+
+
+def _check(name: str, value: str, allowed: tuple[str, ...]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}={value!r} is not one of {', '.join(allowed)}")
+    return value
+
+
+class _KeyTimes:
+    """Per-key timestamps turned into gauges at scrape time (retrain and checkpoint ages).
+
+    Written by the service thread, read by the HTTP thread that scrapes, hence the lock.
+    """
+
+    def __init__(self, clock: Callable[[], float]) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._retrain: dict[str, float] = {}
+        self._checkpoint: dict[str, float] = {}
+
+    def set_retrain(self, label: str, ts: float) -> None:
+        with self._lock:
+            self._retrain[label] = float(ts)
+
+    def set_checkpoint(self, label: str, ts: float) -> None:
+        with self._lock:
+            self._checkpoint[label] = float(ts)
+
+    def drop(self, label: str) -> None:
+        with self._lock:
+            self._retrain.pop(label, None)
+            self._checkpoint.pop(label, None)
+
+    def _families(self) -> tuple[GaugeMetricFamily, GaugeMetricFamily, GaugeMetricFamily]:
+        return (
+            GaugeMetricFamily(
+                "stream_learner_last_retrain_timestamp_seconds",
+                "Unix time of the last retrain of the key's model.",
+                labels=["key"],
+            ),
+            GaugeMetricFamily(
+                "stream_learner_seconds_since_last_retrain",
+                "Seconds since the last retrain of the key's model, computed at scrape time.",
+                labels=["key"],
+            ),
+            GaugeMetricFamily(
+                "stream_learner_checkpoint_age_seconds",
+                "Seconds since the key's last checkpoint, computed at scrape time.",
+                labels=["key"],
+            ),
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield from self._families()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        with self._lock:
+            retrain = list(self._retrain.items())
+            checkpoint = list(self._checkpoint.items())
+        now = self._clock()
+        timestamp, since, age = self._families()
+        for label, ts in retrain:
+            timestamp.add_metric([label], ts)
+            # Clamped: a timestamp from another host's clock may be slightly ahead of ours.
+            since.add_metric([label], max(0.0, now - ts))
+        for label, ts in checkpoint:
+            age.add_metric([label], max(0.0, now - ts))
+        yield timestamp
+        yield since
+        yield age
+
+
+class ServiceMetrics:
+    """Every Prometheus series of one service instance.
+
+    Parameters
+    ----------
+    registry
+        Where the metrics are registered; ``None`` creates a private registry.
+    max_keys
+        How many model keys get their own ``key`` label before the rest share ``__other__``.
+    instance
+        Names this process (pod, ``client.id``) on ``stream_learner_build_info`` as the
+        ``instance_id`` label; not ``instance``, which Prometheus sets itself at scrape time.
+    clock
+        Source of "now" for the scrape-time ages (tests pass a fake one).
+
+    Examples
+    --------
+    >>> m = ServiceMetrics(max_keys=1)
+    >>> m.count_events("learned", 64)
+    >>> m.set_model("fraud", 3, "lin-a")
+    >>> m.set_model("churn", 1, "tree-b")
+    >>> m.registry.get_sample_value("stream_learner_events_total", {"outcome": "learned"})
+    64.0
+    >>> m.registry.get_sample_value("stream_learner_model_version", {"key": "__other__"})
+    1.0
+    >>> m.registry.get_sample_value("stream_learner_keys_overflow_total")
+    1.0
+    """
+
+    def __init__(
+        self,
+        registry: CollectorRegistry | None = None,
+        *,
+        max_keys: int = 50,
+        instance: str | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        if max_keys < 1:
+            raise ValueError(f"max_keys={max_keys!r} must be at least 1")
+        self.registry = CollectorRegistry() if registry is None else registry
+        self.max_keys = max_keys
+        self._admitted: dict[str, str] = {}  # key -> its label
+        self._overflowed: set[str] = set()  # keys folded into OTHER_KEY
+        self._quality_series: dict[str, set[tuple[str, str]]] = {}  # label -> (metric, window)
+        self._lineage: dict[str, str] = {}  # label -> lineage currently exported
+        reg = self.registry
+
+        self._events = Counter(
+            "stream_learner_events_total",
+            "Events handled, by outcome (replayed: re-learned during catch-up, not re-emitted).",
+            ["outcome"],
+            registry=reg,
+        )
+        self._dead_letters = Counter(
+            "stream_learner_dead_letters_total",
+            "Messages sent to the dead-letter topic, by reason.",
+            ["reason"],
+            registry=reg,
+        )
+        self._labels = Counter(
+            "stream_learner_labels_total",
+            "Delayed labels received, by join result.",
+            ["result"],
+            registry=reg,
+        )
+        self._quality = Gauge(
+            "stream_learner_prequential_metric",
+            "Prequential (test-then-train) score of the key's model.",
+            ["key", "metric", "window"],
+            registry=reg,
+        )
+        self._drift = Counter(
+            "stream_learner_drift_detections_total",
+            "Drift detector alarms, by detector, signal (performance or data) and level.",
+            ["detector", "signal", "level"],
+            registry=reg,
+        )
+        self._decisions = Counter(
+            "stream_learner_trigger_decisions_total",
+            "Decisions taken by the trigger policy.",
+            ["trigger", "action"],
+            registry=reg,
+        )
+        self._retrains = Counter(
+            "stream_learner_retrains_total",
+            "Retrains finished, by trigger, kind and champion/challenger outcome.",
+            ["trigger", "kind", "outcome"],
+            registry=reg,
+        )
+        self._retrain_duration = Histogram(
+            "stream_learner_retrain_duration_seconds",
+            "Wall time of a retrain, by kind.",
+            ["kind"],
+            buckets=RETRAIN_DURATION_BUCKETS,
+            registry=reg,
+        )
+        self._model_version = Gauge(
+            "stream_learner_model_version",
+            "Version of the key's serving model within its lineage.",
+            ["key"],
+            registry=reg,
+        )
+        self._model_info = Gauge(
+            "stream_learner_model_info",
+            "Always 1; carries the lineage of the key's serving model.",
+            ["key", "lineage"],
+            registry=reg,
+        )
+        self._lag = Gauge(
+            "stream_learner_consumer_lag",
+            "Messages between the committed position and the end of the partition.",
+            ["topic", "partition"],
+            registry=reg,
+        )
+        self._batch_duration = Histogram(
+            "stream_learner_batch_duration_seconds",
+            "Wall time to process one consumed batch.",
+            buckets=BATCH_DURATION_BUCKETS,
+            registry=reg,
+        )
+        self._batch_size = Histogram(
+            "stream_learner_batch_size",
+            "Messages in one consumed batch.",
+            buckets=BATCH_SIZE_BUCKETS,
+            registry=reg,
+        )
+        self._checkpoint_size = Gauge(
+            "stream_learner_checkpoint_size_bytes",
+            "Size of the key's last checkpoint.",
+            ["key"],
+            registry=reg,
+        )
+        self._checkpoints = Counter(
+            "stream_learner_checkpoints_total",
+            "Checkpoints written, restored, or rejected on restore.",
+            ["result"],
+            registry=reg,
+        )
+        self._snapshot_rejections = Counter(
+            "stream_learner_snapshot_rejections_total",
+            "Snapshots refused on restore, by reason.",
+            ["reason"],
+            registry=reg,
+        )
+        self._ready = Gauge(
+            "stream_learner_ready",
+            "1 when assigned, caught up and serving a model, else 0.",
+            registry=reg,
+        )
+        self._assigned = Gauge(
+            "stream_learner_assigned_partitions",
+            "Input partitions currently assigned to this instance.",
+            registry=reg,
+        )
+        self._keys_active = Gauge(
+            "stream_learner_keys_active",
+            "Model keys currently held, including those folded into __other__.",
+            registry=reg,
+        )
+        self._keys_overflow = Counter(
+            "stream_learner_keys_overflow_total",
+            "Keys that found no free label slot and were folded into key=__other__.",
+            registry=reg,
+        )
+        build_labels = ["version"] + (["instance_id"] if instance is not None else [])
+        build_info = Gauge(
+            "stream_learner_build_info",
+            "Always 1; carries the stream-learner version.",
+            build_labels,
+            registry=reg,
+        )
+        build_values = [__version__] + ([_bounded(instance)] if instance is not None else [])
+        build_info.labels(*build_values).set(1)
+
+        self._times = _KeyTimes(clock)
+        reg.register(self._times)
+
+        for outcome in EVENT_OUTCOMES:
+            self._events.labels(outcome)
+        for result in LABEL_RESULTS:
+            self._labels.labels(result)
+        for result in CHECKPOINT_RESULTS:
+            self._checkpoints.labels(result)
+
+    # -- key cap -------------------------------------------------------------------------------
+
+    def _key(self, key: str) -> str:
+        """The label for ``key``: its own while slots last, else :data:`OTHER_KEY`."""
+        label = self._admitted.get(key)
+        if label is not None:
+            return label
+        if key in self._overflowed:
+            return OTHER_KEY
+        if len(self._admitted) < self.max_keys:
+            label = self._admitted[key] = _bounded(key)
+        else:
+            self._overflowed.add(key)
+            self._keys_overflow.inc()
+            label = OTHER_KEY
+        self._keys_active.set(len(self._admitted) + len(self._overflowed))
+        return label
+
+    def forget_key(self, key: str) -> None:
+        """Drop every series of ``key`` (its partition was revoked) and free its label slot.
+
+        ``__other__`` series go when the last key folded into them is forgotten.
+        """
+        if key in self._admitted:
+            self._drop_series(self._admitted.pop(key))
+        elif key in self._overflowed:
+            self._overflowed.discard(key)
+            if not self._overflowed:
+                self._drop_series(OTHER_KEY)
+        else:
+            return
+        self._keys_active.set(len(self._admitted) + len(self._overflowed))
+
+    def _drop_series(self, label: str) -> None:
+        for metric, window in self._quality_series.pop(label, ()):
+            self._quality.remove(label, metric, window)
+        self._model_version.remove(label)
+        lineage = self._lineage.pop(label, None)
+        if lineage is not None:
+            self._model_info.remove(label, lineage)
+        self._checkpoint_size.remove(label)
+        self._times.drop(label)
+
+    # -- events --------------------------------------------------------------------------------
+
+    def count_events(self, outcome: str, n: int) -> None:
+        self._events.labels(_check("outcome", outcome, EVENT_OUTCOMES)).inc(n)
+
+    def count_dead_letters(self, reason: str, n: int = 1) -> None:
+        self._dead_letters.labels(_bounded(reason)).inc(n)
+
+    def count_labels(self, result: str, n: int) -> None:
+        self._labels.labels(_check("result", result, LABEL_RESULTS)).inc(n)
+
+    def observe_batch(self, duration_s: float, size: int) -> None:
+        self._batch_duration.observe(duration_s)
+        self._batch_size.observe(size)
+
+    # -- model quality, drift and retraining ---------------------------------------------------
+
+    def set_key_metrics(self, key: str, values: Mapping[str, float]) -> None:
+        """Export prequential scores; a name ending in ``_rolling`` is the rolling window.
+
+        ``{"accuracy": 0.91, "accuracy_rolling": 0.88}`` becomes two series of
+        ``metric="accuracy"``, ``window="cumulative"`` and ``window="rolling"``.
+        """
+        label = self._key(key)
+        series = self._quality_series.setdefault(label, set())
+        for name, value in values.items():
+            if name.endswith(_ROLLING_SUFFIX):
+                metric, window = _bounded(name[: -len(_ROLLING_SUFFIX)]), "rolling"
+            else:
+                metric, window = _bounded(name), "cumulative"
+            self._quality.labels(label, metric, window).set(value)
+            series.add((metric, window))
+
+    def count_drift(self, detector: str, signal: str, level: str, n: int = 1) -> None:
+        signal = _check("signal", signal, DRIFT_SIGNALS)
+        self._drift.labels(_bounded(detector), signal, _bounded(level)).inc(n)
+
+    def count_decision(self, trigger: str, action: str) -> None:
+        self._decisions.labels(_bounded(trigger), _bounded(action)).inc()
+
+    def record_retrain(self, trigger: str, kind: str, outcome: str, duration_s: float) -> None:
+        outcome = _check("outcome", outcome, RETRAIN_OUTCOMES)
+        self._retrains.labels(_bounded(trigger), _bounded(kind), outcome).inc()
+        self._retrain_duration.labels(_bounded(kind)).observe(duration_s)
+
+    def set_model(self, key: str, version: int, lineage: str) -> None:
+        """Export the serving model's version and lineage (the old lineage series goes)."""
+        label = self._key(key)
+        self._model_version.labels(label).set(version)
+        lineage = _bounded(lineage)
+        old = self._lineage.get(label)
+        if old != lineage:
+            if old is not None:
+                self._model_info.remove(label, old)
+            self._lineage[label] = lineage
+            self._model_info.labels(label, lineage).set(1)
+
+    def mark_retrain(self, key: str, ts: float) -> None:
+        """Remember when ``key`` was last retrained (Unix seconds); the age is scrape-time."""
+        self._times.set_retrain(self._key(key), ts)
+
+    # -- checkpoints ---------------------------------------------------------------------------
+
+    def record_checkpoint(self, key: str, size_bytes: int, ts: float) -> None:
+        """A checkpoint of ``key`` taken at Unix time ``ts``; :meth:`count_checkpoint` counts it."""
+        label = self._key(key)
+        self._checkpoint_size.labels(label).set(size_bytes)
+        self._times.set_checkpoint(label, ts)
+
+    def count_checkpoint(self, result: str, n: int = 1) -> None:
+        self._checkpoints.labels(_check("result", result, CHECKPOINT_RESULTS)).inc(n)
+
+    def count_snapshot_rejection(self, reason: str) -> None:
+        self._snapshot_rejections.labels(_bounded(reason)).inc()
+
+    # -- consumer and readiness ----------------------------------------------------------------
+
+    def set_lag(self, topic: str, partition: int, lag: int) -> None:
+        self._lag.labels(_bounded(topic), str(partition)).set(lag)
+
+    def forget_partition(self, topic: str, partition: int) -> None:
+        """Drop the lag series of a revoked partition, so it does not freeze at its last value."""
+        self._lag.remove(_bounded(topic), str(partition))
+
+    def set_assigned_partitions(self, n: int) -> None:
+        self._assigned.set(n)
+
+    def set_ready(self, ready: bool) -> None:
+        self._ready.set(1 if ready else 0)
