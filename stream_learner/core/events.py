@@ -1,0 +1,343 @@
+"""The event contract: what an input message may contain, and how it is decoded.
+
+One Kafka message is one JSON object. An *event* carries features::
+
+    {"id": "e1", "key": "fraud", "ts": "2024-05-01T12:00:00Z", "x": {"amount": 12.5}, "y": true}
+
+``y`` present and not null means the event is labelled (the learner predicts, scores, then
+learns); without ``y`` it is a prediction request. A *label* arriving later for an earlier
+event has no ``x``::
+
+    {"id": "e1", "y": true}
+
+Decisions worth knowing:
+
+- ``key`` selects the model; a missing or null key means :data:`DEFAULT_KEY`.
+- ``ts`` is optional: epoch seconds (number) or an ISO-8601 string; it is normalised to epoch
+  seconds. An ISO string without a time zone is read as UTC, so replays are reproducible on any
+  machine.
+- Unknown top-level fields are ignored, so producers may add fields before consumers know them.
+- A feature whose value is ``null`` is dropped: River models treat an absent feature as missing.
+- Integers are kept as ``int`` (River takes them as numbers) to avoid a copy per feature.
+
+Every rejection raises :class:`~stream_learner.errors.DecodeError` with one of :data:`REASONS`
+as its ``reason``; the runtime copies it into the dead-letter headers, so the set is closed.
+Validation is straight-line code on purpose: this is the hot path of the service.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+import orjson
+
+from stream_learner.errors import ConfigError, DecodeError
+
+__all__ = [
+    "DEFAULT_KEY",
+    "MAX_EVENT_BYTES",
+    "MAX_ID_CHARS",
+    "MAX_KEY_CHARS",
+    "REASONS",
+    "TASKS",
+    "Event",
+    "Label",
+    "check_label",
+    "decode",
+    "decode_event",
+    "decode_label",
+]
+
+DEFAULT_KEY = "default"
+MAX_EVENT_BYTES = 1_048_576
+MAX_ID_CHARS = 512
+MAX_KEY_CHARS = 128
+
+TASKS = ("binary", "multiclass", "regression")
+
+#: Every ``DecodeError.reason`` this module raises (a closed set: dashboards and dead-letter
+#: consumers switch on it).
+REASONS = (
+    "payload_too_large",  # the raw message exceeds max_bytes (checked before parsing)
+    "not_json",  # not valid UTF-8 JSON (includes NaN/Infinity literals)
+    "not_object",  # valid JSON, but not an object
+    "missing_id",  # no "id", or "id" is null
+    "bad_id",  # "id" is not a non-empty string of at most MAX_ID_CHARS characters
+    "bad_key",  # "key" is not a non-empty printable string of at most MAX_KEY_CHARS characters
+    "bad_ts",  # "ts" is neither a finite number nor an ISO-8601 string
+    "missing_x",  # an event without "x" (or a message that is neither event nor label)
+    "x_not_object",  # "x" is not an object
+    "bad_feature",  # a feature value that is not a number, string, bool or null
+    "non_finite",  # a number too large for a double (1e999), or a non-finite float
+    "missing_y",  # a label message without "y" (or with "y": null)
+    "bad_label",  # "y" of an unusable type, or of a type that does not fit the task
+)
+
+
+@dataclass(slots=True, frozen=True)
+class Event:
+    """One decoded input event; ``y`` is ``None`` for a prediction request."""
+
+    id: str
+    key: str
+    x: dict[str, float | str | bool]
+    y: float | int | str | bool | None = None
+    ts: float | None = None
+
+    @property
+    def labelled(self) -> bool:
+        return self.y is not None
+
+
+@dataclass(slots=True, frozen=True)
+class Label:
+    """A label that arrives after its event; joined to the event by ``id``."""
+
+    id: str
+    key: str
+    y: float | int | str | bool
+    ts: float | None = None
+
+
+def _type_name(v: object) -> str:
+    if v is None:
+        return "null"
+    if isinstance(v, dict):
+        return "an object"
+    if isinstance(v, list):
+        return "a list"
+    return type(v).__name__
+
+
+def _parse(raw: bytes, max_bytes: int) -> dict:
+    if len(raw) > max_bytes:
+        raise DecodeError("payload_too_large", f"{len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        obj = orjson.loads(raw)
+    except orjson.JSONDecodeError as e:
+        # orjson refuses numbers that overflow a double; name that precisely.
+        if "infinity" in str(e):
+            raise DecodeError("non_finite", f"a number is too large for a double: {e}") from None
+        raise DecodeError("not_json", str(e)) from None
+    if type(obj) is not dict:
+        raise DecodeError("not_object", f"the message is {_type_name(obj)}; expected an object")
+    return obj
+
+
+def _id(obj: dict) -> str:
+    id_ = obj.get("id")
+    if type(id_) is str and 0 < len(id_) <= MAX_ID_CHARS:
+        return id_
+    if id_ is None:
+        raise DecodeError("missing_id", "the message has no 'id'")
+    if type(id_) is str:
+        raise DecodeError("bad_id", f"id: length {len(id_)}; expected 1 to {MAX_ID_CHARS}")
+    raise DecodeError("bad_id", f"id: value is {_type_name(id_)}; expected a string")
+
+
+def _key(obj: dict) -> str:
+    key = obj.get("key")
+    if key is None:
+        return DEFAULT_KEY
+    if type(key) is str and 0 < len(key) <= MAX_KEY_CHARS and key.isprintable():
+        return key
+    if type(key) is not str:
+        raise DecodeError("bad_key", f"key: value is {_type_name(key)}; expected a string")
+    raise DecodeError(
+        "bad_key", f"key: {key[:40]!r} must be 1 to {MAX_KEY_CHARS} printable characters"
+    )
+
+
+def _ts(obj: dict) -> float | None:
+    ts = obj.get("ts")
+    if ts is None:
+        return None
+    t = type(ts)
+    if t is float or t is int:
+        if math.isfinite(ts):
+            return float(ts)
+        raise DecodeError("bad_ts", f"ts: {ts} is not finite")
+    if t is str:
+        try:
+            dt = datetime.fromisoformat(ts)
+        except ValueError:
+            raise DecodeError("bad_ts", f"ts: {ts[:40]!r} is not an ISO-8601 timestamp") from None
+        if dt.tzinfo is None:
+            dt = dt.replace(tzinfo=UTC)
+        return dt.timestamp()
+    raise DecodeError(
+        "bad_ts", f"ts: value is {_type_name(ts)}; expected epoch seconds or an ISO-8601 string"
+    )
+
+
+def _y(y: object) -> float | int | str | bool:
+    t = type(y)
+    if t is str or t is bool or t is int:
+        return y  # type: ignore[return-value]
+    if t is float:
+        if math.isfinite(y):  # type: ignore[arg-type]
+            return y  # type: ignore[return-value]
+        raise DecodeError("non_finite", f"y: {y} is not finite")
+    raise DecodeError("bad_label", f"y: value is {_type_name(y)}; expected number, string or bool")
+
+
+_PLAIN_TYPES = frozenset((float, int, str, bool))
+
+
+def _probe_orjson_infinity() -> bool:
+    """True if this orjson turns 1e999 into inf instead of refusing it (older versions)."""
+    try:
+        orjson.loads(b"1e999")
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+_CHECK_FINITE = _probe_orjson_infinity()
+
+
+def _x(obj: dict) -> dict[str, float | str | bool]:
+    """Validate ``x`` precisely; the fast path in :func:`_event` only calls this when the
+    quick type check fails, so it also owns the error messages."""
+    x = obj.get("x")
+    if type(x) is not dict:
+        if x is None:
+            raise DecodeError("missing_x", "the event has no 'x'")
+        raise DecodeError("x_not_object", f"x: value is {_type_name(x)}; expected an object")
+    nulls = []
+    for name, v in x.items():
+        t = type(v)
+        if t is float:
+            if not math.isfinite(v):
+                raise DecodeError("non_finite", f"x.{name[:80]}: {v} is not finite")
+        elif v is None:
+            nulls.append(name)
+        elif t is not str and t is not int and t is not bool:
+            raise DecodeError(
+                "bad_feature",
+                f"x.{name[:80]}: value is {_type_name(v)}; expected number, string or bool",
+            )
+    for name in nulls:
+        del x[name]
+    return x
+
+
+# Frozen dataclasses assign fields through object.__setattr__, which costs about 0.4 us per
+# event here; setting the slots directly builds the same object in half the time.
+_new = object.__new__
+_set_id, _set_key, _set_x, _set_y, _set_ts = (
+    Event.__dict__[f].__set__ for f in ("id", "key", "x", "y", "ts")
+)
+
+
+def _event(obj: dict) -> Event:
+    # Fast path: straight-line checks of the common case; any doubt goes to the precise
+    # helpers, which either accept the value or raise the right DecodeError.
+    id_ = obj.get("id")
+    if type(id_) is not str or not 0 < len(id_) <= MAX_ID_CHARS:
+        id_ = _id(obj)
+    key = obj.get("key")
+    if key is None:
+        key = DEFAULT_KEY
+    elif type(key) is not str or not 0 < len(key) <= MAX_KEY_CHARS or not key.isprintable():
+        key = _key(obj)
+    ts = obj.get("ts")
+    if ts is not None:
+        if type(ts) is int:
+            ts = float(ts)  # orjson's ints fit in 64 bits: this cannot overflow
+        elif type(ts) is not float or _CHECK_FINITE:
+            ts = _ts(obj)
+    x = obj.get("x")
+    if (
+        type(x) is not dict
+        or not _PLAIN_TYPES.issuperset(map(type, x.values()))
+        or (_CHECK_FINITE and not all(map(math.isfinite, _floats(x))))
+    ):
+        x = _x(obj)
+    y = obj.get("y")
+    if y is not None:
+        y = _y(y)
+    ev = _new(Event)
+    _set_id(ev, id_)
+    _set_key(ev, key)
+    _set_x(ev, x)
+    _set_y(ev, y)
+    _set_ts(ev, ts)
+    return ev
+
+
+def _floats(x: dict) -> list[float]:
+    return [v for v in x.values() if type(v) is float]
+
+
+def _label(obj: dict) -> Label:
+    id_ = _id(obj)
+    y = obj.get("y")
+    if y is None:
+        raise DecodeError("missing_y", "the label has no 'y'")
+    return Label(id_, _key(obj), _y(y), _ts(obj))
+
+
+def decode_event(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
+    """Decode one event message (features, optionally a label).
+
+    >>> decode_event(b'{"id": "e1", "x": {"age": 42, "city": "Lyon"}, "y": true}')
+    Event(id='e1', key='default', x={'age': 42, 'city': 'Lyon'}, y=True, ts=None)
+    >>> decode_event(b'{"id": "e1", "x": [1, 2]}')
+    Traceback (most recent call last):
+    ...
+    stream_learner.errors.DecodeError: x_not_object: x: value is a list; expected an object
+    """
+    return _event(_parse(raw, max_bytes))
+
+
+def decode_label(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Label:
+    """Decode one delayed-label message.
+
+    >>> decode_label(b'{"id": "e1", "y": 0, "ts": "2024-01-01T00:00:00Z"}')
+    Label(id='e1', key='default', y=0, ts=1704067200.0)
+    """
+    return _label(_parse(raw, max_bytes))
+
+
+def decode(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event | Label:
+    """Decode a message that may be an event (has ``x``) or a delayed label (``id`` + ``y``)."""
+    obj = _parse(raw, max_bytes)
+    if "x" in obj:
+        return _event(obj)
+    if obj.get("y") is not None:
+        return _label(obj)
+    _id(obj)  # a missing id is the more useful complaint
+    raise DecodeError("missing_x", "the message has neither 'x' (an event) nor 'y' (a label)")
+
+
+def check_label(y: object, task: str) -> None:
+    """Raise ``DecodeError("bad_label")`` when ``y`` does not fit the model's task.
+
+    - ``binary``: bool, or a number equal to 0 or 1. The positive class is ``True``/``1``,
+      which River's binary models and metrics (LogisticRegression, F1, LogLoss) assume;
+      string classes would all read as ``True`` there, so use ``multiclass`` for them.
+    - ``multiclass``: str, int or bool (a float class would be an accident of encoding).
+    - ``regression``: a finite int or float, not a bool.
+    """
+    t = type(y)
+    if task == "binary":
+        if t is bool or ((t is int or t is float) and (y == 0 or y == 1)):
+            return
+        expected = "bool or 0/1 (use task 'multiclass' for named classes)"
+    elif task == "multiclass":
+        if t is str or t is int or t is bool:
+            return
+        expected = "string, int or bool"
+    elif task == "regression":
+        if t is int or (t is float and math.isfinite(y)):  # type: ignore[arg-type]
+            return
+        expected = "a finite number"
+    else:
+        raise ConfigError(f"task: unknown task {task!r}; choose one of: {', '.join(TASKS)}")
+    shown = repr(y) if t in (bool, int, float, str) else _type_name(y)
+    raise DecodeError(
+        "bad_label", f"y: {shown[:40]} does not fit task {task!r}; expected {expected}"
+    )

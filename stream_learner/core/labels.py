@@ -1,0 +1,113 @@
+"""Delayed-label join: ground truth that arrives after the prediction it judges.
+
+When an unlabelled event is predicted, the learner remembers the event and its prediction;
+when a :class:`~stream_learner.core.events.Label` with the same ``id`` arrives, the pair is
+handed back so the prediction can be scored and the model can learn from the event.
+
+Memory is bounded twice: by count (the oldest pending prediction is evicted when full) and by
+age (entries older than ``max_age_s`` are dropped). Both count as ``expired``. Nothing reads
+a clock: callers pass ``now`` (event time in replays, wall time in the service), so the join
+is deterministic and replayable.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from typing import Any
+
+from stream_learner.core.events import Event, Label
+
+__all__ = ["LabelJoiner"]
+
+
+class LabelJoiner:
+    """Pending predictions waiting for their labels, matched on event ``id``.
+
+    Matching is on ``id`` alone, because a label message may omit ``key`` (it then decodes to
+    the default key): the returned event carries the model key. Ids must therefore be unique
+    across keys while their predictions are pending. Remembering an id again replaces the
+    earlier entry and makes it the youngest.
+
+    Parameters
+    ----------
+    max_pending
+        How many predictions to keep at most; the oldest is evicted beyond that.
+    max_age_s
+        How long (in the units of ``now``, normally seconds) a prediction waits for its label;
+        ``None`` keeps it until evicted by count. Assumes ``now`` does not go backwards.
+
+    Examples
+    --------
+    >>> from stream_learner.core.events import Event, Label
+    >>> joiner = LabelJoiner(max_pending=2, max_age_s=60)
+    >>> joiner.remember(Event("e1", "default", {"f": 1.0}), True, now=0.0)
+    >>> joiner.join(Label("e1", "default", False), now=5.0)
+    (Event(id='e1', key='default', x={'f': 1.0}, y=None, ts=None), True)
+    >>> joiner.join(Label("e9", "default", False), now=6.0) is None
+    True
+    >>> joiner.joined, joiner.unmatched, joiner.expired, joiner.pending
+    (1, 1, 0, 0)
+    """
+
+    def __init__(self, max_pending: int = 100_000, max_age_s: float | None = 3600.0) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending must be at least 1, got {max_pending}")
+        if max_age_s is not None and not max_age_s > 0:
+            raise ValueError(f"max_age_s must be positive or None, got {max_age_s}")
+        self.max_pending = max_pending
+        self.max_age_s = max_age_s
+        self.joined = 0
+        self.unmatched = 0
+        self.expired = 0
+        # id -> (event, prediction, time remembered); insertion order is age order.
+        self._pending: OrderedDict[str, tuple[Event, Any, float]] = OrderedDict()
+
+    @property
+    def pending(self) -> int:
+        return len(self._pending)
+
+    def __len__(self) -> int:
+        return len(self._pending)
+
+    def remember(self, event: Event, y_pred: Any, now: float) -> None:
+        """Keep ``event`` and its prediction (any picklable object) until its label comes."""
+        pending = self._pending
+        if event.id in pending:
+            del pending[event.id]
+        elif len(pending) >= self.max_pending:
+            pending.popitem(last=False)
+            self.expired += 1
+        pending[event.id] = (event, y_pred, now)
+
+    def join(self, label: Label, now: float) -> tuple[Event, Any] | None:
+        """The remembered event and prediction for ``label``, or None (counted as unmatched)
+        when there is none or it has expired."""
+        self.expire(now)
+        entry = self._pending.pop(label.id, None)
+        if entry is None:
+            self.unmatched += 1
+            return None
+        self.joined += 1
+        return entry[0], entry[1]
+
+    def expire(self, now: float) -> int:
+        """Drop predictions older than ``max_age_s``; returns how many were dropped."""
+        if self.max_age_s is None:
+            return 0
+        pending = self._pending
+        oldest_kept = now - self.max_age_s
+        n = 0
+        while pending:
+            _, entry = next(iter(pending.items()))
+            if entry[2] >= oldest_kept:
+                break
+            pending.popitem(last=False)
+            n += 1
+        self.expired += n
+        return n
+
+    def __repr__(self) -> str:
+        return (
+            f"LabelJoiner(pending={self.pending}, joined={self.joined}, "
+            f"unmatched={self.unmatched}, expired={self.expired})"
+        )

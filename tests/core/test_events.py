@@ -1,0 +1,259 @@
+from __future__ import annotations
+
+import copy
+import doctest
+import math
+import pickle
+
+import orjson
+import pytest
+
+from stream_learner.core import events
+from stream_learner.core.events import (
+    DEFAULT_KEY,
+    MAX_EVENT_BYTES,
+    MAX_ID_CHARS,
+    MAX_KEY_CHARS,
+    REASONS,
+    Event,
+    Label,
+    check_label,
+    decode,
+    decode_event,
+    decode_label,
+)
+from stream_learner.errors import ConfigError, DecodeError
+
+
+def _raw(obj: object) -> bytes:
+    return orjson.dumps(obj)
+
+
+def _reason(fn, raw: bytes, **kw) -> DecodeError:
+    with pytest.raises(DecodeError) as info:
+        fn(raw, **kw)
+    assert info.value.reason in REASONS
+    return info.value
+
+
+# -- good events ---------------------------------------------------------------------------
+
+
+def test_labelled_event() -> None:
+    raw = b'{"id": "e1", "key": "fraud", "ts": 1700000000, "x": {"age": 42.5, "n": 3}, "y": 1}'
+    ev = decode_event(raw)
+    assert ev == Event(id="e1", key="fraud", x={"age": 42.5, "n": 3}, y=1, ts=1700000000.0)
+    assert type(ev.ts) is float
+    assert ev.labelled
+
+
+def test_prediction_request_missing_key_means_default() -> None:
+    ev = decode_event(b'{"id": "e2", "x": {"a": 1.0}}')
+    assert ev.key == DEFAULT_KEY == "default"
+    assert ev.y is None and ev.ts is None
+    assert not ev.labelled
+    assert decode_event(b'{"id": "e2", "key": null, "x": {}, "y": null}').key == "default"
+
+
+def test_unicode_names_bool_and_string_features() -> None:
+    raw = _raw({"id": "é-1", "key": "modèle", "x": {"âge": 3, "ville": "Zürich", "vip": True}})
+    ev = decode_event(raw)
+    assert ev.x == {"âge": 3, "ville": "Zürich", "vip": True}
+    assert ev.x["vip"] is True and ev.key == "modèle" and ev.id == "é-1"
+
+
+def test_label_zero_and_false_are_labels() -> None:
+    assert decode_event(b'{"id": "a", "x": {}, "y": 0}').labelled
+    assert decode_event(b'{"id": "a", "x": {}, "y": false}').labelled
+    assert decode_event(b'{"id": "a", "x": {}, "y": "cat"}').y == "cat"
+
+
+def test_null_features_are_dropped_as_missing() -> None:
+    ev = decode_event(b'{"id": "a", "x": {"a": 1, "b": null, "c": "z", "d": null}}')
+    assert ev.x == {"a": 1, "c": "z"}
+
+
+def test_unknown_top_level_fields_are_ignored() -> None:
+    ev = decode_event(b'{"id": "a", "x": {"f": 1}, "schema": 3, "source": {"k": [1]}}')
+    assert ev == Event("a", "default", {"f": 1})
+
+
+@pytest.mark.parametrize(
+    ("ts", "expected"),
+    [
+        ("2024-01-01T00:00:00Z", 1704067200.0),
+        ("2024-01-01T00:00:00+00:00", 1704067200.0),
+        ("2024-01-01T02:00:00+02:00", 1704067200.0),
+        ("2024-01-01T00:00:00.250Z", 1704067200.25),
+        ("2024-01-01T00:00:00", 1704067200.0),  # no zone: read as UTC
+        ("2024-01-01", 1704067200.0),
+        (1704067200.5, 1704067200.5),
+        (0, 0.0),
+    ],
+)
+def test_ts_is_normalised_to_epoch_seconds(ts: object, expected: float) -> None:
+    assert decode_event(_raw({"id": "a", "x": {}, "ts": ts})).ts == expected
+
+
+def test_event_and_label_are_picklable_and_frozen() -> None:
+    ev = decode_event(b'{"id": "a", "x": {"f": 1.5}, "y": true, "ts": 1}')
+    assert pickle.loads(pickle.dumps(ev)) == ev
+    assert copy.deepcopy(ev) == ev
+    label = decode_label(b'{"id": "a", "y": true}')
+    assert pickle.loads(pickle.dumps(label)) == label
+    with pytest.raises(AttributeError):
+        ev.y = False  # type: ignore[misc]
+
+
+# -- labels and dispatch -------------------------------------------------------------------
+
+
+def test_decode_label() -> None:
+    label = decode_label(b'{"id": "e1", "key": "fraud", "y": false, "ts": "2024-01-01T00:00:00Z"}')
+    assert label == Label(id="e1", key="fraud", y=False, ts=1704067200.0)
+    assert decode_label(b'{"id": "e1", "y": 2.5}') == Label("e1", "default", 2.5, None)
+
+
+def test_decode_dispatches_on_x() -> None:
+    assert isinstance(decode(b'{"id": "a", "x": {}, "y": 1}'), Event)
+    assert isinstance(decode(b'{"id": "a", "x": {}}'), Event)
+    assert isinstance(decode(b'{"id": "a", "y": 1}'), Label)
+    assert _reason(decode, b'{"id": "a"}').reason == "missing_x"
+    assert _reason(decode, b'{"id": "a", "y": null}').reason == "missing_x"
+    assert _reason(decode, b'{"y": 1}').reason == "missing_id"
+    assert _reason(decode, b'{"x": {}}').reason == "missing_id"
+
+
+# -- every reason code, from a real bad payload --------------------------------------------
+
+BAD = [
+    ("payload_too_large", decode_event, b'{"id": "a", "x": {"f": "' + b"a" * 5_000_000 + b'"}}'),
+    ("not_json", decode_event, b'{"id": "a", "x": {'),
+    ("not_json", decode_event, b'{"id": "a", "x": {"f": NaN}}'),
+    ("not_json", decode_event, b'{"id": "a", "x": {"f": Infinity}}'),
+    ("not_json", decode_event, b'{"id": "\xff", "x": {}}'),
+    ("not_json", decode_event, b""),
+    ("not_object", decode_event, b"[1, 2]"),
+    ("not_object", decode_event, b'"text"'),
+    ("missing_id", decode_event, b'{"x": {}}'),
+    ("missing_id", decode_event, b'{"id": null, "x": {}}'),
+    ("bad_id", decode_event, b'{"id": 7, "x": {}}'),
+    ("bad_id", decode_event, b'{"id": "", "x": {}}'),
+    ("bad_id", decode_event, _raw({"id": "i" * (MAX_ID_CHARS + 1), "x": {}})),
+    ("bad_key", decode_event, b'{"id": "a", "key": 3, "x": {}}'),
+    ("bad_key", decode_event, b'{"id": "a", "key": "", "x": {}}'),
+    ("bad_key", decode_event, b'{"id": "a", "key": "a\\nb", "x": {}}'),
+    ("bad_key", decode_event, _raw({"id": "a", "key": "k" * (MAX_KEY_CHARS + 1), "x": {}})),
+    ("bad_ts", decode_event, b'{"id": "a", "ts": "yesterday", "x": {}}'),
+    ("bad_ts", decode_event, b'{"id": "a", "ts": true, "x": {}}'),
+    ("bad_ts", decode_event, b'{"id": "a", "ts": [1], "x": {}}'),
+    ("missing_x", decode_event, b'{"id": "a", "y": 1}'),
+    ("missing_x", decode_event, b'{"id": "a", "x": null}'),
+    ("x_not_object", decode_event, b'{"id": "a", "x": [1, 2]}'),
+    ("x_not_object", decode_event, b'{"id": "a", "x": "f=1"}'),
+    ("bad_feature", decode_event, b'{"id": "a", "x": {"f": {"g": 1}}}'),
+    ("bad_feature", decode_event, b'{"id": "a", "x": {"f": [1]}}'),
+    ("non_finite", decode_event, b'{"id": "a", "x": {"f": 1e999}}'),
+    ("non_finite", decode_event, b'{"id": "a", "x": {"f": -1e999}}'),
+    ("non_finite", decode_event, b'{"id": "a", "x": {}, "y": 1e999}'),
+    ("bad_label", decode_event, b'{"id": "a", "x": {}, "y": [1]}'),
+    ("bad_label", decode_event, b'{"id": "a", "x": {}, "y": {"class": 1}}'),
+    ("missing_y", decode_label, b'{"id": "a"}'),
+    ("missing_y", decode_label, b'{"id": "a", "y": null}'),
+    ("bad_label", decode_label, b'{"id": "a", "y": {}}'),
+    ("missing_id", decode_label, b'{"y": 1}'),
+]
+
+
+@pytest.mark.parametrize(
+    ("reason", "fn", "raw"), BAD, ids=[f"{r}-{i}" for i, (r, _, _) in enumerate(BAD)]
+)
+def test_bad_payloads(reason: str, fn, raw: bytes) -> None:
+    assert _reason(fn, raw).reason == reason
+
+
+def test_every_reason_is_exercised() -> None:
+    exercised = {r for r, _, _ in BAD}
+    assert exercised == set(REASONS)
+
+
+def test_payload_limit_is_checked_before_parsing() -> None:
+    # Not JSON at all, but too large: the size wins, so nothing big is ever parsed.
+    err = _reason(decode_event, b"x" * (MAX_EVENT_BYTES + 1))
+    assert err.reason == "payload_too_large"
+    assert err.detail == f"{MAX_EVENT_BYTES + 1} bytes; the limit is {MAX_EVENT_BYTES}"
+    assert (
+        _reason(decode_event, b'{"id": "a", "x": {}}', max_bytes=10).reason == "payload_too_large"
+    )
+    assert decode_event(b'{"id":"a","x":{}}', max_bytes=17).id == "a"
+
+
+def test_details_are_precise() -> None:
+    err = _reason(decode_event, b'{"id": "a", "x": {"age": [1, 2]}}')
+    assert err.detail == "x.age: value is a list; expected number, string or bool"
+    assert str(err) == "bad_feature: " + err.detail
+    err = _reason(decode_event, b'{"id": "a", "x": {"ctx": {"k": 1}}}')
+    assert err.detail == "x.ctx: value is an object; expected number, string or bool"
+    assert _reason(decode_event, b'{"id": 7, "x": {}}').detail == (
+        "id: value is int; expected a string"
+    )
+    assert _reason(decode_event, b"[1]").detail == "the message is a list; expected an object"
+    assert "x.f" not in _reason(decode_event, b'{"id": "a", "x": {"f": 1e999}}').detail
+    assert "too large for a double" in _reason(decode_event, b'{"id":"a","x":{"f":1e999}}').detail
+
+
+# -- check_label ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("task", "good", "bad"),
+    [
+        ("binary", [True, False, 0, 1, 1.0, 0.0], ["yes", 2, -1, 0.5]),
+        ("multiclass", ["cat", 3, True], [2.5, 1.0]),
+        ("regression", [1, -2.5, 0, 1e300], [True, False, "1.5", float("inf"), float("nan")]),
+    ],
+)
+def test_check_label(task: str, good: list, bad: list) -> None:
+    for y in good:
+        check_label(y, task)
+    for y in bad:
+        with pytest.raises(DecodeError) as info:
+            check_label(y, task)
+        assert info.value.reason == "bad_label"
+        assert f"does not fit task {task!r}" in info.value.detail
+
+
+def test_check_label_detail_and_unknown_task() -> None:
+    with pytest.raises(DecodeError) as info:
+        check_label("yes", "binary")
+    assert info.value.detail == (
+        "y: 'yes' does not fit task 'binary'; "
+        "expected bool or 0/1 (use task 'multiclass' for named classes)"
+    )
+    with pytest.raises(ConfigError, match="task: unknown task 'ranking'; choose one of: binary"):
+        check_label(1, "ranking")
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(events, raise_on_error=False)
+    assert result.attempted >= 3 and result.failed == 0
+
+
+@pytest.mark.parametrize(
+    ("obj", "reason", "detail"),
+    [
+        ({"id": "a", "x": {"f": math.inf}}, "non_finite", "x.f: inf is not finite"),
+        ({"id": "a", "x": {"g": 1.0, "f": -math.inf}}, "non_finite", "x.f: -inf is not finite"),
+        ({"id": "a", "x": {}, "y": math.nan}, "non_finite", "y: nan is not finite"),
+        ({"id": "a", "x": {}, "ts": math.inf}, "bad_ts", "ts: inf is not finite"),
+    ],
+)
+def test_non_finite_numbers_from_a_lenient_parser(monkeypatch, obj, reason, detail) -> None:
+    """Older orjson versions turn 1e999 into inf; the import-time probe then turns the
+    finiteness checks on. Simulate such a parser."""
+    monkeypatch.setattr(events, "_CHECK_FINITE", True)
+    monkeypatch.setattr(events, "_parse", lambda raw, max_bytes: copy.deepcopy(obj))
+    err = _reason(decode_event, b"{}")
+    assert (err.reason, err.detail) == (reason, detail)
+    monkeypatch.setattr(events, "_parse", lambda raw, max_bytes: {"id": "a", "x": {"f": 1.5}})
+    assert decode_event(b"{}").x == {"f": 1.5}

@@ -1,0 +1,115 @@
+from __future__ import annotations
+
+import copy
+import doctest
+import pickle
+
+import pytest
+
+from stream_learner.core import labels
+from stream_learner.core.events import Event, Label
+from stream_learner.core.labels import LabelJoiner
+
+
+def _event(i: int, key: str = "default") -> Event:
+    return Event(f"e{i}", key, {"f": float(i)})
+
+
+def _label(i: int, y: object = True, key: str = "default") -> Label:
+    return Label(f"e{i}", key, y)
+
+
+def _counters(j: LabelJoiner) -> tuple[int, int, int, int]:
+    return j.joined, j.unmatched, j.expired, j.pending
+
+
+def test_join_returns_the_event_and_prediction_once() -> None:
+    j = LabelJoiner()
+    ev = _event(1, key="fraud")
+    j.remember(ev, {"y_pred": False, "proba": {True: 0.2}}, now=10.0)
+    assert j.pending == 1 and len(j) == 1
+    # A label without a key decodes to "default": it still joins, and the event has the key.
+    joined = j.join(_label(1), now=11.0)
+    assert joined == (ev, {"y_pred": False, "proba": {True: 0.2}})
+    assert joined[0].key == "fraud"
+    assert j.join(_label(1), now=12.0) is None  # a second label for the same id
+    assert _counters(j) == (1, 1, 0, 0)
+
+
+def test_unmatched_label() -> None:
+    j = LabelJoiner()
+    j.remember(_event(1), True, now=0.0)
+    assert j.join(_label(2), now=1.0) is None
+    assert _counters(j) == (0, 1, 0, 1)
+
+
+def test_expire_by_age() -> None:
+    j = LabelJoiner(max_age_s=10.0)
+    for i in range(5):
+        j.remember(_event(i), i, now=float(i))  # remembered at t = 0, 1, 2, 3, 4
+    assert j.expire(now=10.0) == 0  # e0 is exactly max_age_s old: kept
+    assert j.expire(now=12.5) == 3  # e0, e1, e2 are older than 10 s
+    assert _counters(j) == (0, 0, 3, 2)
+    assert j.join(_label(2), now=12.5) is None
+    assert j.join(_label(3), now=12.5) == (_event(3), 3)
+    # join expires first: e4 is 10.5 s old by now, so its label comes too late.
+    assert j.join(_label(4), now=14.5) is None
+    assert _counters(j) == (1, 2, 4, 0)
+
+
+def test_no_max_age_keeps_entries() -> None:
+    j = LabelJoiner(max_age_s=None)
+    j.remember(_event(1), True, now=0.0)
+    assert j.expire(now=1e12) == 0
+    assert j.join(_label(1), now=1e12) == (_event(1), True)
+
+
+def test_evict_oldest_by_count() -> None:
+    j = LabelJoiner(max_pending=3, max_age_s=None)
+    for i in range(5):
+        j.remember(_event(i), i, now=0.0)
+    assert _counters(j) == (0, 0, 2, 3)
+    assert j.join(_label(0), now=0.0) is None
+    assert j.join(_label(1), now=0.0) is None
+    assert [j.join(_label(i), now=0.0) for i in (2, 3, 4)] == [(_event(i), i) for i in (2, 3, 4)]
+    assert _counters(j) == (3, 2, 2, 0)
+
+
+def test_remembering_an_id_again_replaces_it_and_makes_it_youngest() -> None:
+    j = LabelJoiner(max_pending=2, max_age_s=None)
+    j.remember(_event(1), "old", now=0.0)
+    j.remember(_event(2), "b", now=1.0)
+    j.remember(_event(1), "new", now=2.0)  # no eviction: the id was already pending
+    assert _counters(j) == (0, 0, 0, 2)
+    j.remember(_event(3), "c", now=3.0)  # evicts e2, now the oldest
+    assert j.join(_label(2), now=3.0) is None
+    assert j.join(_label(1), now=3.0) == (_event(1), "new")
+
+
+def test_picklable_and_deterministic() -> None:
+    j = LabelJoiner(max_pending=100, max_age_s=50.0)
+    for i in range(150):
+        j.remember(_event(i), i % 2 == 0, now=float(i))
+    j.join(_label(120), now=150.0)
+    copies = [pickle.loads(pickle.dumps(j)), copy.deepcopy(j)]
+
+    def rest(joiner: LabelJoiner) -> list:
+        out = [joiner.join(_label(i), now=160.0) for i in range(95, 150)]
+        return [*out, _counters(joiner)]
+
+    expected = rest(j)
+    assert sum(r is not None for r in expected[:-1]) == 39  # 110..149 pending, e120 joined
+    for clone in copies:
+        assert rest(clone) == expected
+
+
+def test_rejects_bad_bounds() -> None:
+    with pytest.raises(ValueError, match="max_pending"):
+        LabelJoiner(max_pending=0)
+    with pytest.raises(ValueError, match="max_age_s"):
+        LabelJoiner(max_age_s=0)
+
+
+def test_doctests() -> None:
+    result = doctest.testmod(labels, raise_on_error=False)
+    assert result.attempted >= 4 and result.failed == 0
