@@ -64,6 +64,7 @@ class ServiceSettings:
     http_port: int = 9108
     max_key_labels: int = 50
     retrain_in_worker: bool = True
+    retrain_apply_after: int = 200
     max_event_bytes: int = 1_048_576
     broker_wait_s: float = 300.0
     label_max_pending: int = 100_000

@@ -1,0 +1,220 @@
+"""``stream-learner run`` (the service) and ``stream-learner retrain`` (an on-demand request).
+
+This is where configuration meets adapters: the config file picks the model, the
+policy and the topics; the Kafka source and sink, the metrics endpoint and the
+retrain worker are built here and handed to :class:`~stream_learner.service.Service`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import threading
+import time
+from dataclasses import dataclass
+
+from stream_learner.config import Config, KafkaSettings, load_config
+from stream_learner.core.commands import ALL_KEYS, Command
+from stream_learner.core.learner import LearnerConfig
+from stream_learner.core.models import ModelSpec
+from stream_learner.core.policy import PolicyConfig
+from stream_learner.core.retrain import RetrainConfig
+from stream_learner.errors import BrokerError, ConfigError
+from stream_learner.http import HealthServer
+from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
+from stream_learner.kafka.sink import KafkaSink
+from stream_learner.kafka.source import KafkaSource
+from stream_learner.logs import configure_logging, log_event
+from stream_learner.metrics import ServiceMetrics
+from stream_learner.service.retrainer import Retrainer
+from stream_learner.service.runtime import LearnerFactory, Service, Topics
+
+log = logging.getLogger("stream_learner.cli")
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    run = sub.add_parser(
+        "run",
+        help="run the continual-learning service",
+        description="Join the consumer group on the events, labels and control topics, learn "
+        "one model per key, publish predictions, dead-letter bad input, serve /metrics, "
+        "/healthz and /readyz. Stops cleanly on SIGTERM/SIGINT.",
+    )
+    run.add_argument("--config", required=True, help="TOML config file (see examples/)")
+    run.add_argument("--bootstrap", help=f"Kafka bootstrap (default: ${BOOTSTRAP_ENV}, config)")
+    run.add_argument("--http-port", type=int, help="metrics/health port (0: any free port)")
+    run.add_argument("--log-level", default="INFO", help="DEBUG, INFO, WARNING or ERROR")
+    run.add_argument(
+        "--max-seconds", type=float, help="stop by itself after this long (demos and tests)"
+    )
+    run.set_defaults(func=_run)
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="ask the running service to retrain a key now",
+        description="Produce a 'retrain' command to the control topic; the instance that owns "
+        "the key runs it through the trigger policy like any other trigger.",
+    )
+    retrain.add_argument("--key", required=True, help=f"model key, or '{ALL_KEYS}' for all")
+    retrain.add_argument("--reason", default="", help="why (kept in the decision log)")
+    retrain.add_argument("--config", help="TOML config file (for the topic prefix)")
+    retrain.add_argument("--prefix", help="topic prefix (default: the config's)")
+    retrain.add_argument("--bootstrap", help=f"Kafka bootstrap (default: ${BOOTSTRAP_ENV})")
+    retrain.set_defaults(func=_retrain)
+
+
+@dataclass
+class Built:
+    service: Service
+    http: HealthServer
+    bootstrap: str
+
+
+def core_factory(config: Config) -> LearnerFactory:
+    if not config.model:
+        raise ConfigError("model: the [model] section is missing; see examples/config.toml")
+    return LearnerFactory(
+        spec=ModelSpec.from_dict(config.model, where="model"),
+        config=LearnerConfig.from_dict(config.learner),
+        policy=PolicyConfig.from_dict(config.policy),
+        retrain=RetrainConfig.from_dict(config.retrain),
+        max_pending=config.service.label_max_pending,
+        max_age_s=config.service.label_max_age_s or None,
+    )
+
+
+def build_service(config: Config, bootstrap: str, *, http_port: int | None = None) -> Built:
+    """Wire a config to real adapters; nothing touches the network until ``run``."""
+    factory = core_factory(config)
+    settings = config.service
+    topics = Topics.from_prefix(config.kafka.topic_prefix)
+    metrics = ServiceMetrics(max_keys=settings.max_key_labels)
+    extra = dict(config.kafka.client)
+    sink = KafkaSink(bootstrap, extra)
+    service: Service
+
+    def on_assign(tps):
+        service.on_assign(tps)
+
+    def on_revoke(tps):
+        service.on_revoke(tps)
+
+    source = KafkaSource(
+        bootstrap,
+        config.kafka.group_id,
+        topics.inputs,
+        extra=extra,
+        on_assign=on_assign,
+        on_revoke=on_revoke,
+    )
+    service = Service(
+        factory=factory,
+        topics=topics,
+        source=source,
+        sink=sink,
+        metrics=metrics,
+        retrainer=Retrainer(
+            workers=1 if settings.retrain_in_worker else 0, apply_after=settings.retrain_apply_after
+        ),
+        batch_size=settings.batch_size,
+        poll_timeout_s=settings.poll_timeout_s,
+        max_event_bytes=settings.max_event_bytes,
+    )
+    port = settings.http_port if http_port is None else http_port
+    http = HealthServer(
+        metrics.registry, host=settings.http_host, port=port, ready=service.readiness
+    )
+    return Built(service, http, bootstrap)
+
+
+def wait_for_broker(bootstrap: str, extra: dict, max_wait_s: float) -> None:
+    """Wait with backoff for Kafka to answer, logging each attempt; bounded."""
+    deadline = time.monotonic() + max_wait_s
+    delay, attempt = 1.0, 0
+    while True:
+        attempt += 1
+        try:
+            check_reachable(bootstrap, timeout=10, extra=extra)
+            return
+        except BrokerError as exc:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise BrokerError(f"{exc} (gave up after {max_wait_s:g}s)") from None
+            log_event(
+                log,
+                "waiting_for_kafka",
+                level=logging.WARNING,
+                bootstrap=bootstrap,
+                attempt=attempt,
+                retry_in_s=round(min(delay, left), 1),
+                error=str(exc),
+            )
+            time.sleep(min(delay, left))
+            delay = min(delay * 2, 30.0)
+
+
+def _run(args: argparse.Namespace) -> int:
+    configure_logging(args.log_level)
+    config = load_config(args.config)
+    # --bootstrap, then $STREAM_LEARNER_BOOTSTRAP, then the config file, then the local broker.
+    bootstrap = resolve_bootstrap(
+        args.bootstrap or os.environ.get(BOOTSTRAP_ENV) or config.kafka.bootstrap
+    )
+    built = build_service(config, bootstrap, http_port=args.http_port)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    if args.max_seconds:
+        threading.Timer(args.max_seconds, stop.set).start()
+    wait_for_broker(bootstrap, dict(config.kafka.client), config.service.broker_wait_s)
+    built.http.start()
+    log_event(
+        log,
+        "started",
+        bootstrap=bootstrap,
+        http=built.http.url,
+        group=config.kafka.group_id,
+        topics=built.service.topics.inputs,
+        lineage=built.service.factory.spec.lineage,
+    )
+    try:
+        built.service.run(stop.is_set)
+    finally:
+        built.http.stop()
+    log_event(log, "stopped", batches=built.service.batches)
+    return 0
+
+
+def _retrain(args: argparse.Namespace) -> int:
+    from confluent_kafka.admin import AdminClient
+
+    from stream_learner.kafka.client import client_config
+
+    prefix = args.prefix
+    extra: dict = {}
+    if prefix is None:
+        if args.config:
+            config = load_config(args.config)
+            prefix, extra = config.kafka.topic_prefix, dict(config.kafka.client)
+        else:
+            prefix = KafkaSettings().topic_prefix
+    bootstrap = resolve_bootstrap(args.bootstrap)
+    check_reachable(bootstrap, timeout=10, extra=extra)
+    topic = Topics.from_prefix(prefix).control
+    cmd = Command("retrain", key=args.key, reason=args.reason, requested_by="cli", ts=time.time())
+    sink = KafkaSink(bootstrap, extra)
+    if args.key == ALL_KEYS:
+        meta = AdminClient(client_config(bootstrap, extra)).list_topics(topic, timeout=10)
+        partitions = sorted(meta.topics[topic].partitions) if topic in meta.topics else []
+        if not partitions:
+            raise BrokerError(f"control topic {topic} does not exist; run 'topics apply'")
+        for p in partitions:
+            sink.produce(topic, cmd.to_json(), partition=p)
+    else:
+        sink.produce(topic, cmd.to_json(), key=args.key)
+    if sink.close(timeout=15) > 0:
+        raise BrokerError(f"the retrain command was not delivered to {topic} within 15 s")
+    print(f"retrain requested for key {args.key!r} on {topic}")
+    return 0

@@ -1,0 +1,529 @@
+"""The service loop: records in, one learner per model key, outputs out, offsets committed.
+
+It receives its adapters (a record source, an output sink, metrics) through small
+interfaces and imports no Kafka itself. One batch at a time:
+
+1. every record is decoded and routed to its key's :class:`Learner` (events: learn or
+   predict; labels: join and learn; control: commands); anything that does not fit the
+   contract goes to the dead-letter topic with its reason, and the batch goes on;
+2. a retrain result whose apply point was reached is applied (see ``retrainer.py``);
+3. outputs are flushed, *then* the input positions are committed: an event whose
+   prediction was not delivered is never marked done.
+
+One key is one sequential learner; keys scale out over partitions and instances. A key
+lives on one partition (Kafka message key = model key), so it has exactly one writer.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+import orjson
+
+from stream_learner.core.commands import Command, decode_command
+from stream_learner.core.events import DEFAULT_KEY, Event, Label, decode_event, decode_label
+from stream_learner.core.learner import Learner, LearnerConfig, Outcome
+from stream_learner.core.models import ModelSpec
+from stream_learner.core.policy import Decision, PolicyConfig
+from stream_learner.core.retrain import RetrainConfig
+from stream_learner.errors import BrokerError, DecodeError
+from stream_learner.logs import log_event
+from stream_learner.metrics import ServiceMetrics
+from stream_learner.service.retrainer import Pending, Retrainer
+
+log = logging.getLogger("stream_learner.service")
+
+TopicPartition = tuple[str, int]
+
+
+class Record(Protocol):
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    timestamp_ms: int | None
+
+
+class Source(Protocol):
+    lag: Mapping[TopicPartition, int]
+    assignment: set[TopicPartition]
+
+    def start(self) -> None: ...
+    def poll(self, max_messages: int, timeout: float) -> list[Record]: ...
+    def commit(self, positions: Mapping[TopicPartition, int]) -> None: ...
+    def close(self) -> None: ...
+
+
+class Sink(Protocol):
+    def produce(self, topic: str, value: bytes | None, *, key=None, headers=None) -> None: ...
+    def flush(self, timeout: float = 10.0) -> int: ...
+
+
+@dataclass(frozen=True)
+class Topics:
+    """Physical topic names, from the configured prefix."""
+
+    events: str
+    labels: str
+    control: str
+    predictions: str
+    dead_letters: str
+    checkpoints: str
+
+    @classmethod
+    def from_prefix(cls, prefix: str) -> Topics:
+        return cls(
+            events=f"{prefix}events",
+            labels=f"{prefix}labels",
+            control=f"{prefix}control",
+            predictions=f"{prefix}predictions",
+            dead_letters=f"{prefix}dead-letters",
+            checkpoints=f"{prefix}checkpoints",
+        )
+
+    @property
+    def inputs(self) -> list[str]:
+        return [self.events, self.labels, self.control]
+
+
+@dataclass(frozen=True)
+class LearnerFactory:
+    """Everything needed to start a key's learner from scratch."""
+
+    spec: ModelSpec
+    config: LearnerConfig
+    policy: PolicyConfig
+    retrain: RetrainConfig
+    max_pending: int = 100_000
+    max_age_s: float | None = 3600.0
+
+    def __call__(self, key: str) -> Learner:
+        return Learner(
+            key,
+            self.spec,
+            config=self.config,
+            policy=self.policy,
+            retrain=self.retrain,
+            max_pending=self.max_pending,
+            max_age_s=self.max_age_s,
+        )
+
+
+def _ms_now() -> bytes:
+    return str(int(time.time() * 1000)).encode()
+
+
+class Service:
+    """One instance of the continual-learning service; see the module docstring."""
+
+    def __init__(
+        self,
+        *,
+        factory: LearnerFactory,
+        topics: Topics,
+        source: Source,
+        sink: Sink,
+        metrics: ServiceMetrics,
+        retrainer: Retrainer,
+        batch_size: int = 500,
+        poll_timeout_s: float = 0.2,
+        max_event_bytes: int = 1_048_576,
+    ) -> None:
+        self.factory = factory
+        self.topics = topics
+        self.source = source
+        self.sink = sink
+        self.metrics = metrics
+        self.retrainer = retrainer
+        self.batch_size = batch_size
+        self.poll_timeout_s = poll_timeout_s
+        self.max_event_bytes = max_event_bytes
+        self.learners: dict[str, Learner] = {}
+        self.key_partition: dict[str, int] = {}
+        self.paused: set[str] = set()
+        self.pending: dict[str, Pending] = {}
+        self.positions: dict[TopicPartition, int] = {}
+        self.caught_up = False
+        self.batches = 0
+        self._keys: dict[bytes, str] = {}  # message key bytes -> str, cached
+        self._touched: set[str] = set()
+        self._counts: Counter[str] = Counter()
+        self._dead: Counter[str] = Counter()
+        self._joins: dict[str, tuple[int, int, int]] = {}
+
+    # -- readiness ----------------------------------------------------------------------
+    def readiness(self) -> tuple[bool, str]:
+        if not self.source.assignment:
+            return False, "no partitions assigned yet"
+        if not self.caught_up:
+            return False, "catching up with the assigned partitions"
+        return True, f"{len(self.source.assignment)} partitions, {len(self.learners)} keys"
+
+    # -- the hot path -------------------------------------------------------------------
+    def process(self, records: Iterable[Record]) -> int:
+        """Route a batch of records; returns how many were handled (all of them)."""
+        events, labels, control = self.topics.events, self.topics.labels, self.topics.control
+        positions = self.positions
+        n = 0
+        for rec in records:
+            n += 1
+            topic = rec.topic
+            positions[topic, rec.partition] = rec.offset + 1
+            try:
+                if topic == events:
+                    self._event(rec)
+                elif topic == labels:
+                    self._label(rec)
+                elif topic == control:
+                    self._command(rec)
+            except DecodeError as exc:
+                self.dead_letter(rec, exc.reason, exc.detail)
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                # The model refused this input (e.g. a string where the pipeline needs a
+                # number): the event is bad for this model, not the service's end.
+                self.dead_letter(rec, "model_rejected", f"{type(exc).__name__}: {exc}")
+        return n
+
+    def _model_key(self, rec: Record, declared: str) -> str:
+        raw = rec.key
+        if raw is None:
+            return declared
+        key = self._keys.get(raw)
+        if key is None:
+            try:
+                key = raw.decode()
+            except UnicodeDecodeError:
+                raise DecodeError("bad_key", "the Kafka message key is not UTF-8") from None
+            if len(self._keys) < 100_000:
+                self._keys[raw] = key
+        if declared != key and declared != DEFAULT_KEY:
+            raise DecodeError(
+                "key_mismatch",
+                f"the message key {key[:40]!r} and the event's key {declared[:40]!r} differ",
+            )
+        return key
+
+    def _learner(self, key: str, partition: int) -> Learner:
+        learner = self.learners.get(key)
+        if learner is None:
+            learner = self.learners[key] = self.factory(key)
+            self.key_partition[key] = partition
+            self.metrics.set_model(key, learner.version, learner.lineage)
+        return learner
+
+    def _event(self, rec: Record) -> None:
+        value = rec.value
+        if value is None:
+            raise DecodeError("not_json", "the message has no value (a tombstone)")
+        event = decode_event(value, max_bytes=self.max_event_bytes)
+        key = self._model_key(rec, event.key)
+        if event.ts is None and rec.timestamp_ms is not None:
+            # Event time is the producer's timestamp when the event carries none, so
+            # label joins and time-based triggers run on one clock, in replays too.
+            event = Event(event.id, key, event.x, event.y, rec.timestamp_ms / 1000.0)
+        elif key != event.key:
+            event = Event(event.id, key, event.x, event.y, event.ts)
+        learner = self.learners.get(key) or self._learner(key, rec.partition)
+        if event.y is None:
+            out = learner.predict(event)
+            self._predicted(event, out)
+        elif key in self.paused:
+            self._counts["paused"] += 1
+            return
+        else:
+            out = learner.learn(event)
+            self._counts["learned"] += 1
+        self._touched.add(key)
+        if out.signals or out.decisions or out.job is not None:
+            self._react(learner, out.signals, out.decisions, out.job)
+        if self.pending and key in self.pending:
+            self._maybe_apply(learner)
+
+    def _predicted(self, event: Event, out: Outcome) -> None:
+        body: dict[str, Any] = {
+            "id": event.id,
+            "key": event.key,
+            "y_pred": out.y_pred,
+            "model_version": out.version,
+            "lineage": out.lineage,
+            "ts": event.ts,
+        }
+        if out.proba:
+            body["proba"] = {str(k): v for k, v in out.proba.items()}
+        self.sink.produce(
+            self.topics.predictions,
+            orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
+            key=event.key,
+        )
+        self._counts["predicted"] += 1
+
+    def _label(self, rec: Record) -> None:
+        value = rec.value
+        if value is None:
+            raise DecodeError("not_json", "the message has no value (a tombstone)")
+        label = decode_label(value, max_bytes=self.max_event_bytes)
+        key = self._model_key(rec, label.key)
+        if label.ts is None and rec.timestamp_ms is not None:
+            label = Label(label.id, key, label.y, rec.timestamp_ms / 1000.0)
+        learner = self.learners.get(key)
+        if learner is None:
+            self.metrics.count_labels("unmatched", 1)
+            return
+        if key in self.paused:
+            self._counts["paused"] += 1
+            return
+        out = learner.on_label(label)
+        self._touched.add(key)
+        if out is None:
+            return
+        self._counts["learned"] += 1
+        if out.signals or out.decisions or out.job is not None:
+            self._react(learner, out.signals, out.decisions, out.job)
+        if self.pending and key in self.pending:
+            self._maybe_apply(learner)
+
+    def _command(self, rec: Record) -> None:
+        cmd = decode_command(rec.value)
+        if cmd.key == "*":
+            keys = [k for k, p in self.key_partition.items() if p == rec.partition]
+        else:
+            keys = [self._model_key(rec, cmd.key)]
+        for key in keys:
+            self.execute(cmd, key)
+
+    def execute(self, cmd: Command, key: str) -> None:
+        """Carry out one command for one key this instance owns."""
+        log_event(
+            log,
+            "command",
+            command=cmd.command,
+            key=key,
+            reason=cmd.reason,
+            requested_by=cmd.requested_by,
+        )
+        if cmd.command == "pause":
+            self.paused.add(key)
+        elif cmd.command == "resume":
+            self.paused.discard(key)
+        elif cmd.command == "retrain":
+            learner = self.learners.get(key)
+            if learner is None:
+                log_event(log, "command_ignored", key=key, why="no such key on this instance")
+                return
+            decision, job = learner.request_retrain(cmd.reason or "on demand", cmd.ts)
+            self._react(learner, (), (decision,), job)
+        else:
+            log_event(
+                log,
+                "command_ignored",
+                key=key,
+                command=cmd.command,
+                why="checkpoint commands need the checkpoint store",
+            )
+
+    def dead_letter(self, rec: Record, reason: str, detail: str) -> None:
+        headers = [
+            ("dlq.reason", reason),
+            ("dlq.detail", detail[:1000]),
+            ("dlq.source.topic", rec.topic),
+            ("dlq.source.partition", str(rec.partition)),
+            ("dlq.source.offset", str(rec.offset)),
+            ("dlq.timestamp", _ms_now()),
+        ]
+        self.sink.produce(self.topics.dead_letters, rec.value, key=rec.key, headers=headers)
+        self._dead[reason] += 1
+
+    # -- decisions and retrains ---------------------------------------------------------
+    def _react(self, learner: Learner, signals, decisions: Iterable[Decision], job) -> None:
+        for s in signals:
+            self.metrics.count_drift(s.detector, s.kind, s.level)
+            log_event(
+                log,
+                "drift",
+                key=learner.key,
+                kind=s.kind,
+                detector=s.detector,
+                drift_level=s.level,
+                direction=s.direction,
+                index=s.index,
+                before=s.before,
+                after=s.after,
+                feature=s.feature,
+            )
+        for d in decisions:
+            self.metrics.count_decision(d.trigger, d.action)
+            log_event(
+                log,
+                "decision",
+                key=d.key,
+                trigger=d.trigger,
+                action=d.action,
+                code=d.code,
+                reason=d.reason,
+                kind=d.kind,
+                index=d.index,
+                ts=d.ts,
+            )
+        if job is not None:
+            self.pending[learner.key] = self.retrainer.submit(job, learner.index)
+            log_event(
+                log,
+                "retrain_started",
+                key=learner.key,
+                number=job.number,
+                kind=job.kind,
+                n_train=len(job.train),
+                n_holdout=len(job.holdout),
+                apply_at=self.pending[learner.key].due,
+            )
+
+    def _maybe_apply(self, learner: Learner, force: bool = False) -> None:
+        pending = self.pending[learner.key]
+        if learner.index < pending.due and not force:
+            return
+        del self.pending[learner.key]
+        trigger, kind = pending.job.decision.trigger, pending.job.kind
+        try:
+            result = pending.wait()
+        except Exception as exc:  # a crashed worker must not take the service down
+            decision = learner.abandon(f"retrain #{pending.job.number} failed: {exc!r}")
+            self.metrics.record_retrain(trigger, kind, "failed", 0.0)
+            log_event(log, "retrain_failed", level=logging.ERROR, key=learner.key, error=repr(exc))
+            if decision is not None:
+                self.metrics.count_decision(decision.trigger, decision.action)
+            return
+        decision = learner.apply(result)
+        outcome = "promoted" if decision.action == "promote" else "kept"
+        self.metrics.count_decision(decision.trigger, decision.action)
+        self.metrics.record_retrain(trigger, kind, outcome, result.duration_s)
+        self.metrics.set_model(learner.key, learner.version, learner.lineage)
+        if outcome == "promoted":
+            self.metrics.mark_retrain(learner.key, time.time())
+        log_event(
+            log,
+            "retrain_" + outcome,
+            key=learner.key,
+            version=learner.version,
+            reason=decision.reason,
+            duration_s=round(result.duration_s, 4),
+            champion=result.champion_score,
+            challenger=result.challenger_score,
+        )
+
+    # -- batch boundaries ---------------------------------------------------------------
+    def end_batch(self, *, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Deliver outputs, then commit positions, then update metrics."""
+        self.flush(should_stop)
+        self.commit(should_stop)
+        self._report()
+
+    def flush(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        waited = 0.0
+        while self.sink.flush(1.0) > 0:
+            waited += 1.0
+            if int(waited) % 10 == 0:
+                log_event(
+                    log,
+                    "waiting_for_kafka",
+                    level=logging.WARNING,
+                    what="output delivery",
+                    waited_s=waited,
+                )
+            if should_stop() and waited >= 30:
+                raise BrokerError("outputs could not be delivered within 30 s of shutdown")
+
+    def commit(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        if not self.positions:
+            return
+        delay = 0.5
+        while True:
+            try:
+                self.source.commit(self.positions)
+                break
+            except BrokerError as exc:
+                if should_stop():
+                    raise
+                log_event(log, "commit_retry", level=logging.WARNING, error=str(exc))
+                time.sleep(delay)
+                delay = min(delay * 2, 10.0)
+        self.positions = {}
+
+    def _report(self) -> None:
+        m = self.metrics
+        for outcome, n in self._counts.items():
+            m.count_events(outcome, n)
+        self._counts.clear()
+        for reason, n in self._dead.items():
+            m.count_events("dead_lettered", n)
+            m.count_dead_letters(reason, n)
+        self._dead.clear()
+        for key in self._touched:
+            learner = self.learners.get(key)
+            if learner is None:
+                continue
+            m.set_key_metrics(key, learner.evaluator.values())
+            j = learner.joiner
+            before = self._joins.get(key, (0, 0, 0))
+            now = (j.joined, j.unmatched, j.expired)
+            for result, b, a in zip(("joined", "unmatched", "expired"), before, now, strict=True):
+                if a > b:
+                    m.count_labels(result, a - b)
+            self._joins[key] = now
+        self._touched.clear()
+        for (topic, partition), lag in list(self.source.lag.items()):
+            m.set_lag(topic, partition, lag)
+        m.set_assigned_partitions(len(self.source.assignment))
+        ready, _ = self.readiness()
+        m.set_ready(ready)
+
+    # -- rebalancing --------------------------------------------------------------------
+    def on_assign(self, partitions: list[TopicPartition]) -> None:
+        self.caught_up = False
+        log_event(log, "assigned", partitions=[f"{t}[{p}]" for t, p in partitions])
+
+    def on_revoke(self, partitions: list[TopicPartition]) -> None:
+        """Hand off cleanly: deliver outputs and commit before the partitions move."""
+        self.flush()
+        self.commit()
+        gone = {p for t, p in partitions if t == self.topics.events}
+        for key in [k for k, p in self.key_partition.items() if p in gone]:
+            self.learners.pop(key, None)
+            self.key_partition.pop(key, None)
+            self.pending.pop(key, None)
+            self._joins.pop(key, None)
+            self.paused.discard(key)
+            self.metrics.forget_key(key)
+        for t, p in partitions:
+            self.metrics.forget_partition(t, p)
+        log_event(log, "revoked", partitions=[f"{t}[{p}]" for t, p in partitions])
+
+    # -- the loop -----------------------------------------------------------------------
+    def run(self, should_stop: Callable[[], bool]) -> None:
+        """Consume until ``should_stop()``; then finish the batch, flush, commit, close."""
+        self.source.start()
+        try:
+            while not should_stop():
+                records = self.source.poll(self.batch_size, self.poll_timeout_s)
+                if records:
+                    started = time.perf_counter()
+                    self.process(records)
+                    self.end_batch(should_stop=should_stop)
+                    self.metrics.observe_batch(time.perf_counter() - started, len(records))
+                    self.batches += 1
+                caught_up = len(records) < self.batch_size and self.source.assignment
+                if caught_up and not self.caught_up:
+                    self.caught_up = True
+                    self.metrics.set_ready(True)
+                    log_event(log, "caught_up", keys=len(self.learners))
+        finally:
+            self.flush(should_stop)
+            self.commit(should_stop)
+            self.source.close()
+            self.retrainer.close()
+            self.metrics.set_ready(False)
