@@ -117,7 +117,7 @@ def _demo(args: argparse.Namespace) -> int:
     total = sent["events"] + sent["labels"]
     started = time.monotonic()
     last, history = 0, []
-    learner = None
+    learner, idle = None, 0
     try:
         while time.monotonic() - started < args.timeout and not stop.is_set():
             time.sleep(1.0)
@@ -135,7 +135,8 @@ def _demo(args: argparse.Namespace) -> int:
                 f"progress   {index:>6}/{total} inputs  {rate:>6} /s  rolling accuracy "
                 f"{acc:.3f}  model v{learner.version}  drift decisions {drifts}"
             )
-            if index >= total:
+            idle = idle + 1 if rate == 0 else 0
+            if index >= total or idle >= 5:  # all in, or nothing more is coming
                 break
     finally:
         stop.set()
