@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import time
 import uuid
 from collections.abc import Callable, Iterator
 
@@ -78,3 +79,58 @@ def topic_factory(admin, unique_name) -> Iterator[Callable[..., str]]:
             # Best-effort cleanup: a failed delete must not mask the test's own result.
             with contextlib.suppress(Exception):
                 future.result(timeout=30)
+
+
+@pytest.fixture
+def prefix(admin, unique_name) -> Iterator[str]:
+    """A fresh topic namespace; every topic created under it is deleted afterwards."""
+    value = unique_name().replace("_", "-") + "."
+    yield value
+    mine = [t for t in admin.list_topics(timeout=10).topics if t.startswith(value)]
+    if mine:
+        for future in admin.delete_topics(mine, operation_timeout=30).values():
+            with contextlib.suppress(Exception):  # cleanup must not mask the test's result
+                future.result(timeout=30)
+
+
+@pytest.fixture
+def service_topics(admin, prefix):
+    """Every topic of topics/topics.toml, created under this test's prefix."""
+    from stream_learner.kafka.topics import apply, default_topics_file, load_topics, plan
+    from stream_learner.service import Topics
+
+    spec = load_topics(default_topics_file(), prefix=prefix)
+    apply(admin, plan(spec, admin))
+    return Topics.from_prefix(prefix)
+
+
+def drain(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list:
+    """Every message of ``topic`` from the beginning to its current end (no consumer group)."""
+    from confluent_kafka import Consumer, TopicPartition
+
+    from stream_learner.kafka.client import client_config
+
+    consumer = Consumer(
+        client_config(bootstrap, {"group.id": "drain", "enable.auto.commit": False})
+    )
+    try:
+        meta = consumer.list_topics(topic, timeout=10).topics[topic]
+        ends = {}
+        for p in meta.partitions:
+            low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
+            if high > low:
+                ends[p] = high
+        consumer.assign([TopicPartition(topic, p, 0) for p in ends])
+        out, deadline = [], time.monotonic() + timeout
+        while ends and time.monotonic() < deadline:
+            msg = consumer.poll(0.5)
+            if msg is None or msg.error():
+                continue
+            out.append(msg)
+            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
+                ends.pop(msg.partition(), None)
+        if ends:
+            raise AssertionError(f"could not read {topic} to its end within {timeout}s")
+        return out
+    finally:
+        consumer.close()

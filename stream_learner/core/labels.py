@@ -4,8 +4,13 @@ When an unlabelled event is predicted, the learner remembers the event and its p
 when a :class:`~stream_learner.core.events.Label` with the same ``id`` arrives, the pair is
 handed back so the prediction can be scored and the model can learn from the event.
 
+A label may also come *before* its prediction: the events and labels topics are read side by
+side, and after a restart with a backlog the consumer may reach a label ahead of its event.
+Such a label is *parked* and joined the moment its event is predicted, instead of being lost.
+
 Memory is bounded twice: by count (the oldest pending prediction is evicted when full) and by
-age (entries older than ``max_age_s`` are dropped). Both count as ``expired``. Nothing reads
+age (entries older than ``max_age_s`` are dropped). Both count as ``expired``. Parked labels
+have the same bounds; one that never meets its prediction counts as ``unmatched``. Nothing reads
 a clock: callers pass ``now`` (event time in replays, wall time in the service), so the join
 is deterministic and replayable.
 """
@@ -43,10 +48,12 @@ class LabelJoiner:
     >>> joiner.remember(Event("e1", "default", {"f": 1.0}), True, now=0.0)
     >>> joiner.join(Label("e1", "default", False), now=5.0)
     (Event(id='e1', key='default', x={'f': 1.0}, y=None, ts=None), True)
-    >>> joiner.join(Label("e9", "default", False), now=6.0) is None
+    >>> joiner.join(Label("e9", "default", False), now=6.0) is None  # parked: no event yet
     True
-    >>> joiner.joined, joiner.unmatched, joiner.expired, joiner.pending
-    (1, 1, 0, 0)
+    >>> joiner.remember(Event("e9", "default", {"f": 2.0}), True, now=7.0)  # joins at once
+    Label(id='e9', key='default', y=False, ts=None)
+    >>> joiner.joined, joiner.unmatched, joiner.expired, joiner.pending, joiner.parked
+    (2, 0, 0, 0, 0)
     """
 
     def __init__(self, max_pending: int = 100_000, max_age_s: float | None = 3600.0) -> None:
@@ -61,6 +68,12 @@ class LabelJoiner:
         self.expired = 0
         # id -> (event, prediction, time remembered); insertion order is age order.
         self._pending: OrderedDict[str, tuple[Event, Any, float]] = OrderedDict()
+        # id -> (label, time parked): labels that came before their prediction.
+        self._parked: OrderedDict[str, tuple[Label, float]] = OrderedDict()
+
+    @property
+    def parked(self) -> int:
+        return len(self._parked)
 
     @property
     def pending(self) -> int:
@@ -69,8 +82,17 @@ class LabelJoiner:
     def __len__(self) -> int:
         return len(self._pending)
 
-    def remember(self, event: Event, y_pred: Any, now: float) -> None:
-        """Keep ``event`` and its prediction (any picklable object) until its label comes."""
+    def remember(self, event: Event, y_pred: Any, now: float) -> Label | None:
+        """Keep ``event`` and its prediction (any picklable object) until its label comes.
+
+        When its label is already parked, nothing is kept: the label is returned (and
+        counted as joined) so the caller can score and learn at once."""
+        if self._parked:
+            self.expire(now)
+            parked = self._parked.pop(event.id, None)
+            if parked is not None:
+                self.joined += 1
+                return parked[0]
         pending = self._pending
         if event.id in pending:
             del pending[event.id]
@@ -78,36 +100,44 @@ class LabelJoiner:
             pending.popitem(last=False)
             self.expired += 1
         pending[event.id] = (event, y_pred, now)
+        return None
 
     def join(self, label: Label, now: float) -> tuple[Event, Any] | None:
-        """The remembered event and prediction for ``label``, or None (counted as unmatched)
-        when there is none or it has expired."""
+        """The remembered event and prediction for ``label``; None when there is none yet,
+        in which case the label is parked until its event is predicted (or it expires)."""
         self.expire(now)
         entry = self._pending.pop(label.id, None)
         if entry is None:
-            self.unmatched += 1
+            parked = self._parked
+            parked.pop(label.id, None)
+            if len(parked) >= self.max_pending:
+                parked.popitem(last=False)
+                self.unmatched += 1
+            parked[label.id] = (label, now)
             return None
         self.joined += 1
         return entry[0], entry[1]
 
     def expire(self, now: float) -> int:
-        """Drop predictions older than ``max_age_s``; returns how many were dropped."""
+        """Drop predictions (and parked labels) older than ``max_age_s``; returns how many
+        predictions were dropped."""
         if self.max_age_s is None:
             return 0
-        pending = self._pending
         oldest_kept = now - self.max_age_s
+        pending = self._pending
         n = 0
-        while pending:
-            _, entry = next(iter(pending.items()))
-            if entry[2] >= oldest_kept:
-                break
+        while pending and next(iter(pending.values()))[2] < oldest_kept:
             pending.popitem(last=False)
             n += 1
         self.expired += n
+        parked = self._parked
+        while parked and next(iter(parked.values()))[1] < oldest_kept:
+            parked.popitem(last=False)
+            self.unmatched += 1
         return n
 
     def __repr__(self) -> str:
         return (
             f"LabelJoiner(pending={self.pending}, joined={self.joined}, "
-            f"unmatched={self.unmatched}, expired={self.expired})"
+            f"unmatched={self.unmatched}, expired={self.expired}, parked={self.parked})"
         )

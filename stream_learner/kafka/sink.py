@@ -31,6 +31,8 @@ _PRODUCER_DEFAULTS = {
     "linger.ms": 5,
     "compression.type": "lz4",
     "message.timeout.ms": 0,
+    # Dead letters carry the original bytes, up to the topics' max.message.bytes (8 MiB).
+    "message.max.bytes": 8_388_608 + 65_536,
 }
 
 

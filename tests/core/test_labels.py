@@ -19,8 +19,8 @@ def _label(i: int, y: object = True, key: str = "default") -> Label:
     return Label(f"e{i}", key, y)
 
 
-def _counters(j: LabelJoiner) -> tuple[int, int, int, int]:
-    return j.joined, j.unmatched, j.expired, j.pending
+def _counters(j: LabelJoiner) -> tuple[int, int, int, int, int]:
+    return j.joined, j.unmatched, j.expired, j.pending, j.parked
 
 
 def test_join_returns_the_event_and_prediction_once() -> None:
@@ -32,15 +32,35 @@ def test_join_returns_the_event_and_prediction_once() -> None:
     joined = j.join(_label(1), now=11.0)
     assert joined == (ev, {"y_pred": False, "proba": {True: 0.2}})
     assert joined[0].key == "fraud"
-    assert j.join(_label(1), now=12.0) is None  # a second label for the same id
-    assert _counters(j) == (1, 1, 0, 0)
+    assert j.join(_label(1), now=12.0) is None  # a second label for the same id: parked
+    assert _counters(j) == (1, 0, 0, 0, 1)
 
 
-def test_unmatched_label() -> None:
-    j = LabelJoiner()
+def test_label_without_prediction_is_parked_then_unmatched_when_too_old() -> None:
+    j = LabelJoiner(max_age_s=100.0)
     j.remember(_event(1), True, now=0.0)
     assert j.join(_label(2), now=1.0) is None
-    assert _counters(j) == (0, 1, 0, 1)
+    assert _counters(j) == (0, 0, 0, 1, 1)
+    assert j.expire(now=101.5) == 1  # e1's prediction and e2's label are both too old now
+    assert _counters(j) == (0, 1, 1, 0, 0)
+
+
+def test_label_before_its_prediction_joins_when_the_event_comes() -> None:
+    j = LabelJoiner(max_age_s=100.0)
+    early = _label(7, y=False)
+    assert j.join(early, now=5.0) is None
+    assert j.remember(_event(7), True, now=6.0) == early  # joined at once, nothing kept
+    assert _counters(j) == (1, 0, 0, 0, 0)
+    assert j.join(_label(7), now=7.0) is None  # the event is not pending any more
+
+
+def test_parked_labels_are_bounded_by_count() -> None:
+    j = LabelJoiner(max_pending=3, max_age_s=None)
+    for i in range(5):
+        assert j.join(_label(i), now=0.0) is None
+    assert _counters(j) == (0, 2, 0, 0, 3)  # the two oldest were given up
+    assert j.remember(_event(0), True, now=0.0) is None  # e0's label was given up
+    assert j.remember(_event(4), True, now=0.0) == _label(4)
 
 
 def test_expire_by_age() -> None:
@@ -49,12 +69,14 @@ def test_expire_by_age() -> None:
         j.remember(_event(i), i, now=float(i))  # remembered at t = 0, 1, 2, 3, 4
     assert j.expire(now=10.0) == 0  # e0 is exactly max_age_s old: kept
     assert j.expire(now=12.5) == 3  # e0, e1, e2 are older than 10 s
-    assert _counters(j) == (0, 0, 3, 2)
-    assert j.join(_label(2), now=12.5) is None
+    assert _counters(j) == (0, 0, 3, 2, 0)
+    assert j.join(_label(2), now=12.5) is None  # too late: parked, in case e2 comes again
     assert j.join(_label(3), now=12.5) == (_event(3), 3)
     # join expires first: e4 is 10.5 s old by now, so its label comes too late.
     assert j.join(_label(4), now=14.5) is None
-    assert _counters(j) == (1, 2, 4, 0)
+    assert _counters(j) == (1, 0, 4, 0, 2)
+    j.expire(now=23.0)  # the label parked at 12.5 is now too old; the one of 14.5 is not
+    assert _counters(j) == (1, 1, 4, 0, 1)
 
 
 def test_no_max_age_keeps_entries() -> None:
@@ -68,11 +90,11 @@ def test_evict_oldest_by_count() -> None:
     j = LabelJoiner(max_pending=3, max_age_s=None)
     for i in range(5):
         j.remember(_event(i), i, now=0.0)
-    assert _counters(j) == (0, 0, 2, 3)
+    assert _counters(j) == (0, 0, 2, 3, 0)
     assert j.join(_label(0), now=0.0) is None
     assert j.join(_label(1), now=0.0) is None
     assert [j.join(_label(i), now=0.0) for i in (2, 3, 4)] == [(_event(i), i) for i in (2, 3, 4)]
-    assert _counters(j) == (3, 2, 2, 0)
+    assert _counters(j) == (3, 0, 2, 0, 2)
 
 
 def test_remembering_an_id_again_replaces_it_and_makes_it_youngest() -> None:
@@ -80,7 +102,7 @@ def test_remembering_an_id_again_replaces_it_and_makes_it_youngest() -> None:
     j.remember(_event(1), "old", now=0.0)
     j.remember(_event(2), "b", now=1.0)
     j.remember(_event(1), "new", now=2.0)  # no eviction: the id was already pending
-    assert _counters(j) == (0, 0, 0, 2)
+    assert _counters(j) == (0, 0, 0, 2, 0)
     j.remember(_event(3), "c", now=3.0)  # evicts e2, now the oldest
     assert j.join(_label(2), now=3.0) is None
     assert j.join(_label(1), now=3.0) == (_event(1), "new")

@@ -1,0 +1,160 @@
+"""Running the real service against the real broker, in-process or as a subprocess."""
+
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from collections.abc import Iterable
+from pathlib import Path
+
+import orjson
+
+from stream_learner.kafka.sink import KafkaSink
+from stream_learner.synth import Message
+
+CONFIG = """
+[kafka]
+bootstrap = "{bootstrap}"
+topic_prefix = "{prefix}"
+group_id = "{group}"
+
+[service]
+batch_size = {batch_size}
+poll_timeout_s = 0.1
+http_port = 0
+retrain_in_worker = {worker}
+retrain_apply_after = 100
+
+[model]
+task = "binary"
+pipeline = [
+  {{ estimator = "preprocessing.StandardScaler" }},
+  {{ estimator = "linear_model.LogisticRegression" }},
+]
+metrics = ["accuracy"]
+seed = 7
+
+[learner]
+feature_drift = false
+
+[policy]
+warmup = 500
+cooldown_events = 500
+
+[retrain]
+window = 2000
+holdout = 100
+min_train = 200
+"""
+
+
+def write_config(tmp_path: Path, bootstrap: str, prefix: str, **kw) -> Path:
+    values = {"group": prefix + "group", "batch_size": 200, "worker": "true", **kw}
+    path = tmp_path / "config.toml"
+    path.write_text(CONFIG.format(bootstrap=bootstrap, prefix=prefix, **values))
+    return path
+
+
+def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> int:
+    sink = KafkaSink(bootstrap)
+    n = 0
+    for msg in messages:
+        sink.produce(prefix + msg.topic, orjson.dumps(msg.value), key=msg.key)
+        n += 1
+    assert sink.close(timeout=30) == 0
+    return n
+
+
+class ServiceProcess:
+    """``stream-learner run`` as a child process; finds its metrics URL in its log."""
+
+    def __init__(self, config: Path, log_path: Path) -> None:
+        self.log_path = log_path
+        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "stream_learner",
+                "run",
+                "--config",
+                str(config),
+                "--max-seconds",
+                "240",
+            ],
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+        self.url = self._find_url(timeout=60)
+
+    def _find_url(self, timeout: float) -> str:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            match = re.search(rb'"http": "(http://[^"]+)"', self.log_path.read_bytes())
+            if match:
+                return match.group(1).decode()
+            if self.proc.poll() is not None:
+                raise AssertionError(f"service exited early:\n{self.log_path.read_text()}")
+            time.sleep(0.2)
+        raise AssertionError(f"service did not start:\n{self.log_path.read_text()}")
+
+    def metrics(self) -> str:
+        with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
+            return resp.read().decode()
+
+    def sample(self, name: str, **labels: str) -> float:
+        return sample(self.metrics(), name, **labels)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            return self.proc.wait(timeout)
+        finally:
+            self._log.close()
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+        self._log.close()
+
+
+def sample(text: str, name: str, **labels: str) -> float:
+    """Sum of the samples of ``name`` whose labels include ``labels``."""
+    total, found = 0.0, False
+    for line in text.splitlines():
+        if not line.startswith(name + "{") and not line.startswith(name + " "):
+            continue
+        if all(f'{k}="{v}"' in line for k, v in labels.items()):
+            total += float(line.rsplit(" ", 1)[1])
+            found = True
+    return total if found else float("nan")
+
+
+def wait_until(predicate, timeout: float, what: str, interval: float = 0.3) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def run_in_thread(service) -> tuple[threading.Event, threading.Thread, list]:
+    stop, errors = threading.Event(), []
+
+    def target():
+        try:
+            service.run(stop.is_set)
+        except BaseException as exc:  # noqa: BLE001 - surfaced by the test
+            errors.append(exc)
+
+    thread = threading.Thread(target=target, daemon=True)
+    thread.start()
+    return stop, thread, errors

@@ -1,0 +1,233 @@
+"""The service end to end on the real broker: no mocks of Kafka anywhere here."""
+
+from __future__ import annotations
+
+import signal
+from collections import Counter
+
+import orjson
+import pytest
+
+from stream_learner.cli.service_cmd import build_service
+from stream_learner.config import load_config
+from stream_learner.synth import Message, demo_messages
+from tests.conftest import drain
+from tests.service.helpers import (
+    ServiceProcess,
+    produce,
+    run_in_thread,
+    sample,
+    wait_until,
+    write_config,
+)
+
+pytestmark = pytest.mark.kafka
+
+
+def _ids(messages) -> Counter:
+    return Counter(orjson.loads(m.value())["id"] for m in messages)
+
+
+def test_drifting_stream_with_delayed_labels_end_to_end(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    config = load_config(write_config(tmp_path, bootstrap, prefix))
+    built = build_service(config, bootstrap, http_port=0)
+    built.http.start()
+    stop, thread, errors = run_in_thread(built.service)
+    try:
+        msgs = list(
+            demo_messages(6000, change_at=3000, unlabelled_share=0.2, label_delay=50, seed=3)
+        )
+        requests = [m for m in msgs if m.topic == "events" and "y" not in m.value]
+        labels = [m for m in msgs if m.topic == "labels"]
+        produce(bootstrap, prefix, msgs)
+        service = built.service
+        wait_until(
+            lambda: (
+                service.learners.get("default") is not None
+                and service.learners["default"].index >= len(msgs)
+            ),
+            60,
+            "all inputs",
+        )
+        learner = service.learners["default"]
+        service.end_batch()  # metrics of the last batch
+        text = _scrape(built.http.url)
+    finally:
+        stop.set()
+        thread.join(30)
+        built.http.stop()
+    assert not errors
+    # Every request got exactly one prediction, with the model version that served it.
+    predictions = drain(bootstrap, service_topics.predictions)
+    assert _ids(predictions) == Counter(m.value["id"] for m in requests)
+    first = orjson.loads(predictions[0].value())
+    assert set(first) >= {"id", "key", "y_pred", "model_version", "lineage", "ts"}
+    # Every delayed label found its prediction and was learned with the original features.
+    assert learner.joiner.joined == len(labels)
+    assert learner.learned == 6000 - len(requests) + len(labels)
+    # The drift after event 3000 was detected, and a retrain promoted.
+    performance = [d for d in learner.decisions if d.trigger == "performance"]
+    assert any(d.action == "retrain" for d in performance)
+    assert learner.version >= 2
+    # The metrics endpoint shows all of it.
+    assert sample(text, "stream_learner_events_total", outcome="predicted") == len(requests)
+    assert sample(text, "stream_learner_labels_total", result="joined") == len(labels)
+    assert sample(text, "stream_learner_drift_detections_total", signal="performance") >= 1
+    assert sample(text, "stream_learner_retrains_total", outcome="promoted") >= 1
+    assert sample(text, "stream_learner_model_version", key="default") == learner.version
+    assert sample(text, "stream_learner_prequential_metric", key="default", window="rolling") > 0.8
+
+
+def _scrape(url: str) -> str:
+    import urllib.request
+
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        return resp.read().decode()
+
+
+def test_bad_input_is_dead_lettered_and_the_good_around_it_is_processed(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    from stream_learner.kafka.sink import KafkaSink
+
+    good = [
+        Message("events", "default", {"id": f"g{i}", "x": {"a": float(i % 7)}}) for i in range(40)
+    ]
+    bad = [
+        (b"this is not json", "not_json"),
+        (b'{"id": "b1", "x": [1, 2]}', "x_not_object"),
+        (b'{"id": "b2", "x": {"a": NaN}}', "not_json"),
+        (b'{"id": "b3", "x": {"a": 1e999}}', "non_finite"),
+        (b'{"id": "b4", "x": {"a": 1}, "y": {"nested": true}}', "bad_label"),
+        (b'{"id": "b5", "x": {"a": 1}, "y": "maybe"}', "bad_label"),  # a string for a binary task
+        (b'{"id": "b6"}', "missing_x"),
+        (
+            b'{"id": "b7", "x": {"a": 1}, "pad": "' + b"z" * (5 * 1024 * 1024) + b'"}',
+            "payload_too_large",
+        ),
+    ]
+    sink = KafkaSink(bootstrap)
+    bad_values = iter(raw for raw, _ in bad)
+    for i, msg in enumerate(good):
+        if i % 5 == 0:  # a bad message before every fifth good one
+            sink.produce(service_topics.events, next(bad_values), key="default")
+        sink.produce(service_topics.events, orjson.dumps(msg.value), key="default")
+    assert sink.close(30) == 0
+    config = load_config(write_config(tmp_path, bootstrap, prefix))
+    built = build_service(config, bootstrap, http_port=0)
+    stop, thread, errors = run_in_thread(built.service)
+    try:
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.predictions)) >= 40,
+            60,
+            "predictions for all good events",
+        )
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.dead_letters)) >= 8, 60, "dead letters"
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors
+    assert _ids(drain(bootstrap, service_topics.predictions)) == Counter(f"g{i}" for i in range(40))
+    dead = drain(bootstrap, service_topics.dead_letters)
+    reasons = [dict(m.headers())["dlq.reason"].decode() for m in dead]
+    assert reasons == [reason for _, reason in bad]
+    big = dead[-1]
+    assert len(big.value()) > 5 * 1024 * 1024  # the original bytes, untouched
+    headers = dict(big.headers())
+    assert headers["dlq.source.topic"].decode() == service_topics.events
+    assert int(headers["dlq.source.offset"]) >= 0 and headers["dlq.detail"]
+
+
+def test_sigterm_mid_stream_exits_cleanly_and_loses_nothing(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    n = 40_000
+    keys = ("a", "b", "c", "d")
+    msgs = [
+        Message(
+            "events",
+            keys[i % 4],
+            {"id": f"r{i}", "key": keys[i % 4], "x": {"u": float(i % 13), "v": float(i % 5)}},
+        )
+        for i in range(n)
+    ]
+    produce(bootstrap, prefix, msgs)
+    config = write_config(tmp_path, bootstrap, prefix, batch_size=500)
+    first = ServiceProcess(config, tmp_path / "first.log")
+    try:
+        wait_until(
+            lambda: first.sample("stream_learner_events_total", outcome="predicted") > 2000,
+            60,
+            "the first predictions",
+        )
+        first.proc.send_signal(signal.SIGTERM)
+        assert first.wait(60) == 0, first.log_path.read_text()[-3000:]
+    finally:
+        first.kill()
+    done_first = len(drain(bootstrap, service_topics.predictions))
+    assert 0 < done_first < n, "the SIGTERM did not land mid-stream"
+    second = ServiceProcess(config, tmp_path / "second.log")
+    try:
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.predictions)) >= n,
+            120,
+            "the rest of the predictions",
+        )
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    finally:
+        second.kill()
+    counts = _ids(drain(bootstrap, service_topics.predictions))
+    assert len(counts) == n and max(counts.values()) == 1  # every event once, none twice
+
+
+def test_two_processes_share_the_partitions_and_process_everything_once(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    config = write_config(tmp_path, bootstrap, prefix)
+    a = ServiceProcess(config, tmp_path / "a.log")
+    b = ServiceProcess(config, tmp_path / "b.log")
+    try:
+
+        def both_assigned():
+            return (
+                a.sample("stream_learner_assigned_partitions") > 0
+                and b.sample("stream_learner_assigned_partitions") > 0
+            )
+
+        wait_until(both_assigned, 90, "both instances to get partitions")
+        n = 20_000
+        keys = [f"k{i}" for i in range(16)]
+        produce(
+            bootstrap,
+            prefix,
+            (
+                Message("events", keys[i % 16], {"id": f"r{i}", "x": {"u": float(i % 11)}})
+                for i in range(n)
+            ),
+        )
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.predictions)) >= n, 120, "all predictions"
+        )
+        per_instance = [
+            a.sample("stream_learner_events_total", outcome="predicted"),
+            b.sample("stream_learner_events_total", outcome="predicted"),
+        ]
+        assigned = [
+            a.sample("stream_learner_assigned_partitions"),
+            b.sample("stream_learner_assigned_partitions"),
+        ]
+        for proc in (a, b):
+            proc.proc.send_signal(signal.SIGTERM)
+        assert a.wait(60) == 0 and b.wait(60) == 0
+    finally:
+        a.kill()
+        b.kill()
+    counts = _ids(drain(bootstrap, service_topics.predictions))
+    assert len(counts) == n and max(counts.values()) == 1
+    assert sum(per_instance) == n and min(per_instance) > 0  # both did real work
+    assert assigned == [6, 6]  # 3 input topics x 2 of 4 partitions each
