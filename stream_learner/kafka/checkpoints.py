@@ -1,0 +1,599 @@
+"""The checkpoint store: model snapshots and small JSON records on the compacted topic.
+
+The store keeps the last ``keep_versions`` versions of every model key, bounded under
+compaction, and never restores a snapshot that was only partly written. Everything goes
+to partition 0 (the topic is declared with one), so a snapshot's chunks always precede
+its manifest in the log.
+
+Record keys (``\\x1f`` and ``\\x1e`` are not printable, so no model key contains them)::
+
+    {model_key}\\x1f{slot}\\x1f{chunk_index}   a chunk of the snapshot in ``slot``
+                                             (value: header JSON, newline, payload slice)
+    {model_key}\\x1f{slot}\\x1fm               the slot's manifest: the signed header,
+                                             written only after every chunk is delivered
+    \\x1e{record_key}                          a JSON record of the service (value: object)
+
+Slots. A model key owns ``keep_versions + 1`` slots. A new snapshot goes to a slot that
+holds neither the newest snapshot of its own version nor one of the ``keep_versions - 1``
+newest other versions (an empty slot if there is one, and after every publish there is).
+Once its manifest is delivered, every slot outside that set is deleted with tombstones
+(manifest first, then chunks): older versions, the version's previous snapshot, and
+broken leftovers. So the topic holds ``keep_versions`` versions per key, and a crash
+mid-write never touches a snapshot that is still wanted, not even the current version's
+previous snapshot. When a slot is reused with fewer chunks than it held, the leftover
+chunk keys get tombstones too.
+
+Reading. A slot is *complete* when its manifest names exactly ``chunk_count`` chunks of
+the same snapshot and their checksum matches, and *valid* (restorable) when, with a
+signing key, its signature verifies too (see :mod:`stream_learner.core.snapshot`).
+After a crash between chunks, a slot may hold the new snapshot's first chunks and the
+old one's manifest and remaining chunks: the old snapshot is ``incomplete``, the new one
+has ``no_manifest``; both are refused and :meth:`Catalog.load` returns the newest valid
+snapshot in another slot. The writer keeps complete snapshots it cannot verify (a
+reader with another key must not wipe them) and deletes only broken ones.
+
+"Newest" means last written (log order), not the highest ``model_version``: a rollback
+that republishes an older version is then what a restart restores.
+
+The writer learns which slots are taken from :meth:`read` (done lazily before the first
+publish): call ``read()`` after gaining ownership of a key that another instance wrote.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import orjson
+from confluent_kafka import Consumer, KafkaError, KafkaException, TopicPartition
+
+from stream_learner.core import snapshot
+from stream_learner.core.snapshot import (
+    Chunk,
+    SnapshotMeta,
+    SnapshotRejected,
+    assemble,
+    check_header,
+    decode_snapshot,
+    encode_snapshot,
+    parse_chunk,
+    verify_signature,
+    verify_snapshot,
+)
+from stream_learner.errors import BrokerError, ConfigError
+from stream_learner.kafka.client import client_config
+from stream_learner.kafka.sink import KafkaSink
+
+__all__ = [
+    "REASONS",
+    "Catalog",
+    "CheckpointStore",
+    "MemoryCheckpointStore",
+    "Rejection",
+    "VersionInfo",
+    "chunk_key",
+    "manifest_key",
+    "record_key",
+]
+
+SEP = "\x1f"
+RECORD_PREFIX = "\x1e"
+MANIFEST = "m"
+PARTITION = 0
+MAX_MESSAGE_BYTES = 8_388_608  # the topic's max.message.bytes
+MAX_CHUNK_BYTES = 7 * 1024 * 1024  # leaves room for the header within MAX_MESSAGE_BYTES
+
+REASONS = (
+    *snapshot.REASONS,
+    "no_manifest",  # chunks without a manifest: a write that never finished
+    "key_mismatch",  # the header names another model key than the record key
+    "bad_key",  # a record key that fits none of the forms above
+    "bad_record",  # a service record whose value is not a JSON object
+)
+
+_PRODUCER = {
+    "compression.type": "none",  # payloads are zlib-compressed already
+    "message.max.bytes": MAX_MESSAGE_BYTES,
+    "batch.size": 4 * 1024 * 1024,  # a few chunks per request, far below the topic limit
+    "linger.ms": 5,
+}
+_CONSUMER = {
+    "group.id": "stream-learner.checkpoint-reader",  # required by librdkafka; never joined
+    "enable.auto.commit": False,
+    "enable.partition.eof": True,
+    "auto.offset.reset": "earliest",
+    "fetch.max.bytes": 64 * 1024 * 1024,
+    "max.partition.fetch.bytes": 16 * 1024 * 1024,
+}
+
+
+def chunk_key(model_key: str, slot: int, index: int) -> str:
+    return f"{model_key}{SEP}{slot}{SEP}{index}"
+
+
+def manifest_key(model_key: str, slot: int) -> str:
+    return f"{model_key}{SEP}{slot}{SEP}{MANIFEST}"
+
+
+def record_key(key: str) -> str:
+    """The Kafka key of a service record named ``key``."""
+    return RECORD_PREFIX + key
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One snapshot found on the topic; ``header`` is its (signed) header."""
+
+    key: str
+    model_version: int
+    valid: bool
+    reason: str | None
+    slot: int
+    position: int  # order of the manifest (or last chunk) in the log: higher is newer
+    header: dict[str, Any] = field(repr=False)
+
+    @property
+    def lineage(self) -> str:
+        return self.header.get("lineage", "")
+
+    @property
+    def created(self) -> float | str | None:
+        return self.header.get("created")
+
+    @property
+    def trigger(self) -> str:
+        return self.header.get("trigger", "")
+
+    @property
+    def decision(self) -> str | None:
+        return self.header.get("decision")
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        return self.header.get("metrics", {})
+
+    @property
+    def offsets(self) -> dict[str, dict[str, int]]:
+        return self.header.get("offsets", {})
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.header.get("extra", {})
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A snapshot or record refused while reading; log it, count it by ``reason``."""
+
+    reason: str
+    detail: str
+    key: str | None = None
+    model_version: int | None = None
+    slot: int | None = None
+
+
+@dataclass(slots=True)
+class _SlotState:
+    """What the writer needs to know about a slot."""
+
+    version: int | None
+    position: int
+    complete: bool  # manifest + every chunk + checksum (signature aside)
+    indexes: frozenset[int]  # chunk keys present in the slot
+
+
+@dataclass
+class _Slot:
+    manifest: dict[str, Any] | None = None
+    manifest_error: SnapshotRejected | None = None
+    chunks: list[Chunk] = field(default_factory=list)
+    indexes: set[int] = field(default_factory=set)
+    position: int = -1
+
+
+class Catalog:
+    """Everything restorable from the topic as it was read: snapshots and records.
+
+    Validity is decided here without unpickling; :meth:`load` unpickles one snapshot.
+    The payloads of valid snapshots are held in memory until the catalog is dropped.
+    """
+
+    def __init__(
+        self, log: Iterable[tuple[str, bytes | None]], *, signing_key: bytes | None = None
+    ) -> None:
+        self._signing_key = signing_key
+        self.rejections: list[Rejection] = []
+        self._records: dict[str, dict] = {}
+        self._infos: dict[str, list[VersionInfo]] = {}
+        self._payloads: dict[tuple[str, int], bytes] = {}
+        self._states: dict[str, dict[int, _SlotState]] = {}
+        latest: dict[str, tuple[int, bytes]] = {}
+        self.records_read = 0  # tombstones and superseded records included
+        for position, (key, value) in enumerate(log):  # compaction: the last value wins
+            latest.pop(key, None)
+            if value is not None:
+                latest[key] = (position, value)
+            self.records_read = position + 1
+        slots: dict[str, dict[int, _Slot]] = {}
+        for key, (position, value) in latest.items():
+            self._file(key, position, value, slots)
+        for model_key, by_slot in slots.items():
+            for slot, content in by_slot.items():
+                self._judge(model_key, slot, content)
+
+    # -- building ---------------------------------------------------------------
+    def _file(self, key: str, position: int, value: bytes, slots: dict) -> None:
+        if key.startswith(RECORD_PREFIX):
+            try:
+                record = orjson.loads(value)
+            except orjson.JSONDecodeError:
+                record = None
+            if isinstance(record, dict):
+                self._records[key[len(RECORD_PREFIX) :]] = record
+            else:
+                self.rejections.append(Rejection("bad_record", f"{key[1:]!r}: not a JSON object"))
+            return
+        parts = key.rsplit(SEP, 2)
+        if (
+            len(parts) != 3
+            or not parts[1].isdecimal()
+            or not (parts[2] == MANIFEST or parts[2].isdecimal())
+        ):
+            self.rejections.append(Rejection("bad_key", f"unrecognised record key {key!r}"))
+            return
+        model_key, slot, tail = parts[0], int(parts[1]), parts[2]
+        content = slots.setdefault(model_key, {}).setdefault(slot, _Slot())
+        content.position = max(content.position, position)
+        try:
+            if tail == MANIFEST:
+                content.manifest = check_header(orjson.loads(value))
+            else:
+                content.indexes.add(int(tail))
+                content.chunks.append(parse_chunk(value))
+        except orjson.JSONDecodeError:
+            content.manifest_error = SnapshotRejected("bad_header", "manifest is not JSON")
+        except SnapshotRejected as exc:
+            if tail == MANIFEST:
+                content.manifest_error = exc
+            # a chunk that cannot be parsed simply does not count: its set is incomplete
+
+    def _judge(self, model_key: str, slot: int, content: _Slot) -> None:
+        """Decide a slot. ``complete`` (manifest, all chunks, checksum) is what the writer
+        keeps or reuses; restorable also needs the signature. A reader with the wrong key
+        therefore refuses snapshots without counting them as garbage to overwrite."""
+        header, payload, complete, rejected = content.manifest, None, False, None
+        try:
+            if content.manifest_error is not None:
+                raise content.manifest_error
+            if header is None:
+                if content.chunks:
+                    header = dict(content.chunks[0].header)
+                    del header["chunk_index"]
+                raise SnapshotRejected("no_manifest", "chunks without a manifest (unfinished)")
+            if header["key"] != model_key:
+                raise SnapshotRejected("key_mismatch", f"header is for key {header['key']!r}")
+            wanted = (header["model_version"], header["sha256"])
+            _, payload = assemble(
+                c
+                for c in content.chunks
+                if (c.header["model_version"], c.header["sha256"]) == wanted
+            )
+            verify_snapshot(header, payload, None)
+            complete = True
+            if self._signing_key:
+                verify_signature(header, self._signing_key)
+        except SnapshotRejected as exc:
+            rejected = exc
+        version = header.get("model_version") if isinstance(header, dict) else None
+        self._states.setdefault(model_key, {})[slot] = _SlotState(
+            version if complete else None, content.position, complete, frozenset(content.indexes)
+        )
+        if rejected is not None:
+            self.rejections.append(
+                Rejection(rejected.reason, rejected.detail, model_key, version, slot)
+            )
+        elif payload is not None:
+            self._payloads[(model_key, slot)] = payload
+        if isinstance(version, int) and isinstance(header, dict):
+            info = VersionInfo(
+                model_key,
+                version,
+                rejected is None,
+                None if rejected is None else rejected.reason,
+                slot,
+                content.position,
+                dict(header),
+            )
+            self._infos.setdefault(model_key, []).append(info)
+
+    # -- reading ----------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Model keys with at least one snapshot on the topic, valid or not."""
+        return sorted(self._infos)
+
+    def versions(self, key: str) -> list[VersionInfo]:
+        """One entry per model version, oldest first: its newest valid snapshot, else its
+        newest invalid one (with ``reason``)."""
+        best: dict[int, VersionInfo] = {}
+        for info in self._infos.get(key, []):
+            current = best.get(info.model_version)
+            if current is None or (info.valid, info.position) > (current.valid, current.position):
+                best[info.model_version] = info
+        return sorted(best.values(), key=lambda i: i.position)
+
+    def load(self, key: str, version: int | None = None) -> tuple[dict[str, Any], object] | None:
+        """The newest valid snapshot of ``key`` (of ``version`` when given), unpickled.
+
+        Snapshots that fail are skipped and end up in :attr:`rejections`; ``None`` when
+        nothing restorable is left. A ``version`` that cannot be restored is never
+        replaced by another version.
+        """
+        candidates = [
+            info
+            for info in self._infos.get(key, [])
+            if info.valid and (version is None or info.model_version == version)
+        ]
+        for info in sorted(candidates, key=lambda i: i.position, reverse=True):
+            payload = self._payloads[(key, info.slot)]
+            try:
+                return dict(info.header), decode_snapshot(info.header, payload, self._signing_key)
+            except SnapshotRejected as exc:
+                self.rejections.append(
+                    Rejection(exc.reason, exc.detail, key, info.model_version, info.slot)
+                )
+        return None
+
+    def records(self) -> dict[str, dict]:
+        """The service's JSON records, by the key given to ``publish_record``."""
+        return dict(self._records)
+
+    def _slot_states(self) -> dict[str, dict[int, _SlotState]]:
+        return {key: dict(slots) for key, slots in self._states.items()}
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def _protected(slots: Mapping[int, _SlotState], version: int, keep: int) -> set[int]:
+    """The newest complete slot of ``version`` and of each of the ``keep - 1`` newest others."""
+    newest: dict[int, int] = {}
+    for slot, state in slots.items():
+        if state.complete and (
+            state.version not in newest or state.position > slots[newest[state.version]].position
+        ):
+            newest[state.version] = slot
+    own = newest.pop(version, None)
+    others = sorted(newest.values(), key=lambda s: slots[s].position, reverse=True)[: keep - 1]
+    return set(others) | ({own} if own is not None else set())
+
+
+def _choose_slot(slots: Mapping[int, _SlotState], version: int, keep: int) -> int:
+    """An unprotected slot: an empty one, else a broken one, else the oldest."""
+    protected = _protected(slots, version, keep)
+
+    def preference(slot: int) -> tuple:
+        state = slots.get(slot)
+        return (state is not None, state is not None and state.complete,
+                state.position if state else -1, slot)  # fmt: skip
+
+    return min((s for s in range(keep + 1) if s not in protected), key=preference)
+
+
+class _Store:
+    """Snapshot publishing and catalog reading over a log of (key, value) records."""
+
+    def __init__(self, *, signing_key: bytes | None, keep_versions: int, chunk_bytes: int) -> None:
+        if type(keep_versions) is not int or keep_versions < 1:
+            raise ConfigError(f"keep_versions: must be a positive integer, got {keep_versions!r}")
+        if type(chunk_bytes) is not int or not 1024 <= chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ConfigError(
+                f"chunk_bytes: must be an integer from 1024 to {MAX_CHUNK_BYTES}, "
+                f"got {chunk_bytes!r}"
+            )
+        if signing_key is not None and (
+            not isinstance(signing_key, bytes) or len(signing_key) < snapshot.MIN_KEY_BYTES
+        ):
+            raise ConfigError(
+                f"signing_key: must be None or at least {snapshot.MIN_KEY_BYTES} bytes "
+                "(see load_signing_key)"
+            )
+        self._signing_key = signing_key
+        self.keep_versions = keep_versions
+        self.chunk_bytes = chunk_bytes
+        self._slots: dict[str, dict[int, _SlotState]] | None = None
+        self._position = 0
+
+    # transport: subclasses deliver records in order (raising BrokerError) and replay them
+    def _write(self, records: list[tuple[str, bytes | None]]) -> None:
+        raise NotImplementedError
+
+    def _scan(self, timeout: float) -> Iterable[tuple[str, bytes | None]]:
+        raise NotImplementedError
+
+    def read(self, timeout: float = 30.0) -> Catalog:
+        """Read the whole topic (as compacted so far) into a :class:`Catalog`."""
+        catalog = Catalog(self._scan(timeout), signing_key=self._signing_key)
+        self._slots = catalog._slot_states()
+        self._position = catalog.records_read
+        return catalog
+
+    def publish(self, state: object, meta: SnapshotMeta) -> dict[str, Any]:
+        """Write a snapshot of ``state``; return its header once every record is delivered."""
+        key = meta.key
+        if not (isinstance(key, str) and key and key.isprintable()):
+            raise ConfigError(f"model key: {key!r} must be a non-empty printable string")
+        if self._slots is None:
+            self.read()
+        assert self._slots is not None
+        slots = self._slots.setdefault(key, {})
+        chunks = encode_snapshot(state, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
+        header = {k: v for k, v in chunks[0].header.items() if k != "chunk_index"}
+        version = header["model_version"]
+        slot = _choose_slot(slots, version, self.keep_versions)
+        written = frozenset(range(len(chunks)))
+        leftovers = sorted(slots[slot].indexes - written) if slot in slots else []
+        slots[slot] = _SlotState(None, self._tick(), False, written | set(leftovers))
+        self._write(
+            [(chunk_key(key, slot, c.header["chunk_index"]), c.to_bytes()) for c in chunks]
+            + [(chunk_key(key, slot, i), None) for i in leftovers]
+        )
+        self._write([(manifest_key(key, slot), orjson.dumps(header))])
+        slots[slot] = _SlotState(version, self._tick(), True, written)
+        kept = _protected(slots, version, self.keep_versions)
+        retired = [s for s in slots if s not in kept]  # older versions, garbage
+        if retired:
+            tombstones = [(manifest_key(key, s), None) for s in retired]
+            for s in retired:
+                tombstones += [(chunk_key(key, s, i), None) for i in sorted(slots.pop(s).indexes)]
+            self._write(tombstones)
+        return header
+
+    def publish_record(self, key: str, value: dict | None) -> None:
+        """Write (or, with ``None``, delete) a small JSON record next to the snapshots."""
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"record key: {key!r} must be a non-empty string")
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"record {key!r}: value must be a JSON object or None")
+        self._write([(record_key(key), None if value is None else orjson.dumps(value))])
+
+    def _tick(self) -> int:
+        self._position += 1
+        return self._position
+
+
+class MemoryCheckpointStore(_Store):
+    """The store without a broker, for pure tests and offline replay.
+
+    ``log`` is what a fully compacted topic would hold: record key → value, in the
+    order of their last write.
+    """
+
+    def __init__(
+        self,
+        *,
+        signing_key: bytes | None = None,
+        keep_versions: int = 3,
+        chunk_bytes: int = 1_048_576,
+    ) -> None:
+        super().__init__(
+            signing_key=signing_key, keep_versions=keep_versions, chunk_bytes=chunk_bytes
+        )
+        self.log: dict[str, bytes] = {}
+
+    def _write(self, records: list[tuple[str, bytes | None]]) -> None:
+        for key, value in records:
+            self.log.pop(key, None)
+            if value is not None:
+                self.log[key] = value
+
+    def _scan(self, timeout: float) -> Iterable[tuple[str, bytes | None]]:
+        return list(self.log.items())
+
+    def __repr__(self) -> str:
+        signed = self._signing_key is not None
+        return f"MemoryCheckpointStore(records={len(self.log)}, signed={signed})"
+
+
+class CheckpointStore(_Store):
+    """The store on the compacted checkpoints topic.
+
+    ``publish`` blocks until the broker has every record (idempotent producer,
+    ``acks=all``) and raises ``BrokerError`` otherwise. ``read`` assigns partition 0
+    without a consumer group and reads from the start to the high watermark seen when it
+    began, so it takes time in proportion to the topic's compacted size, not its history.
+    ``extra`` is passed to librdkafka (security settings).
+    """
+
+    def __init__(
+        self,
+        bootstrap: str,
+        topic: str,
+        *,
+        signing_key: bytes | None,
+        keep_versions: int = 3,
+        chunk_bytes: int = 1_048_576,
+        extra: Mapping[str, Any] | None = None,
+        delivery_timeout: float = 60.0,
+    ) -> None:
+        super().__init__(
+            signing_key=signing_key, keep_versions=keep_versions, chunk_bytes=chunk_bytes
+        )
+        self.bootstrap = bootstrap
+        self.topic = topic
+        self.delivery_timeout = delivery_timeout
+        self._extra = dict(extra or {})
+        self._sink = KafkaSink(
+            bootstrap,
+            {**_PRODUCER, "message.timeout.ms": int(delivery_timeout * 1000), **self._extra},
+        )
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckpointStore({self.bootstrap!r}, {self.topic!r}, "
+            f"signed={self._signing_key is not None}, keep_versions={self.keep_versions})"
+        )
+
+    def close(self) -> None:
+        self._sink.close(self.delivery_timeout)
+
+    def _write(self, records: list[tuple[str, bytes | None]]) -> None:
+        for key, value in records:
+            self._sink.produce(self.topic, value, key=key, partition=PARTITION)
+        try:
+            remaining = self._sink.flush(self.delivery_timeout + 5.0)
+        except BrokerError as exc:
+            raise BrokerError(f"checkpoint write to {self.topic} failed: {exc}") from None
+        if remaining:
+            raise BrokerError(
+                f"checkpoint write to {self.topic}: {remaining} record(s) not delivered "
+                f"within {self.delivery_timeout:g}s"
+            )
+
+    def _scan(self, timeout: float) -> Iterator[tuple[str, bytes | None]]:
+        deadline = time.monotonic() + timeout
+        consumer = Consumer(client_config(self.bootstrap, {**_CONSUMER, **self._extra}))
+        try:
+            try:
+                low, high = consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, PARTITION), timeout=timeout, cached=False
+                )
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                raise BrokerError(
+                    f"cannot read checkpoint topic {self.topic!r}: {err}",
+                    code=getattr(err, "name", lambda: None)(),
+                ) from None
+            if high <= low:
+                return
+            consumer.assign([TopicPartition(self.topic, PARTITION, low)])
+            while True:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    raise BrokerError(
+                        f"checkpoint topic {self.topic!r} not read to offset {high} "
+                        f"within {timeout:g}s"
+                    )
+                # consume() waits for a full batch or the timeout: keep the timeout short.
+                for msg in consumer.consume(1000, timeout=min(remaining, 0.1)):
+                    err = msg.error()
+                    if err is not None:
+                        if err.code() == KafkaError._PARTITION_EOF:
+                            if msg.offset() >= high:
+                                return
+                            continue
+                        raise BrokerError(
+                            f"reading checkpoint topic {self.topic!r}: {err.str()}",
+                            code=err.name(),
+                        )
+                    key = msg.key()
+                    if key is not None:
+                        yield key.decode("utf-8", "replace"), msg.value()
+                    if msg.offset() >= high - 1:
+                        return
+        finally:
+            consumer.close()
