@@ -1,3 +1,4 @@
 from stream_learner.cli import run
 
-run()
+if __name__ == "__main__":  # worker processes re-import the main module: do not run again
+    run()

@@ -38,7 +38,8 @@ def abrupt(
     first = concept(name, 0, seed)
     if change_at is None or change_at >= n:
         return itertools.islice(iter(first), n)
-    second = concept(name, 2 if name != "hyperplane" else 1, seed + 1)
+    # SEA 0 -> 3 moves the threshold from 8 to 9.5: 13% of the label space flips.
+    second = concept(name, {"sea": 3, "hyperplane": 1}.get(name, 2), seed + 1)
     return itertools.islice(
         itertools.chain(itertools.islice(iter(first), change_at), iter(second)), n
     )
@@ -82,9 +83,9 @@ def demo_messages(
             x = {k if isinstance(k, str) else f"x{k}": v for k, v in x.items()}
             value = {"id": event_id, "key": key, "ts": ts, "x": x}
             if unlabelled_share and rng.random() < unlabelled_share:
-                pending.append(
-                    (i + label_delay, Message("labels", key, {"id": event_id, "key": key, "y": y}))
-                )
+                # The label is known label_delay events later, in the same event time.
+                label = {"id": event_id, "key": key, "y": y, "ts": ts + label_delay * dt}
+                pending.append((i + label_delay, Message("labels", key, label)))
             else:
                 value["y"] = y
             yield Message("events", key, value)

@@ -1,0 +1,128 @@
+"""Per-event cost of the core's Learner against a bare River loop, on the same events.
+
+For each model (StandardScaler | LogisticRegression, HoeffdingTreeClassifier) it runs, on the
+same SEA events (noise 10%, stationary), a bare loop (``predict_one``, ``Accuracy.update``,
+``learn_one``) and ``Learner.learn`` with the default configuration (prequential evaluation,
+ADWIN warning+drift detectors, feature drift monitor, recent window, trigger policy), and
+once more with the feature drift monitor off (``feature_drift = false``).
+
+The two loops are interleaved in chunks of events, each on its own model, so that both see
+the same load from the rest of the machine; the figures are totals over all chunks, best of
+``--rounds`` rounds. Events are built before timing and frozen out of the garbage collector's
+reach (``gc.freeze``), as a service would not hold them all in memory.
+
+    .venv/bin/python load_tests/core_overhead.py [--events 50000] [--rounds 3]
+
+Prints events/s and the ratio learner/bare, and writes load_tests/results/core_overhead.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import itertools
+import json
+import platform
+import time
+from pathlib import Path
+
+from river import metrics
+from river.datasets import synth
+
+from stream_learner.core.events import Event
+from stream_learner.core.learner import Learner, LearnerConfig
+from stream_learner.core.models import ModelSpec, build_model
+
+MODELS = {
+    "scaler+logistic_regression": [
+        {"estimator": "preprocessing.StandardScaler"},
+        {"estimator": "linear_model.LogisticRegression"},
+    ],
+    "hoeffding_tree": [{"estimator": "tree.HoeffdingTreeClassifier"}],
+}
+CHUNK = 1000
+RESULTS = Path(__file__).parent / "results" / "core_overhead.json"
+
+
+def sea_events(n: int, seed: int = 1) -> list[Event]:
+    stream = itertools.islice(synth.SEA(seed=seed, noise=0.1), n)
+    return [
+        Event(f"e{i}", "default", {f"x{k}": v for k, v in x.items()}, y, float(i))
+        for i, (x, y) in enumerate(stream)
+    ]
+
+
+def one_round(spec: ModelSpec, events: list[Event]) -> tuple[float, float, float]:
+    """Seconds spent by the bare loop, the learner, and the learner without feature drift."""
+    model = build_model(spec)
+    accuracy = metrics.Accuracy()
+    learner = Learner("default", spec)
+    lean = Learner("default", spec, config=LearnerConfig(feature_drift=False))
+    bare = core = core_lean = 0.0
+    clock = time.perf_counter
+    for start in range(0, len(events), CHUNK):
+        chunk = events[start : start + CHUNK]
+        t0 = clock()
+        for e in chunk:
+            y_pred = model.predict_one(e.x)
+            accuracy.update(e.y, y_pred)
+            model.learn_one(e.x, e.y)
+        t1 = clock()
+        for e in chunk:
+            learner.learn(e)
+        t2 = clock()
+        for e in chunk:
+            lean.learn(e)
+        t3 = clock()
+        bare += t1 - t0
+        core += t2 - t1
+        core_lean += t3 - t2
+    return bare, core, core_lean
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--events", type=int, default=50_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+
+    events = sea_events(args.events)
+    gc.collect()
+    gc.freeze()
+    results = {}
+    for name, pipeline in MODELS.items():
+        spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline})
+        rounds = [one_round(spec, events) for _ in range(args.rounds)]
+        bare, core, lean = (min(r[i] for r in rounds) for i in range(3))
+        n = len(events)
+        results[name] = {
+            "bare_events_per_s": round(n / bare),
+            "learner_events_per_s": round(n / core),
+            "ratio": round(bare / core, 3),
+            "overhead_us_per_event": round((core - bare) / n * 1e6, 2),
+            "no_feature_drift_events_per_s": round(n / lean),
+            "no_feature_drift_ratio": round(bare / lean, 3),
+        }
+        r = results[name]
+        print(
+            f"{name:28s} bare {r['bare_events_per_s']:>7}/s  learner "
+            f"{r['learner_events_per_s']:>7}/s  ratio {r['ratio']:.3f} "
+            f"(+{r['overhead_us_per_event']:.2f} us/event)  without feature drift "
+            f"{r['no_feature_drift_events_per_s']:>7}/s  ratio {r['no_feature_drift_ratio']:.3f}"
+        )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    report = {
+        "events": args.events,
+        "rounds": args.rounds,
+        "chunk": CHUNK,
+        "stream": "SEA(noise=0.1, seed=1), stationary",
+        "python": platform.python_version(),
+        "machine": platform.machine(),
+        "results": results,
+    }
+    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()

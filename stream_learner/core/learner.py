@@ -1,0 +1,428 @@
+"""One key's continual learner: predict, score, watch for drift, decide, learn.
+
+:class:`Learner` ties the core together for one model key. A labelled event goes through
+test-then-train: predict, score the prediction (:class:`PrequentialEvaluator`), feed the loss
+to the error detector and the features to the data detector, let the :class:`TriggerPolicy`
+decide, then learn. An unlabelled event is predicted and remembered, so that its label,
+arriving later, is scored against the prediction that was served and learned with the
+original features.
+
+Retrains are decided here but run elsewhere: when a retrain is due and enough examples are
+available, the :class:`Outcome` carries a :class:`RetrainJob`; the caller runs it (inline,
+or in a worker process) and hands the result to :meth:`Learner.apply`. Until then the retrain
+is *in flight*: the learner keeps learning, and the policy starts no other retrain. Examples
+learned meanwhile are not lost: they are in the recent window, and a promoted candidate is
+trained on every example newer than its own before it starts serving.
+
+Everything is deterministic: the same inputs in the same order give the same predictions,
+decisions and model state (one caveat: River's Gaussian estimators, in the leaves of its
+trees, each hold an unseeded random generator that they use only to draw samples, never to
+learn or predict; two such trees behave identically but do not pickle to the same bytes).
+Time is event time (``ts``, else the input index); the only clock read anywhere is a
+retrain's duration, which is reported, never decided on.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+from collections import Counter, deque
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from stream_learner.core.drift import DETECTORS, DriftSignal, ErrorDriftMonitor, FeatureDriftMonitor
+from stream_learner.core.evaluation import PrequentialEvaluator
+from stream_learner.core.events import Event, Label, check_label
+from stream_learner.core.labels import LabelJoiner
+from stream_learner.core.models import ModelSpec, build_model
+from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy, config_from_dict
+from stream_learner.core.retrain import (
+    Example,
+    RecentWindow,
+    RetrainConfig,
+    RetrainJob,
+    RetrainResult,
+)
+from stream_learner.errors import ConfigError
+
+__all__ = ["Learner", "LearnerConfig", "Outcome"]
+
+#: Triggers that mean "something changed": their retrains train on events after the decision.
+CHANGE_TRIGGERS = ("performance", "data_drift")
+
+
+@dataclass(frozen=True)
+class LearnerConfig:
+    """The ``[learner]`` section: evaluation window, detectors and the decision log.
+
+    ``detector_params`` go to :class:`ErrorDriftMonitor` (e.g. ``{delta = 0.001}`` for
+    ADWIN); the ``feature_*`` keys configure :class:`FeatureDriftMonitor`.
+    """
+
+    eval_window: int = 1000
+    detector: str = "adwin"
+    detector_params: tuple[tuple[str, float], ...] = ()
+    feature_drift: bool = True
+    feature_block: int = 100
+    feature_reference: int = 1000
+    feature_threshold: float = 15.0
+    max_features: int = 50
+    max_decisions: int = 1000
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "learner") -> LearnerConfig:
+        """Validate a ``[learner]`` table; an unknown key or a bad value names the key."""
+        d = dict(d) if isinstance(d, Mapping) else d
+        params = d.pop("detector_params", {}) if isinstance(d, dict) else {}
+        if not isinstance(params, Mapping):
+            raise ConfigError(f"{where}.detector_params: expected a table of detector parameters")
+        config = config_from_dict(cls, d, where)
+        return dataclasses.replace(config, detector_params=tuple(sorted(params.items())))
+
+    def __post_init__(self) -> None:
+        if self.detector not in DETECTORS:
+            raise ConfigError(
+                f"learner.detector: {self.detector!r}; choose one of: {', '.join(DETECTORS)}"
+            )
+        for name in (
+            "eval_window",
+            "feature_block",
+            "feature_reference",
+            "max_features",
+            "max_decisions",
+        ):
+            if getattr(self, name) < 1:
+                raise ConfigError(
+                    f"learner.{name}: {getattr(self, name)!r}; expected an integer >= 1"
+                )
+        if not self.feature_threshold > 0:
+            raise ConfigError(
+                f"learner.feature_threshold: {self.feature_threshold!r}; expected > 0"
+            )
+        self.error_monitor()  # validates detector_params, naming the key
+
+    def error_monitor(self) -> ErrorDriftMonitor:
+        return ErrorDriftMonitor(
+            self.detector, where="learner.detector_params", **dict(self.detector_params)
+        )
+
+    def feature_monitor(self) -> FeatureDriftMonitor | None:
+        if not self.feature_drift:
+            return None
+        return FeatureDriftMonitor(
+            block=self.feature_block,
+            reference=self.feature_reference,
+            threshold=self.feature_threshold,
+            max_features=self.max_features,
+        )
+
+
+class Outcome(NamedTuple):
+    """What one input did. ``loss`` is ``None`` for a prediction request; ``job`` is a retrain
+    to run, when one was due and could start. A NamedTuple: one is built per event."""
+
+    index: int
+    y_pred: Any
+    proba: dict | None
+    loss: float | None
+    version: int
+    lineage: str
+    signals: tuple[DriftSignal, ...] = ()
+    decisions: tuple[Decision, ...] = ()
+    job: RetrainJob | None = None
+
+
+_NONE: tuple = ()
+_new = tuple.__new__
+
+
+class Learner:
+    """The continual learner of one model key; see the module docstring.
+
+    >>> from stream_learner.core.models import ModelSpec
+    >>> spec = ModelSpec.from_dict({"task": "binary", "pipeline": [
+    ...     {"estimator": "preprocessing.StandardScaler"},
+    ...     {"estimator": "linear_model.LogisticRegression"}]})
+    >>> learner = Learner("default", spec)
+    >>> out = learner.learn(Event("e1", "default", {"a": 1.0}, y=True))
+    >>> out.index, out.loss, out.version
+    (1, 1.0, 1)
+    >>> learner.predict(Event("e2", "default", {"a": 1.0})).y_pred
+    True
+    >>> learner.on_label(Label("e2", "default", False)).loss
+    1.0
+    """
+
+    def __init__(
+        self,
+        key: str,
+        spec: ModelSpec,
+        *,
+        config: LearnerConfig | None = None,
+        policy: PolicyConfig | None = None,
+        retrain: RetrainConfig | None = None,
+        max_pending: int = 100_000,
+        max_age_s: float | None = 3600.0,
+    ) -> None:
+        self.key = key
+        self.spec = spec
+        self.config = config = config or LearnerConfig()
+        self.retrain_config = retrain or RetrainConfig()
+        self.lineage = spec.lineage
+        self.model = build_model(spec)
+        self.version = 1
+        self.evaluator = PrequentialEvaluator(spec.task, spec.metrics, window=config.eval_window)
+        self.policy = TriggerPolicy(policy, key)
+        self.window = RecentWindow(self.retrain_config.window)
+        self.joiner = LabelJoiner(max_pending, max_age_s)
+        self.decisions: deque[Decision] = deque(maxlen=config.max_decisions)
+        self.decision_counts: Counter[tuple[str, str]] = Counter()  # (trigger, action)
+        self.index = 0  # inputs seen: events and labels (offset-like)
+        self.learned = 0
+        self.predicted = 0
+        self.retrains = 0  # jobs handed out
+        self._task = spec.task
+        self._classifier = spec.task != "regression"
+        self._errors = config.error_monitor()
+        self._features = config.feature_monitor()
+        self._ts = 0.0  # event time of the last input
+        self._pending: Decision | None = None  # a retrain decided, waiting for examples
+        self._waiting = 0  # examples usable by the pending retrain
+        self._running: int | None = None  # number of the job handed out, not yet applied
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def learn(self, event: Event) -> Outcome:
+        """Test-then-train on a labelled event."""
+        y = event.y
+        if y is None:
+            raise ValueError(f"event {event.id!r} has no label; predict() it instead")
+        check_label(y, self._task)
+        self.index = index = self.index + 1
+        x = event.x
+        y_pred, proba = self._predict(x)
+        features = self._features
+        signals = _NONE if features is None else features.update(x, index)
+        ts = event.ts
+        return self._learn(index, float(index) if ts is None else ts, event, y_pred, proba, signals)
+
+    def predict(self, event: Event) -> Outcome:
+        """Predict an unlabelled event and remember it for its label.
+
+        When the label came first (the joiner parked it), the event is scored and learned at
+        once, and the outcome is that of :meth:`learn`."""
+        self.index = index = self.index + 1
+        ts = event.ts
+        self._ts = t = float(index) if ts is None else ts
+        x = event.x
+        y_pred, proba = self._predict(x)
+        label = self.joiner.remember(event, (y_pred, proba), t)
+        features = self._features
+        signals = _NONE if features is None else features.update(x, index)
+        if label is not None:
+            labelled = Event(event.id, event.key, x, label.y, ts)
+            return self._learn(index, t, labelled, y_pred, proba, signals)
+        self.predicted += 1
+        decision = self.policy.observe(index, t, False)
+        decisions = self._decide(decision, signals, index, t) if decision or signals else _NONE
+        return _new(
+            Outcome,
+            (index, y_pred, proba, None, self.version, self.lineage, signals, decisions, None),
+        )
+
+    def on_label(self, label: Label, now: float | None = None) -> Outcome | None:
+        """Join a delayed label to its remembered event and learn from it.
+
+        ``None`` when the event has not been predicted yet (the joiner parks the label, and
+        :meth:`predict` learns from it when the event comes) or has expired. ``now`` is the
+        joiner's clock (default: the label's ``ts``, else the input index)."""
+        check_label(label.y, self._task)
+        self.index = index = self.index + 1
+        t = float(index) if label.ts is None else label.ts
+        joined = self.joiner.join(label, t if now is None else now)
+        if joined is None:
+            return None
+        event, (y_pred, proba) = joined
+        event = Event(event.id, event.key, event.x, label.y, event.ts)
+        return self._learn(index, t, event, y_pred, proba, _NONE)
+
+    def _predict(self, x: dict) -> tuple[Any, dict | None]:
+        """The served prediction, and the class probabilities it came from (classifiers).
+
+        One ``predict_proba_one`` and an argmax: what River's ``predict_one`` does anyway."""
+        if self._classifier:
+            proba = self.model.predict_proba_one(x)
+            return (max(proba, key=proba.get) if proba else None), proba
+        return self.model.predict_one(x), None
+
+    def _learn(
+        self,
+        index: int,
+        t: float,
+        event: Event,
+        y_pred: Any,
+        proba: dict | None,
+        signals: tuple[DriftSignal, ...],
+    ) -> Outcome:
+        # The hot path: records are built with tuple.__new__, which skips the NamedTuple's
+        # Python-level constructor (several times faster, same objects).
+        self._ts = t
+        loss = self.evaluator.update(event.y, y_pred, proba)
+        self.window.items.append(_new(Example, (index, event, y_pred, proba)))
+        signal = self._errors.update(loss, index)
+        if signal is not None:
+            signals = (signal, *signals)
+        decision = self.policy.observe(index, t, True)
+        self.model.learn_one(event.x, event.y)
+        self.learned += 1
+        if self._pending is None and decision is None and not signals:
+            return _new(
+                Outcome,
+                (index, y_pred, proba, loss, self.version, self.lineage, _NONE, _NONE, None),
+            )
+        self._waiting += 1  # counted before deciding: a new retrain uses later examples only
+        decisions = self._decide(decision, signals, index, t)
+        job = self._start() if self._pending is not None else None
+        return _new(
+            Outcome,
+            (index, y_pred, proba, loss, self.version, self.lineage, signals, decisions, job),
+        )
+
+    # -- retrains ------------------------------------------------------------------------
+
+    def request_retrain(
+        self, reason: str = "", ts: float | None = None, kind: str | None = None
+    ) -> tuple[Decision, RetrainJob | None]:
+        """An on-demand retrain; the job is returned at once when the window allows it, else
+        it comes with the outcome of a later labelled event."""
+        decision = self.policy.request(reason, self.index, self._ts if ts is None else ts, kind)
+        self._record(decision)
+        job = self._start() if self._pending is not None else None
+        return decision, job
+
+    def apply(self, result: RetrainResult) -> Decision:
+        """Promote the result's candidate (it becomes the next version) or keep the champion.
+
+        A result that is not the one in flight (already applied, abandoned, or from before a
+        restore) changes nothing and is logged as ``stale_result``."""
+        trigger, kind = result.decision.trigger, result.kind
+        if result.key != self.key or result.number != self._running:
+            reason = f"retrain #{result.number} is not the one in flight; its result is ignored"
+            return self._log(trigger, "keep", "stale_result", reason, kind)
+        self._running = None
+        self.policy.finished()
+        values: dict[str, Any] = {
+            "number": result.number,
+            "metric": result.metric,
+            "champion": result.champion_score,
+            "challenger": result.challenger_score,
+            "margin": result.margin,
+            "n_train": result.n_train,
+            "n_holdout": result.n_holdout,
+        }
+        scores = (
+            f"challenger {result.metric} {result.challenger_score:.4f}, "
+            f"champion {result.champion_score:.4f}, margin {result.margin:g}"
+        )
+        if not result.promoted:
+            reason = f"{kind} retrain #{result.number} not better, champion kept: {scores}"
+            return self._log(trigger, "keep", "champion_better", reason, kind, values)
+        candidate = result.candidate
+        newer = self.window.after(result.through)
+        for ex in newer:
+            candidate.learn_one(ex.event.x, ex.event.y)
+        values["n_caught_up"] = len(newer)
+        self.model = candidate
+        self.version += 1
+        self._errors.reset()  # the new model's error level is a new baseline
+        reason = f"{kind} retrain #{result.number} promoted: v{self.version}, {scores}"
+        return self._log(trigger, "promote", "challenger_better", reason, kind, values)
+
+    def abandon(self, reason: str) -> Decision | None:
+        """Give up the retrain in flight (a worker died, or its examples never came), so the
+        policy may decide another. A late result of the abandoned job is ignored by
+        :meth:`apply`. ``None`` when nothing was in flight."""
+        cause = self.policy.in_flight
+        if cause is None:
+            return None
+        self._pending = None
+        self._running = None
+        self.policy.finished()
+        return self._log(cause.trigger, "keep", "retrain_abandoned", reason, cause.kind)
+
+    def rollback(self, model: Any, version: int, reason: str = "") -> Decision:
+        """Serve the model of an earlier ``version`` again (restored from its checkpoint by
+        the caller), as a new version: versions only go up, and the log says which came back.
+
+        A retrain in flight is dropped: its candidate was judged against the model being
+        replaced, and its late result is ignored by :meth:`apply`."""
+        dropped = self.policy.in_flight is not None
+        self._pending = None
+        self._running = None
+        self.policy.finished()
+        self.model = model
+        self.version += 1
+        self._errors.reset()
+        text = f"rolled back to the model of version {version}, now v{self.version}"
+        text += f": {reason}" if reason else ""
+        text += "; the retrain in flight was dropped" if dropped else ""
+        values = {"restored_version": version}
+        return self._log("on_demand", "rollback", "rolled_back", text, None, values)
+
+    def _log(
+        self,
+        trigger: str,
+        action: str,
+        code: str,
+        reason: str,
+        kind: str | None,
+        values: dict[str, Any] | None = None,
+    ) -> Decision:
+        """Record a decision of the learner's own (about a retrain's result), taken now."""
+        decision = Decision(
+            self.key, self.index, self._ts, trigger, action, code, reason, kind, None, values or {}
+        )
+        return self._record(decision)
+
+    def _decide(
+        self, decision: Decision | None, signals: tuple[DriftSignal, ...], index: int, t: float
+    ) -> tuple[Decision, ...]:
+        decided = [] if decision is None else [decision]
+        decided += [self.policy.signal(s, index, t) for s in signals]
+        for d in decided:
+            self._record(d)
+        return tuple(decided)
+
+    def _record(self, decision: Decision) -> Decision:
+        self.decisions.append(decision)
+        self.decision_counts[decision.trigger, decision.action] += 1
+        if decision.action == "retrain":
+            self._pending = decision
+            self._waiting = 0 if decision.trigger in CHANGE_TRIGGERS else len(self.window)
+        return decision
+
+    def _start(self) -> RetrainJob | None:
+        """The pending retrain's job, once it has ``min_train`` + ``holdout`` examples."""
+        rc = self.retrain_config
+        if self._waiting < rc.min_train + rc.holdout:
+            return None
+        decision = self._pending
+        since = decision.index if decision.trigger in CHANGE_TRIGGERS else -1
+        examples = self.window.after(since)
+        self.retrains += 1
+        job = RetrainJob(
+            key=self.key,
+            number=self.retrains,
+            kind=decision.kind,
+            spec=self.spec,
+            base=copy.deepcopy(self.model) if decision.kind == "stateful" else None,
+            train=tuple(examples[: -rc.holdout]),
+            holdout=tuple(examples[-rc.holdout :]),
+            margin=rc.margin,
+            decision=decision,
+            through=self.index,
+        )
+        self._pending = None
+        self._running = job.number
+        return job

@@ -1,0 +1,221 @@
+"""Retrains: a candidate model built from recent labelled events, gated by champion/challenger.
+
+A :class:`RetrainJob` is pure data plus one pure method: :meth:`RetrainJob.run` builds the
+candidate, scores it and the champion on the same held-out events, and returns a
+:class:`RetrainResult`. It touches nothing outside itself, so the caller decides where it
+runs: inline (tests, replays) or in a worker process (the job and its result pickle).
+
+Two kinds (see CONCEPTS.md):
+
+- ``stateless`` (cold): ``build_model(spec)`` trained on the training window only. After a
+  detected change this is a model of the new concept alone.
+- ``stateful`` (warm): a copy of the live model trained further on the training window, i.e.
+  the recent events weigh twice. A refresh when nothing is known to be wrong.
+
+Windows, taken from the learner's :class:`RecentWindow` when the job is built:
+
+- *holdout*: the most recent ``holdout`` labelled events;
+- *train*: the labelled events before them, back to the change: after a detected change,
+  only events that arrived *after the detection* (a detector fires some hundreds of events
+  into the new regime, but does not say where it began; events after the detection are
+  certainly new, which matters more to a cold model than a few hundred more of them), else
+  the whole window. The learner waits until ``min_train`` + ``holdout`` such events exist.
+
+Scoring is like for like. A stateless candidate has never seen the holdout, so it is compared
+with the champion's own prequential record on those events (each prediction was made before
+the champion learned that event); re-scoring the live champion would grade it on events it
+has already learned. A stateful candidate starts from the champion, which has learned the
+holdout, so both are re-scored on it: same history, and the only difference is the extra
+training. The challenger is promoted when it beats the champion by more than ``margin`` in
+the primary metric's direction; a tie keeps the champion. A promoted stateless candidate then
+learns the holdout too, so it has seen every example the job had.
+
+What travels to a worker: the examples, the spec and, for a stateful job only, a snapshot of
+the live model. What comes back: the scores and, only when promoted, the candidate.
+"""
+
+from __future__ import annotations
+
+import copy
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from typing import Any, NamedTuple
+
+from stream_learner.core.evaluation import PrequentialEvaluator, score
+from stream_learner.core.events import Event
+from stream_learner.core.models import ModelSpec, build_model, metric_better
+from stream_learner.core.policy import KINDS, Decision, config_from_dict
+from stream_learner.errors import ConfigError
+
+__all__ = ["Example", "RecentWindow", "RetrainConfig", "RetrainJob", "RetrainResult"]
+
+
+class Example(NamedTuple):
+    """A labelled event as the learner saw it: its input index and the champion's prequential
+    prediction (made before the champion learned it). A NamedTuple: one is built per event."""
+
+    index: int
+    event: Event
+    y_pred: Any
+    proba: dict | None
+
+
+class RecentWindow:
+    """The most recent labelled examples, oldest first; memory is bounded by ``maxlen``."""
+
+    def __init__(self, maxlen: int) -> None:
+        self.maxlen = maxlen
+        self.items: deque[Example] = deque(maxlen=maxlen)
+
+    def append(self, example: Example) -> None:
+        self.items.append(example)
+
+    def after(self, index: int) -> list[Example]:
+        """The examples with an index greater than ``index``, oldest first."""
+        newer = []
+        for example in reversed(self.items):
+            if example.index <= index:
+                break
+            newer.append(example)
+        newer.reverse()
+        return newer
+
+    def __len__(self) -> int:
+        return len(self.items)
+
+    def __iter__(self) -> Iterator[Example]:
+        return iter(self.items)
+
+
+@dataclass(frozen=True)
+class RetrainConfig:
+    """The ``[retrain]`` section: how much data a retrain uses and how a candidate is judged.
+
+    - ``window``: recent labelled examples kept (the most a retrain can train on).
+    - ``holdout``: the most recent examples, on which champion and challenger are scored.
+    - ``min_train``: a retrain waits until it has this many training examples.
+    - ``margin``: how much better the challenger must score, in the units of the primary
+      metric. The default, 0.02, is two points of accuracy: a 200-event holdout is noisy, and
+      on the acceptance suite smaller margins promoted models that then did worse. For a
+      regression metric (MAE, RMSE) it is in the target's units: set it per model.
+
+    The defaults were chosen on the acceptance suite (``tests/core/test_suite.py``).
+    """
+
+    window: int = 5000
+    holdout: int = 200
+    min_train: int = 300
+    margin: float = 0.02
+
+    @classmethod
+    def from_dict(cls, d: Mapping[str, Any], *, where: str = "retrain") -> RetrainConfig:
+        return config_from_dict(cls, d, where)
+
+    def __post_init__(self) -> None:
+        if self.holdout < 1 or self.min_train < 1:
+            raise ConfigError("retrain: holdout and min_train must be at least 1")
+        if self.min_train + self.holdout > self.window:
+            raise ConfigError(
+                f"retrain.window: {self.window} is smaller than min_train + holdout "
+                f"({self.min_train} + {self.holdout}); a retrain could never start"
+            )
+
+
+@dataclass(frozen=True)
+class RetrainResult:
+    """What a job produced. ``candidate`` is ``None`` when it was not promoted (nothing to
+    ship back). ``through`` is the index of the last example the candidate has learned: the
+    learner trains it on anything newer before it serves. ``duration_s`` is a measurement for
+    metrics and logs, never an input to a decision."""
+
+    key: str
+    number: int
+    kind: str
+    decision: Decision
+    metric: str
+    margin: float
+    champion_score: float
+    challenger_score: float
+    promoted: bool
+    candidate: Any | None
+    through: int
+    n_train: int
+    n_holdout: int
+    duration_s: float
+
+
+@dataclass(frozen=True)
+class RetrainJob:
+    """One retrain, ready to run anywhere. ``base`` is a snapshot of the live model (needed
+    for a stateful job only); ``through`` the index of the last example it had learned."""
+
+    key: str
+    number: int
+    kind: str
+    spec: ModelSpec
+    base: Any | None
+    train: tuple[Example, ...]
+    holdout: tuple[Example, ...]
+    margin: float
+    decision: Decision
+    through: int
+
+    def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ConfigError(f"kind: {self.kind!r}; choose one of: {', '.join(KINDS)}")
+        if self.kind == "stateful" and self.base is None:
+            raise ValueError("a stateful retrain needs the live model as its base")
+        if not self.holdout:
+            raise ValueError("a retrain needs held-out events to judge the candidate")
+
+    @property
+    def metric(self) -> str:
+        return self.spec.primary_metric
+
+    def run(self) -> RetrainResult:
+        """Train the candidate and judge it; the job and its inputs are left untouched."""
+        started = time.perf_counter()
+        holdout = [ex.event for ex in self.holdout]
+        if self.kind == "stateful":
+            candidate = copy.deepcopy(self.base)
+            champion = score(self.base, holdout, self.metric)
+        else:
+            candidate = build_model(self.spec)
+            record = PrequentialEvaluator(self.spec.task, (self.metric,), window=len(holdout))
+            for ex in self.holdout:
+                record.update(ex.event.y, ex.y_pred, ex.proba)
+            champion = record.primary_value()
+        for ex in self.train:
+            candidate.learn_one(ex.event.x, ex.event.y)
+        challenger = score(candidate, holdout, self.metric)
+        promoted = _better(self.metric, challenger, champion, self.margin)
+        through = self.through
+        if promoted and self.kind == "stateless":
+            for event in holdout:  # judged on them, now learn them: they are the newest
+                candidate.learn_one(event.x, event.y)
+            through = self.holdout[-1].index
+        return RetrainResult(
+            key=self.key,
+            number=self.number,
+            kind=self.kind,
+            decision=self.decision,
+            metric=self.metric,
+            margin=self.margin,
+            champion_score=champion,
+            challenger_score=challenger,
+            promoted=promoted,
+            candidate=candidate if promoted else None,
+            through=through,
+            n_train=len(self.train),
+            n_holdout=len(holdout),
+            duration_s=time.perf_counter() - started,
+        )
+
+
+def _better(metric: str, challenger: float, champion: float, margin: float) -> bool:
+    """Whether the challenger wins; a NaN score (nothing could be scored) never does."""
+    if metric_better(metric) == "higher":
+        return challenger > champion + margin
+    return challenger < champion - margin

@@ -1,0 +1,225 @@
+from __future__ import annotations
+
+import copy
+import dataclasses
+import pickle
+import random
+
+import pytest
+
+from stream_learner.core.drift import DriftSignal, ErrorDriftMonitor, FeatureDriftMonitor
+from stream_learner.errors import ConfigError
+
+
+def bernoulli(rates: list[tuple[float, int]], seed: int = 7) -> list[float]:
+    """0/1 losses: ``n`` draws at each error rate, in order."""
+    rng = random.Random(seed)
+    return [float(rng.random() < p) for p, n in rates for _ in range(n)]
+
+
+def signals(monitor: ErrorDriftMonitor, losses: list[float]) -> list[DriftSignal]:
+    return [s for i, loss in enumerate(losses) if (s := monitor.update(loss, i))]
+
+
+# -- performance --------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_a_rise_in_error_is_reported_once_as_drift_soon_after_the_change(detector):
+    losses = bernoulli([(0.1, 5000), (0.35, 5000)])
+    found = signals(ErrorDriftMonitor(detector), losses)
+    drifts = [s for s in found if s.level == "drift"]
+    assert len(drifts) == 1  # re-armed after the detection: not reported again and again
+    d = drifts[0]
+    assert 5000 <= d.index < 5500
+    assert (d.kind, d.detector, d.direction, d.feature) == ("performance", detector, "up", None)
+    assert d.after > d.before
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_a_warning_comes_no_later_than_the_drift(detector):
+    losses = bernoulli([(0.1, 5000), (0.2, 5000)])
+    found = signals(ErrorDriftMonitor(detector), losses)
+    first_warning = min(s.index for s in found if s.level == "warning")
+    first_drift = min(s.index for s in found if s.level == "drift")
+    assert 5000 <= first_warning <= first_drift
+
+
+@pytest.mark.parametrize("detector", ["adwin", "page_hinkley"])
+def test_a_fall_in_error_is_improvement_not_drift(detector):
+    """A model still learning (or a tree that just split) gets better: not degradation."""
+    monitor = ErrorDriftMonitor(detector)
+    assert signals(monitor, bernoulli([(0.45, 3000), (0.1, 7000)])) == []
+    if detector == "adwin":  # ADWIN saw the change, and it was counted as an improvement
+        assert monitor.improvements >= 1
+
+
+def test_a_stationary_error_stream_raises_no_drift():
+    monitor = ErrorDriftMonitor()
+    found = signals(monitor, bernoulli([(0.15, 100_000)], seed=3))
+    assert [s for s in found if s.level == "drift"] == []
+
+
+def test_reset_rearms_the_detectors():
+    monitor = ErrorDriftMonitor()
+    losses = bernoulli([(0.1, 3000), (0.4, 3000)])
+    assert any(s.level == "drift" for s in signals(monitor, losses))
+    # After a reset the current (high) level is the baseline: staying there is no drift.
+    monitor.reset()
+    assert [
+        s for s in signals(monitor, bernoulli([(0.4, 5000)], seed=8)) if s.level == "drift"
+    ] == []
+
+
+def test_index_defaults_to_the_count_of_updates():
+    monitor = ErrorDriftMonitor()
+    found = [s for loss in bernoulli([(0.05, 2000), (0.6, 1000)]) if (s := monitor.update(loss))]
+    assert found and 2000 < found[0].index <= 3000
+
+
+def test_the_monitor_pickles_and_deepcopies_mid_stream_without_changing_what_it_reports():
+    losses = bernoulli([(0.1, 4000), (0.3, 4000)])
+    monitor = ErrorDriftMonitor()
+    signals(monitor, losses[:3000])
+    clones = [pickle.loads(pickle.dumps(monitor)), copy.deepcopy(monitor)]
+    expected = [s for i, loss in enumerate(losses[3000:]) if (s := monitor.update(loss, i))]
+    assert expected
+    for clone in clones:
+        assert [
+            s for i, loss in enumerate(losses[3000:]) if (s := clone.update(loss, i))
+        ] == expected
+
+
+def test_detector_parameters_reach_river():
+    # A stricter delta needs more evidence: it cannot fire before the default does.
+    losses = bernoulli([(0.1, 3000), (0.2, 3000)])
+    default = min(s.index for s in signals(ErrorDriftMonitor(), losses) if s.level == "drift")
+    strict = [s.index for s in signals(ErrorDriftMonitor(delta=1e-6), losses) if s.level == "drift"]
+    assert not strict or strict[0] >= default
+    assert ErrorDriftMonitor("page_hinkley", threshold=80.0)._drift.threshold == 80.0
+    assert ErrorDriftMonitor("page_hinkley", threshold=80.0)._warning.threshold == 40.0
+
+
+@pytest.mark.parametrize(
+    ("args", "params", "message"),
+    [
+        (("kswin",), {}, "drift.detector: 'kswin'; choose one of: adwin, page_hinkley"),
+        (("adwin",), {"threshold": 3.0}, "drift.threshold: unknown for adwin; choose from: delta"),
+        (("page_hinkley",), {"clock": 3}, "drift.clock: unknown for page_hinkley"),
+        (("adwin",), {"delta": 0.05}, "warning_delta must be larger than delta"),
+        (("page_hinkley",), {"warning_threshold": 60.0}, "warning_threshold must be below"),
+        (("page_hinkley",), {"min_instances": "many"}, "drift.min_instances: 'many'; expected a"),
+    ],
+)
+def test_bad_configuration_is_a_config_error_naming_the_key(args, params, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        ErrorDriftMonitor(*args, **params)
+
+
+def test_signals_are_frozen():
+    signal = DriftSignal("performance", "adwin", "drift", "up", 1, 0.1, 0.2)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        signal.level = "warning"  # type: ignore[misc]
+
+
+# -- data ---------------------------------------------------------------------------------
+
+
+def feature_stream(n: int, shift_at: int | None = None, shift: float = 1.0, seed: int = 1):
+    """Three independent features: a standard normal (which moves by ``shift`` at
+    ``shift_at``), a uniform integer and a string."""
+    rng = random.Random(seed)
+    for i in range(n):
+        moved = shift if shift_at is not None and i >= shift_at else 0.0
+        yield {"a": rng.gauss(moved, 1.0), "n": rng.randint(0, 20), "city": rng.choice("xyz")}
+
+
+def data_signals(monitor: FeatureDriftMonitor, xs) -> list[DriftSignal]:
+    return [s for i, x in enumerate(xs) for s in monitor.update(x, i)]
+
+
+@pytest.mark.parametrize(("shift", "direction"), [(0.5, "up"), (-0.5, "down")])
+def test_a_mean_shift_of_one_feature_is_found_in_both_directions(shift, direction):
+    found = data_signals(FeatureDriftMonitor(), feature_stream(20_000, 10_000, shift))
+    assert [(s.feature, s.direction) for s in found] == [("a", direction)]
+    s = found[0]
+    assert (s.kind, s.level, s.detector) == ("data", "drift", "page_hinkley")
+    assert 10_000 <= s.index < 11_000
+    assert abs(s.before) < 0.2 and abs(s.after - shift) < 0.4
+
+
+def test_stationary_features_raise_nothing():
+    monitor = FeatureDriftMonitor()
+    assert data_signals(monitor, feature_stream(100_000, seed=2)) == []
+
+
+def test_a_signal_comes_only_at_the_end_of_a_block():
+    monitor = FeatureDriftMonitor(block=50)
+    outs = [monitor.update(x, i) for i, x in enumerate(feature_stream(5000, 2000, 5.0))]
+    assert all(out == () for i, out in enumerate(outs) if (i + 1) % 50)
+    assert any(outs)
+
+
+def test_string_features_are_not_tracked_and_numbers_are_capped():
+    monitor = FeatureDriftMonitor(block=10, max_features=2)
+    xs = [{"s": "a", "b": 1.0, "c": 2.0, "d": 3.0} for _ in range(10)]
+    data_signals(monitor, xs)
+    assert list(monitor._features) == ["b", "c"]  # in name order; "s" is categorical
+    assert monitor.untracked == 1  # "d": over the cap
+
+
+def test_a_feature_that_appears_later_is_tracked_from_then_on():
+    def xs():
+        rng = random.Random(3)
+        for i in range(30_000):
+            x = {"a": rng.gauss(0, 1)}
+            if i >= 5000:
+                x["late"] = rng.gauss(0 if i < 20_000 else 2, 1)
+            yield x
+
+    found = data_signals(FeatureDriftMonitor(), xs())
+    assert [s.feature for s in found] == ["late"]
+    assert 20_000 <= found[0].index < 21_000
+
+
+def test_a_feature_missing_from_some_events_is_averaged_over_those_that_have_it():
+    rng = random.Random(4)
+    xs = [{"a": rng.gauss(0 if i < 10_000 else 3, 1)} if i % 3 else {} for i in range(20_000)]
+    found = data_signals(FeatureDriftMonitor(), xs)
+    assert [s.feature for s in found] == ["a"]
+
+
+def test_a_constant_feature_that_starts_moving_is_drift():
+    xs = [{"k": 1.0 if i < 5000 else 1.5} for i in range(6000)]
+    found = data_signals(FeatureDriftMonitor(), xs)
+    assert [(s.feature, s.direction) for s in found] == [("k", "up")]
+
+
+def test_memory_does_not_grow_with_ever_new_feature_names():
+    monitor = FeatureDriftMonitor(block=10, max_features=3)
+    data_signals(monitor, [{f"id{i}": 1.0} for i in range(10_000)])
+    assert len(monitor._features) == 3
+    assert len(monitor._known) == 30
+
+
+def test_the_data_monitor_pickles_mid_block_without_changing_what_it_reports():
+    xs = list(feature_stream(20_000, 10_000, 1.0))
+    monitor = FeatureDriftMonitor()
+    data_signals(monitor, xs[:9_950])
+    clone = pickle.loads(pickle.dumps(monitor))
+    rest = xs[9_950:]
+    assert data_signals(clone, rest) == data_signals(monitor, rest) != []
+    assert data_signals(copy.deepcopy(monitor), rest[:10]) == []
+
+
+@pytest.mark.parametrize(
+    ("params", "message"),
+    [
+        ({"block": 0}, "feature_drift.block: 0; expected an integer >= 1"),
+        ({"threshold": -1.0}, "feature_drift.threshold: -1.0; expected a number > 0"),
+        ({"max_features": 2.5}, "feature_drift.max_features: 2.5"),
+    ],
+)
+def test_bad_data_monitor_configuration_names_the_key(params, message):
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        FeatureDriftMonitor(**params)
