@@ -71,6 +71,32 @@ class ServiceSettings:
     label_max_age_s: float = 3600.0
 
 
+@dataclass(frozen=True)
+class CheckpointSettings:
+    """Model snapshots on the compacted checkpoint topic.
+
+    ``signing_key`` is a reference (``env:NAME`` / ``file:PATH``), never the key itself;
+    without one, ``STREAM_LEARNER_SNAPSHOT_KEY`` / ``STREAM_LEARNER_SNAPSHOT_KEY_FILE``
+    are read. With no key at all the service refuses to start unless ``insecure_dev``.
+    """
+
+    enabled: bool = True
+    every_events: int = 10_000
+    every_seconds: float = 60.0
+    after_retrain: bool = True
+    keep_versions: int = 3
+    chunk_bytes: int = 1_048_576
+    signing_key: str = ""
+    insecure_dev: bool = False
+
+    def __repr__(self) -> str:
+        return (
+            f"CheckpointSettings(enabled={self.enabled}, every_events={self.every_events}, "
+            f"every_seconds={self.every_seconds}, keep_versions={self.keep_versions}, "
+            f"signing_key={'<set>' if self.signing_key else '<unset>'})"
+        )
+
+
 def _typed_section(cls: type, raw: Mapping[str, Any], where: str) -> Any:
     """Build a settings dataclass, naming the key on a typo or a wrong type."""
     known = {f.name: f for f in fields(cls)}
@@ -162,7 +188,7 @@ class Config:
     learner: Mapping[str, Any] = field(default_factory=dict)
     policy: Mapping[str, Any] = field(default_factory=dict)
     retrain: Mapping[str, Any] = field(default_factory=dict)
-    checkpoints: Mapping[str, Any] = field(default_factory=dict)
+    checkpoints: CheckpointSettings = field(default_factory=CheckpointSettings)
     source: str = "<defaults>"
 
 
@@ -191,7 +217,9 @@ def parse_config(
         learner=merged.get("learner", {}),
         policy=merged.get("policy", {}),
         retrain=merged.get("retrain", {}),
-        checkpoints=merged.get("checkpoints", {}),
+        checkpoints=_typed_section(
+            CheckpointSettings, merged.get("checkpoints", {}), "checkpoints"
+        ),
         source=source,
     )
 

@@ -9,7 +9,9 @@ the summary shows the drift detected, the retrain promoted and accuracy recoveri
 from __future__ import annotations
 
 import argparse
+import secrets
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import replace
@@ -73,8 +75,13 @@ def _demo(args: argparse.Namespace) -> int:
     _say(f"topics     {len(created)} created with prefix {prefix}")
 
     config = load_config(args.config)
+    # A throw-away signing key for this run's snapshots (a real deployment sets its own).
+    key_file = Path(tempfile.mkdtemp(prefix="stream-learner-demo-")) / "snapshot.key"
+    key_file.write_text(secrets.token_hex(32))
+    key_file.chmod(0o600)
     config = replace(
         config,
+        checkpoints=replace(config.checkpoints, signing_key=f"file:{key_file}"),
         kafka=KafkaSettings(bootstrap, prefix, f"demo-{run_id}", config.kafka.client),
         service=replace(config.service, http_port=args.http_port),
     )
@@ -106,7 +113,8 @@ def _demo(args: argparse.Namespace) -> int:
         label_delay=100,
     ):
         topic = spec.physical(msg.topic)
-        sink.produce(topic, orjson.dumps(msg.value), key=msg.key)
+        ts_ms = int(msg.value["ts"] * 1000)  # record time = event time: merged in order
+        sink.produce(topic, orjson.dumps(msg.value), key=msg.key, timestamp_ms=ts_ms)
         sent[msg.topic] += 1
     sink.close()
     _say(

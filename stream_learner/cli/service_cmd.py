@@ -15,21 +15,29 @@ import threading
 import time
 from dataclasses import dataclass
 
-from stream_learner.config import Config, KafkaSettings, load_config
+from stream_learner.config import (
+    CheckpointSettings,
+    Config,
+    KafkaSettings,
+    load_config,
+    resolve_secret,
+)
 from stream_learner.core.commands import ALL_KEYS, Command
 from stream_learner.core.learner import LearnerConfig
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.retrain import RetrainConfig
+from stream_learner.core.snapshot import load_signing_key
 from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.http import HealthServer
+from stream_learner.kafka.checkpoints import CheckpointStore
 from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.kafka.source import KafkaSource
 from stream_learner.logs import configure_logging, log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
-from stream_learner.service.runtime import LearnerFactory, Service, Topics
+from stream_learner.service.runtime import CheckpointPolicy, LearnerFactory, Service, Topics
 
 log = logging.getLogger("stream_learner.cli")
 
@@ -85,6 +93,35 @@ def core_factory(config: Config) -> LearnerFactory:
     )
 
 
+def signing_key(settings: CheckpointSettings, env=None) -> bytes | None:
+    """The snapshot HMAC key; refuses to go on without one unless ``insecure_dev``."""
+    env = os.environ if env is None else env
+    ref = settings.signing_key
+    if ref:
+        if not ref.startswith(("env:", "file:")):
+            raise ConfigError(
+                "checkpoints.signing_key: give a reference (env:NAME or file:PATH), "
+                "never the key itself"
+            )
+        key = load_signing_key(env, value=resolve_secret(ref, "checkpoints.signing_key", env))
+    else:
+        key = load_signing_key(env)
+    if key is None and not settings.insecure_dev:
+        raise ConfigError(
+            "checkpoints: no snapshot signing key; set STREAM_LEARNER_SNAPSHOT_KEY (or "
+            'STREAM_LEARNER_SNAPSHOT_KEY_FILE, or checkpoints.signing_key = "env:NAME"). '
+            "Unsigned snapshots are for development only: checkpoints.insecure_dev = true"
+        )
+    if key is None:
+        log_event(
+            log,
+            "insecure_checkpoints",
+            level=logging.WARNING,
+            why="checkpoints.insecure_dev is set: snapshots are not signed",
+        )
+    return key
+
+
 def build_service(config: Config, bootstrap: str, *, http_port: int | None = None) -> Built:
     """Wire a config to real adapters; nothing touches the network until ``run``."""
     factory = core_factory(config)
@@ -123,6 +160,19 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         max_event_bytes=settings.max_event_bytes,
     )
     port = settings.http_port if http_port is None else http_port
+    if config.checkpoints.enabled:
+        cp = config.checkpoints
+        service.store = CheckpointStore(
+            bootstrap,
+            topics.checkpoints,
+            signing_key=signing_key(cp),
+            keep_versions=cp.keep_versions,
+            chunk_bytes=cp.chunk_bytes,
+            extra=extra,
+        )
+        service.checkpoint_policy = CheckpointPolicy(
+            cp.every_events, cp.every_seconds, cp.after_retrain
+        )
     http = HealthServer(
         metrics.registry, host=settings.http_host, port=port, ready=service.readiness
     )
@@ -167,7 +217,9 @@ def _run(args: argparse.Namespace) -> int:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     if args.max_seconds:
-        threading.Timer(args.max_seconds, stop.set).start()
+        timer = threading.Timer(args.max_seconds, stop.set)
+        timer.daemon = True  # must not keep a stopped service alive
+        timer.start()
     wait_for_broker(bootstrap, dict(config.kafka.client), config.service.broker_wait_s)
     built.http.start()
     log_event(

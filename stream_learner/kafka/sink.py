@@ -65,10 +65,13 @@ class KafkaSink:
         key: bytes | str | None = None,
         headers: Headers | None = None,
         partition: int | None = None,
+        timestamp_ms: int | None = None,
     ) -> None:
         kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": self._on_delivery}
         if partition is not None:
             kwargs["partition"] = partition
+        if timestamp_ms is not None:  # event time, so consumers can merge topics by it
+            kwargs["timestamp"] = timestamp_ms
         while True:
             try:
                 self.producer.produce(topic, value, **kwargs)

@@ -57,7 +57,8 @@ class KafkaSource:
     """A group consumer with explicit commits and per-partition lag from statistics.
 
     ``on_assign(partitions)`` runs before the first message of newly assigned
-    partitions; ``on_revoke(partitions)`` runs before they are taken away, so the
+    partitions and may return start offsets for some of them (a restored checkpoint's
+    positions); ``on_revoke(partitions)`` runs before they are taken away, so the
     service can flush and commit (and later hand state off) in time.
     """
 
@@ -68,7 +69,8 @@ class KafkaSource:
         topics: Sequence[str],
         *,
         extra: Mapping[str, Any] | None = None,
-        on_assign: Callable[[list[TopicPartition]], None] | None = None,
+        on_assign: Callable[[list[TopicPartition]], Mapping[TopicPartition, int] | None]
+        | None = None,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
     ) -> None:
         conf = {**_CONSUMER_DEFAULTS, "group.id": group_id, **(extra or {})}
@@ -99,8 +101,13 @@ class KafkaSource:
     def _assigned(self, consumer, partitions) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
         self.assignment.update(tps)
-        if self._on_assign:
-            self._on_assign(tps)
+        starts = self._on_assign(tps) if self._on_assign else None
+        if starts:
+            # Start where the restored state says, not at the committed offset.
+            for p in partitions:
+                if (p.topic, p.partition) in starts:
+                    p.offset = starts[p.topic, p.partition]
+            consumer.assign(partitions)
 
     def _revoked(self, consumer, partitions) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -164,6 +171,15 @@ class KafkaSource:
             raise BrokerError(
                 f"offset commit failed: {err.str()}", code=err.name(), description=err.str()
             ) from None
+
+    def high_watermark(self, tp: TopicPartition) -> int | None:
+        """The partition's end as of the last fetch (no network call); None if unknown."""
+        if self._consumer is None:
+            return None
+        marks = self._consumer.get_watermark_offsets(KafkaTopicPartition(*tp), cached=True)
+        if not marks or marks[1] < 0:
+            return None
+        return marks[1]
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         self._consumer.seek(KafkaTopicPartition(topic, partition, offset))

@@ -40,13 +40,16 @@ class Pending:
 class Retrainer:
     """Runs retrain jobs, one worker process at most (or inline when ``workers=0``)."""
 
-    def __init__(self, *, workers: int = 1, apply_after: int = 200) -> None:
+    def __init__(self, *, workers: int = 1, apply_after: int = 200, timeout_s: float = 600.0):
         self.apply_after = apply_after
+        self.timeout_s = timeout_s  # a job late by this much at its apply point is abandoned
         self._workers = workers
         self._pool: ProcessPoolExecutor | None = None
 
-    def submit(self, job: RetrainJob, index: int) -> Pending:
-        pending = Pending(job, index + self.apply_after)
+    def submit(self, job: RetrainJob, index: int, *, due: int | None = None) -> Pending:
+        """Start ``job``; its result is due at input ``index + apply_after`` (or ``due``,
+        for a job restored from a checkpoint)."""
+        pending = Pending(job, index + self.apply_after if due is None else due)
         if self._workers > 0:
             if self._pool is None:
                 # forkserver: never fork a process that holds librdkafka threads.

@@ -12,6 +12,17 @@ interfaces and imports no Kafka itself. One batch at a time:
 
 One key is one sequential learner; keys scale out over partitions and instances. A key
 lives on one partition (Kafka message key = model key), so it has exactly one writer.
+
+Checkpoints (when a store is given). A *round* for partition *p* snapshots every key of
+*p* whose state changed since its last snapshot, each with the input positions it
+reflects, then writes a partition record with those positions: every key of *p* is
+captured as of them (a key unchanged since its own older snapshot had no input since).
+On assignment the service loads each key's newest valid snapshot, starts *p* at the
+partition record's positions, skips for each key what its snapshot already reflects,
+and re-learns the rest; records before the group's committed offsets (outputs already
+delivered) are re-learned *without* re-emitting their outputs. So a crash at any
+instant loses nothing and learns nothing twice, and restart time depends on the
+snapshot sizes and the records since the last round, not on the stream's history.
 """
 
 from __future__ import annotations
@@ -31,9 +42,11 @@ from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import Decision, PolicyConfig
 from stream_learner.core.retrain import RetrainConfig
+from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import BrokerError, DecodeError
 from stream_learner.logs import log_event
 from stream_learner.metrics import ServiceMetrics
+from stream_learner.service.ordering import Merger
 from stream_learner.service.retrainer import Pending, Retrainer
 
 log = logging.getLogger("stream_learner.service")
@@ -57,12 +70,35 @@ class Source(Protocol):
     def start(self) -> None: ...
     def poll(self, max_messages: int, timeout: float) -> list[Record]: ...
     def commit(self, positions: Mapping[TopicPartition, int]) -> None: ...
+    def committed(self, tps: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
+    def high_watermark(self, tp: TopicPartition) -> int | None: ...
     def close(self) -> None: ...
 
 
 class Sink(Protocol):
     def produce(self, topic: str, value: bytes | None, *, key=None, headers=None) -> None: ...
     def flush(self, timeout: float = 10.0) -> int: ...
+
+
+class Store(Protocol):
+    def publish(self, state: object, meta: SnapshotMeta) -> dict: ...
+    def publish_record(self, key: str, value: dict | None) -> None: ...
+    def read(self, timeout: float = 30.0) -> Any: ...
+
+
+@dataclass(frozen=True)
+class CheckpointPolicy:
+    """When rounds run: every ``every_events`` inputs of a partition or ``every_seconds``
+    (whichever first; 0 switches one off), after a promoted retrain (that key), on
+    revoke and on shutdown (always)."""
+
+    every_events: int = 10_000
+    every_seconds: float = 60.0
+    after_retrain: bool = True
+
+
+def partition_record(topic: str, partition: int) -> str:
+    return f"__partition__\x1f{topic}\x1f{partition}"
 
 
 @dataclass(frozen=True)
@@ -134,6 +170,8 @@ class Service:
         batch_size: int = 500,
         poll_timeout_s: float = 0.2,
         max_event_bytes: int = 1_048_576,
+        store: Store | None = None,
+        checkpoint_policy: CheckpointPolicy | None = None,
     ) -> None:
         self.factory = factory
         self.topics = topics
@@ -156,6 +194,17 @@ class Service:
         self._counts: Counter[str] = Counter()
         self._dead: Counter[str] = Counter()
         self._joins: dict[str, tuple[int, int, int]] = {}
+        # Checkpointing and restore.
+        self.store = store
+        self.checkpoint_policy = checkpoint_policy or CheckpointPolicy()
+        self.consumed: dict[TopicPartition, int] = {}  # next offset, kept across commits
+        self.dirty: set[str] = set()
+        self._round_at: dict[int, tuple[int, float]] = {}  # partition -> (inputs, time)
+        self._skip: dict[str, dict[TopicPartition, int]] = {}  # key -> positions in its state
+        self._replay: dict[TopicPartition, int] = {}  # committed offsets: outputs delivered
+        self._emit = True
+        self._snapshot_soon: set[str] = set()
+        self.merger = Merger(topics.inputs)
 
     # -- readiness ----------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
@@ -171,10 +220,13 @@ class Service:
         events, labels, control = self.topics.events, self.topics.labels, self.topics.control
         positions = self.positions
         n = 0
+        replay = self._replay
         for rec in records:
             n += 1
             topic = rec.topic
             positions[topic, rec.partition] = rec.offset + 1
+            if replay:
+                self._emit = self._replaying(rec)
             try:
                 if topic == events:
                     self._event(rec)
@@ -188,7 +240,37 @@ class Service:
                 # The model refused this input (e.g. a string where the pipeline needs a
                 # number): the event is bad for this model, not the service's end.
                 self.dead_letter(rec, "model_rejected", f"{type(exc).__name__}: {exc}")
+        self._emit = True
+        self.consumed.update(positions)
         return n
+
+    def _replaying(self, rec: Record) -> bool:
+        """Whether outputs of ``rec`` are due: not when they were delivered before a crash."""
+        tp = (rec.topic, rec.partition)
+        end = self._replay.get(tp)
+        if end is None:
+            return True
+        if rec.offset < end:
+            self.metrics.count_events("replayed", 1)
+            return False
+        del self._replay[tp]
+        return True
+
+    def _known(self, key: str, rec: Record) -> bool:
+        """Whether ``key``'s restored state already reflects ``rec`` (then it is skipped)."""
+        skip = self._skip.get(key)
+        if skip is None:
+            return False
+        tp = (rec.topic, rec.partition)
+        end = skip.get(tp)
+        if end is None:
+            return False
+        if rec.offset < end:
+            return True
+        del skip[tp]
+        if not skip:
+            del self._skip[key]
+        return False
 
     def _model_key(self, rec: Record, declared: str) -> str:
         raw = rec.key
@@ -229,6 +311,8 @@ class Service:
             event = Event(event.id, key, event.x, event.y, rec.timestamp_ms / 1000.0)
         elif key != event.key:
             event = Event(event.id, key, event.x, event.y, event.ts)
+        if self._skip and self._known(key, rec):
+            return
         learner = self.learners.get(key) or self._learner(key, rec.partition)
         if event.y is None:
             out = learner.predict(event)
@@ -246,6 +330,8 @@ class Service:
             self._maybe_apply(learner)
 
     def _predicted(self, event: Event, out: Outcome) -> None:
+        if not self._emit:
+            return
         body: dict[str, Any] = {
             "id": event.id,
             "key": event.key,
@@ -271,10 +357,10 @@ class Service:
         key = self._model_key(rec, label.key)
         if label.ts is None and rec.timestamp_ms is not None:
             label = Label(label.id, key, label.y, rec.timestamp_ms / 1000.0)
-        learner = self.learners.get(key)
-        if learner is None:
-            self.metrics.count_labels("unmatched", 1)
+        if self._skip and self._known(key, rec):
             return
+        # A label may come before any event of its key: the learner parks it.
+        learner = self.learners.get(key) or self._learner(key, rec.partition)
         if key in self.paused:
             self._counts["paused"] += 1
             return
@@ -295,9 +381,10 @@ class Service:
         else:
             keys = [self._model_key(rec, cmd.key)]
         for key in keys:
-            self.execute(cmd, key)
+            if not (self._skip and self._known(key, rec)):
+                self.execute(cmd, key, rec.partition)
 
-    def execute(self, cmd: Command, key: str) -> None:
+    def execute(self, cmd: Command, key: str, partition: int | None = None) -> None:
         """Carry out one command for one key this instance owns."""
         log_event(
             log,
@@ -318,16 +405,16 @@ class Service:
                 return
             decision, job = learner.request_retrain(cmd.reason or "on demand", cmd.ts)
             self._react(learner, (), (decision,), job)
-        else:
-            log_event(
-                log,
-                "command_ignored",
-                key=key,
-                command=cmd.command,
-                why="checkpoint commands need the checkpoint store",
-            )
+        elif cmd.command == "snapshot":
+            if self.store is not None and key in self.learners:
+                self.dirty.add(key)
+                self._snapshot_soon.add(key)
+        elif cmd.command == "rollback":
+            self._rollback(key, cmd)
 
     def dead_letter(self, rec: Record, reason: str, detail: str) -> None:
+        if not self._emit:
+            return
         headers = [
             ("dlq.reason", reason),
             ("dlq.detail", detail[:1000]),
@@ -390,7 +477,7 @@ class Service:
         del self.pending[learner.key]
         trigger, kind = pending.job.decision.trigger, pending.job.kind
         try:
-            result = pending.wait()
+            result = pending.wait(self.retrainer.timeout_s)
         except Exception as exc:  # a crashed worker must not take the service down
             decision = learner.abandon(f"retrain #{pending.job.number} failed: {exc!r}")
             self.metrics.record_retrain(trigger, kind, "failed", 0.0)
@@ -405,6 +492,8 @@ class Service:
         self.metrics.set_model(learner.key, learner.version, learner.lineage)
         if outcome == "promoted":
             self.metrics.mark_retrain(learner.key, time.time())
+            if self.store is not None and self.checkpoint_policy.after_retrain:
+                self._snapshot_soon.add(learner.key)
         log_event(
             log,
             "retrain_" + outcome,
@@ -421,7 +510,10 @@ class Service:
         """Deliver outputs, then commit positions, then update metrics."""
         self.flush(should_stop)
         self.commit(should_stop)
+        self.dirty |= self._touched
         self._report()
+        if self.store is not None:
+            self._checkpoints()
 
     def flush(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         waited = 0.0
@@ -482,26 +574,252 @@ class Service:
         ready, _ = self.readiness()
         m.set_ready(ready)
 
+    # -- checkpoints --------------------------------------------------------------------
+    def _positions(self, partition: int) -> dict[str, dict[int, int]]:
+        return {t: {partition: self.consumed.get((t, partition), 0)} for t in self.topics.inputs}
+
+    def _inputs(self, partition: int) -> int:
+        return sum(self.consumed.get((t, partition), 0) for t in self.topics.inputs)
+
+    def snapshot(self, key: str, trigger: str) -> dict:
+        """Publish ``key``'s whole state (learner, retrain in flight, paused) with the input
+        positions it reflects."""
+        learner = self.learners[key]
+        partition = self.key_partition[key]
+        pending = self.pending.get(key)
+        state = {
+            "learner": learner,
+            "pending": None if pending is None else (pending.job, pending.due),
+            "paused": key in self.paused,
+        }
+        meta = SnapshotMeta(
+            key=key,
+            lineage=learner.lineage,
+            model_version=learner.version,
+            trigger=trigger,
+            decision=learner.decisions[-1].reason if learner.decisions else None,
+            metrics=learner.evaluator.values(),
+            offsets=self._positions(partition),
+            extra={"partition": partition, "events_topic": self.topics.events},
+        )
+        started = time.perf_counter()
+        header = self.store.publish(state, meta)
+        self.dirty.discard(key)
+        self.metrics.record_checkpoint(key, header["payload_size"], time.time())
+        self.metrics.count_checkpoint("written")
+        log_event(
+            log,
+            "checkpoint",
+            key=key,
+            trigger=trigger,
+            version=learner.version,
+            bytes=header["payload_size"],
+            ms=round(1000 * (time.perf_counter() - started), 1),
+        )
+        return header
+
+    def checkpoint_round(self, partition: int, trigger: str) -> int:
+        """Snapshot every changed key of ``partition``, then record the round's positions."""
+        keys = sorted(k for k in self.dirty if self.key_partition.get(k) == partition)
+        for key in keys:
+            self.snapshot(key, trigger)
+        offsets = {
+            t: {str(p): o for p, o in by.items()} for t, by in self._positions(partition).items()
+        }
+        self.store.publish_record(
+            partition_record(self.topics.events, partition),
+            {"offsets": offsets, "keys": len(keys), "trigger": trigger, "ts": time.time()},
+        )
+        self._round_at[partition] = (self._inputs(partition), time.monotonic())
+        return len(keys)
+
+    def _owned(self) -> list[int]:
+        return sorted({p for t, p in self.source.assignment if t == self.topics.events})
+
+    def _checkpoints(self) -> None:
+        for key in sorted(self._snapshot_soon):
+            if key in self.learners:
+                self.snapshot(key, "command" if key in self.dirty else "retrain")
+        self._snapshot_soon.clear()
+        policy, now = self.checkpoint_policy, time.monotonic()
+        for partition in self._owned():
+            inputs_at, time_at = self._round_at.setdefault(partition, (0, now))
+            if not any(self.key_partition.get(k) == partition for k in self.dirty):
+                continue
+            by_count = (
+                policy.every_events and self._inputs(partition) - inputs_at >= policy.every_events
+            )
+            by_time = policy.every_seconds and now - time_at >= policy.every_seconds
+            if by_count or by_time:
+                self.checkpoint_round(partition, "periodic")
+
+    def restore(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
+        """Load the newest valid snapshot of each key of the assigned partitions; return
+        where each input partition must start (see the module docstring)."""
+        committed = {tp: off for tp, off in self.source.committed(partitions).items() if off >= 0}
+        for tp in partitions:
+            self.consumed[tp] = committed.get(tp, 0)
+        if self.store is None:
+            return {}
+        catalog = self.store.read()
+        owned = {p for t, p in partitions if t == self.topics.events}
+        records = catalog.records()
+        starts: dict[TopicPartition, int] = {}
+        for partition in sorted(owned):
+            record = records.get(partition_record(self.topics.events, partition))
+            if record is None:
+                continue
+            for topic, by in record["offsets"].items():
+                for p, off in by.items():
+                    starts[topic, int(p)] = off
+        lost: set[int] = set()
+        for key in catalog.keys():  # noqa: SIM118 - a Catalog, not a dict
+            versions = catalog.versions(key)
+            newest = max(versions, key=lambda v: v.position)
+            partition = newest.extra.get("partition")
+            if partition not in owned or newest.extra.get("events_topic") != self.topics.events:
+                continue
+            if newest.lineage != self.factory.spec.lineage:
+                log_event(
+                    log,
+                    "checkpoint_lineage_changed",
+                    key=key,
+                    old=newest.lineage,
+                    new=self.factory.spec.lineage,
+                    action="starting a new lineage fresh",
+                )
+                continue
+            loaded = catalog.load(key)
+            if loaded is None:
+                lost.add(partition)
+                continue
+            header, state = loaded
+            self._adopt(key, partition, header, state)
+            for topic, by in header["offsets"].items():
+                for p, off in by.items():
+                    tp = (topic, int(p))
+                    starts[tp] = min(starts.get(tp, off), off)
+        for rejection in catalog.rejections:
+            self.metrics.count_checkpoint("rejected")
+            self.metrics.count_snapshot_rejection(rejection.reason)
+            log_event(
+                log,
+                "checkpoint_rejected",
+                level=logging.WARNING,
+                key=rejection.key,
+                version=rejection.model_version,
+                reason=rejection.reason,
+                detail=rejection.detail,
+            )
+        for partition in lost:  # no valid snapshot at all: rebuild that key from the start
+            log_event(
+                log,
+                "checkpoint_lost",
+                level=logging.WARNING,
+                partition=partition,
+                action="re-learning the partition from its first retained record",
+            )
+            for topic in self.topics.inputs:
+                starts[topic, partition] = 0
+        for tp, start in starts.items():
+            self.consumed[tp] = start
+            if committed.get(tp, -1) > start:
+                self._replay[tp] = committed[tp]
+        return starts
+
+    def _adopt(self, key: str, partition: int, header: dict, state: dict) -> None:
+        learner: Learner = state["learner"]
+        self.learners[key] = learner
+        self.key_partition[key] = partition
+        if state.get("paused"):
+            self.paused.add(key)
+        if state.get("pending"):
+            job, due = state["pending"]
+            self.pending[key] = self.retrainer.submit(job, learner.index, due=due)
+        self._skip[key] = {
+            (t, int(p)): off for t, by in header["offsets"].items() for p, off in by.items()
+        }
+        self._joins[key] = (learner.joiner.joined, learner.joiner.unmatched, learner.joiner.expired)
+        self.metrics.set_model(key, learner.version, learner.lineage)
+        self.metrics.count_checkpoint("restored")
+        log_event(
+            log,
+            "restored",
+            key=key,
+            version=learner.version,
+            index=learner.index,
+            bytes=header.get("payload_size"),
+            trigger=header.get("trigger"),
+        )
+
+    def _rollback(self, key: str, cmd: Command) -> None:
+        """Serve an older version again, as a new version (the log says which)."""
+        learner = self.learners.get(key)
+        if self.store is None or learner is None or cmd.version is None:
+            log_event(
+                log,
+                "rollback_ignored",
+                level=logging.WARNING,
+                key=key,
+                why="no checkpoint store or no such key on this instance",
+            )
+            return
+        loaded = self.store.read().load(key, cmd.version)
+        if loaded is None:
+            log_event(
+                log,
+                "rollback_failed",
+                level=logging.WARNING,
+                key=key,
+                version=cmd.version,
+                why="no valid snapshot of that version",
+            )
+            return
+        _, state = loaded
+        decision = learner.rollback(state["learner"].model, cmd.version, cmd.reason)
+        self._react(learner, (), (decision,), None)
+        self.metrics.set_model(key, learner.version, learner.lineage)
+        self._snapshot_soon.add(key)
+
     # -- rebalancing --------------------------------------------------------------------
-    def on_assign(self, partitions: list[TopicPartition]) -> None:
+    def on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         self.caught_up = False
         log_event(log, "assigned", partitions=[f"{t}[{p}]" for t, p in partitions])
+        starts = self.restore(partitions)
+        self.metrics.set_assigned_partitions(len(self.source.assignment))
+        return starts
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        """Hand off cleanly: deliver outputs and commit before the partitions move."""
+        """Hand off cleanly: deliver outputs, commit, and snapshot before partitions move."""
         self.flush()
         self.commit()
         gone = {p for t, p in partitions if t == self.topics.events}
+        if self.store is not None:
+            self.dirty |= self._touched
+            for partition in sorted(gone):
+                self.checkpoint_round(partition, "revoke")
         for key in [k for k, p in self.key_partition.items() if p in gone]:
             self.learners.pop(key, None)
             self.key_partition.pop(key, None)
             self.pending.pop(key, None)
             self._joins.pop(key, None)
+            self._skip.pop(key, None)
+            self.dirty.discard(key)
             self.paused.discard(key)
             self.metrics.forget_key(key)
+        self.merger.drop(partitions)
         for t, p in partitions:
             self.metrics.forget_partition(t, p)
+            self._replay.pop((t, p), None)
+            self.consumed.pop((t, p), None)
+        for p in gone:
+            self._round_at.pop(p, None)
+        self.metrics.set_assigned_partitions(len(self.source.assignment) - len(partitions))
         log_event(log, "revoked", partitions=[f"{t}[{p}]" for t, p in partitions])
+
+    def _caught_up(self, tp: TopicPartition) -> bool:
+        high = self.source.high_watermark(tp)
+        return high is not None and self.consumed.get(tp, 0) >= high
 
     # -- the loop -----------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool]) -> None:
@@ -509,14 +827,16 @@ class Service:
         self.source.start()
         try:
             while not should_stop():
-                records = self.source.poll(self.batch_size, self.poll_timeout_s)
+                polled = self.source.poll(self.batch_size, self.poll_timeout_s)
+                self.merger.push(polled)
+                records = self.merger.pop_ready(self._caught_up, time.monotonic())
                 if records:
                     started = time.perf_counter()
                     self.process(records)
                     self.end_batch(should_stop=should_stop)
                     self.metrics.observe_batch(time.perf_counter() - started, len(records))
                     self.batches += 1
-                caught_up = len(records) < self.batch_size and self.source.assignment
+                caught_up = len(polled) < self.batch_size and self.source.assignment
                 if caught_up and not self.caught_up:
                     self.caught_up = True
                     self.metrics.set_ready(True)
@@ -524,6 +844,9 @@ class Service:
         finally:
             self.flush(should_stop)
             self.commit(should_stop)
+            if self.store is not None:
+                for partition in self._owned():
+                    self.checkpoint_round(partition, "shutdown")
             self.source.close()
             self.retrainer.close()
             self.metrics.set_ready(False)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import secrets
 import subprocess
 import sys
 import threading
@@ -48,13 +49,29 @@ cooldown_events = 500
 
 [retrain]
 window = 2000
-holdout = 100
+holdout = 200
 min_train = 200
+margin = 0.0
+
+[checkpoints]
+signing_key = "file:{key_file}"
+every_events = {every_events}
+every_seconds = 0
 """
 
 
 def write_config(tmp_path: Path, bootstrap: str, prefix: str, **kw) -> Path:
-    values = {"group": prefix + "group", "batch_size": 200, "worker": "true", **kw}
+    key_file = tmp_path / "snapshot.key"
+    if not key_file.exists():
+        key_file.write_text(secrets.token_hex(32))
+    values = {
+        "group": prefix + "group",
+        "batch_size": 200,
+        "worker": "true",
+        "every_events": 5000,
+        "key_file": key_file,
+        **kw,
+    }
     path = tmp_path / "config.toml"
     path.write_text(CONFIG.format(bootstrap=bootstrap, prefix=prefix, **values))
     return path
@@ -64,7 +81,13 @@ def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> int:
     sink = KafkaSink(bootstrap)
     n = 0
     for msg in messages:
-        sink.produce(prefix + msg.topic, orjson.dumps(msg.value), key=msg.key)
+        ts = msg.value.get("ts")
+        sink.produce(
+            prefix + msg.topic,
+            orjson.dumps(msg.value),
+            key=msg.key,
+            timestamp_ms=None if ts is None else int(ts * 1000),
+        )
         n += 1
     assert sink.close(timeout=30) == 0
     return n
@@ -97,7 +120,7 @@ class ServiceProcess:
     def _find_url(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = re.search(rb'"http": "(http://[^"]+)"', self.log_path.read_bytes())
+            match = re.search(rb'"http":\s*"(http://[^"]+)"', self.log_path.read_bytes())
             if match:
                 return match.group(1).decode()
             if self.proc.poll() is not None:

@@ -1,0 +1,351 @@
+"""Service throughput against River's own limit, on the same pre-produced events.
+
+One command, one run, on a live broker (the local one unless STREAM_LEARNER_BOOTSTRAP):
+
+    .venv/bin/python load_tests/service_throughput.py [--events 100000]
+
+For each model (StandardScaler | LogisticRegression, and a Hoeffding tree) it measures:
+
+  (a) bare River: predict_one + learn_one + Accuracy.update over the events in memory,
+      the physical limit of one key on one core;
+  (b) raw consume + decode: a consumer reading the same topic and decoding every event;
+  (c) the full service (in-process), from the first to the last record processed; then
+      20,000 more events produced at half the bare rate while it runs, for the end-to-end
+      latency of each: its produce timestamp -> the end of the batch that learned it.
+
+Then, for scaler+LR: two service processes on 2 partitions vs one process (aggregate
+events/s from their /metrics), and ingestion speed while a retrain runs in the worker vs
+while none does. Prints a table and writes load_tests/results/service_throughput.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import platform
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import urllib.request
+import uuid
+from pathlib import Path
+
+import orjson
+from confluent_kafka.admin import AdminClient
+from river import metrics
+from river.datasets import synth
+
+from stream_learner.cli.service_cmd import build_service
+from stream_learner.config import parse_config
+from stream_learner.core.events import decode_event
+from stream_learner.core.models import ModelSpec, build_model
+from stream_learner.kafka.client import client_config, resolve_bootstrap
+from stream_learner.kafka.sink import KafkaSink
+from stream_learner.kafka.source import KafkaSource
+from stream_learner.kafka.topics import apply, default_topics_file, load_topics, plan
+
+RESULTS = Path(__file__).parent / "results" / "service_throughput.json"
+MODELS = {
+    "scaler+logistic_regression": [
+        {"estimator": "preprocessing.StandardScaler"},
+        {"estimator": "linear_model.LogisticRegression"},
+    ],
+    "hoeffding_tree": [{"estimator": "tree.HoeffdingTreeClassifier"}],
+}
+
+
+def events(n: int, keys: int = 1) -> list[dict]:
+    stream = itertools.islice(synth.SEA(seed=1, noise=0.1), n)
+    return [
+        {"id": f"e{i}", "key": f"k{i % keys}", "x": {f"x{k}": v for k, v in x.items()}, "y": y}
+        for i, (x, y) in enumerate(stream)
+    ]
+
+
+def make_topics(admin, bootstrap: str, partitions: int) -> str:
+    prefix = f"bench-{uuid.uuid4().hex[:8]}."
+    spec = load_topics(default_topics_file(), prefix=prefix)
+    topics = tuple(
+        t
+        if t.name not in ("events", "labels", "control", "predictions")
+        else type(t)(t.name, t.message, partitions, t.config, t.copartitioned_with)
+        for t in spec.topics
+    )
+    spec = type(spec)(spec.prefix, topics, spec.replication_factor, spec.source)
+    apply(admin, plan(spec, admin))
+    return prefix
+
+
+def produce(bootstrap: str, topic: str, data: list[dict]) -> None:
+    sink = KafkaSink(bootstrap, {"linger.ms": 20})
+    for ev in data:
+        sink.produce(topic, orjson.dumps(ev), key=ev["key"])
+    assert sink.close(60) == 0
+
+
+def config(bootstrap: str, prefix: str, pipeline: list, **service) -> dict:
+    return {
+        "kafka": {"bootstrap": bootstrap, "topic_prefix": prefix, "group_id": prefix + "g"},
+        "service": {"batch_size": 1000, "http_port": 0, **service},
+        "model": {"task": "binary", "pipeline": pipeline, "metrics": ["accuracy"], "seed": 1},
+        "learner": {"feature_drift": True},
+        "policy": {"performance": False, "data_drift": False},
+    }
+
+
+def bare(spec: ModelSpec, data: list[dict]) -> float:
+    model, acc = build_model(spec), metrics.Accuracy()
+    pairs = [(ev["x"], ev["y"]) for ev in data]
+    started = time.perf_counter()
+    for x, y in pairs:
+        acc.update(y, model.predict_one(x))
+        model.learn_one(x, y)
+    return len(pairs) / (time.perf_counter() - started)
+
+
+def consume_decode(bootstrap: str, topic: str, n: int) -> float:
+    source = KafkaSource(bootstrap, f"raw-{uuid.uuid4().hex[:6]}", [topic])
+    source.start()
+    seen, started = 0, None
+    while seen < n:
+        records = source.poll(1000, 1.0)
+        if records and started is None:
+            started = time.perf_counter()
+        for rec in records:
+            decode_event(rec.value)
+        seen += len(records)
+    elapsed = time.perf_counter() - started
+    source.close()
+    return seen / elapsed
+
+
+def service_run(
+    bootstrap: str,
+    prefix: str,
+    pipeline: list,
+    n: int,
+    *,
+    paced: list[dict] | None = None,
+    rate: float = 0.0,
+    **service,
+) -> dict:
+    """Run the service in-process over ``n`` pre-produced events, then (``paced``) over
+    events produced at ``rate`` per second while it runs, for their end-to-end latency."""
+    built = build_service(parse_config(config(bootstrap, prefix, pipeline, **service)), bootstrap)
+    svc = built.service
+    batches: list[tuple[float, float, int, bool]] = []  # start, end, size, retrain in flight
+    latencies: list[float] = []
+    process = svc.process
+
+    def timed(records):
+        start = time.perf_counter()
+        busy = bool(svc.pending)
+        out = process(records)
+        end = time.perf_counter()
+        now_ms = time.time() * 1000
+        latencies.extend(now_ms - r.timestamp_ms for r in records)
+        batches.append((start, end, len(records), busy))
+        return out
+
+    svc.process = timed
+    stop = threading.Event()
+    thread = threading.Thread(target=svc.run, args=(stop.is_set,), daemon=True)
+    thread.start()
+    deadline = time.monotonic() + 600
+    while sum(b[2] for b in batches) < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+    first, last = batches[0][0], batches[-1][1]
+    done = sum(b[2] for b in batches)
+    latencies.clear()  # pre-produced events waited in Kafka: not an end-to-end figure
+    if paced:
+        sink = KafkaSink(bootstrap, {"linger.ms": 1})
+        start = time.perf_counter()
+        for i, ev in enumerate(paced):
+            ahead = start + i / rate - time.perf_counter()
+            if ahead > 0:
+                time.sleep(ahead)
+            sink.produce(prefix + "events", orjson.dumps(ev), key=ev["key"])
+        sink.close(60)
+        while sum(b[2] for b in batches) < n + len(paced) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    stop.set()
+    thread.join(60)
+    latencies.sort() if latencies else latencies.append(float("nan"))
+    return {
+        "events": done,
+        "events_per_s": done / (last - first),
+        "latency_ms_p50": latencies[len(latencies) // 2],
+        "latency_ms_p99": latencies[int(len(latencies) * 0.99)],
+        "batches": batches,
+        "retrains": svc.learners and sum(lr.retrains for lr in svc.learners.values()),
+    }
+
+
+def scrape(url: str, name: str) -> float:
+    with urllib.request.urlopen(url + "/metrics", timeout=5) as resp:
+        for line in resp.read().decode().splitlines():
+            if line.startswith(name):
+                return float(line.rsplit(" ", 1)[1])
+    return 0.0
+
+
+def processes_run(bootstrap: str, prefix: str, pipeline: list, n: int, count: int) -> float:
+    """``count`` service processes in one group; aggregate events/s from their metrics."""
+    tmp = Path(tempfile.mkdtemp())
+    cfg = config(bootstrap, prefix, pipeline)
+    path = tmp / "config.toml"
+    path.write_text(_toml(cfg))
+    procs, urls = [], []
+    for i in range(count):
+        log = open(tmp / f"p{i}.log", "wb")  # noqa: SIM115
+        procs.append(subprocess.Popen(
+            [sys.executable, "-m", "stream_learner", "run", "--config", str(path),
+             "--max-seconds", "300"],
+            stdout=log, stderr=subprocess.STDOUT,
+        ))  # fmt: skip
+    for i in range(count):
+        urls.append(_wait_url(tmp / f"p{i}.log", procs[i]))
+    metric = 'stream_learner_events_total{outcome="learned"}'
+    samples = []
+    deadline = time.monotonic() + 600
+    while time.monotonic() < deadline:
+        total = sum(scrape(u, metric) for u in urls)
+        samples.append((time.perf_counter(), total))
+        if total >= n:
+            break
+        time.sleep(0.2)
+    for p in procs:
+        p.terminate()
+        p.wait(60)
+    started = next(t for t, v in samples if v > 0)
+    return n / (samples[-1][0] - started)
+
+
+def _toml(cfg: dict) -> str:
+    out = []
+    for section, body in cfg.items():
+        out.append(f"[{section}]")
+        for k, v in body.items():
+            if k == "pipeline":
+                steps = ", ".join("{ estimator = " + json.dumps(s["estimator"]) + " }" for s in v)
+                out.append(f"pipeline = [{steps}]")
+            else:
+                out.append(f"{k} = {json.dumps(v)}")
+    return "\n".join(out) + "\n"
+
+
+def _wait_url(log: Path, proc) -> str:
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for line in log.read_text(errors="replace").splitlines():
+            if '"event": "started"' in line:
+                return orjson.loads(line)["http"]
+        if proc.poll() is not None:
+            raise SystemExit(f"service exited: {log.read_text()[-2000:]}")
+        time.sleep(0.1)
+    raise SystemExit(f"service did not start: {log}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument("--bootstrap")
+    args = parser.parse_args()
+    bootstrap = resolve_bootstrap(args.bootstrap)
+    admin = AdminClient(client_config(bootstrap))
+    n = args.events
+    data = events(n)
+    results: dict = {"events": n, "python": platform.python_version(), "models": {}}
+    for name, pipeline in MODELS.items():
+        spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline, "seed": 1})
+        prefix = make_topics(admin, bootstrap, 1)
+        produce(bootstrap, prefix + "events", data)
+        raw = consume_decode(bootstrap, prefix + "events", n)
+        limit = bare(spec, data)
+        paced = events(n + 20_000)[n:]  # new ids, same stream, at half the bare limit
+        run = service_run(
+            bootstrap, prefix, pipeline, n, paced=paced, rate=limit / 2, retrain_in_worker=True
+        )
+        results["models"][name] = {
+            "bare_river_events_per_s": round(limit),
+            "consume_decode_events_per_s": round(raw),
+            "service_events_per_s": round(run["events_per_s"]),
+            "service_over_bare": round(run["events_per_s"] / limit, 3),
+            "latency_ms_p50": round(run["latency_ms_p50"], 1),
+            "latency_ms_p99": round(run["latency_ms_p99"], 1),
+        }
+        print(f"{name}: {results['models'][name]}", flush=True)
+
+    pipeline = MODELS["scaler+logistic_regression"]
+    multi = events(n, keys=64)
+    prefix = make_topics(admin, bootstrap, 2)
+    produce(bootstrap, prefix + "events", multi)
+    one = processes_run(bootstrap, prefix, pipeline, n, 1)
+    prefix = make_topics(admin, bootstrap, 2)
+    produce(bootstrap, prefix + "events", multi)
+    two = processes_run(bootstrap, prefix, pipeline, n, 2)
+    results["scale_out"] = {
+        "one_process_events_per_s": round(one),
+        "two_processes_events_per_s": round(two),
+        "ratio": round(two / one, 3),
+    }
+    print(f"scale-out: {results['scale_out']}", flush=True)
+
+    # Ingestion while a retrain runs: a retrain every 3,000 events, stateless on 2,500.
+    prefix = make_topics(admin, bootstrap, 1)
+    produce(bootstrap, prefix + "events", data)
+    cfg_policy = {"interval_events": 3000, "warmup": 500, "cooldown_events": 0,
+                  "kind_on_schedule": "stateless", "max_per_hour": 100000}  # fmt: skip
+    run = _retrain_run(bootstrap, prefix, MODELS["hoeffding_tree"], n, cfg_policy)
+    results["during_retrain"] = run
+    print(f"during retrain: {run}", flush=True)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+def _retrain_run(bootstrap: str, prefix: str, pipeline: list, n: int, policy: dict) -> dict:
+    cfg = config(bootstrap, prefix, pipeline)
+    cfg["policy"] = policy
+    cfg["retrain"] = {"window": 3000, "holdout": 300, "min_train": 1000}
+    cfg["service"]["retrain_apply_after"] = 2000
+    built = build_service(parse_config(cfg), bootstrap)
+    svc = built.service
+    batches: list[tuple[float, int, bool]] = []
+    process = svc.process
+
+    def timed(records):
+        busy = any(not p.done for p in svc.pending.values())
+        start = time.perf_counter()
+        out = process(records)
+        batches.append((time.perf_counter() - start, len(records), busy))
+        return out
+
+    svc.process = timed
+    stop = threading.Event()
+    thread = threading.Thread(target=svc.run, args=(stop.is_set,), daemon=True)
+    thread.start()
+    while sum(b[1] for b in batches) < n:
+        time.sleep(0.05)
+    stop.set()
+    thread.join(60)
+
+    def rate(flag: bool) -> float:
+        chosen = [b for b in batches if b[2] == flag]
+        return sum(b[1] for b in chosen) / sum(b[0] for b in chosen) if chosen else float("nan")
+
+    normal, during = rate(False), rate(True)
+    return {
+        "normal_events_per_s": round(normal),
+        "during_retrain_events_per_s": round(during),
+        "ratio": round(during / normal, 3),
+        "batches_during_retrain": sum(1 for b in batches if b[2]),
+        "retrains": sum(lr.retrains for lr in svc.learners.values()),
+    }
+
+
+if __name__ == "__main__":
+    main()
