@@ -28,3 +28,26 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
 fi
 # Fetch the Kafka jars once (a no-op when cached).
 .venv/bin/python -c 'from stream_learner.kafka.local import LocalBroker; LocalBroker().ensure_jars()'
+# Debian's prometheus package gives promtool and a Prometheus the observability tests
+# run themselves; the package's own daemon must not start (or stay) running.
+if [ ! -x /usr/bin/promtool ]; then
+  if ! command -v apt-get >/dev/null || [ "$(id -u)" != 0 ]; then
+    die "promtool not found: install Prometheus as root (apt-get install prometheus)"
+  fi
+  echo "setup: installing Debian's prometheus package (promtool)" >&2
+  if [ ! -e /usr/sbin/policy-rc.d ]; then
+    # Exit code 101 tells invoke-rc.d and deb-systemd-invoke not to start the daemon.
+    trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+    printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+    chmod 755 /usr/sbin/policy-rc.d
+  fi
+  apt-get update -q >/dev/null || die "apt-get update failed"
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends prometheus \
+    >/dev/null || die "apt-get install prometheus failed"
+  if pgrep -u prometheus -x prometheus >/dev/null; then
+    systemctl disable --now prometheus >/dev/null 2>&1 || true
+    if pgrep -u prometheus -x prometheus >/dev/null; then
+      die "Debian's prometheus daemon is running: stop it (systemctl disable --now prometheus)"
+    fi
+  fi
+fi

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import itertools
 import random
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 
@@ -63,15 +64,18 @@ def demo_messages(
     unlabelled_share: float = 0.0,
     label_delay: int = 200,
     seed: int = 42,
-    t0: float = 1_700_000_000.0,
+    t0: float | None = None,
     dt: float = 1.0,
     id_prefix: str = "e",
 ) -> Iterator[Message]:
     """Events for the service: labelled ones, and unlabelled requests whose label
     follows ``label_delay`` events later on the labels topic (delayed ground truth).
 
-    Each key gets its own copy of the stream, interleaved round-robin.
+    Each key gets its own copy of the stream, interleaved round-robin. Event time starts
+    at ``t0`` (default: ``n * dt`` seconds ago, so brokers do not expire the records).
     """
+    if t0 is None:
+        t0 = float(int(time.time() - n * dt))
     rng = random.Random(seed)
     streams = [abrupt(generator, n, change_at, seed) for _ in keys]
     pending: list[tuple[int, Message]] = []

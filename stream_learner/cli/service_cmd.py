@@ -133,7 +133,7 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     service: Service
 
     def on_assign(tps):
-        service.on_assign(tps)
+        return service.on_assign(tps)  # start offsets of restored state
 
     def on_revoke(tps):
         service.on_revoke(tps)

@@ -23,16 +23,16 @@ class Merger:
 
     ``topics`` are the co-partitioned input topics, in tie-break order (events before
     labels before control when timestamps are equal). ``max_buffered`` bounds memory and
-    ``max_idle_s`` the wait for a member that is behind (its end unknown, say): past
-    either, records are released anyway and ordering is best effort.
+    ``max_idle_s`` a stall (nothing releasable, e.g. a member whose end stays unknown):
+    past either, records are released anyway and ordering is best effort.
     """
 
     def __init__(
-        self, topics: Sequence[str], *, max_buffered: int = 50_000, max_idle_s: float = 2.0
+        self, topics: Sequence[str], *, max_buffered: int = 50_000, max_idle_s: float = 5.0
     ) -> None:
         self.topics = tuple(topics)
         self.max_idle_s = max_idle_s
-        self._waiting_since: dict[int, float] = {}
+        self._stalled_since: float | None = None
         self._rank = {t: i for i, t in enumerate(self.topics)}
         self.max_buffered = max_buffered
         self._buffers: dict[TopicPartition, deque] = {}
@@ -53,13 +53,22 @@ class Merger:
     def pop_ready(self, caught_up: Callable[[TopicPartition], bool], now: float = 0.0) -> list[Any]:
         """Every record that can go now, in order; ``caught_up(tp)`` says whether an empty
         member has nothing more to read at the moment; ``now`` (monotonic seconds) times
-        the wait for one that is behind."""
+        a stall: only when *nothing* could go for ``max_idle_s`` is order given up."""
+        out = self._release(caught_up, force=self.buffered > self.max_buffered)
+        if out or not self.buffered:
+            self._stalled_since = None
+        elif self._stalled_since is None:
+            self._stalled_since = now
+        elif now - self._stalled_since >= self.max_idle_s:
+            out = self._release(caught_up, force=True)
+            self._stalled_since = None
+        self.buffered -= len(out)
+        return out
+
+    def _release(self, caught_up: Callable[[TopicPartition], bool], force: bool) -> list[Any]:
         out: list[Any] = []
-        too_many = self.buffered > self.max_buffered
         partitions = {p for (_, p), buf in self._buffers.items() if buf}
         for partition in sorted(partitions):
-            since = self._waiting_since.pop(partition, now)
-            force = too_many or now - since >= self.max_idle_s
             group = [(t, self._buffers.get((t, partition))) for t in self.topics]
             full = [buf for _, buf in group if buf]
             waiting = [t for t, buf in group if not buf and not caught_up((t, partition))]
@@ -72,11 +81,9 @@ class Merger:
                 if not heads:
                     break
                 if not force and any(not buf and not caught_up((t, partition)) for t, buf in group):
-                    self._waiting_since[partition] = since  # wait for earlier records
-                    break
+                    break  # a member may still hold earlier records: wait for them
                 best = min(heads, key=self._order)
                 out.append(best.popleft())
-        self.buffered -= len(out)
         return out
 
     def _order(self, buf: deque) -> tuple:

@@ -668,6 +668,10 @@ class Service:
         for partition in sorted(owned):
             record = records.get(partition_record(self.topics.events, partition))
             if record is None:
+                # Never checkpointed: the state is whatever the log holds, from its start
+                # (outputs up to the committed offsets are not emitted again).
+                for topic in self.topics.inputs:
+                    starts[topic, partition] = 0
                 continue
             for topic, by in record["offsets"].items():
                 for p, off in by.items():
@@ -817,6 +821,15 @@ class Service:
         self.metrics.set_assigned_partitions(len(self.source.assignment) - len(partitions))
         log_event(log, "revoked", partitions=[f"{t}[{p}]" for t, p in partitions])
 
+    def _all_caught_up(self) -> bool:
+        """Ready: partitions assigned, every one read to its end, nothing left buffered."""
+        assignment = self.source.assignment
+        return (
+            bool(assignment)
+            and not self.merger.pending()
+            and all(self._caught_up(tp) for tp in assignment)
+        )
+
     def _caught_up(self, tp: TopicPartition) -> bool:
         high = self.source.high_watermark(tp)
         return high is not None and self.consumed.get(tp, 0) >= high
@@ -836,8 +849,7 @@ class Service:
                     self.end_batch(should_stop=should_stop)
                     self.metrics.observe_batch(time.perf_counter() - started, len(records))
                     self.batches += 1
-                caught_up = len(polled) < self.batch_size and self.source.assignment
-                if caught_up and not self.caught_up:
+                if not self.caught_up and self._all_caught_up():
                     self.caught_up = True
                     self.metrics.set_ready(True)
                     log_event(log, "caught_up", keys=len(self.learners))

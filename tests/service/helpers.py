@@ -132,6 +132,13 @@ class ServiceProcess:
         with urllib.request.urlopen(self.url + "/metrics", timeout=5) as resp:
             return resp.read().decode()
 
+    def ready(self) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + "/readyz", timeout=5) as resp:
+                return resp.status == 200
+        except OSError:  # 503 (HTTPError) or not listening yet
+            return False
+
     def sample(self, name: str, **labels: str) -> float:
         return sample(self.metrics(), name, **labels)
 

@@ -57,9 +57,23 @@ def test_memory_bound_forces_progress():
     assert len(m.pop_ready(lambda tp: tp[0] == "ev")) == 5  # labels never catch up
 
 
-def test_a_member_whose_end_is_unknown_is_waited_for_a_bounded_time():
+def test_a_stall_is_waited_out_for_a_bounded_time_only():
     m = Merger(["ev", "lb"], max_idle_s=2.0)
     m.push([R("ev", 0, 0, 10)])
     assert m.pop_ready(lambda tp: tp[0] == "ev", now=100.0) == []
     assert m.pop_ready(lambda tp: tp[0] == "ev", now=101.0) == []
     assert len(m.pop_ready(lambda tp: tp[0] == "ev", now=102.0)) == 1
+
+
+def test_progress_elsewhere_is_not_a_stall():
+    m = Merger(["ev", "lb"], max_idle_s=2.0)
+    m.push([R("lb", 0, 0, 10)])  # partition 0 waits for its events
+    for t in range(10):  # meanwhile partition 1 keeps flowing for 10 s
+        m.push([R("ev", 1, t, t)])
+        out = m.pop_ready(lambda tp: tp != ("ev", 0), now=100.0 + t)
+        assert [(r.partition, r.offset) for r in out] == [(1, t)]
+    m.push([R("ev", 0, 0, 5)])
+    assert [(r.topic, r.offset) for r in m.pop_ready(lambda tp: True, now=111.0)] == [
+        ("ev", 0),
+        ("lb", 0),
+    ]
