@@ -23,7 +23,9 @@ from __future__ import annotations
 import argparse
 import itertools
 import json
+import os
 import platform
+import secrets
 import subprocess
 import sys
 import tempfile
@@ -93,6 +95,8 @@ def config(bootstrap: str, prefix: str, pipeline: list, **service) -> dict:
         "model": {"task": "binary", "pipeline": pipeline, "metrics": ["accuracy"], "seed": 1},
         "learner": {"feature_drift": True},
         "policy": {"performance": False, "data_drift": False},
+        # As deployed: signed checkpoints every 10,000 inputs of a partition.
+        "checkpoints": {"signing_key": "env:STREAM_LEARNER_BENCH_KEY", "every_events": 10_000},
     }
 
 
@@ -255,6 +259,7 @@ def main() -> None:
     parser.add_argument("--bootstrap")
     args = parser.parse_args()
     bootstrap = resolve_bootstrap(args.bootstrap)
+    os.environ["STREAM_LEARNER_BENCH_KEY"] = secrets.token_hex(32)  # inherited by subprocesses
     admin = AdminClient(client_config(bootstrap))
     n = args.events
     data = events(n)

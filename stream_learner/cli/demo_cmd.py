@@ -22,7 +22,13 @@ from confluent_kafka.admin import AdminClient
 
 from stream_learner.cli.service_cmd import build_service
 from stream_learner.config import KafkaSettings, load_config
-from stream_learner.kafka.client import client_config, local_bootstrap, resolve_bootstrap
+from stream_learner.errors import BrokerError
+from stream_learner.kafka.client import (
+    check_reachable,
+    client_config,
+    local_bootstrap,
+    resolve_bootstrap,
+)
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.kafka.topics import apply, default_topics_file, load_topics, plan
 from stream_learner.logs import configure_logging
@@ -53,6 +59,71 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--timeout", type=float, default=150.0, help="give up after this long")
     demo.add_argument("--keep", action="store_true", help="keep the demo topics afterwards")
     demo.set_defaults(func=_demo)
+
+    produce = sub.add_parser(
+        "demo-produce",
+        help="produce the demo's synthetic drifting stream to a running service's topics",
+        description="Produce labelled events with an abrupt concept drift, plus prediction "
+        "requests whose labels follow later, to <prefix>events and <prefix>labels.",
+    )
+    produce.add_argument("--events", type=int, default=20_000, help="events per key")
+    produce.add_argument("--change-at", type=int, help="event of the drift (default: half-way)")
+    produce.add_argument("--generator", choices=GENERATORS, default="sea")
+    produce.add_argument(
+        "--unlabelled", type=float, default=0.1, help="share of prediction requests, labelled later"
+    )
+    produce.add_argument("--keys", default="default", help="comma-separated model keys")
+    produce.add_argument("--prefix", default=KafkaSettings().topic_prefix, help="topic prefix")
+    produce.add_argument("--bootstrap", help="Kafka bootstrap (default: $STREAM_LEARNER_BOOTSTRAP)")
+    produce.set_defaults(func=_produce_only)
+
+
+def produce_stream(
+    bootstrap: str,
+    prefix: str,
+    n: int,
+    generator: str,
+    change_at: int,
+    unlabelled: float,
+    keys: tuple[str, ...] = ("default",),
+) -> dict[str, int]:
+    """Produce the synthetic stream; record timestamps are event time, so the service
+    merges events and their delayed labels in order."""
+    sink = KafkaSink(bootstrap)
+    sent = {"events": 0, "labels": 0}
+    for msg in demo_messages(
+        n,
+        generator=generator,
+        change_at=change_at,
+        keys=keys,
+        unlabelled_share=unlabelled,
+        label_delay=100,
+    ):
+        ts_ms = int(msg.value["ts"] * 1000)
+        sink.produce(prefix + msg.topic, orjson.dumps(msg.value), key=msg.key, timestamp_ms=ts_ms)
+        sent[msg.topic] += 1
+    if sink.close(timeout=60) > 0:
+        raise BrokerError(f"the stream was not delivered to {bootstrap} within 60 s")
+    return sent
+
+
+def _produce_only(args: argparse.Namespace) -> int:
+    bootstrap = resolve_bootstrap(args.bootstrap)
+    check_reachable(bootstrap, timeout=10)
+    sent = produce_stream(
+        bootstrap,
+        args.prefix,
+        args.events,
+        args.generator,
+        args.change_at if args.change_at is not None else args.events // 2,
+        args.unlabelled,
+        tuple(args.keys.split(",")),
+    )
+    print(
+        f"produced {sent['events']} events and {sent['labels']} delayed labels "
+        f"to {args.prefix}events / {args.prefix}labels"
+    )
+    return 0
 
 
 def _say(line: str) -> None:
@@ -102,21 +173,10 @@ def _demo(args: argparse.Namespace) -> int:
     worker.start()
     _say(f"service    metrics at {built.http.url}/metrics (ready: {built.http.url}/readyz)")
 
-    n, change_at = args.events, args.events // 2
-    sink = KafkaSink(bootstrap)
-    sent = {"events": 0, "labels": 0}
-    for msg in demo_messages(
-        n,
-        generator=args.generator,
-        change_at=change_at,
-        unlabelled_share=args.unlabelled,
-        label_delay=100,
-    ):
-        topic = spec.physical(msg.topic)
-        ts_ms = int(msg.value["ts"] * 1000)  # record time = event time: merged in order
-        sink.produce(topic, orjson.dumps(msg.value), key=msg.key, timestamp_ms=ts_ms)
-        sent[msg.topic] += 1
-    sink.close()
+    change_at = args.events // 2
+    sent = produce_stream(
+        bootstrap, prefix, args.events, args.generator, change_at, args.unlabelled
+    )
     _say(
         f"producer   {sent['events']} events and {sent['labels']} delayed labels sent "
         f"({args.generator}, concept drift at event {change_at})"
@@ -153,6 +213,13 @@ def _demo(args: argparse.Namespace) -> int:
     if failure:
         raise failure[0]
     _summary(learner, change_at)
+    if history:
+        accs = [acc for _, acc, _ in history]
+        low = min(range(len(accs)), key=accs.__getitem__)
+        _say(
+            f"  rolling accuracy: {accs[0]:.3f} before the drift, {accs[low]:.3f} at its "
+            f"lowest, {accs[-1]:.3f} at the end"
+        )
     if not args.keep:
         admin.delete_topics([spec.physical(t.name) for t in spec.topics], operation_timeout=30)
     return 0

@@ -661,7 +661,7 @@ class Service:
             self.consumed[tp] = committed.get(tp, 0)
         if self.store is None:
             return {}
-        catalog = self.store.read()
+        catalog = self._read_catalog()
         owned = {p for t, p in partitions if t == self.topics.events}
         records = catalog.records()
         starts: dict[TopicPartition, int] = {}
@@ -730,6 +730,19 @@ class Service:
             if committed.get(tp, -1) > start:
                 self._replay[tp] = committed[tp]
         return starts
+
+    def _read_catalog(self, attempts: int = 5):
+        """Read the checkpoint topic; a topic created moments ago may not have a leader
+        yet (NOT_LEADER_FOR_PARTITION), so a few retries with backoff come first."""
+        for attempt in range(attempts):
+            try:
+                return self.store.read()
+            except BrokerError as exc:
+                if attempt == attempts - 1:
+                    raise
+                log_event(log, "checkpoint_read_retry", level=logging.WARNING, error=str(exc))
+                time.sleep(0.5 * 2**attempt)
+        raise AssertionError("unreachable")
 
     def _adopt(self, key: str, partition: int, header: dict, state: dict) -> None:
         learner: Learner = state["learner"]
