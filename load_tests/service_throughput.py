@@ -95,8 +95,8 @@ def config(bootstrap: str, prefix: str, pipeline: list, **service) -> dict:
         "model": {"task": "binary", "pipeline": pipeline, "metrics": ["accuracy"], "seed": 1},
         "learner": {"feature_drift": True},
         "policy": {"performance": False, "data_drift": False},
-        # As deployed: signed checkpoints every 10,000 inputs of a partition.
-        "checkpoints": {"signing_key": "env:STREAM_LEARNER_BENCH_KEY", "every_events": 10_000},
+        # As deployed: signed checkpoints with the default cadence.
+        "checkpoints": {"signing_key": "env:STREAM_LEARNER_BENCH_KEY"},
     }
 
 
@@ -245,7 +245,7 @@ def _wait_url(log: Path, proc) -> str:
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         for line in log.read_text(errors="replace").splitlines():
-            if '"event": "started"' in line:
+            if '"started"' in line and orjson.loads(line).get("event") == "started":
                 return orjson.loads(line)["http"]
         if proc.poll() is not None:
             raise SystemExit(f"service exited: {log.read_text()[-2000:]}")

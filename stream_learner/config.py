@@ -81,7 +81,7 @@ class CheckpointSettings:
     """
 
     enabled: bool = True
-    every_events: int = 10_000
+    every_events: int = 100_000
     every_seconds: float = 60.0
     after_retrain: bool = True
     keep_versions: int = 3

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
-import subprocess
 from pathlib import Path, PurePosixPath
 from urllib.parse import urlsplit
 
@@ -136,22 +134,6 @@ def test_top_level_is_compose(compose):
 
 def test_the_whole_stack_is_there(services):
     assert set(services) == STACK
-
-
-def test_docker_compose_accepts_the_file():
-    docker = shutil.which("docker")
-    if docker is None:
-        pytest.skip("docker is not installed: structural checks only")
-    probe = subprocess.run([docker, "compose", "version"], capture_output=True, timeout=30)
-    if probe.returncode != 0:
-        pytest.skip("the docker compose plugin is not installed: structural checks only")
-    result = subprocess.run(
-        [docker, "compose", "-f", str(COMPOSE), "--profile", "stack", "config", "-q"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
-    assert result.returncode == 0, result.stderr
 
 
 def test_ports_are_quoted_strings(compose):

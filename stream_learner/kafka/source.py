@@ -159,13 +159,14 @@ class KafkaSource:
             )
         return records
 
-    def commit(self, positions: Mapping[TopicPartition, int]) -> None:
-        """Commit ``positions`` (next offset to read) synchronously."""
+    def commit(self, positions: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
+        """Commit ``positions`` (next offset to read); ``wait=False`` does not wait for the
+        broker's answer (a later commit covers a lost one; restores rely on snapshots)."""
         if not positions or self._consumer is None:
             return
         offsets = [KafkaTopicPartition(t, p, off) for (t, p), off in positions.items()]
         try:
-            self._consumer.commit(offsets=offsets, asynchronous=False)
+            self._consumer.commit(offsets=offsets, asynchronous=not wait)
         except KafkaException as exc:
             err = exc.args[0]
             raise BrokerError(

@@ -69,7 +69,7 @@ class Source(Protocol):
 
     def start(self) -> None: ...
     def poll(self, max_messages: int, timeout: float) -> list[Record]: ...
-    def commit(self, positions: Mapping[TopicPartition, int]) -> None: ...
+    def commit(self, positions: Mapping[TopicPartition, int], *, wait: bool = True) -> None: ...
     def committed(self, tps: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
     def high_watermark(self, tp: TopicPartition) -> int | None: ...
     def close(self) -> None: ...
@@ -92,7 +92,7 @@ class CheckpointPolicy:
     (whichever first; 0 switches one off), after a promoted retrain (that key), on
     revoke and on shutdown (always)."""
 
-    every_events: int = 10_000
+    every_events: int = 100_000
     every_seconds: float = 60.0
     after_retrain: bool = True
 
@@ -509,7 +509,7 @@ class Service:
     def end_batch(self, *, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Deliver outputs, then commit positions, then update metrics."""
         self.flush(should_stop)
-        self.commit(should_stop)
+        self.commit(should_stop, wait=False)
         self.dirty |= self._touched
         self._report()
         if self.store is not None:
@@ -530,13 +530,15 @@ class Service:
             if should_stop() and waited >= 30:
                 raise BrokerError("outputs could not be delivered within 30 s of shutdown")
 
-    def commit(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+    def commit(self, should_stop: Callable[[], bool] = lambda: False, *, wait: bool = True):
+        """Commit the positions processed since the last commit (outputs are delivered).
+        Per batch it does not wait for the broker; on revoke and shutdown it does."""
         if not self.positions:
             return
         delay = 0.5
         while True:
             try:
-                self.source.commit(self.positions)
+                self.source.commit(self.positions, wait=wait)
                 break
             except BrokerError as exc:
                 if should_stop():
