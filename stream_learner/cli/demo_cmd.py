@@ -9,6 +9,7 @@ the summary shows the drift detected, the retrain promoted and accuracy recoveri
 from __future__ import annotations
 
 import argparse
+import contextlib
 import secrets
 import sys
 import tempfile
@@ -58,6 +59,12 @@ def register(sub: argparse._SubParsersAction) -> None:
     demo.add_argument("--http-port", type=int, default=0, help="metrics port (0: any free)")
     demo.add_argument("--timeout", type=float, default=150.0, help="give up after this long")
     demo.add_argument("--keep", action="store_true", help="keep the demo topics afterwards")
+    demo.add_argument(
+        "--linger",
+        type=float,
+        default=0.0,
+        help="keep the service and its metrics endpoint up this long at the end",
+    )
     demo.set_defaults(func=_demo)
 
     produce = sub.add_parser(
@@ -206,20 +213,27 @@ def _demo(args: argparse.Namespace) -> int:
             idle = idle + 1 if rate == 0 else 0
             if index >= total or idle >= 5:  # all in, or nothing more is coming
                 break
+        if failure:
+            raise failure[0]
+        _summary(learner, change_at)
+        if history:
+            accs = [acc for _, acc, _ in history]
+            low = min(range(len(accs)), key=accs.__getitem__)
+            _say(
+                f"  rolling accuracy: {accs[0]:.3f} before the drift, {accs[low]:.3f} at its "
+                f"lowest, {accs[-1]:.3f} at the end"
+            )
+        if args.linger > 0:
+            _say(
+                f"metrics    still served at {built.http.url}/metrics for {args.linger:g} s "
+                "(Ctrl-C to end sooner)"
+            )
+            with contextlib.suppress(KeyboardInterrupt):
+                time.sleep(args.linger)
     finally:
         stop.set()
         worker.join(timeout=30)
         built.http.stop()
-    if failure:
-        raise failure[0]
-    _summary(learner, change_at)
-    if history:
-        accs = [acc for _, acc, _ in history]
-        low = min(range(len(accs)), key=accs.__getitem__)
-        _say(
-            f"  rolling accuracy: {accs[0]:.3f} before the drift, {accs[low]:.3f} at its "
-            f"lowest, {accs[-1]:.3f} at the end"
-        )
     if not args.keep:
         admin.delete_topics([spec.physical(t.name) for t in spec.topics], operation_timeout=30)
     return 0
