@@ -185,7 +185,6 @@ def service_run(
         "latency_ms_p50": latencies[len(latencies) // 2],
         "latency_ms_p99": latencies[int(len(latencies) * 0.99)],
         "batches": batches,
-        "retrains": svc.learners and sum(lr.retrains for lr in svc.learners.values()),
     }
 
 
@@ -197,8 +196,12 @@ def scrape(url: str, name: str) -> float:
     return 0.0
 
 
-def processes_run(bootstrap: str, prefix: str, pipeline: list, n: int, count: int) -> float:
-    """``count`` service processes in one group; aggregate events/s from their metrics."""
+def processes_run(
+    bootstrap: str, prefix: str, pipeline: list, data: list[dict], count: int
+) -> float:
+    """``count`` service processes in one group, all assigned before the events are
+    produced; aggregate events/s from their metrics."""
+    n = len(data)
     tmp = Path(tempfile.mkdtemp())
     cfg = config(bootstrap, prefix, pipeline)
     path = tmp / "config.toml"
@@ -206,13 +209,30 @@ def processes_run(bootstrap: str, prefix: str, pipeline: list, n: int, count: in
     procs, urls = [], []
     for i in range(count):
         log = open(tmp / f"p{i}.log", "wb")  # noqa: SIM115
-        procs.append(subprocess.Popen(
-            [sys.executable, "-m", "stream_learner", "run", "--config", str(path),
-             "--max-seconds", "300"],
-            stdout=log, stderr=subprocess.STDOUT,
-        ))  # fmt: skip
+        procs.append(
+            subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "stream_learner",
+                    "run",
+                    "--config",
+                    str(path),
+                    "--max-seconds",
+                    "300",
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+            )
+        )
     for i in range(count):
         urls.append(_wait_url(tmp / f"p{i}.log", procs[i]))
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline and not all(
+        scrape(u, "stream_learner_assigned_partitions") > 0 for u in urls
+    ):
+        time.sleep(0.2)
+    produce(bootstrap, prefix + "events", data)
     metric = 'stream_learner_events_total{outcome="learned"}'
     samples = []
     deadline = time.monotonic() + 600
@@ -258,6 +278,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
     parser.add_argument("--bootstrap")
+    parser.add_argument("--part", choices=("all", "models", "scale", "retrain"), default="all")
     args = parser.parse_args()
     bootstrap = resolve_bootstrap(args.bootstrap)
     os.environ["STREAM_LEARNER_BENCH_KEY"] = secrets.token_hex(32)  # inherited by subprocesses
@@ -265,13 +286,13 @@ def main() -> None:
     n = args.events
     data = events(n)
     results: dict = {"events": n, "python": platform.python_version(), "models": {}}
-    for name, pipeline in MODELS.items():
+    for name, pipeline in MODELS.items() if args.part in ("all", "models") else ():
         spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline, "seed": 1})
         prefix = make_topics(admin, bootstrap, 1)
         produce(bootstrap, prefix + "events", data)
         raw = consume_decode(bootstrap, prefix + "events", n)
         limit = bare(spec, data)
-        paced = events(n + 20_000)[n:]  # new ids, same stream, at half the bare limit
+        paced = events(n + 20_000)[n:]  # new ids, same stream, at half the sustained rate
         run = service_run(bootstrap, prefix, pipeline, n, paced=paced, retrain_in_worker=True)
         results["models"][name] = {
             "bare_river_events_per_s": round(limit),
@@ -283,14 +304,21 @@ def main() -> None:
         }
         print(f"{name}: {results['models'][name]}", flush=True)
 
+    if args.part in ("all", "scale"):
+        scale_out(admin, bootstrap, n, results)
+    if args.part in ("all", "retrain"):
+        during_retrain(admin, bootstrap, n, data, results)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    path = RESULTS if args.part == "all" else RESULTS.with_name(f"service_{args.part}.json")
+    path.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {path}")
+
+
+def scale_out(admin, bootstrap: str, n: int, results: dict) -> None:
     pipeline = MODELS["scaler+logistic_regression"]
     multi = events(n, keys=64)
-    prefix = make_topics(admin, bootstrap, 2)
-    produce(bootstrap, prefix + "events", multi)
-    one = processes_run(bootstrap, prefix, pipeline, n, 1)
-    prefix = make_topics(admin, bootstrap, 2)
-    produce(bootstrap, prefix + "events", multi)
-    two = processes_run(bootstrap, prefix, pipeline, n, 2)
+    one = processes_run(bootstrap, make_topics(admin, bootstrap, 2), pipeline, multi, 1)
+    two = processes_run(bootstrap, make_topics(admin, bootstrap, 2), pipeline, multi, 2)
     results["scale_out"] = {
         "one_process_events_per_s": round(one),
         "two_processes_events_per_s": round(two),
@@ -298,17 +326,21 @@ def main() -> None:
     }
     print(f"scale-out: {results['scale_out']}", flush=True)
 
-    # Ingestion while a retrain runs: a retrain every 3,000 events, stateless on 2,500.
+
+def during_retrain(admin, bootstrap: str, n: int, data: list[dict], results: dict) -> None:
+    """Ingestion while a retrain runs: a stateless retrain every 3,000 events."""
     prefix = make_topics(admin, bootstrap, 1)
     produce(bootstrap, prefix + "events", data)
-    cfg_policy = {"interval_events": 3000, "warmup": 500, "cooldown_events": 0,
-                  "kind_on_schedule": "stateless", "max_per_hour": 100000}  # fmt: skip
-    run = _retrain_run(bootstrap, prefix, MODELS["hoeffding_tree"], n, cfg_policy)
+    policy = {
+        "interval_events": 3000,
+        "warmup": 500,
+        "cooldown_events": 0,
+        "kind_on_schedule": "stateless",
+        "max_per_hour": 100000,
+    }
+    run = _retrain_run(bootstrap, prefix, MODELS["hoeffding_tree"], n, policy)
     results["during_retrain"] = run
     print(f"during retrain: {run}", flush=True)
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
 
 
 def _retrain_run(bootstrap: str, prefix: str, pipeline: list, n: int, policy: dict) -> dict:
@@ -334,6 +366,7 @@ def _retrain_run(bootstrap: str, prefix: str, pipeline: list, n: int, policy: di
     thread.start()
     while sum(b[1] for b in batches) < n:
         time.sleep(0.05)
+    retrains = sum(lr.retrains for lr in svc.learners.values())  # before the keys are revoked
     stop.set()
     thread.join(60)
 
@@ -347,7 +380,7 @@ def _retrain_run(bootstrap: str, prefix: str, pipeline: list, n: int, policy: di
         "during_retrain_events_per_s": round(during),
         "ratio": round(during / normal, 3),
         "batches_during_retrain": sum(1 for b in batches if b[2]),
-        "retrains": sum(lr.retrains for lr in svc.learners.values()),
+        "retrains": retrains,
     }
 
 
