@@ -31,17 +31,17 @@ def _ids(messages) -> Counter:
 def test_drifting_stream_with_delayed_labels_end_to_end(
     bootstrap, service_topics, prefix, tmp_path
 ):
+    msgs = list(demo_messages(6000, change_at=3000, unlabelled_share=0.2, label_delay=50, seed=3))
+    requests = [m for m in msgs if m.topic == "events" and "y" not in m.value]
+    labels = [m for m in msgs if m.topic == "labels"]
+    # Produced before the service starts: the event-time merge then sees the whole history,
+    # and the run is the same every time (a live producer races the merge).
+    produce(bootstrap, prefix, msgs)
     config = load_config(write_config(tmp_path, bootstrap, prefix))
     built = build_service(config, bootstrap, http_port=0)
     built.http.start()
     stop, thread, errors = run_in_thread(built.service)
     try:
-        msgs = list(
-            demo_messages(6000, change_at=3000, unlabelled_share=0.2, label_delay=50, seed=3)
-        )
-        requests = [m for m in msgs if m.topic == "events" and "y" not in m.value]
-        labels = [m for m in msgs if m.topic == "labels"]
-        produce(bootstrap, prefix, msgs)
         service = built.service
         wait_until(
             lambda: (
