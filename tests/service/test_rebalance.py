@@ -14,8 +14,8 @@ from tests.service.helpers import ServiceProcess, produce, wait_until, write_con
 
 pytestmark = pytest.mark.kafka
 
-KEYS = [f"k{i}" for i in range(8)]
-N = 2_000  # events per key, in two halves
+KEYS = [f"k{i}" for i in range(32)]  # enough that every partition holds some
+N = 500  # events per key, in two halves
 
 
 def _half(t0: float, part: int) -> list:
