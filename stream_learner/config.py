@@ -65,6 +65,7 @@ class ServiceSettings:
     max_key_labels: int = 50
     retrain_in_worker: bool = True
     retrain_apply_after: int = 200
+    exactly_once: bool = False
     max_event_bytes: int = 1_048_576
     broker_wait_s: float = 300.0
     label_max_pending: int = 100_000

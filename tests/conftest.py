@@ -104,19 +104,26 @@ def service_topics(admin, prefix):
     return Topics.from_prefix(prefix)
 
 
-def drain(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list:
-    """Every message of ``topic`` from the beginning to its current end (no consumer group)."""
+def drain(bootstrap: str, topic: str, *, timeout: float = 30.0, committed: bool = False) -> list:
+    """Every message of ``topic`` from the beginning to its current end (no consumer group);
+    ``committed``: only what committed transactions wrote (isolation.level=read_committed)."""
     from confluent_kafka import Consumer, TopicPartition
 
     from stream_learner.kafka.client import client_config
 
+    isolation = "read_committed" if committed else "read_uncommitted"
     consumer = Consumer(
-        client_config(bootstrap, {"group.id": "drain", "enable.auto.commit": False})
+        client_config(
+            bootstrap,
+            {"group.id": "drain", "enable.auto.commit": False, "isolation.level": isolation},
+        )
     )
     try:
         meta = consumer.list_topics(topic, timeout=10).topics[topic]
         ends = {}
         for p in meta.partitions:
+            # With read_committed the end is the last stable offset; transaction markers
+            # occupy offsets too, so a partition is done when its position reaches the end.
             low, high = consumer.get_watermark_offsets(TopicPartition(topic, p), timeout=10)
             if high > low:
                 ends[p] = high
@@ -124,11 +131,11 @@ def drain(bootstrap: str, topic: str, *, timeout: float = 30.0) -> list:
         out, deadline = [], time.monotonic() + timeout
         while ends and time.monotonic() < deadline:
             msg = consumer.poll(0.5)
-            if msg is None or msg.error():
-                continue
-            out.append(msg)
-            if msg.offset() + 1 >= ends.get(msg.partition(), 0):
-                ends.pop(msg.partition(), None)
+            if msg is not None and not msg.error():
+                out.append(msg)
+            for p in list(ends):
+                if consumer.position([TopicPartition(topic, p)])[0].offset >= ends[p]:
+                    del ends[p]
         if ends:
             raise AssertionError(f"could not read {topic} to its end within {timeout}s")
         return out

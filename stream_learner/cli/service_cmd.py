@@ -13,6 +13,7 @@ import os
 import signal
 import threading
 import time
+import uuid
 from dataclasses import dataclass
 
 from stream_learner.config import (
@@ -129,7 +130,10 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     topics = Topics.from_prefix(config.kafka.topic_prefix)
     metrics = ServiceMetrics(max_keys=settings.max_key_labels)
     extra = dict(config.kafka.client)
-    sink = KafkaSink(bootstrap, extra)
+    # Exactly-once outputs: a unique transactional id per process is enough, because the
+    # consumer group's metadata fences zombies (KIP-447).
+    txn_id = f"{config.kafka.group_id}-{uuid.uuid4().hex[:12]}" if settings.exactly_once else None
+    sink = KafkaSink(bootstrap, extra, transactional_id=txn_id)
     service: Service
 
     def on_assign(tps):

@@ -12,7 +12,7 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import Producer
+from confluent_kafka import KafkaException, Producer, TopicPartition
 
 from stream_learner.errors import BrokerError
 from stream_learner.kafka.client import client_config
@@ -39,8 +39,19 @@ _PRODUCER_DEFAULTS = {
 class KafkaSink:
     """A thin producer: ``produce`` buffers, ``flush`` waits for every delivery."""
 
-    def __init__(self, bootstrap: str, extra: Mapping[str, Any] | None = None) -> None:
-        self._conf = client_config(bootstrap, {**_PRODUCER_DEFAULTS, **(extra or {})})
+    def __init__(
+        self,
+        bootstrap: str,
+        extra: Mapping[str, Any] | None = None,
+        *,
+        transactional_id: str | None = None,
+    ) -> None:
+        conf = {**_PRODUCER_DEFAULTS, **(extra or {})}
+        if transactional_id:
+            conf["transactional.id"] = transactional_id
+        self._conf = client_config(bootstrap, conf)
+        self.transactional = bool(transactional_id)
+        self._in_transaction = False
         self._producer = None
         self._failures: list[str] = []
         self.delivered = 0
@@ -49,6 +60,8 @@ class KafkaSink:
     def producer(self):
         if self._producer is None:  # lazily: no network in __init__
             self._producer = Producer(self._conf)
+            if self.transactional:
+                self._producer.init_transactions(30)
         return self._producer
 
     def _on_delivery(self, err, msg) -> None:
@@ -72,6 +85,9 @@ class KafkaSink:
             kwargs["partition"] = partition
         if timestamp_ms is not None:  # event time, so consumers can merge topics by it
             kwargs["timestamp"] = timestamp_ms
+        if self.transactional and not self._in_transaction:
+            self.producer.begin_transaction()
+            self._in_transaction = True
         while True:
             try:
                 self.producer.produce(topic, value, **kwargs)
@@ -94,6 +110,32 @@ class KafkaSink:
             failures, self._failures = self._failures, []
             raise BrokerError(f"{len(failures)} output message(s) failed: {failures[0]}")
         return remaining
+
+    def commit_transaction(
+        self, positions: Mapping[tuple[str, int], int], group_metadata: Any, timeout: float = 30
+    ) -> None:
+        """Commit the outputs produced since the last call together with the input
+        ``positions``: consumers reading committed data see both or neither.
+
+        A failure aborts the transaction and raises ``BrokerError``; the caller must not
+        go on (a restart replays from the last committed positions and emits again)."""
+        producer = self.producer
+        try:
+            if not self._in_transaction:
+                producer.begin_transaction()
+                self._in_transaction = True
+            offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
+            producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
+            producer.commit_transaction(timeout)
+        except KafkaException as exc:
+            err = exc.args[0]
+            if err.txn_requires_abort():
+                producer.abort_transaction(timeout)
+            raise BrokerError(
+                f"transaction failed: {err.str()}", code=err.name(), description=err.str()
+            ) from None
+        finally:
+            self._in_transaction = False
 
     def close(self, timeout: float = 10.0) -> int:
         remaining = self.flush(timeout)

@@ -30,6 +30,7 @@ TopicPartition = tuple[str, int]
 _CONSUMER_DEFAULTS = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
+    "isolation.level": "read_committed",
     "auto.offset.reset": "earliest",
     "partition.assignment.strategy": "range",
     "statistics.interval.ms": 2000,
@@ -172,6 +173,10 @@ class KafkaSource:
             raise BrokerError(
                 f"offset commit failed: {err.str()}", code=err.name(), description=err.str()
             ) from None
+
+    def group_metadata(self) -> Any:
+        """For committing input offsets inside an output transaction."""
+        return self._consumer.consumer_group_metadata()
 
     def high_watermark(self, tp: TopicPartition) -> int | None:
         """The partition's end as of the last fetch (no network call); None if unknown."""

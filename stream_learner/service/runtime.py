@@ -535,6 +535,12 @@ class Service:
         Per batch it does not wait for the broker; on revoke and shutdown it does."""
         if not self.positions:
             return
+        if getattr(self.sink, "transactional", False):
+            # Outputs and input positions in one transaction; a failure is not retried
+            # (its outputs are gone): the service stops and a restart replays.
+            self.sink.commit_transaction(self.positions, self.source.group_metadata())
+            self.positions = {}
+            return
         delay = 0.5
         while True:
             try:
