@@ -27,7 +27,14 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from stream_learner.cli import demo_cmd, kafka_cmd, service_cmd, topics_cmd
+    from stream_learner.cli import (
+        checkpoints_cmd,
+        demo_cmd,
+        kafka_cmd,
+        replay_cmd,
+        service_cmd,
+        topics_cmd,
+    )
 
     parser = _Parser(
         prog="stream-learner",
@@ -36,7 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
     sub.required = True
-    for module in (kafka_cmd, topics_cmd, service_cmd, demo_cmd):
+    for module in (kafka_cmd, topics_cmd, service_cmd, demo_cmd, checkpoints_cmd, replay_cmd):
         module.register(sub)
     return parser
 

@@ -1,0 +1,325 @@
+"""``stream-learner checkpoints list|show|export|rollback``: the checkpoint topic for operators.
+
+Reading is done with the same :class:`~stream_learner.kafka.checkpoints.CheckpointStore`
+the service uses, so what this command calls valid is exactly what a restart would
+restore. A rollback is not applied here: it is a ``rollback`` command on the control
+topic, keyed by the model key, applied by the instance that owns the key (it serves the
+old model as a new version, and the decision log says so).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import pickle
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from stream_learner.cli.service_cmd import signing_key
+from stream_learner.config import KafkaSettings, load_config
+from stream_learner.core.commands import Command
+from stream_learner.core.snapshot import load_signing_key
+from stream_learner.errors import BrokerError, ConfigError, StreamLearnerError
+from stream_learner.kafka.checkpoints import Catalog, CheckpointStore, VersionInfo
+from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
+from stream_learner.kafka.sink import KafkaSink
+from stream_learner.service.runtime import Topics
+
+UNVERIFIED = "unverified"  # complete and checksummed, but no key to check the signature
+REASON_WIDTH = 40
+
+
+def register(sub: argparse._SubParsersAction) -> None:
+    top = sub.add_parser(
+        "checkpoints",
+        help="list, inspect, export or roll back model snapshots",
+        description="Read the compacted checkpoints topic: the snapshots of every model key, "
+        "their headers and signature status; export a verified model; ask the running "
+        "service to serve an earlier version again.",
+    )
+    actions = top.add_subparsers(dest="action", metavar="ACTION", parser_class=type(top))
+    actions.required = True
+
+    def add(name: str, help: str, description: str) -> argparse.ArgumentParser:
+        parser = actions.add_parser(name, help=help, description=description)
+        where = parser.add_mutually_exclusive_group()
+        where.add_argument("--config", help="TOML config file (topic prefix, signing key)")
+        where.add_argument("--prefix", help="topic prefix (default: the built-in one)")
+        parser.add_argument("--bootstrap", help=f"Kafka bootstrap (default: ${BOOTSTRAP_ENV})")
+        return parser
+
+    listing = add(
+        "list",
+        "the snapshots on the topic, per key",
+        "One line per model version: lineage, creation time, trigger, decision, metrics, "
+        "input offsets, size and signature status.",
+    )
+    listing.add_argument("--key", help="only this model key")
+    listing.add_argument("--json", action="store_true", help="machine-readable JSON")
+    listing.set_defaults(func=_list)
+
+    show = add("show", "one snapshot's header", "Print one snapshot's header in full (JSON).")
+    show.add_argument("--key", required=True, help="model key")
+    show.add_argument("--version", type=int, help="model version (default: the newest)")
+    show.set_defaults(func=_show)
+
+    export = add(
+        "export",
+        "write a verified model to a pickle file",
+        "Verify a snapshot's signature, then write its model (pickle) for offline use.",
+    )
+    export.add_argument("--key", required=True, help="model key")
+    export.add_argument("--version", type=int, required=True, help="model version")
+    export.add_argument("--out", required=True, help="output file (pickle)")
+    export.set_defaults(func=_export)
+
+    rollback = add(
+        "rollback",
+        "ask the running service to serve an earlier version",
+        "Check that the version is on the topic and valid, then produce a 'rollback' "
+        "command to the control topic; the instance owning the key serves that model again "
+        "as a new version.",
+    )
+    rollback.add_argument("--key", required=True, help="model key")
+    rollback.add_argument("--version", type=int, required=True, help="model version")
+    rollback.add_argument("--reason", default="", help="why (kept in the decision log)")
+    rollback.set_defaults(func=_rollback)
+
+
+# --------------------------------------------------------------------------- wiring
+
+
+class _Context:
+    """Bootstrap, topics, client settings and signing key, from the arguments."""
+
+    def __init__(self, args: argparse.Namespace) -> None:
+        extra: dict[str, Any] = {}
+        bootstrap = args.bootstrap or os.environ.get(BOOTSTRAP_ENV)
+        if args.config:
+            config = load_config(args.config)
+            prefix, extra = config.kafka.topic_prefix, dict(config.kafka.client)
+            bootstrap = bootstrap or config.kafka.bootstrap
+            # A configured key reference must resolve; without one, the environment's key.
+            cp = config.checkpoints
+            self.key = signing_key(cp) if cp.signing_key else load_signing_key()
+        else:
+            prefix = args.prefix if args.prefix is not None else KafkaSettings().topic_prefix
+            self.key = load_signing_key()
+        self.bootstrap = resolve_bootstrap(bootstrap)
+        self.extra = extra
+        self.topics = Topics.from_prefix(prefix)
+
+    def catalog(self) -> Catalog:
+        check_reachable(self.bootstrap, timeout=10, extra=self.extra)
+        topic = self.topics.checkpoints
+        if not _topic_exists(self.bootstrap, topic, self.extra):
+            raise StreamLearnerError(
+                f"checkpoints topic {topic} does not exist (wrong --prefix/--config, "
+                "or run 'topics apply')"
+            )
+        store = CheckpointStore(self.bootstrap, topic, signing_key=self.key, extra=self.extra)
+        try:
+            return store.read()
+        finally:
+            store.close()
+
+
+def _topic_exists(bootstrap: str, topic: str, extra: dict) -> bool:
+    from confluent_kafka.admin import AdminClient
+
+    from stream_learner.kafka.client import client_config
+
+    meta = AdminClient(client_config(bootstrap, extra)).list_topics(timeout=10)
+    return topic in meta.topics
+
+
+def _versions(catalog: Catalog, key: str) -> list[VersionInfo]:
+    versions = catalog.versions(key)
+    if not versions:
+        known = ", ".join(map(repr, catalog.keys())) or "none"
+        raise ConfigError(f"--key: no snapshots of key {key!r} (keys on the topic: {known})")
+    return versions
+
+
+def _version(catalog: Catalog, key: str, version: int | None) -> VersionInfo:
+    versions = _versions(catalog, key)
+    if version is None:
+        return max(versions, key=lambda v: v.position)
+    for info in versions:
+        if info.model_version == version:
+            return info
+    have = ", ".join(str(v.model_version) for v in versions)
+    raise ConfigError(f"--version: key {key!r} has no version {version} (versions: {have})")
+
+
+def _valid(catalog: Catalog, key: str, version: int) -> VersionInfo:
+    info = _version(catalog, key, version)
+    if not info.valid:
+        raise ConfigError(
+            f"--version: version {version} of key {key!r} is not restorable ({info.reason})"
+        )
+    return info
+
+
+# --------------------------------------------------------------------------- rendering
+
+
+def signature_status(info: VersionInfo, verified: bool) -> str:
+    """``valid``, the refusal reason, or ``unverified`` (complete, but no key to check)."""
+    if not info.valid:
+        return info.reason or "invalid"
+    return "valid" if verified else UNVERIFIED
+
+
+def _iso(created: float | str | None) -> str:
+    if isinstance(created, int | float):
+        return datetime.fromtimestamp(created, UTC).isoformat(timespec="seconds")
+    return created or ""
+
+
+def _offsets(offsets: dict[str, dict[str, int]]) -> str:
+    """``events[0]=1200 labels[0]=1180``: the input positions the snapshot reflects."""
+    return " ".join(
+        f"{topic.rsplit('.', 1)[-1]}[{p}]={o}"
+        for topic, parts in sorted(offsets.items())
+        for p, o in sorted(parts.items(), key=lambda item: int(item[0]))
+    )
+
+
+def _metrics(metrics: dict[str, float | None]) -> str:
+    return " ".join(f"{k}={'-' if v is None else f'{v:.4g}'}" for k, v in metrics.items())
+
+
+def _truncate(text: str | None, width: int = REASON_WIDTH) -> str:
+    text = (text or "").replace("\n", " ")
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _row(info: VersionInfo, verified: bool) -> dict[str, Any]:
+    return {
+        "key": info.key,
+        "version": info.model_version,
+        "lineage": info.lineage,
+        "created": _iso(info.created),
+        "trigger": info.trigger,
+        "decision": info.decision,
+        "metrics": info.metrics,
+        "offsets": info.offsets,
+        "size": info.header.get("payload_size"),
+        "signature": signature_status(info, verified),
+        "slot": info.slot,
+    }
+
+
+COLUMNS = ("key", "version", "lineage", "created", "trigger", "decision", "metrics", "offsets")
+COLUMNS += ("size", "signature")
+
+
+def _table(rows: list[dict[str, Any]]) -> str:
+    cells = [
+        [
+            str(r["key"]),
+            str(r["version"]),
+            str(r["lineage"]),
+            r["created"],
+            r["trigger"],
+            _truncate(r["decision"]),
+            _metrics(r["metrics"]),
+            _offsets(r["offsets"]),
+            "" if r["size"] is None else str(r["size"]),
+            r["signature"],
+        ]
+        for r in rows
+    ]
+    widths = [max(len(c[i]) for c in [list(COLUMNS), *cells]) for i in range(len(COLUMNS))]
+    lines = [
+        "  ".join(c.ljust(w) for c, w in zip(cs, widths, strict=True))
+        for cs in [list(COLUMNS), *cells]
+    ]
+    return "\n".join(line.rstrip() for line in lines)
+
+
+# --------------------------------------------------------------------------- actions
+
+
+def _list(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    catalog = ctx.catalog()
+    keys = [args.key] if args.key else catalog.keys()
+    verified = ctx.key is not None
+    rows = [_row(info, verified) for key in keys for info in _versions(catalog, key)]
+    if args.json:
+        print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
+    elif rows:
+        print(_table(rows))
+    else:
+        print(f"no snapshots on {ctx.topics.checkpoints}")
+    if not verified:
+        print("(no signing key: signatures not verified)")
+    return 0
+
+
+def _show(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    info = _version(ctx.catalog(), args.key, args.version)
+    body = {**info.header, "signature_status": signature_status(info, ctx.key is not None)}
+    print(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
+    return 0
+
+
+def _export(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    if ctx.key is None:
+        raise ConfigError(
+            "checkpoints export: no signing key, so the snapshot cannot be verified before "
+            "unpickling; set STREAM_LEARNER_SNAPSHOT_KEY or give --config"
+        )
+    out = Path(args.out)
+    if not out.parent.is_dir():
+        raise ConfigError(f"--out: directory {str(out.parent)!r} does not exist")
+    catalog = ctx.catalog()
+    info = _valid(catalog, args.key, args.version)
+    loaded = catalog.load(args.key, args.version)
+    if loaded is None:
+        reason = catalog.rejections[-1].reason if catalog.rejections else "unknown"
+        raise StreamLearnerError(f"version {args.version} of {args.key!r} did not load: {reason}")
+    _, state = loaded
+    model = state["learner"].model  # type: ignore[index]
+    try:
+        data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
+        out.write_bytes(data)
+    except OSError as exc:
+        raise ConfigError(f"--out: cannot write {str(out)!r}: {exc.strerror}") from None
+    print(
+        f"wrote {out} ({len(data)} bytes): {type(model).__name__} of key {args.key!r}, "
+        f"version {info.model_version}, lineage {info.lineage}, signature verified"
+    )
+    return 0
+
+
+def _rollback(args: argparse.Namespace) -> int:
+    ctx = _Context(args)
+    info = _valid(ctx.catalog(), args.key, args.version)
+    topic = ctx.topics.control
+    cmd = Command(
+        "rollback",
+        key=args.key,
+        version=args.version,
+        reason=args.reason,
+        requested_by="cli",
+        ts=time.time(),
+    )
+    sink = KafkaSink(ctx.bootstrap, ctx.extra)
+    sink.produce(topic, cmd.to_json(), key=args.key)
+    if sink.close(timeout=15) > 0:
+        raise BrokerError(f"the rollback command was not delivered to {topic} within 15 s")
+    status = signature_status(info, ctx.key is not None)
+    print(
+        f"rollback requested for key {args.key!r} to version {args.version} "
+        f"(created {_iso(info.created)}, signature {status}) on {topic}"
+    )
+    return 0
