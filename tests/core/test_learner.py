@@ -13,19 +13,8 @@ from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.retrain import RetrainConfig, RetrainJob
 from stream_learner.errors import ConfigError, DecodeError
+from tests.core.specs import LINEAR, TREE
 
-TREE = ModelSpec.from_dict(
-    {"task": "binary", "pipeline": [{"estimator": "tree.HoeffdingTreeClassifier"}]}
-)
-LINEAR = ModelSpec.from_dict(
-    {
-        "task": "binary",
-        "pipeline": [
-            {"estimator": "preprocessing.StandardScaler"},
-            {"estimator": "linear_model.LogisticRegression"},
-        ],
-    }
-)
 CHANGE = 3000
 
 

@@ -19,19 +19,8 @@ from stream_learner.core.retrain import (
     RetrainResult,
 )
 from stream_learner.errors import ConfigError
+from tests.core.specs import TREE
 
-TREE = ModelSpec.from_dict(
-    {"task": "binary", "pipeline": [{"estimator": "tree.HoeffdingTreeClassifier"}]}
-)
-LINEAR = ModelSpec.from_dict(
-    {
-        "task": "binary",
-        "pipeline": [
-            {"estimator": "preprocessing.StandardScaler"},
-            {"estimator": "linear_model.LogisticRegression"},
-        ],
-    }
-)
 CAUSE = Decision("k", 0, 0.0, "performance", "retrain", "performance_degraded", "test", "stateless")
 
 
