@@ -737,6 +737,8 @@ class Service:
             self.consumed[tp] = start
             if committed.get(tp, -1) > start:
                 self._replay[tp] = committed[tp]
+        for partition in owned:  # the next periodic round counts from here, not from 0
+            self._round_at[partition] = (self._inputs(partition), time.monotonic())
         return starts
 
     def _read_catalog(self, attempts: int = 5):

@@ -19,7 +19,7 @@ pytestmark = pytest.mark.kafka
 def test_sigkill_mid_stream_with_transactions_emits_every_prediction_exactly_once(
     bootstrap, service_topics, prefix, tmp_path
 ):
-    n = 30_000
+    n = 60_000
     keys = ("a", "b", "c", "d")
     t0 = time.time() - n
     produce(
@@ -48,7 +48,12 @@ def test_sigkill_mid_stream_with_transactions_emits_every_prediction_exactly_onc
 
     first = ServiceProcess(config, tmp_path / "first.log")
     try:
-        wait_until(lambda: committed() > 3000, 90, "the first committed predictions")
+        # The service's own counter is cheap to poll, so the kill lands early in the stream.
+        wait_until(
+            lambda: first.sample("stream_learner_events_total", outcome="predicted") > 3000,
+            90,
+            "the first predictions",
+        )
         first.proc.send_signal(signal.SIGKILL)  # mid-stream, possibly mid-transaction
         first.wait(30)
     finally:
