@@ -130,9 +130,15 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     topics = Topics.from_prefix(config.kafka.topic_prefix)
     metrics = ServiceMetrics(max_keys=settings.max_key_labels)
     extra = dict(config.kafka.client)
-    # Exactly-once outputs: a unique transactional id per process is enough, because the
-    # consumer group's metadata fences zombies (KIP-447).
-    txn_id = f"{config.kafka.group_id}-{uuid.uuid4().hex[:12]}" if settings.exactly_once else None
+    # Exactly-once outputs. The consumer group's metadata fences a zombie's offset commits
+    # (KIP-447); a transactional id that is stable across restarts also lets the restarted
+    # instance abort a crashed predecessor's open transaction at once, instead of readers
+    # waiting for it to time out. With static membership (group.instance.id) it is derived
+    # from that; otherwise it is unique per process and transaction.timeout.ms bounds the wait.
+    txn_id = None
+    if settings.exactly_once:
+        member = extra.get("group.instance.id")
+        txn_id = f"{config.kafka.group_id}-{member or uuid.uuid4().hex[:12]}"
     sink = KafkaSink(bootstrap, extra, transactional_id=txn_id)
     service: Service
 

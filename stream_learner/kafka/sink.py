@@ -49,6 +49,9 @@ class KafkaSink:
         conf = {**_PRODUCER_DEFAULTS, **(extra or {})}
         if transactional_id:
             conf["transactional.id"] = transactional_id
+            # A crashed instance's open transaction holds back read_committed readers until
+            # the coordinator aborts it: keep that short unless configured otherwise.
+            conf.setdefault("transaction.timeout.ms", 10_000)
         self._conf = client_config(bootstrap, conf)
         self.transactional = bool(transactional_id)
         self._in_transaction = False

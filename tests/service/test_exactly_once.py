@@ -41,6 +41,9 @@ def test_sigkill_mid_stream_with_transactions_emits_every_prediction_exactly_onc
     )
     config = write_config(tmp_path, bootstrap, prefix, batch_size=200)
     text = config.read_text().replace("[service]\n", "[service]\nexactly_once = true\n", 1)
+    # Static membership: the restarted instance has the same transactional id and aborts
+    # the killed one's open transaction when it starts.
+    text += '\n[kafka.client]\n"group.instance.id" = "eos-test"\n"session.timeout.ms" = 6000\n'
     config.write_text(text)
 
     def committed() -> int:
@@ -62,6 +65,7 @@ def test_sigkill_mid_stream_with_transactions_emits_every_prediction_exactly_onc
     second = ServiceProcess(config, tmp_path / "second.log")
     try:
         wait_until(second.ready, 120, "the rest of the stream")
+        wait_until(lambda: committed() >= n, 60, "every prediction to be committed")
         second.proc.send_signal(signal.SIGTERM)
         assert second.wait(60) == 0
     finally:
