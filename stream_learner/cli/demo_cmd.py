@@ -220,8 +220,8 @@ def _demo(args: argparse.Namespace) -> int:
             accs = [acc for _, acc, _ in history]
             low = min(range(len(accs)), key=accs.__getitem__)
             _say(
-                f"  rolling accuracy: {accs[0]:.3f} before the drift, {accs[low]:.3f} at its "
-                f"lowest, {accs[-1]:.3f} at the end"
+                f"  rolling accuracy in the progress samples: {accs[0]:.3f} first, "
+                f"{accs[low]:.3f} lowest, {accs[-1]:.3f} at the end"
             )
         if args.linger > 0:
             _say(
