@@ -324,9 +324,14 @@ class Service:
             out = learner.learn(event)
             self._counts["learned"] += 1
         self._touched.add(key)
+        self._after(learner, out)
+
+    def _after(self, learner: Learner, out: Outcome) -> None:
+        """What follows a learned or predicted input: react to signals, decisions and a new
+        retrain job, and apply a retrain result whose point has come."""
         if out.signals or out.decisions or out.job is not None:
             self._react(learner, out.signals, out.decisions, out.job)
-        if self.pending and key in self.pending:
+        if self.pending and learner.key in self.pending:
             self._maybe_apply(learner)
 
     def _predicted(self, event: Event, out: Outcome) -> None:
@@ -369,10 +374,7 @@ class Service:
         if out is None:
             return
         self._counts["learned"] += 1
-        if out.signals or out.decisions or out.job is not None:
-            self._react(learner, out.signals, out.decisions, out.job)
-        if self.pending and key in self.pending:
-            self._maybe_apply(learner)
+        self._after(learner, out)
 
     def _command(self, rec: Record) -> None:
         cmd = decode_command(rec.value)
