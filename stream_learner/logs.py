@@ -20,6 +20,11 @@ A line looks like::
   setting whose value embeds a credential (``ssl.key.pem``, ``sasl.oauthbearer.config``,
   ``sasl.jaas.config``). A bare ``key``
   is a model key and stays visible, as does ``ssl.key.location`` (a path).
+- **An outage is a few lines, not a flood.** librdkafka reports every failed connection
+  attempt, to every broker, from every client: thousands of lines in a minute of outage.
+  Free-text lines (not :func:`log_event` events, which are each worth keeping) that repeat
+  the same text, numbers aside, within :data:`REPEAT_WINDOW_S` are dropped and counted;
+  the next one after the window carries ``suppressed`` (how many were dropped).
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from __future__ import annotations
 import logging
 import re
 import sys
+import threading
+import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
 from typing import IO, Any
@@ -37,7 +44,9 @@ from stream_learner.errors import ConfigError
 
 __all__ = [
     "MASK",
+    "REPEAT_WINDOW_S",
     "JsonFormatter",
+    "RepeatFilter",
     "configure_logging",
     "is_secret_name",
     "log_event",
@@ -63,6 +72,8 @@ _RECORD_ATTRS = frozenset(logging.LogRecord("", 0, "", 0, "", (), None).__dict__
     "event",
     _FIELDS_ATTR,
 }
+REPEAT_WINDOW_S = 30.0
+_DIGITS = re.compile(r"\d+")
 _DUMPS_OPTIONS = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY
 _HANDLER_NAME = "stream_learner"
 
@@ -174,6 +185,38 @@ class _TextFormatter(JsonFormatter):
         return f"{line}\n{exc}" if exc else line
 
 
+class RepeatFilter(logging.Filter):
+    """Drops a free-text line that repeats (numbers aside) within ``window_s``; see the
+    module docstring. Thread-safe: librdkafka logs from its own threads."""
+
+    def __init__(self, window_s: float = REPEAT_WINDOW_S, clock=time.monotonic) -> None:
+        super().__init__()
+        self.window_s = window_s
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._seen: dict[tuple, list] = {}  # shape -> [emitted at, dropped since]
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if getattr(record, "event", None) is not None:
+            return True
+        shape = (record.name, record.levelno, _DIGITS.sub("#", _message(record)))
+        now = self._clock()
+        with self._lock:
+            seen = self._seen.get(shape)
+            if seen is not None and now - seen[0] < self.window_s:
+                seen[1] += 1
+                return False
+            if len(self._seen) > 1000:  # bounded: forget the oldest shapes
+                for old in sorted(self._seen, key=lambda k: self._seen[k][0])[:500]:
+                    del self._seen[old]
+            self._seen[shape] = [now, 0]
+        if seen is not None and seen[1]:
+            fields = dict(getattr(record, _FIELDS_ATTR, None) or {})
+            fields["suppressed"] = seen[1]
+            setattr(record, _FIELDS_ATTR, fields)
+        return True
+
+
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log ``event`` with ``fields`` as top-level keys of the JSON line.
 
@@ -202,6 +245,7 @@ def configure_logging(
     handler = logging.StreamHandler(sys.stderr if stream is None else stream)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(JsonFormatter() if json else _TextFormatter())
+    handler.addFilter(RepeatFilter())
     root.addHandler(handler)
     root.setLevel(level)
     return handler

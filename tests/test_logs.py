@@ -13,6 +13,7 @@ from stream_learner.errors import ConfigError
 from stream_learner.logs import (
     MASK,
     JsonFormatter,
+    RepeatFilter,
     configure_logging,
     is_secret_name,
     log_event,
@@ -196,3 +197,38 @@ def test_text_mode_masks_secrets_too(root_restored, out) -> None:
 def test_bad_level_is_a_config_error(root_restored) -> None:
     with pytest.raises(ConfigError, match="log level 'LOUD'.*DEBUG"):
         configure_logging("LOUD")
+
+
+def test_repeated_free_text_is_counted_not_flooded(logger, out) -> None:
+    now = [0.0]
+    repeat = RepeatFilter(window_s=30, clock=lambda: now[0])
+    logger.handlers[0].addFilter(repeat)
+    try:
+        for ms in range(50):  # librdkafka's connect failures differ only in numbers
+            logger.error("Connect to 127.0.0.1:%d failed (after %dms)", 39092, ms)
+        logger.error("another failure")
+        for step in range(3):  # events are each worth a line, however alike
+            log_event(logger, "checkpoint", key="k", step=step)
+        now[0] = 31.0
+        logger.error("Connect to 127.0.0.1:%d failed (after %dms)", 39092, 7)
+    finally:
+        logger.handlers[0].removeFilter(repeat)
+    got = lines(out)
+    assert [d["event"] for d in got] == [
+        "Connect to 127.0.0.1:39092 failed (after 0ms)",
+        "another failure",
+        "checkpoint",
+        "checkpoint",
+        "checkpoint",
+        "Connect to 127.0.0.1:39092 failed (after 7ms)",
+    ]
+    assert "suppressed" not in got[0] and got[-1]["suppressed"] == 49
+
+
+def test_configure_logging_installs_the_repeat_filter(root_restored, out) -> None:
+    handler = configure_logging("INFO", stream=out)
+    log = logging.getLogger("stream_learner.librdkafka")
+    for _ in range(5):
+        log.warning("FAIL: Connection refused")
+    handler.flush()
+    assert len(lines(out)) == 1
