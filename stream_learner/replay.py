@@ -9,41 +9,50 @@ policies give the same report (only the timings differ).
 
 A history is a JSONL file (one event or delayed-label object per line, the event contract of
 :mod:`stream_learner.core.events`) or a CSV file with the columns ``id``, ``key``, ``ts``,
-``y`` and one column per feature. Pure: no Kafka.
+``y`` and one column per feature, or a range of the service's own input topics, read by
+:func:`stream_learner.kafka.history.read_kafka_history` into the same list in the order the
+service learned it (so that replaying it with the config's policy reproduces the service's
+decisions). Pure: no Kafka here.
 """
 
 from __future__ import annotations
 
+import copy
 import csv
 import math
 import time
 import tomllib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import orjson
 
-from stream_learner.config import Config
+from stream_learner.config import SECTIONS, Config
+from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import Event, Label, decode
 from stream_learner.core.learner import Learner, LearnerConfig
 from stream_learner.core.models import ModelSpec
-from stream_learner.core.policy import Decision, PolicyConfig
-from stream_learner.core.retrain import RetrainConfig, RetrainJob
+from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy
+from stream_learner.core.retrain import RecentWindow, RetrainConfig, RetrainJob
 from stream_learner.errors import ConfigError, DecodeError
 
 __all__ = [
     "BUILTIN_POLICIES",
     "NamedPolicy",
     "PolicyReport",
+    "continued",
+    "load_model_spec",
     "markdown_table",
     "read_history",
+    "rebuild",
     "replay",
     "resolve_policy",
+    "restored_learner",
 ]
 
-BUILTIN_POLICIES = ("never", "interval:N", "performance", "data-drift")
+BUILTIN_POLICIES = ("never", "interval:N", "performance", "data-drift", "config")
 CSV_COLUMNS = ("id", "key", "ts", "y")
 _JSONL = (".jsonl", ".ndjson", ".json")
 
@@ -140,12 +149,16 @@ class NamedPolicy:
     retrain: RetrainConfig
 
 
-def resolve_policy(text: str, retrain: RetrainConfig | None = None) -> NamedPolicy:
+def resolve_policy(
+    text: str, retrain: RetrainConfig | None = None, *, config: PolicyConfig | None = None
+) -> NamedPolicy:
     """A builtin name or a TOML file with a ``[policy]`` table (and optionally ``[retrain]``).
 
     Builtins start from the default policy, not the config's, so their names mean the same
     thing in every report; they take the config's ``retrain`` section (``retrain``).
 
+    - ``config``: the config's own ``[policy]`` (``config``), i.e. what the service ran:
+      replaying the service's inputs with it reproduces the service's decisions.
     - ``never``: every automatic trigger off (the baseline).
     - ``interval:N``: a stateless retrain every N events, no other trigger, no cooldown or
       budget (a level-2 schedule).
@@ -153,6 +166,10 @@ def resolve_policy(text: str, retrain: RetrainConfig | None = None) -> NamedPoli
     - ``data-drift``: the default policy, and data drift alone retrains too.
     """
     retrain = retrain or RetrainConfig()
+    if text == "config":
+        if config is None:
+            raise ConfigError("--policy config: no config policy was given to resolve it")
+        return NamedPolicy(text, config, retrain)
     if text == "never":
         return NamedPolicy(text, PolicyConfig(**_OFF), retrain)
     if text.startswith("interval:"):
@@ -200,12 +217,23 @@ def resolve_policy(text: str, retrain: RetrainConfig | None = None) -> NamedPoli
 
 # -- replay ------------------------------------------------------------------------------
 
+#: A report's time series has at most this many points, however long the history.
+MAX_POINTS = 1000
+#: ... and keeps at most this many drift signals (a chart shows no more anyway).
+MAX_SIGNALS = 1000
+
 
 @dataclass
 class PolicyReport:
     """One policy's backtest. ``metric``/``rolling`` are the primary metric, cumulative and
     over the last ``eval_window`` labelled events, averaged over keys weighted by their
-    labelled events. ``retrain_s`` and ``events_per_s`` are timings: they vary run to run."""
+    labelled events. ``retrain_s`` and ``events_per_s`` are timings: they vary run to run.
+
+    For a chart over time: ``series`` is ``rolling`` as it stood after ``input`` inputs (the
+    1-based position in the history, with that input's event time ``ts``), at most
+    :data:`MAX_POINTS` points however long the history; ``signals`` are the drift signals
+    (the first :data:`MAX_SIGNALS`; ``signals_total`` counts all), and every decision also
+    names the ``input`` it came at."""
 
     policy: str
     metric_name: str
@@ -217,6 +245,9 @@ class PolicyReport:
     inputs: int
     events_per_s: float
     decisions: list[dict[str, Any]] = field(default_factory=list)
+    series: dict[str, list[Any]] = field(default_factory=dict)  # input, ts, rolling
+    signals: list[dict[str, Any]] = field(default_factory=list)
+    signals_total: int = 0
 
     TIMINGS = ("retrain_s", "events_per_s")
 
@@ -233,31 +264,140 @@ def replay(
     policies: Sequence[NamedPolicy],
     *,
     progress: Progress | None = None,
+    initial: Mapping[str, Learner] | None = None,
+    spec: ModelSpec | None = None,
+    learners: list[dict[str, Learner]] | None = None,
 ) -> list[PolicyReport]:
-    """Run every policy over ``history``; one report per policy, in the order given."""
-    if not config.model:
-        raise ConfigError("model: the [model] section is missing; see examples/config.toml")
-    spec = ModelSpec.from_dict(config.model, where="model")
+    """Run every policy over ``history``; one report per policy, in the order given.
+
+    ``initial`` holds learners to start from instead of fresh ones, by key (restored
+    snapshots, see :func:`restored_learner`): each policy continues its own copy (see
+    :func:`continued`), so policies never share state. Keys not in it start fresh with
+    ``spec`` (default: the config's ``[model]``). When ``learners`` is given, one dict per
+    policy is appended to it: that policy's learners by key, as the history left them."""
+    if spec is None:
+        if not config.model:
+            raise ConfigError("model: the [model] section is missing; see examples/config.toml")
+        spec = ModelSpec.from_dict(config.model, where="model")
     learner_config = LearnerConfig.from_dict(config.learner)
     service = config.service
-    return [
-        _replay_one(
-            history,
-            named,
-            lambda key, named=named: Learner(
-                key,
-                spec,
-                config=learner_config,
-                policy=named.policy,
-                retrain=named.retrain,
-                max_pending=service.label_max_pending,
-                max_age_s=service.label_max_age_s or None,
-            ),
-            service.retrain_apply_after,
-            progress,
+    initial = dict(initial or {})
+    reports = []
+    for named in policies:
+        made: dict[str, Learner] = {}
+
+        def new_learner(key: str, named: NamedPolicy = named, made: dict = made) -> Learner:
+            base = initial.get(key)
+            made[key] = learner = (
+                continued(base, named)
+                if base is not None
+                else Learner(
+                    key,
+                    spec,
+                    config=learner_config,
+                    policy=named.policy,
+                    retrain=named.retrain,
+                    max_pending=service.label_max_pending,
+                    max_age_s=service.label_max_age_s or None,
+                )
+            )
+            return learner
+
+        reports.append(
+            _replay_one(history, named, new_learner, service.retrain_apply_after, progress)
         )
-        for named in policies
-    ]
+        if learners is not None:
+            learners.append(made)
+    return reports
+
+
+def restored_learner(state: Mapping[str, Any]) -> Learner:
+    """The learner of a restored snapshot's state (``learner``, ``pending``, ``paused``).
+
+    A retrain the snapshot had in flight is run and applied at once, where the restarted
+    service would apply it a few inputs later: a replay has no worker to hand it to, and
+    without its result the learner's policy would wait for it forever. ``paused`` is not
+    replayed (a backtest learns every input)."""
+    learner: Learner = state["learner"]
+    pending = state.get("pending")
+    if pending:
+        job, _due = pending
+        learner.apply(job.run())
+    return learner
+
+
+def continued(base: Learner, named: NamedPolicy) -> Learner:
+    """A copy of ``base`` (a restored learner) that goes on under ``named``.
+
+    Under the snapshot's own policy the copy keeps the policy's state (warm-up, cooldown,
+    budget, schedules): the replay continues exactly as the service would have. Another
+    policy takes over at the snapshot's position: its warm-up counts the labels already
+    learned, its schedules start there, and no cooldown or budget carries over; a retrain
+    the old policy had decided and not started is dropped."""
+    learner = copy.deepcopy(base)
+    if learner.policy.config != named.policy:
+        learner.abandon(f"the replay continues under policy {named.name!r}")
+        policy = TriggerPolicy(named.policy, learner.key)
+        policy.labels = learner.policy.labels
+        policy._reschedule(learner.index, learner._ts)  # schedules count from the snapshot
+        learner.policy = policy
+    if learner.retrain_config != named.retrain:
+        learner.retrain_config = named.retrain
+        if learner.window.maxlen != named.retrain.window:
+            window = RecentWindow(named.retrain.window)
+            window.items.extend(learner.window.items)
+            learner.window = window
+    return learner
+
+
+def rebuild(
+    history: Sequence[Event | Label],
+    config: Config,
+    spec: ModelSpec,
+    *,
+    progress: Progress | None = None,
+) -> tuple[PolicyReport, dict[str, Learner]]:
+    """Train ``spec`` from scratch over ``history`` (a new lineage: a model iteration) with
+    the config's ``[policy]`` and ``[retrain]``, the ones the service runs and that a
+    published snapshot carries. Returns the report and the final learner of every key.
+
+    A retrain still in flight when the history ends is abandoned: its result could never
+    be applied, and a snapshot waiting for it would block the policy after a restore."""
+    named = NamedPolicy(
+        f"rebuild {spec.lineage}",
+        PolicyConfig.from_dict(config.policy),
+        RetrainConfig.from_dict(config.retrain),
+    )
+    out: list[dict[str, Learner]] = []
+    [report] = replay(history, config, [named], progress=progress, spec=spec, learners=out)
+    for learner in out[0].values():
+        learner.abandon("the rebuild's history ended before this retrain's result")
+    return report, out[0]
+
+
+def load_model_spec(path: str | Path) -> ModelSpec:
+    """The ``[model]`` table of a TOML file (a model file, or a whole config) as a spec.
+
+    Errors name the file and the key: a typo must never rebuild a model nobody asked for."""
+    path = Path(path)
+    try:
+        with path.open("rb") as fh:
+            data = tomllib.load(fh)
+    except FileNotFoundError:
+        raise ConfigError(f"model file {path} does not exist") from None
+    except IsADirectoryError:
+        raise ConfigError(f"model file {path} is a directory") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"model file {path} is not valid TOML: {exc}") from None
+    for name in data:
+        if name not in SECTIONS:
+            raise ConfigError(
+                f"{path}: {name}: unknown section; a model file has a [model] table "
+                f"(a whole config may have: {', '.join(SECTIONS)})"
+            )
+    if "model" not in data:
+        raise ConfigError(f"{path}: model: the [model] table is missing")
+    return ModelSpec.from_dict(data["model"], where=f"{path.name}: model")
 
 
 def _replay_one(
@@ -272,6 +412,7 @@ def _replay_one(
     log: list[dict[str, Any]] = []
     promoted, retrain_s = 0, 0.0
     total = len(history)
+    timeline = _Timeline(history, learners)
     start = time.perf_counter()
     for done, item in enumerate(history, 1):
         key = item.key
@@ -288,7 +429,9 @@ def _replay_one(
         else:
             out = learner.learn(item)
         if out.decisions:
-            log.extend(_decision(d) for d in out.decisions)
+            log.extend(_decision(d, done) for d in out.decisions)
+            if out.signals:  # every signal gets a decision (Policy.signal): only ever here
+                timeline.record(out.signals, key, done)
         if out.job is not None:
             pending[key] = (out.job, learner.index + apply_after)
         if pending and key in pending and learner.index >= pending[key][1]:
@@ -297,10 +440,13 @@ def _replay_one(
             retrain_s += result.duration_s
             decision = learner.apply(result)
             promoted += decision.action == "promote"
-            log.append(_decision(decision))
+            log.append(_decision(decision, done))
+        if done >= timeline.due:
+            timeline.sample(done)
         if progress is not None and (done % 5000 == 0 or done == total):
             progress(named.name, done, total, done / (time.perf_counter() - start))
     elapsed = time.perf_counter() - start
+    timeline.sample(total)  # the last point, even when the last input was a lone label
     evaluators = [lr.evaluator for lr in learners.values()]
     return PolicyReport(
         policy=named.name,
@@ -313,6 +459,9 @@ def _replay_one(
         inputs=total,
         events_per_s=total / elapsed if elapsed > 0 else math.nan,
         decisions=log,
+        series={"input": timeline.inputs, "ts": timeline.ts, "rolling": timeline.rolling},
+        signals=timeline.signals,
+        signals_total=timeline.signals_total,
     )
 
 
@@ -323,9 +472,109 @@ def _weighted(evaluators: list, rolling: bool) -> float:
     return sum(n * v for n, v in pairs) / n if n else math.nan
 
 
-def _decision(d: Decision) -> dict[str, Any]:
+_UNSEEN = (-1, 0, 0.0)
+
+
+class _Timeline:
+    """What a report draws over time: the rolling metric weighted over keys as
+    :func:`_weighted` weighs it (so the last point is the report's ``rolling``), sampled
+    every ``stride`` inputs, and the drift signals.
+
+    The replay loop pays one integer comparison per input. A sample revisits only the keys
+    seen since the previous one (an evaluator that scored nothing new is skipped), and keeps
+    the weighted sum up to date (summed afresh once per as many updates as there are keys),
+    so sampling costs O(history), never O(keys x points)."""
+
+    __slots__ = (
+        "_history",
+        "_learners",
+        "_stride",
+        "_last",
+        "_seen",
+        "_n",
+        "_sum",
+        "_updates",
+        "due",
+        "inputs",
+        "ts",
+        "rolling",
+        "signals",
+        "signals_total",
+    )
+
+    def __init__(self, history: Sequence[Event | Label], learners: dict[str, Learner]) -> None:
+        self._history = history
+        self._learners = learners
+        self._stride = max(1, -(-len(history) // MAX_POINTS))  # ceil: <= MAX_POINTS samples
+        self._last = 0  # inputs covered by the previous sample
+        # key -> (labelled events, its weight, weight x rolling); weight 0 while NaN
+        self._seen: dict[str, tuple[int, int, float]] = {}
+        self._n = 0  # sum of the weights, over keys with a value
+        self._sum = 0.0  # sum of weight x value
+        self._updates = 0  # to _sum since it was last summed afresh
+        self.due = self._stride
+        self.inputs: list[int] = []
+        self.ts: list[float | None] = []
+        self.rolling: list[float] = []
+        self.signals: list[dict[str, Any]] = []
+        self.signals_total = 0
+
+    def sample(self, done: int) -> None:
+        """The weighted rolling metric after ``done`` inputs (a no-op if already taken)."""
+        if done <= self._last:
+            return
+        learners = self._learners
+        if len(learners) <= done - self._last:
+            keys: Iterable[str] = learners
+        else:  # insertion-ordered, so the float sums come out the same in every process
+            keys = dict.fromkeys(item.key for item in self._history[self._last : done])
+        seen = self._seen
+        weight, total, updates = self._n, self._sum, self._updates
+        for key in keys:
+            evaluator = learners[key].evaluator
+            n = evaluator.n
+            old = seen.get(key, _UNSEEN)
+            if old[0] == n:
+                continue  # nothing scored since: the same value
+            value = evaluator.primary_value(True)
+            new = (n, n, n * value) if n and value == value else (n, 0, 0.0)  # NaN != NaN
+            seen[key] = new
+            weight += n - old[1] if new[1] else -old[1]
+            total += new[2] - old[2]
+            updates += 1
+        if updates > 4 * len(seen) + 64:  # amortized O(1): rounding errors do not pile up
+            weight = sum(w for _, w, _ in seen.values())
+            total = math.fsum(wv for _, _, wv in seen.values())
+            updates = 0
+        self._n, self._sum, self._updates = weight, total, updates
+        self.inputs.append(done)
+        self.ts.append(self._history[done - 1].ts)
+        self.rolling.append(self._sum / self._n if self._n else math.nan)
+        self._last = done
+        self.due = (done // self._stride + 1) * self._stride
+
+    def record(self, signals: Iterable[DriftSignal], key: str, done: int) -> None:
+        for s in signals:
+            self.signals_total += 1
+            if len(self.signals) < MAX_SIGNALS:
+                self.signals.append(
+                    {
+                        "input": done,
+                        "key": key,
+                        "index": s.index,
+                        "kind": s.kind,
+                        "detector": s.detector,
+                        "level": s.level,
+                        "direction": s.direction,
+                        "feature": s.feature,
+                    }
+                )
+
+
+def _decision(d: Decision, done: int) -> dict[str, Any]:
     return {
         "key": d.key,
+        "input": done,
         "index": d.index,
         "ts": d.ts,
         "trigger": d.trigger,

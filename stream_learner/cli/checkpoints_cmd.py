@@ -20,7 +20,7 @@ from typing import Any
 import orjson
 
 from stream_learner.cli.service_cmd import signing_key
-from stream_learner.config import KafkaSettings, load_config
+from stream_learner.config import CheckpointSettings, Config, KafkaSettings, load_config
 from stream_learner.core.commands import Command
 from stream_learner.core.snapshot import load_signing_key
 from stream_learner.errors import BrokerError, ConfigError, StreamLearnerError
@@ -93,25 +93,51 @@ def register(sub: argparse._SubParsersAction) -> None:
 # --------------------------------------------------------------------------- wiring
 
 
-class _Context:
-    """Bootstrap, topics, client settings and signing key, from the arguments."""
+class Context:
+    """Bootstrap, topics, client settings and signing key: from ``--config`` (and
+    ``--bootstrap``), or ``--prefix`` and the environment. Shared with ``replay``, which
+    reads and publishes checkpoints with the very same settings as the service."""
 
-    def __init__(self, args: argparse.Namespace) -> None:
+    def __init__(
+        self,
+        *,
+        config_path: str | None = None,
+        prefix: str | None = None,
+        bootstrap: str | None = None,
+    ) -> None:
         extra: dict[str, Any] = {}
-        bootstrap = args.bootstrap or os.environ.get(BOOTSTRAP_ENV)
-        if args.config:
-            config = load_config(args.config)
+        bootstrap = bootstrap or os.environ.get(BOOTSTRAP_ENV)
+        self.config: Config | None = None
+        if config_path:
+            self.config = config = load_config(config_path)
             prefix, extra = config.kafka.topic_prefix, dict(config.kafka.client)
             bootstrap = bootstrap or config.kafka.bootstrap
             # A configured key reference must resolve; without one, the environment's key.
             cp = config.checkpoints
             self.key = signing_key(cp) if cp.signing_key else load_signing_key()
         else:
-            prefix = args.prefix if args.prefix is not None else KafkaSettings().topic_prefix
+            prefix = prefix if prefix is not None else KafkaSettings().topic_prefix
             self.key = load_signing_key()
         self.bootstrap = resolve_bootstrap(bootstrap)
         self.extra = extra
         self.topics = Topics.from_prefix(prefix)
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace) -> Context:
+        return cls(config_path=args.config, prefix=args.prefix, bootstrap=args.bootstrap)
+
+    def store(self) -> CheckpointStore:
+        """A store on the checkpoints topic, signing and retiring versions as the service
+        does (``[checkpoints]`` of the config); close it after use."""
+        cp = self.config.checkpoints if self.config is not None else CheckpointSettings()
+        return CheckpointStore(
+            self.bootstrap,
+            self.topics.checkpoints,
+            signing_key=self.key,
+            keep_versions=cp.keep_versions,
+            chunk_bytes=cp.chunk_bytes,
+            extra=self.extra,
+        )
 
     def catalog(self) -> Catalog:
         check_reachable(self.bootstrap, timeout=10, extra=self.extra)
@@ -127,6 +153,34 @@ class _Context:
         finally:
             store.close()
 
+    def load(
+        self, catalog: Catalog, key: str, version: int | None, arg: str = "--version"
+    ) -> tuple[VersionInfo, dict]:
+        """A snapshot's header and its state, verified before unpickling: an unknown key or
+        version, a refused snapshot or no key to verify with is a :class:`ConfigError`."""
+        if self.key is None:
+            raise ConfigError(
+                f"{arg}: no signing key, so the snapshot cannot be verified before "
+                "unpickling; set STREAM_LEARNER_SNAPSHOT_KEY or give --config"
+            )
+        info = valid_version(catalog, key, version, arg)
+        loaded = catalog.load(key, info.model_version)
+        if loaded is None:
+            reason = catalog.rejections[-1].reason if catalog.rejections else "unknown"
+            raise ConfigError(
+                f"{arg}: version {info.model_version} of key {key!r} is not restorable ({reason})"
+            )
+        return info, loaded[1]  # type: ignore[return-value]
+
+    def send(self, cmd: Command) -> str:
+        """Produce a command to the control topic, keyed by its model key; the topic."""
+        topic = self.topics.control
+        sink = KafkaSink(self.bootstrap, self.extra)
+        sink.produce(topic, cmd.to_json(), key=cmd.key)
+        if sink.close(timeout=15) > 0:
+            raise BrokerError(f"the {cmd.command} command was not delivered to {topic} within 15 s")
+        return topic
+
 
 def _topic_exists(bootstrap: str, topic: str, extra: dict) -> bool:
     from confluent_kafka.admin import AdminClient
@@ -137,30 +191,38 @@ def _topic_exists(bootstrap: str, topic: str, extra: dict) -> bool:
     return topic in meta.topics
 
 
-def _versions(catalog: Catalog, key: str) -> list[VersionInfo]:
+def versions_of(catalog: Catalog, key: str, arg: str = "--key") -> list[VersionInfo]:
+    """Every version of ``key``; an unknown key names the keys on the topic. ``arg`` is
+    the option the key came from, for the message."""
     versions = catalog.versions(key)
     if not versions:
         known = ", ".join(map(repr, catalog.keys())) or "none"
-        raise ConfigError(f"--key: no snapshots of key {key!r} (keys on the topic: {known})")
+        raise ConfigError(f"{arg}: no snapshots of key {key!r} (keys on the topic: {known})")
     return versions
 
 
-def _version(catalog: Catalog, key: str, version: int | None) -> VersionInfo:
-    versions = _versions(catalog, key)
+def resolve_version(
+    catalog: Catalog, key: str, version: int | None, arg: str = "--version"
+) -> VersionInfo:
+    """``version`` of ``key`` (default: the newest, the one a restart restores)."""
+    versions = versions_of(catalog, key, "--key" if arg == "--version" else arg)
     if version is None:
         return max(versions, key=lambda v: v.position)
     for info in versions:
         if info.model_version == version:
             return info
     have = ", ".join(str(v.model_version) for v in versions)
-    raise ConfigError(f"--version: key {key!r} has no version {version} (versions: {have})")
+    raise ConfigError(f"{arg}: key {key!r} has no version {version} (versions: {have})")
 
 
-def _valid(catalog: Catalog, key: str, version: int) -> VersionInfo:
-    info = _version(catalog, key, version)
+def valid_version(
+    catalog: Catalog, key: str, version: int | None, arg: str = "--version"
+) -> VersionInfo:
+    """As :func:`resolve_version`, and restorable (complete, signature verified)."""
+    info = resolve_version(catalog, key, version, arg)
     if not info.valid:
         raise ConfigError(
-            f"--version: version {version} of key {key!r} is not restorable ({info.reason})"
+            f"{arg}: version {info.model_version} of key {key!r} is not restorable ({info.reason})"
         )
     return info
 
@@ -247,11 +309,11 @@ def _table(rows: list[dict[str, Any]]) -> str:
 
 
 def _list(args: argparse.Namespace) -> int:
-    ctx = _Context(args)
+    ctx = Context.from_args(args)
     catalog = ctx.catalog()
     keys = [args.key] if args.key else catalog.keys()
     verified = ctx.key is not None
-    rows = [_row(info, verified) for key in keys for info in _versions(catalog, key)]
+    rows = [_row(info, verified) for key in keys for info in versions_of(catalog, key)]
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     elif rows:
@@ -264,15 +326,15 @@ def _list(args: argparse.Namespace) -> int:
 
 
 def _show(args: argparse.Namespace) -> int:
-    ctx = _Context(args)
-    info = _version(ctx.catalog(), args.key, args.version)
+    ctx = Context.from_args(args)
+    info = resolve_version(ctx.catalog(), args.key, args.version)
     body = {**info.header, "signature_status": signature_status(info, ctx.key is not None)}
     print(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
     return 0
 
 
 def _export(args: argparse.Namespace) -> int:
-    ctx = _Context(args)
+    ctx = Context.from_args(args)
     if ctx.key is None:
         raise ConfigError(
             "checkpoints export: no signing key, so the snapshot cannot be verified before "
@@ -281,13 +343,7 @@ def _export(args: argparse.Namespace) -> int:
     out = Path(args.out)
     if not out.parent.is_dir():
         raise ConfigError(f"--out: directory {str(out.parent)!r} does not exist")
-    catalog = ctx.catalog()
-    info = _valid(catalog, args.key, args.version)
-    loaded = catalog.load(args.key, args.version)
-    if loaded is None:
-        reason = catalog.rejections[-1].reason if catalog.rejections else "unknown"
-        raise StreamLearnerError(f"version {args.version} of {args.key!r} did not load: {reason}")
-    _, state = loaded
+    info, state = ctx.load(ctx.catalog(), args.key, args.version)
     model = state["learner"].model  # type: ignore[index]
     try:
         data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
@@ -302,9 +358,8 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _rollback(args: argparse.Namespace) -> int:
-    ctx = _Context(args)
-    info = _valid(ctx.catalog(), args.key, args.version)
-    topic = ctx.topics.control
+    ctx = Context.from_args(args)
+    info = valid_version(ctx.catalog(), args.key, args.version)
     cmd = Command(
         "rollback",
         key=args.key,
@@ -313,10 +368,7 @@ def _rollback(args: argparse.Namespace) -> int:
         requested_by="cli",
         ts=time.time(),
     )
-    sink = KafkaSink(ctx.bootstrap, ctx.extra)
-    sink.produce(topic, cmd.to_json(), key=args.key)
-    if sink.close(timeout=15) > 0:
-        raise BrokerError(f"the rollback command was not delivered to {topic} within 15 s")
+    topic = ctx.send(cmd)
     status = signature_status(info, ctx.key is not None)
     print(
         f"rollback requested for key {args.key!r} to version {args.version} "
