@@ -1,9 +1,12 @@
 """Backtests of trigger policies: which policy would have served best on our own history?
 
-:func:`replay` runs each policy over the same recorded history, with a fresh learner per key
-built from the config's model spec, exactly as the service would have run it: results of a
-retrain are applied ``apply_after`` inputs of its key after the retrain started (the
-service's ``retrain_apply_after``), so a replay promotes the same models at the same events.
+:func:`replay` runs each policy over the same recorded history, with a learner per key
+(fresh from the config's model spec, or continued from a checkpoint) exactly as the service
+would have run it: results of a retrain are applied ``apply_after`` inputs of its key after
+the retrain started (the service's ``retrain_apply_after``), so a replay promotes the same
+models at the same events; pause, resume and retrain commands in a Kafka history are carried
+out as the service does, and an input the model refuses is skipped (the service
+dead-letters it as ``model_rejected``).
 Retrains run inline; the core never reads the clock to decide, so the same history and
 policies give the same report (only the timings differ).
 
@@ -30,6 +33,7 @@ from typing import Any
 import orjson
 
 from stream_learner.config import SECTIONS, Config
+from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import Event, Label, decode
 from stream_learner.core.learner import Learner, LearnerConfig
@@ -248,6 +252,7 @@ class PolicyReport:
     series: dict[str, list[Any]] = field(default_factory=dict)  # input, ts, rolling
     signals: list[dict[str, Any]] = field(default_factory=list)
     signals_total: int = 0
+    rejected: int = 0  # inputs the model refused (the service dead-letters them)
 
     TIMINGS = ("retrain_s", "events_per_s")
 
@@ -414,20 +419,37 @@ def _replay_one(
     total = len(history)
     timeline = _Timeline(history, learners)
     start = time.perf_counter()
+    paused: set[str] = set()
+    rejected = 0
     for done, item in enumerate(history, 1):
         key = item.key
+        kind = type(item)
+        if kind is Command:  # as the service's execute(): never creates a learner
+            job = _command(item, learners.get(key), paused, log, done)
+            if job is not None:
+                pending[key] = (job, learners[key].index + apply_after)
+            continue
         learner = learners.get(key)
         if learner is None:
             learner = learners[key] = new_learner(key)
         # The service's order: the input, its decisions, a new job, then a due result.
-        if type(item) is Label:
-            out = learner.on_label(item)
-            if out is None:
+        try:
+            if kind is Label:
+                if paused and key in paused:
+                    continue
+                out = learner.on_label(item)
+                if out is None:
+                    continue
+            elif item.y is None:
+                out = learner.predict(item)
+            elif paused and key in paused:
                 continue
-        elif item.y is None:
-            out = learner.predict(item)
-        else:
-            out = learner.learn(item)
+            else:
+                out = learner.learn(item)
+        except (TypeError, ValueError, ArithmeticError):
+            # The model refused this input: the service dead-letters it (model_rejected).
+            rejected += 1
+            continue
         if out.decisions:
             log.extend(_decision(d, done) for d in out.decisions)
             if out.signals:  # every signal gets a decision (Policy.signal): only ever here
@@ -462,7 +484,23 @@ def _replay_one(
         series={"input": timeline.inputs, "ts": timeline.ts, "rolling": timeline.rolling},
         signals=timeline.signals,
         signals_total=timeline.signals_total,
+        rejected=rejected,
     )
+
+
+def _command(
+    cmd: Command, learner: Learner | None, paused: set[str], log: list, done: int
+) -> RetrainJob | None:
+    """A replayed pause, resume or retrain command; the retrain's job, if it can start."""
+    if cmd.command == "pause":
+        paused.add(cmd.key)
+    elif cmd.command == "resume":
+        paused.discard(cmd.key)
+    elif cmd.command == "retrain" and learner is not None:
+        decision, job = learner.request_retrain(cmd.reason or "on demand", cmd.ts)
+        log.append(_decision(decision, done))
+        return job
+    return None
 
 
 def _weighted(evaluators: list, rolling: bool) -> float:

@@ -13,6 +13,7 @@ import math
 import os
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,7 +31,7 @@ from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import ConfigError, StreamLearnerError
 from stream_learner.kafka.checkpoints import Catalog, VersionInfo
 from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
-from stream_learner.kafka.history import Bound, KafkaHistory
+from stream_learner.kafka.history import REPLAYED_COMMANDS, Bound, KafkaHistory
 from stream_learner.replay import (
     BUILTIN_POLICIES,
     load_model_spec,
@@ -60,7 +61,7 @@ def register(sub: argparse._SubParsersAction) -> None:
         action="store_true",
         help="history: the config's events, labels and control topics between --start and "
         "--end, merged and decoded as the service does (records it dead-letters are skipped "
-        "and counted; commands are counted, not replayed)",
+        "and counted; pause, resume and retrain commands are replayed, others counted)",
     )
     kafka = cmd.add_argument_group("the Kafka range (with --from-kafka)")
     kafka.add_argument(
@@ -197,9 +198,10 @@ def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None)
     if read.skipped:
         reasons = ", ".join(f"{r} {n}" for r, n in read.skipped.most_common())
         line += f"; {read.skipped.total():,} skipped as the service dead-letters them ({reasons})"
-    if read.commands:
-        names = ", ".join(f"{c} {n}" for c, n in read.commands.most_common())
-        n = read.commands.total()
+    others = Counter({c: n for c, n in read.commands.items() if c not in REPLAYED_COMMANDS})
+    if others:
+        names = ", ".join(f"{c} {n}" for c, n in others.most_common())
+        n = others.total()
         line += f"; {n:,} command{'s' * (n != 1)} not replayed ({names})"
     print(line, file=sys.stderr)
     return read

@@ -7,7 +7,8 @@ contract. :func:`read_kafka_history` reads a range of the three co-partitioned t
 merges each partition with that same ``Merger`` and decodes every record as the service
 does, so :func:`stream_learner.replay.replay` sees the very sequence the service learned.
 Records the service would dead-letter are skipped and counted; commands (control topic)
-are counted but not replayed, since a history holds events and labels only.
+that change what is learned (pause, resume, retrain) are in the history, one per key as the
+service carries them out; the others are counted (see :data:`REPLAYED_COMMANDS`).
 
 Each end of a range is a :class:`Bound` (see :func:`parse_bound`): the log start or end,
 an instant (the broker's time index, in every partition of the three topics), or offsets
@@ -25,6 +26,7 @@ bound lands on the first marker of a transactional partition (the broker's index
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import re
 import sys
@@ -39,7 +41,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from stream_learner.core.commands import decode_command
+from stream_learner.core.commands import ALL_KEYS, Command, decode_command
 from stream_learner.core.events import (
     DEFAULT_KEY,
     MAX_EVENT_BYTES,
@@ -54,7 +56,14 @@ from stream_learner.kafka.client import client_config
 from stream_learner.kafka.source import Record
 from stream_learner.service.ordering import Merger
 
-__all__ = ["ROLES", "Bound", "KafkaHistory", "parse_bound", "read_kafka_history"]
+__all__ = [
+    "REPLAYED_COMMANDS",
+    "ROLES",
+    "Bound",
+    "KafkaHistory",
+    "parse_bound",
+    "read_kafka_history",
+]
 
 #: The input topics, in the merge's tie-break order; offsets name them by these roles.
 ROLES = ("events", "labels", "control")
@@ -118,9 +127,10 @@ def parse_bound(text: str | None, option: str = "--start") -> Bound:
 class KafkaHistory:
     """What was read: the history (as :func:`stream_learner.replay.read_history` returns
     it), the ``[start, end)`` offsets of each topic-partition, and what was left out:
-    records the service dead-letters (``skipped``, by reason) and ``commands`` (by name)."""
+    records the service dead-letters (``skipped``, by reason), and ``commands`` read (by
+    name; those in :data:`REPLAYED_COMMANDS` are in ``items`` too)."""
 
-    items: list[Event | Label]
+    items: list[Event | Label | Command]
     ranges: dict[TP, tuple[int, int]]
     records: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
@@ -155,6 +165,7 @@ def read_kafka_history(
         raise ConfigError(f"--start {start.text} is after --end {end.text}")
     events, labels, control = (names.get(role) for role in ROLES)
     keys: dict[bytes, str] = {}
+    seen: dict[int, dict[str, None]] = {}  # partition -> its keys so far, in order
     consumer = Consumer(conf)
     try:
         ranges = _resolve(consumer, conf, names, start, end, timeout)
@@ -168,7 +179,9 @@ def read_kafka_history(
                 elif rec.topic == labels:
                     items.append(_label(rec, keys, max_bytes, task))
                 elif rec.topic == control:
-                    commands[decode_command(rec.value).command] += 1
+                    items.extend(_commands(rec, keys, seen.get(rec.partition, {}), commands))
+                    continue
+                seen.setdefault(rec.partition, {})[items[-1].key] = None
             except DecodeError as exc:
                 skipped[exc.reason] += 1
     finally:
@@ -437,6 +450,27 @@ def _model_key(rec: Record, declared: str, keys: dict[bytes, str]) -> str:
     if declared != key and declared != DEFAULT_KEY:
         raise DecodeError("key_mismatch", "the message key and the event's key differ")
     return key
+
+
+#: Commands that change what is learned, replayed as the service carries them out; the
+#: others are counted only (``snapshot`` changes nothing learned; ``rollback`` loads a model
+#: from the checkpoint topic, which a replay of the inputs does not have).
+REPLAYED_COMMANDS = frozenset({"pause", "resume", "retrain"})
+
+
+def _commands(
+    rec: Record, keys: dict[bytes, str], partition_keys: Mapping[str, None], counts: Counter
+) -> list[Command]:
+    """A control record as the service applies it: ``*`` means every key of the partition
+    seen so far (the service's learners there), one command per key."""
+    cmd = decode_command(rec.value)
+    counts[cmd.command] += 1
+    if cmd.command not in REPLAYED_COMMANDS:
+        return []
+    if cmd.key == ALL_KEYS:
+        return [dataclasses.replace(cmd, key=k) for k in partition_keys]
+    key = _model_key(rec, cmd.key, keys)
+    return [cmd if key == cmd.key else dataclasses.replace(cmd, key=key)]
 
 
 def _event(rec: Record, keys: dict[bytes, str], max_bytes: int, task: str | None) -> Event:

@@ -20,7 +20,7 @@ from stream_learner.replay import resolve_policy
 from tests.service.helpers import write_config
 
 T0 = 1_700_000_000.0
-RANK = {"events": 0, "labels": 1}
+RANK = {"events": 0, "labels": 1, "control": 2}
 
 
 def test_bounds_parse_offsets_times_and_defaults():
@@ -85,6 +85,10 @@ def stream(bootstrap, service_topics):
     sink.produce(t.labels, b'{"id": "a1"}', key="a", partition=0, timestamp_ms=at)  # no y
     sink.produce(t.control, Command("retrain", key="a").to_json(), key="a", partition=0,
                  timestamp_ms=at)  # fmt: skip
+    produced.append(("control", {"command": "retrain", "key": "a", "ts": T0 + 4.2}))
+    sink.produce(
+        t.control, Command("snapshot", key="a").to_json(), key="a", partition=0, timestamp_ms=at
+    )  # fmt: skip  (counted, not replayed: it changes nothing)
     for i in range(5):
         body = _event(i, "b", True)
         produced.append(("events", body))
@@ -108,7 +112,8 @@ def stream(bootstrap, service_topics):
 
 
 def _expected(produced, key: str, start: float = float("-inf"), end: float = float("inf")):
-    """The service's order: event time, events before labels on a tie; within [start, end)."""
+    """The service's order: event time, then events, labels, control on a tie; within
+    [start, end). The retrain command is in it (replayed), the snapshot command is not."""
     chosen = [(topic, body) for topic, body in produced if body["key"] == key]
     chosen = [(topic, b) for topic, b in chosen if start <= b["ts"] < end]
     chosen.sort(key=lambda tb: (tb[1]["ts"], RANK[tb[0]]))
@@ -116,6 +121,8 @@ def _expected(produced, key: str, start: float = float("-inf"), end: float = flo
         Event(b["id"], key, b["x"], b.get("y"), b["ts"])
         if topic == "events"
         else Label(b["id"], key, b["y"], b["ts"])
+        if topic == "labels"
+        else Command(b["command"], key=key)
         for topic, b in chosen
     ]
 
@@ -137,7 +144,7 @@ def test_the_whole_log_in_event_time_order_without_what_the_service_dead_letters
         assert _of(read.items, key) == _expected(stream, key), key
     assert len(read.items) == len(stream)
     assert dict(read.skipped) == {"not_json": 1, "missing_y": 1}
-    assert dict(read.commands) == {"retrain": 1}
+    assert dict(read.commands) == {"retrain": 1, "snapshot": 1}
     # Committed records only: the aborted event and the transaction markers are not read,
     # and the read ends although the last offsets are markers.
     assert read.ranges[service_topics.events, 2] == (0, 6)
@@ -225,4 +232,4 @@ def test_cli_replays_a_range_and_says_what_it_left_out(
     assert out.err.count("\n") == 1
     assert "partitions 0:" in out.err
     assert "2 skipped as the service dead-letters them (not_json 1, missing_y 1)" in out.err
-    assert "1 command not replayed (retrain 1)" in out.err
+    assert "1 command not replayed (snapshot 1)" in out.err

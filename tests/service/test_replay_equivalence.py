@@ -49,7 +49,7 @@ def _stream(t0: float) -> list:
 
 
 def _bad_records(bootstrap: str, topics, t0: float) -> None:
-    """What the service dead-letters (and one command), inside the stream's event time."""
+    """What the service dead-letters, and commands, inside the stream's event time."""
     sink = KafkaSink(bootstrap)
     at = int((t0 + 700) * 1000)
     sink.produce(topics.events, b"{not json", key="alpha", timestamp_ms=at)
@@ -57,8 +57,13 @@ def _bad_records(bootstrap: str, topics, t0: float) -> None:
     sink.produce(topics.events, orjson.dumps(maybe), key="alpha", timestamp_ms=at + 100_000)
     other = {"id": "alpha-3", "key": "beta", "y": True}  # contradicts its message key
     sink.produce(topics.labels, orjson.dumps(other), key="alpha", timestamp_ms=at + 200_000)
-    command = Command("snapshot", key="alpha", reason="mid-stream").to_json()
-    sink.produce(topics.control, command, key="alpha", timestamp_ms=at + 300_000)
+    # Commands, produced in event-time order (a partition's order is its log's): pause
+    # and resume change what is learned, a snapshot does not, a retrain is a decision.
+    commands = (("pause", 400, ""), ("resume", 500, ""), ("snapshot", 1000, "mid-stream"),
+                ("retrain", 1800, "operator"))  # fmt: skip
+    for name, when, reason in commands:
+        body = Command(name, key="alpha", reason=reason).to_json()
+        sink.produce(topics.control, body, key="alpha", timestamp_ms=int((t0 + when) * 1000))
     assert sink.close(timeout=30) == 0
 
 
@@ -130,18 +135,27 @@ def test_replay_from_kafka_reproduces_the_services_decisions_and_metrics(
     every = replayed["alpha"] + replayed["beta"]
     assert any(d[1:3] == ("performance", "retrain") for d in every)
     assert any(d[2] == "promote" for d in every)
+    assert "on_demand" in {d[1] for d in replayed["alpha"]}  # the retrain command
 
     # The final metrics, counts and versions.
     history = read_kafka_history(
         bootstrap,
-        {"events": service_topics.events, "labels": service_topics.labels},
+        {
+            "events": service_topics.events,
+            "labels": service_topics.labels,
+            "control": service_topics.control,
+        },
         task="binary",
     ).items
     order = list(dict.fromkeys(item.key for item in history))  # as the replay weighs keys
     evaluators = [learners[key].evaluator for key in order]
     assert report["metric"] == _weighted(evaluators, rolling=False)
     assert report["rolling"] == _weighted(evaluators, rolling=True)
-    assert report["inputs"] == len(history) == sum(lr.index for lr in learners.values())
+    paused = sample(metrics, "stream_learner_events_total", outcome="paused")
+    assert paused > 0  # the pause took effect, in the service and (below) in the replay
+    inputs = sum(1 for item in history if not isinstance(item, Command))
+    assert report["inputs"] == len(history)
+    assert sum(lr.index for lr in learners.values()) == inputs - paused
     assert report["retrains"] == sum(lr.retrains for lr in learners.values())
     assert report["promoted"] == sum(lr.version - 1 for lr in learners.values())
     for key, learner in learners.items():
