@@ -112,8 +112,8 @@ def _replay(args: argparse.Namespace) -> int:
     own = PolicyConfig.from_dict(config.policy)
     # All checked before any work.
     policies = [resolve_policy(p, retrain, config=own) for p in args.policy]
-    report_dir = _report_dir(args.report) if args.report is not None else None
     _only_with_kafka(args, checkpoints=bool(args.from_checkpoint))
+    report_dir = _report_dir(args.report) if args.report is not None else None
     starts = _from_checkpoints(args, config) if args.from_checkpoint else None
     if args.from_kafka:
         topics = Topics.from_prefix(config.kafka.topic_prefix)

@@ -1,0 +1,100 @@
+"""Replay speed against the bare River loop, on the same events and the same model.
+
+The replay (``stream-learner replay``'s engine, :func:`stream_learner.replay.replay`) runs the
+whole learning core per event: prequential evaluation, the error and feature drift
+detectors, the trigger policy, the recent window, the retrain bookkeeping, and the report's
+time series. The bare loop is what no continual learner can beat: ``predict_proba_one``,
+``Accuracy.update``, ``learn_one``. Both run over the same decoded history (a drifting SEA
+stream, every event labelled), with the model of ``examples/config.toml``; they alternate for
+``--rounds`` rounds so both see the same load from the rest of the machine, and the best
+round of each is kept.
+
+    .venv/bin/python load_tests/replay_speed.py [--events 30000] [--rounds 3]
+
+Prints events/s and the ratio replay/bare for the ``never`` policy (no retrain: the replay's
+own overhead) and for ``performance`` (retrains run inline, so their time counts too), and
+writes load_tests/results/replay_speed.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+
+import orjson
+from river import metrics
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from stream_learner.config import load_config  # noqa: E402
+from stream_learner.core.events import Event, decode  # noqa: E402
+from stream_learner.core.models import ModelSpec, build_model  # noqa: E402
+from stream_learner.core.retrain import RetrainConfig  # noqa: E402
+from stream_learner.replay import replay, resolve_policy  # noqa: E402
+from stream_learner.synth import demo_messages  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results" / "replay_speed.json"
+
+
+def bare_loop(spec: ModelSpec, events: list[Event]) -> float:
+    """Seconds for predict, score, learn over ``events`` with a fresh model."""
+    model, accuracy = build_model(spec), metrics.Accuracy()
+    predict, learn, update = model.predict_proba_one, model.learn_one, accuracy.update
+    start = time.perf_counter()
+    for e in events:
+        proba = predict(e.x)
+        update(e.y, max(proba, key=proba.get) if proba else None)
+        learn(e.x, e.y)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--events", type=int, default=30_000)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--config", default=str(ROOT / "examples" / "config.toml"))
+    args = parser.parse_args()
+
+    config = load_config(args.config)
+    spec = ModelSpec.from_dict(config.model, where="model")
+    history = [
+        decode(orjson.dumps(m.value))
+        for m in demo_messages(args.events, change_at=args.events // 2, t0=1_700_000_000.0)
+    ]
+    retrain = RetrainConfig.from_dict(config.retrain)
+    best: dict[str, float] = {}
+    for _ in range(args.rounds):
+        timings = {"bare": bare_loop(spec, history)}
+        for name in ("never", "performance"):
+            (report,) = replay(history, config, [resolve_policy(name, retrain)])
+            timings[name] = report.inputs / report.events_per_s
+        for name, seconds in timings.items():
+            best[name] = min(best.get(name, float("inf")), seconds)
+    rates = {name: len(history) / seconds for name, seconds in best.items()}
+    result = {
+        "events": len(history),
+        "rounds": args.rounds,
+        "model": [step["estimator"] for step in config.model["pipeline"]],
+        "events_per_s": {k: round(v) for k, v in rates.items()},
+        "ratio_never": round(rates["never"] / rates["bare"], 3),
+        "ratio_performance": round(rates["performance"] / rates["bare"], 3),
+        "python": platform.python_version(),
+    }
+    print(f"bare River loop      {rates['bare']:>10,.0f} events/s")
+    print(f"replay, never        {rates['never']:>10,.0f} events/s  {result['ratio_never']:.3f}x")
+    print(
+        f"replay, performance  {rates['performance']:>10,.0f} events/s  "
+        f"{result['ratio_performance']:.3f}x (retrains inline)"
+    )
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+if __name__ == "__main__":
+    main()
