@@ -28,6 +28,7 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import river  # noqa: E402
+from readme_section import markers, write_section  # noqa: E402
 
 from stream_learner.core.learner import Learner  # noqa: E402
 from stream_learner.core.models import ModelSpec  # noqa: E402
@@ -41,7 +42,7 @@ from tests.core.test_suite import (  # noqa: E402
     run,
 )
 
-START, END = "<!-- core-report:start -->", "<!-- core-report:end -->"
+START, END = markers("core-report")
 HAT = [{"estimator": "tree.HoeffdingAdaptiveTreeClassifier"}]
 
 
@@ -157,15 +158,6 @@ def markdown(changes: list[dict], stationary: list[dict], args: argparse.Namespa
     return "\n".join(lines) + "\n"
 
 
-def write_readme(text: str, readme: Path) -> bool:
-    content = readme.read_text() if readme.exists() else ""
-    start, end = content.find(START), content.find(END)
-    if start < 0 or end < start:
-        return False
-    readme.write_text(content[: start + len(START)] + "\n" + text + content[end:])
-    return True
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--seeds", default="1,2,3,4,5", help="comma-separated (default 1..5)")
@@ -194,7 +186,7 @@ def main() -> int:
     print(text)
     if args.write_readme:
         readme = ROOT / "README.md"
-        if not write_readme(text, readme):
+        if not write_section(readme, "core-report", text):
             print(f"{readme}: no {START} ... {END} markers; nothing written", file=sys.stderr)
             return 1
         print(f"wrote the report into {readme}", file=sys.stderr)

@@ -3,7 +3,7 @@
 Writes a synthetic SEA history (an abrupt concept drift half-way, every event labelled) to a
 temporary JSONL file, replays it with ``stream-learner replay``'s engine under several
 policies with the example config's model, and prints the comparison as a Markdown table,
-followed by the speed of a bare River loop (predict, then learn) on the same events, the
+followed by the speed of a bare River loop (predict, score, learn) on the same events, the
 floor under the replay's overhead. It also writes the report of ``stream-learner replay
 --report`` (``index.html``, ``comparison.png`` and one PNG per policy) with the known change
 point marked, to ``docs/policy_comparison/`` unless told otherwise.
@@ -23,17 +23,18 @@ import argparse
 import sys
 import tempfile
 import textwrap
-import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 import orjson  # noqa: E402
+from readme_section import markers, write_section  # noqa: E402
 
+from load_tests.replay_speed import bare_loop  # noqa: E402
 from stream_learner.config import load_config  # noqa: E402
 from stream_learner.core.events import Event  # noqa: E402
-from stream_learner.core.models import ModelSpec, build_model  # noqa: E402
+from stream_learner.core.models import ModelSpec  # noqa: E402
 from stream_learner.core.retrain import RetrainConfig  # noqa: E402
 from stream_learner.replay import markdown_table, read_history, replay, resolve_policy  # noqa: E402
 from stream_learner.report import write_report  # noqa: E402
@@ -41,18 +42,7 @@ from stream_learner.synth import demo_messages  # noqa: E402
 
 POLICIES = ("never", "interval:5000", "interval:1000", "performance")
 REPORT_DIR = ROOT / "docs" / "policy_comparison"
-START, END = "<!-- policy-comparison:start -->", "<!-- policy-comparison:end -->"
-
-
-def bare_river(history: list, spec: ModelSpec) -> float:
-    """Events/s of predict-then-learn with the same pipeline and nothing else."""
-    model = build_model(spec)
-    events = [e for e in history if isinstance(e, Event) and e.y is not None]
-    start = time.perf_counter()
-    for e in events:
-        model.predict_proba_one(e.x)
-        model.learn_one(e.x, e.y)
-    return len(events) / (time.perf_counter() - start)
+START, END = markers("policy-comparison")
 
 
 def main() -> None:
@@ -91,8 +81,10 @@ def main() -> None:
     )
     print(setting + "\n")
     print(markdown_table(reports))
-    rate = bare_river(history, ModelSpec.from_dict(config.model, where="model"))
-    print(f"\nBare River loop (predict_proba_one + learn_one), same events: {rate:,.0f} events/s")
+    labelled = [e for e in history if isinstance(e, Event) and e.y is not None]
+    spec = ModelSpec.from_dict(config.model, where="model")
+    rate = len(labelled) / bare_loop(spec, labelled)
+    print(f"\nBare River loop (predict, score, learn), same events: {rate:,.0f} events/s")
     page = write_report(
         reports,
         args.report,
@@ -103,7 +95,8 @@ def main() -> None:
     print(f"report: {page}", file=sys.stderr)
     if args.write_readme:
         readme = ROOT / "README.md"
-        if not write_readme(readme_text(reports, rate, Path(args.report)), readme):
+        text = readme_text(reports, rate, Path(args.report))
+        if not write_section(readme, "policy-comparison", text):
             sys.exit(f"{readme}: no {START} ... {END} markers; nothing written")
         print(f"wrote the comparison into {readme}", file=sys.stderr)
 
@@ -144,10 +137,10 @@ def readme_text(reports: list, rate: float, report_dir: Path) -> str:
             f"at {never.events_per_s:,.0f}/s ({never.events_per_s / rate:.2f}x)."
         )
     summary.append(
-        f"The chart is `{where}/comparison.png`; `{where}/index.html` is the whole report "
-        "as one self-contained page, with a chart per policy marking every drift signal, "
-        "retrain start and promote/keep. `stream-learner replay --report DIR` writes the same "
-        "for any history."
+        f"The chart is `{where}/comparison.png`; the script also writes `{where}/index.html` "
+        "(not committed: it holds timings), the whole report as one self-contained page, with "
+        "a chart per policy marking every drift signal, retrain start and promote/keep. "
+        "`stream-learner replay --report DIR` writes the same for any history."
     )
     lines.append(textwrap.fill(" ".join(summary), width=92, break_on_hyphens=False))
     return "\n".join(lines) + "\n"
@@ -155,15 +148,6 @@ def readme_text(reports: list, rate: float, report_dir: Path) -> str:
 
 def _retrains(n: int) -> str:
     return f"{n:,} retrain" + ("" if n == 1 else "s")
-
-
-def write_readme(text: str, readme: Path) -> bool:
-    content = readme.read_text() if readme.exists() else ""
-    start, end = content.find(START), content.find(END)
-    if start < 0 or end < start:
-        return False
-    readme.write_text(content[: start + len(START)] + "\n" + text + content[end:])
-    return True
 
 
 if __name__ == "__main__":

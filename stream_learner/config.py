@@ -59,7 +59,7 @@ class ServiceSettings:
     """How the service loop runs; the defaults suit one 2-core machine."""
 
     batch_size: int = 500
-    poll_timeout_s: float = 0.2
+    poll_timeout_s: float = 0.02  # the longest a poll waits to fill a batch: latency at low rates
     http_host: str = "127.0.0.1"
     http_port: int = 9108
     max_key_labels: int = 50
@@ -225,19 +225,24 @@ def parse_config(
     )
 
 
-def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
-    """Read and validate a TOML config file; any problem is one ``ConfigError`` line."""
+def read_toml(path: str | Path, what: str = "config file") -> dict[str, Any]:
+    """A TOML file's tables; a missing, unreadable or invalid file is one ``ConfigError``
+    line that names it as ``what`` (config file, policy file, model file)."""
     path = Path(path)
     try:
         with path.open("rb") as fh:
-            data = tomllib.load(fh)
+            return tomllib.load(fh)
     except FileNotFoundError:
-        raise ConfigError(f"config file {path} does not exist") from None
+        raise ConfigError(f"{what} {path} does not exist") from None
     except OSError as exc:
-        raise ConfigError(f"config file {path}: {exc.strerror}") from None
+        raise ConfigError(f"{what} {path}: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"config file {path} is not valid TOML: {exc}") from None
-    return parse_config(data, env=env, source=str(path))
+        raise ConfigError(f"{what} {path} is not valid TOML: {exc}") from None
+
+
+def load_config(path: str | Path, *, env: Mapping[str, str] | None = None) -> Config:
+    """Read and validate a TOML config file; any problem is one ``ConfigError`` line."""
+    return parse_config(read_toml(path), env=env, source=str(path))
 
 
 def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:

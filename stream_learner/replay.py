@@ -24,7 +24,6 @@ import copy
 import csv
 import math
 import time
-import tomllib
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +31,7 @@ from typing import Any
 
 import orjson
 
-from stream_learner.config import SECTIONS, Config
+from stream_learner.config import SECTIONS, Config, read_toml
 from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import Event, Label, decode
@@ -198,13 +197,7 @@ def resolve_policy(
             f"--policy {text!r}: not a policy; choose one of: {', '.join(BUILTIN_POLICIES)}, "
             "or a .toml file with a [policy] table"
         )
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"policy file {path} does not exist") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"policy file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "policy file")
     for name in data:
         if name not in ("policy", "retrain"):
             raise ConfigError(f"{path}: {name}: unknown section; choose one of: policy, retrain")
@@ -385,15 +378,7 @@ def load_model_spec(path: str | Path) -> ModelSpec:
 
     Errors name the file and the key: a typo must never rebuild a model nobody asked for."""
     path = Path(path)
-    try:
-        with path.open("rb") as fh:
-            data = tomllib.load(fh)
-    except FileNotFoundError:
-        raise ConfigError(f"model file {path} does not exist") from None
-    except IsADirectoryError:
-        raise ConfigError(f"model file {path} is a directory") from None
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"model file {path} is not valid TOML: {exc}") from None
+    data = read_toml(path, "model file")
     for name in data:
         if name not in SECTIONS:
             raise ConfigError(

@@ -22,26 +22,11 @@ from stream_learner.report import (
     write_report,
 )
 from stream_learner.synth import demo_messages
+from tests.test_replay import CONFIG
 
 N, CHANGE_AT = 8000, 4000  # SEA, abrupt drift half-way: the performance policy retrains once
 POLICIES = ("never", "interval:1000", "performance")
 PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-CONFIG = """
-[service]
-retrain_apply_after = 200
-
-[model]
-task = "binary"
-pipeline = [
-  { estimator = "preprocessing.StandardScaler" },
-  { estimator = "linear_model.LogisticRegression", params = { l2 = 0.0 } },
-]
-metrics = ["accuracy", "logloss"]
-
-[retrain]
-margin = 0.0
-"""
 
 
 def _write(path: Path, n: int, **kwargs) -> Path:
@@ -52,7 +37,7 @@ def _write(path: Path, n: int, **kwargs) -> Path:
 
 @pytest.fixture(scope="module")
 def config():
-    return parse_config(tomllib.loads(CONFIG), env={})
+    return parse_config(tomllib.loads(CONFIG), env={})  # the replay tests' model and settings
 
 
 @pytest.fixture(scope="module")
