@@ -14,6 +14,10 @@ reach (``gc.freeze``), as a service would not hold them all in memory.
     .venv/bin/python load_tests/core_overhead.py [--events 50000] [--rounds 3]
 
 Prints events/s and the ratio learner/bare, and writes load_tests/results/core_overhead.json.
+Then, as a floor under the learner's cost, the per-event time of its drift monitors alone on
+the same events (best of the rounds): the error monitor, the two River ADWIN windows inside it
+(warning and drift level; River's Rust code, called through its ``_helper``), and the data
+monitor, each also as a share of the learner's time per event.
 """
 
 from __future__ import annotations
@@ -22,13 +26,15 @@ import argparse
 import gc
 import itertools
 import json
+import math
 import platform
 import time
 from pathlib import Path
 
-from river import metrics
+from river import drift, metrics
 from river.datasets import synth
 
+from stream_learner.core.drift import ErrorDriftMonitor, FeatureDriftMonitor
 from stream_learner.core.events import Event
 from stream_learner.core.learner import Learner, LearnerConfig
 from stream_learner.core.models import ModelSpec, build_model
@@ -80,6 +86,40 @@ def one_round(spec: ModelSpec, events: list[Event]) -> tuple[float, float, float
     return bare, core, core_lean
 
 
+def monitor_parts(spec: ModelSpec, events: list[Event], rounds: int) -> dict[str, float]:
+    """Seconds per event of the drift monitors alone, fed what the learner feeds them."""
+    model = build_model(spec)
+    losses = []
+    for e in events:  # the prequential 0/1 losses the error monitor sees
+        losses.append(0.0 if model.predict_one(e.x) == e.y else 1.0)
+        model.learn_one(e.x, e.y)
+    xs = [e.x for e in events]
+    clock = time.perf_counter
+    best = {"error_monitor": math.inf, "adwin_x2": math.inf, "data_monitor": math.inf}
+    for _ in range(rounds):
+        t0 = clock()
+        update = ErrorDriftMonitor().update
+        for i, loss in enumerate(losses):
+            update(loss, i)
+        t1 = clock()
+        warning, strict = drift.ADWIN(delta=0.01)._helper, drift.ADWIN(delta=0.002)._helper
+        for loss in losses:
+            warning.update(loss)
+            strict.update(loss)
+        t2 = clock()
+        update = FeatureDriftMonitor().update
+        for i, x in enumerate(xs):
+            update(x, i)
+        t3 = clock()
+        for _i, _x in enumerate(xs):
+            pass
+        t4 = clock()
+        loop = t4 - t3
+        for name, spent in zip(best, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+            best[name] = min(best[name], (spent - loop) / len(events))
+    return best
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
@@ -109,6 +149,16 @@ def main() -> None:
             f"{r['learner_events_per_s']:>7}/s  ratio {r['ratio']:.3f} "
             f"(+{r['overhead_us_per_event']:.2f} us/event)  without feature drift "
             f"{r['no_feature_drift_events_per_s']:>7}/s  ratio {r['no_feature_drift_ratio']:.3f}"
+        )
+        per_event = core / n
+        for part, spent in monitor_parts(spec, events, args.rounds).items():
+            r[f"{part}_us_per_event"] = round(spent * 1e6, 3)
+            r[f"{part}_share"] = round(spent / per_event, 3)
+        print(
+            f"{'':28s} alone: error monitor {r['error_monitor_us_per_event']:.2f} us/event "
+            f"({r['error_monitor_share']:.1%} of the learner's), of which River ADWIN x2 "
+            f"{r['adwin_x2_us_per_event']:.2f} ({r['adwin_x2_share']:.1%}); data monitor "
+            f"{r['data_monitor_us_per_event']:.2f} ({r['data_monitor_share']:.1%})"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {

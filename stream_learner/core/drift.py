@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from itertools import chain
 from operator import itemgetter, mul
 
 from river import drift
@@ -98,6 +99,8 @@ class ErrorDriftMonitor:
     drift 3327 0.094 -> 0.122
     """
 
+    _rust = False  # a monitor pickled before this flag existed takes the public API's path
+
     def __init__(self, detector: str = "adwin", *, where: str = "drift", **params: float) -> None:
         if detector not in DETECTORS:
             choices = ", ".join(DETECTORS)
@@ -128,6 +131,14 @@ class ErrorDriftMonitor:
         except (TypeError, ValueError) as e:
             raise _config_error(where, detector, str(e)) from None
         self._ph = detector == "page_hinkley"
+        # ADWIN.update is a Python wrapper round River's Rust window (``_helper``) that only
+        # re-arms a detector that has fired and stores the flag the window returns. Fired
+        # detectors are replaced here, so calling the window directly is the same test at
+        # half the cost per event (the tests pin it against the public API).
+        self._rust = not self._ph and all(
+            callable(getattr(getattr(d, "_helper", None), "update", None))
+            for d in (warning, strict)
+        )
         self._warning = warning
         self._drift = strict
         self.improvements = 0  # ADWIN cuts toward lower loss: seen, not reported
@@ -153,18 +164,26 @@ class ErrorDriftMonitor:
         returned.
         """
         self._n += 1
-        self._total += loss
+        if loss:  # the same sum; most losses are 0, and a float add makes a new object
+            self._total += loss
         warning = self._warning
         strict = self._drift
-        warning.update(loss)
-        strict.update(loss)
-        if self._ph:
-            self._recent += 0.01 * (loss - self._recent)
-        if not (warning.drift_detected or strict.drift_detected):
-            return None
+        if self._rust:
+            warned = warning._helper.update(loss)
+            drifted = strict._helper.update(loss)
+            if not (warned or drifted):
+                return None
+        else:
+            warning.update(loss)
+            strict.update(loss)
+            if self._ph:
+                self._recent += 0.01 * (loss - self._recent)
+            drifted = strict.drift_detected
+            if not (drifted or warning.drift_detected):
+                return None
         n, total = self._n, self._total
         at = int(n) if index is None else index
-        if strict.drift_detected:
+        if drifted:
             signal = self._signal(strict, "drift", at, n, total)
             self.reset()  # one change, one drift: the warning detector starts over too
             return signal
@@ -268,47 +287,100 @@ class FeatureDriftMonitor:
         self._features: dict[str, _Feature] = {}
         self._known: set[str] = set()  # every name seen, tracked or not
         self.untracked = 0  # features not tracked because of max_features
-        self._buffer: list[dict] = []
+        #: The events of the block being filled. A caller on a hot path may append to it
+        #: itself and call :meth:`flush` once it holds ``block`` events: that is :meth:`update`.
+        self.pending: list[dict] = []
+
+    def __setstate__(self, state: dict) -> None:
+        if "_buffer" in state:  # a monitor pickled before ``pending`` had its name
+            state["pending"] = state.pop("_buffer")
+        for name, value in state.items():
+            setattr(self, name, value)  # interns the names, as pickle's default does
 
     def update(self, x: dict, index: int) -> tuple[DriftSignal, ...]:
         """Add one event's features; return the signals of a completed block (usually none)."""
-        buffer = self._buffer
-        buffer.append(x)
-        if len(buffer) < self.block:
+        pending = self.pending
+        pending.append(x)
+        if len(pending) < self.block:
             return _NO_SIGNALS
-        self._buffer = []
-        return self._flush(buffer, index)
+        return self.flush(index)
+
+    def flush(self, index: int) -> tuple[DriftSignal, ...]:
+        """Test the pending block and start a new one; ``index`` goes into the signals."""
+        block = self.pending
+        self.pending = []
+        return self._flush(block, index)
 
     def _flush(self, block: list[dict], index: int) -> tuple[DriftSignal, ...]:
-        seen = set().union(*block)
-        if not seen <= self._known:  # new names: rare, so sorting them costs nothing
-            for name in sorted(seen - self._known, key=str):
-                if type(next(x[name] for x in block if name in x)) is str:
-                    pass  # categorical: known, never tracked
-                elif len(self._features) < self.max_features:
-                    self._features[name] = _Feature()
-                elif len(self._known) < 10 * self.max_features:
-                    self.untracked += 1
-                else:  # a stream of ever-new names: stop remembering them (bounded memory)
-                    continue
-                self._known.add(name)
-        signals = []
-        for name, feature in list(self._features.items()):  # insertion order: stable output
-            numeric = _numeric(block, name)
+        # Tracked features first, then the names new in this block, then the new features: the
+        # outcome of registering new names first and then testing every feature in insertion
+        # order (new ones last; a feature dropped in this block frees its slot only after the
+        # registration), with a cheap test for the usual "no new names".
+        features = self._features
+        size = len(block)
+        signals: list[DriftSignal] = []
+        dropped = []
+        complete = True  # every event has every tracked feature
+        for name, feature in list(features.items()):  # insertion order: stable output
+            if feature.ph is None:  # building the reference: the values are needed
+                numeric = _numeric(block, name)
+            else:  # monitoring: the sum and count will do (this runs per feature per block)
+                try:
+                    numeric = None, sum(map(itemgetter(name), block)), size
+                except KeyError:  # not in every event
+                    numeric = _numeric(block, name)
+                except TypeError:  # a string value
+                    numeric = None
             if numeric is None:  # a string value: a categorical feature, never tracked
-                del self._features[name]
+                dropped.append(name)
+                complete = False
                 continue
-            if numeric[0]:
+            count = numeric[2]
+            if count != size:
+                complete = False
+            if count:
                 signal = self._feed(feature, name, *numeric, index)
                 if signal is not None:
                     signals.append(signal)
+        # Every event holding exactly the tracked names (all of them, and no more keys) means
+        # no new name: a sum of lengths instead of a look at every key.
+        if complete and sum(map(len, block)) == size * len(features):
+            added = ()
+        else:
+            added = self._register(block)
+        for name in dropped:
+            del features[name]
+        for name in added:
+            numeric = _numeric(block, name)
+            if numeric is None:
+                del features[name]
+            else:  # a new feature builds its reference: no signal yet
+                self._feed(features[name], name, *numeric, index)
         return tuple(signals)
 
+    def _register(self, block: list[dict]) -> list[str]:
+        """Note the names new in ``block``; return those that are now tracked features."""
+        known = self._known
+        if known.issuperset(chain.from_iterable(block)):
+            return []
+        added = []
+        for name in sorted(set().union(*block) - known, key=str):  # rare: sorting costs nothing
+            if type(next(x[name] for x in block if name in x)) is str:
+                pass  # categorical: known, never tracked
+            elif len(self._features) < self.max_features:
+                self._features[name] = _Feature()
+                added.append(name)
+            elif len(known) < 10 * self.max_features:
+                self.untracked += 1
+            else:  # a stream of ever-new names: stop remembering them (bounded memory)
+                continue
+            known.add(name)
+        return added
+
     def _feed(
-        self, f: _Feature, name: str, values: list, total: float, index: int
+        self, f: _Feature, name: str, values: list | None, total: float, count: int, index: int
     ) -> DriftSignal | None:
-        count = len(values)  # >= 1: the name came from one of these events
-        mean = total / count
+        mean = total / count  # count >= 1: the name came from one of these events
         if f.ph is None:  # still building the reference scale
             f.n += count
             f.total += total
@@ -343,8 +415,8 @@ class FeatureDriftMonitor:
         )
 
 
-def _numeric(block: list[dict], name: str) -> tuple[list, float] | None:
-    """The feature's values in the block and their sum; ``None`` if it is not numeric.
+def _numeric(block: list[dict], name: str) -> tuple[list, float, int] | None:
+    """The feature's values in the block, their sum and count; ``None`` if it is not numeric.
 
     Both steps run at C speed (``map``, ``sum``) when every event has the feature; the values
     may be empty when none has.
@@ -354,6 +426,6 @@ def _numeric(block: list[dict], name: str) -> tuple[list, float] | None:
     except KeyError:
         values = [x[name] for x in block if name in x]
     try:
-        return values, sum(values)
+        return values, sum(values), len(values)
     except TypeError:  # a string among the values: a categorical feature
         return None

@@ -53,9 +53,9 @@ def _crossentropy(y_true: Any, proba: dict, loss: float) -> float:
 
 # Metrics that are means of a per-event value (rmse: the root of one) are computed here in
 # O(1) per event; River's own metric plus utils.Rolling costs several times more, and this is
-# the hot path. The tests check both give the same numbers.
+# the hot path. The tests check both give the same numbers. Accuracy is counted instead
+# (:class:`_Hits`); ``_accuracy`` stays because snapshots taken before that refer to it.
 _MEANS = {
-    "accuracy": _accuracy,
     "mae": _abs_error,
     "rmse": _squared_error,
     "logloss": _logloss,
@@ -90,9 +90,49 @@ class _MeanTracker:
             self._ring_sum = math.fsum(ring)
             self._since_resum = 0
 
-    def get(self, rolling: bool) -> float:
+    def get(self, rolling: bool, n: int = 0) -> float:
         mean = self._ring_sum / len(self._ring) if rolling else self._total / self._n
         return math.sqrt(max(mean, 0.0)) if self._root else mean
+
+
+class _Accuracy:
+    """Accuracy from counts of wrong predictions, since the start and over the last ``window``.
+
+    ``(n - wrong) / n`` is the same float as the mean of 1.0/0.0 values (a float sums ones
+    exactly, and equal integer quotients are equal floats). Right predictions are the common
+    case, so counting the wrong ones leaves most events with no arithmetic at all (an int
+    past 256 is a new object per increment). The evaluator updates it inline and passes its
+    count of scored predictions to :meth:`get`."""
+
+    __slots__ = ("name", "wrong", "ring", "recent")
+
+    def __init__(self, name: str, window: int) -> None:
+        self.name = name
+        self.wrong = 0  # wrong predictions since the start
+        self.ring: deque[bool] = deque(maxlen=window)  # the last `window`: True if wrong
+        self.recent = 0  # wrong predictions in the ring
+
+    def update(self, y_true: Any, y: Any, loss: float) -> None:
+        wrong = loss != 0.0
+        ring = self.ring
+        if len(ring) == ring.maxlen and ring[0]:
+            self.recent -= 1
+        ring.append(wrong)
+        if wrong:
+            self.wrong += 1
+            self.recent += 1
+
+    def get(self, rolling: bool, n: int) -> float:
+        if rolling:
+            size = len(self.ring)
+            return (size - self.recent) / size
+        return (n - self.wrong) / n
+
+
+def _tracker(name: str, window: int) -> _Accuracy | _MeanTracker | _RiverTracker:
+    if name == "accuracy":
+        return _Accuracy(name, window)
+    return (_MeanTracker if name in _MEANS else _RiverTracker)(name, window)
 
 
 class _RiverTracker:
@@ -107,7 +147,7 @@ class _RiverTracker:
         self._cumulative.update(y_true, y)
         self._rolling.update(y_true, y)
 
-    def get(self, rolling: bool) -> float:
+    def get(self, rolling: bool, n: int = 0) -> float:
         return (self._rolling if rolling else self._cumulative).get()
 
 
@@ -155,15 +195,35 @@ class PrequentialEvaluator:
         self.metrics = tuple(metrics)
         self.window = window
         self.n = 0  # labelled events seen
-        self.n_scored = 0  # ... of which had a prediction
+        self._unscored = 0  # ... of which had no prediction
         self.n_proba = 0  # ... of which had a usable probability
         self._loss = loss_fn(task)
-        self._tracked: dict[str, _MeanTracker | _RiverTracker] = {
-            name: (_MeanTracker if name in _MEANS else _RiverTracker)(name, window)
-            for name in self.metrics
+        self._regression = task == "regression"
+        self._tracked: dict[str, _Accuracy | _MeanTracker | _RiverTracker] = {
+            name: _tracker(name, window) for name in self.metrics
         }
-        self._on_label = [t for t in self._tracked.values() if not metric_needs_proba(t.name)]
+        self._accuracy = self._tracked.get("accuracy")
+        self._on_label = [
+            t
+            for t in self._tracked.values()
+            if not metric_needs_proba(t.name) and t is not self._accuracy
+        ]
         self._on_proba = [t for t in self._tracked.values() if metric_needs_proba(t.name)]
+
+    def __setstate__(self, state: dict) -> None:
+        # A snapshot taken before accuracy was counted: its accuracy tracker is a mean, which
+        # the loop over ``_on_label`` still updates.
+        state.setdefault("_regression", state["task"] == "regression")
+        state.setdefault("_accuracy", None)
+        if "n_scored" in state:
+            state["_unscored"] = state["n"] - state.pop("n_scored")
+        for name, value in state.items():
+            setattr(self, name, value)  # interns the names, as pickle's default does
+
+    @property
+    def n_scored(self) -> int:
+        """Labelled events that had a prediction."""
+        return self.n - self._unscored
 
     @property
     def primary(self) -> str:
@@ -171,15 +231,33 @@ class PrequentialEvaluator:
 
     def update(self, y_true: Any, y_pred: Any, y_proba: dict | None = None) -> float:
         """Score one prediction; returns its loss (0/1 error, or absolute error)."""
+        # The hot path: the loss (models.zero_one_loss / absolute_error) and accuracy are
+        # computed inline; a call per event costs more than the arithmetic.
         self.n += 1
-        loss = self._loss(y_true, y_pred)
-        if y_pred is not None:
-            self.n_scored += 1
+        if self._regression:
+            loss = abs(y_true - (y_pred or 0.0))
+            wrong = True  # not used
+        elif y_pred == y_true:
+            loss, wrong = 0.0, False
+        else:
+            loss, wrong = 1.0, True
+        if y_pred is None:
+            self._unscored += 1
+        else:
+            accuracy = self._accuracy
+            if accuracy is not None:  # accuracy.update(y_true, y_pred, loss)
+                ring = accuracy.ring
+                if len(ring) == ring.maxlen and ring[0]:
+                    accuracy.recent -= 1
+                ring.append(wrong)
+                if wrong:
+                    accuracy.wrong += 1
+                    accuracy.recent += 1
             for tracker in self._on_label:
                 tracker.update(y_true, y_pred, loss)
         # sum() is NaN if any probability is: an untrained MinMaxScaler yields NaN probabilities,
         # and one NaN would poison a cumulative logloss for good.
-        if y_proba and self._on_proba and not math.isnan(sum(y_proba.values())):
+        if self._on_proba and y_proba and not math.isnan(sum(y_proba.values())):
             self.n_proba += 1
             for tracker in self._on_proba:
                 tracker.update(y_true, y_proba, loss)
@@ -188,7 +266,7 @@ class PrequentialEvaluator:
     def _get(self, name: str, rolling: bool) -> float:
         tracker = self._tracked[name]
         scored = self.n_proba if tracker in self._on_proba else self.n_scored
-        return tracker.get(rolling) if scored else math.nan
+        return tracker.get(rolling, scored) if scored else math.nan
 
     def values(self) -> dict[str, float]:
         """``{"accuracy": ..., "accuracy_rolling": ..., ...}``; NaN before the first score."""
@@ -222,7 +300,7 @@ def score(model: Any, events: Iterable[Event | tuple[dict, Any]], metric: str) -
     make_metric(metric)  # an unknown name fails here, with the choices
     task = "regression" if metric in METRICS["regression"] else "binary"
     loss = loss_fn(task)
-    tracker = (_MeanTracker if metric in _MEANS else _RiverTracker)(metric, 1)
+    tracker = _tracker(metric, 1)
     needs_proba = metric_needs_proba(metric)
     n = 0
     for item in events:
@@ -243,4 +321,4 @@ def score(model: Any, events: Iterable[Event | tuple[dict, Any]], metric: str) -
                 continue
             tracker.update(y, y_pred, loss(y, y_pred))
         n += 1
-    return tracker.get(rolling=False) if n else math.nan
+    return tracker.get(False, n) if n else math.nan

@@ -38,7 +38,6 @@ from stream_learner.core.labels import LabelJoiner
 from stream_learner.core.models import ModelSpec, build_model
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy, config_from_dict
 from stream_learner.core.retrain import (
-    Example,
     RecentWindow,
     RetrainConfig,
     RetrainJob,
@@ -136,6 +135,15 @@ class Outcome(NamedTuple):
 _NONE: tuple = ()
 _new = tuple.__new__
 
+#: Label types that fit a task whatever their value (``check_label`` checks the others: a
+#: binary 0/1 number, a regression float's finiteness). One set lookup per event instead of
+#: a call; the tests check this agrees with ``check_label``.
+_LABEL_TYPES = {
+    "binary": frozenset((bool,)),
+    "multiclass": frozenset((str, int, bool)),
+    "regression": frozenset((int,)),
+}
+
 
 class Learner:
     """The continual learner of one model key; see the module docstring.
@@ -195,17 +203,47 @@ class Learner:
 
     def learn(self, event: Event) -> Outcome:
         """Test-then-train on a labelled event."""
+        # The hot path, flat: _predict() and _learn() inline, and the monitors' and policy's
+        # per-event bookkeeping too where it is a line or two (a call costs more than that).
+        # The steps and their order are those of _learn(), which joined labels take.
         y = event.y
-        if y is None:
-            raise ValueError(f"event {event.id!r} has no label; predict() it instead")
-        check_label(y, self._task)
+        if type(y) not in _LABEL_TYPES[self._task]:
+            if y is None:
+                raise ValueError(f"event {event.id!r} has no label; predict() it instead")
+            check_label(y, self._task)
         self.index = index = self.index + 1
         x = event.x
-        y_pred, proba = self._predict(x)
+        model = self.model
+        if self._classifier:
+            proba = model.predict_proba_one(x)
+            y_pred = max(proba, key=proba.get) if proba else None
+        else:
+            y_pred, proba = model.predict_one(x), None
+        signals = _NONE
         features = self._features
-        signals = _NONE if features is None else features.update(x, index)
+        if features is not None:  # features.update(x, index)
+            pending = features.pending
+            pending.append(x)
+            if len(pending) >= features.block:
+                signals = features.flush(index)
         ts = event.ts
-        return self._learn(index, float(index) if ts is None else ts, event, y_pred, proba, signals)
+        self._ts = t = float(index) if ts is None else ts
+        loss = self.evaluator.update(y, y_pred, proba)
+        self.window.items.append((index, event, y_pred, proba))  # an Example's fields
+        signal = self._errors.update(loss, index)
+        if signal is not None:
+            signals = (signal, *signals)
+        policy = self.policy  # policy.observe(index, t, True)
+        policy.labels += 1
+        decision = policy.due(index, t) if policy.scheduled else None
+        model.learn_one(x, y)
+        self.learned += 1
+        if self._pending is None and decision is None and not signals:
+            return _new(
+                Outcome,
+                (index, y_pred, proba, loss, self.version, self.lineage, _NONE, _NONE, None),
+            )
+        return self._conclude(index, t, y_pred, proba, loss, signals, decision)
 
     def predict(self, event: Event) -> Outcome:
         """Predict an unlabelled event and remember it for its label.
@@ -237,7 +275,8 @@ class Learner:
         ``None`` when the event has not been predicted yet (the joiner parks the label, and
         :meth:`predict` learns from it when the event comes) or has expired. ``now`` is the
         joiner's clock (default: the label's ``ts``, else the input index)."""
-        check_label(label.y, self._task)
+        if type(label.y) not in _LABEL_TYPES[self._task]:
+            check_label(label.y, self._task)
         self.index = index = self.index + 1
         t = float(index) if label.ts is None else label.ts
         joined = self.joiner.join(label, t if now is None else now)
@@ -265,11 +304,11 @@ class Learner:
         proba: dict | None,
         signals: tuple[DriftSignal, ...],
     ) -> Outcome:
-        # The hot path: records are built with tuple.__new__, which skips the NamedTuple's
-        # Python-level constructor (several times faster, same objects).
+        # learn() runs these same steps inline. The Outcome is built with tuple.__new__, which
+        # skips the NamedTuple's Python-level constructor (several times faster, same object).
         self._ts = t
         loss = self.evaluator.update(event.y, y_pred, proba)
-        self.window.items.append(_new(Example, (index, event, y_pred, proba)))
+        self.window.items.append((index, event, y_pred, proba))  # an Example's fields
         signal = self._errors.update(loss, index)
         if signal is not None:
             signals = (signal, *signals)
@@ -281,6 +320,19 @@ class Learner:
                 Outcome,
                 (index, y_pred, proba, loss, self.version, self.lineage, _NONE, _NONE, None),
             )
+        return self._conclude(index, t, y_pred, proba, loss, signals, decision)
+
+    def _conclude(
+        self,
+        index: int,
+        t: float,
+        y_pred: Any,
+        proba: dict | None,
+        loss: float,
+        signals: tuple[DriftSignal, ...],
+        decision: Decision | None,
+    ) -> Outcome:
+        """The outcome of a learned event on which something fired or a retrain waits."""
         self._waiting += 1  # counted before deciding: a new retrain uses later examples only
         decisions = self._decide(decision, signals, index, t)
         job = self._start() if self._pending is not None else None
@@ -351,12 +403,30 @@ class Learner:
         self.policy.finished()
         return self._log(cause.trigger, "keep", "retrain_abandoned", reason, cause.kind)
 
-    def rollback(self, model: Any, version: int, reason: str = "") -> Decision:
+    #: The lineage this learner was built with, while it serves another one it adopted
+    #: (see :meth:`rollback`); ``None`` while it serves its own. A class default, so
+    #: learners pickled before it existed load with ``None``.
+    adopted_from: str | None = None
+
+    def rollback(
+        self, model: Any, version: int, reason: str = "", spec: ModelSpec | None = None
+    ) -> Decision:
         """Serve the model of an earlier ``version`` again (restored from its checkpoint by
         the caller), as a new version: versions only go up, and the log says which came back.
 
+        ``spec`` is the restored snapshot's spec. When its lineage is not this learner's (a
+        model rebuilt over history, or an older model iteration), the learner adopts that
+        lineage: later retrains build that spec, and the decision's code is
+        ``lineage_adopted``. A different task is refused (``ValueError``): the key's labels
+        would not fit the model. Metrics continue unless the spec names other metrics.
+
         A retrain in flight is dropped: its candidate was judged against the model being
         replaced, and its late result is ignored by :meth:`apply`."""
+        switch = spec is not None and spec.lineage != self.lineage
+        if switch and spec.task != self._task:
+            raise ValueError(
+                f"version {version} is a {spec.task} model; key {self.key!r} is {self._task}"
+            )
         dropped = self.policy.in_flight is not None
         self._pending = None
         self._running = None
@@ -364,11 +434,25 @@ class Learner:
         self.model = model
         self.version += 1
         self._errors.reset()
+        values: dict[str, Any] = {"restored_version": version}
+        code = "rolled_back"
         text = f"rolled back to the model of version {version}, now v{self.version}"
+        if switch:
+            values.update(lineage=spec.lineage, previous_lineage=self.lineage)
+            text = (
+                f"adopted lineage {spec.lineage} (was {self.lineage}): the model of version "
+                f"{version}, now v{self.version}"
+            )
+            code = "lineage_adopted"
+            if spec.metrics != self.spec.metrics:
+                window = self.config.eval_window
+                self.evaluator = PrequentialEvaluator(spec.task, spec.metrics, window=window)
+            original = self.adopted_from or self.lineage  # the lineage it was built with
+            self.adopted_from = None if spec.lineage == original else original
+            self.spec, self.lineage = spec, spec.lineage
         text += f": {reason}" if reason else ""
         text += "; the retrain in flight was dropped" if dropped else ""
-        values = {"restored_version": version}
-        return self._log("on_demand", "rollback", "rolled_back", text, None, values)
+        return self._log("on_demand", "rollback", code, text, None, values)
 
     def _log(
         self,

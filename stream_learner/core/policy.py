@@ -159,7 +159,9 @@ class TriggerPolicy:
 
     The learner calls :meth:`observe` once per input (cheap: counters and comparisons),
     :meth:`signal` for each drift signal, :meth:`request` for an on-demand retrain, and
-    :meth:`finished` when a retrain's result has been applied or abandoned.
+    :meth:`finished` when a retrain's result has been applied or abandoned. ``observe`` is
+    ``labels += 1`` (for a labelled input) then :meth:`due` when ``scheduled``; the learner's
+    hot path does just that inline, as no scheduled trigger can be due when none is set.
 
     >>> policy = TriggerPolicy(PolicyConfig(warmup=2))
     >>> policy.request("backfill done", index=1, ts=1.0).code
@@ -167,6 +169,8 @@ class TriggerPolicy:
     >>> policy.request("again", index=2, ts=2.0).code
     'blocked_by_in_flight'
     """
+
+    scheduled = True  # a policy pickled before this flag existed checks every input
 
     def __init__(self, config: PolicyConfig | None = None, key: str = DEFAULT_KEY) -> None:
         self.config = config = config or PolicyConfig()
@@ -184,6 +188,11 @@ class TriggerPolicy:
         self._due_index = config.interval_events or math.inf
         self._due_ts = math.inf
         self._clock_unset = bool(config.interval_seconds)
+        #: Whether any scheduled trigger (label volume, interval) is set: if not, :meth:`due`
+        #: never decides anything and need not be called.
+        self.scheduled = bool(
+            config.label_volume or config.interval_events or config.interval_seconds
+        )
 
     # -- inputs -------------------------------------------------------------------------
 
@@ -191,6 +200,10 @@ class TriggerPolicy:
         """Count one input; return a decision when a scheduled trigger is due."""
         if labelled:
             self.labels += 1
+        return self.due(index, ts) if self.scheduled else None
+
+    def due(self, index: int, ts: float) -> Decision | None:
+        """The decision of the scheduled trigger due at this input (already counted), if any."""
         if self.labels >= self._due_labels or index >= self._due_index or ts >= self._due_ts:
             return self._scheduled(index, ts)
         if self._clock_unset:  # the first input starts the interval clock

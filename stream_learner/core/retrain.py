@@ -54,7 +54,7 @@ __all__ = ["Example", "RecentWindow", "RetrainConfig", "RetrainJob", "RetrainRes
 
 class Example(NamedTuple):
     """A labelled event as the learner saw it: its input index and the champion's prequential
-    prediction (made before the champion learned it). A NamedTuple: one is built per event."""
+    prediction (made before the champion learned it)."""
 
     index: int
     event: Event
@@ -62,23 +62,31 @@ class Example(NamedTuple):
     proba: dict | None
 
 
+_new = tuple.__new__
+
+
 class RecentWindow:
-    """The most recent labelled examples, oldest first; memory is bounded by ``maxlen``."""
+    """The most recent labelled examples, oldest first; memory is bounded by ``maxlen``.
+
+    ``items`` holds each example as a plain ``(index, event, y_pred, proba)`` tuple (or an
+    :class:`Example`, which is one): the learner appends one per event, and building a
+    NamedTuple costs four times as much as the tuple. Reading gives :class:`Example` objects.
+    """
 
     def __init__(self, maxlen: int) -> None:
         self.maxlen = maxlen
-        self.items: deque[Example] = deque(maxlen=maxlen)
+        self.items: deque[tuple[int, Event, Any, dict | None]] = deque(maxlen=maxlen)
 
-    def append(self, example: Example) -> None:
+    def append(self, example: Example | tuple[int, Event, Any, dict | None]) -> None:
         self.items.append(example)
 
     def after(self, index: int) -> list[Example]:
         """The examples with an index greater than ``index``, oldest first."""
         newer = []
-        for example in reversed(self.items):
-            if example.index <= index:
+        for item in reversed(self.items):
+            if item[0] <= index:
                 break
-            newer.append(example)
+            newer.append(_new(Example, item))
         newer.reverse()
         return newer
 
@@ -86,7 +94,7 @@ class RecentWindow:
         return len(self.items)
 
     def __iter__(self) -> Iterator[Example]:
-        return iter(self.items)
+        return (_new(Example, item) for item in self.items)
 
 
 @dataclass(frozen=True)

@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from stream_learner.core.drift import DriftSignal, ErrorDriftMonitor, FeatureDriftMonitor
+from stream_learner.core.drift import DriftSignal, ErrorDriftMonitor, FeatureDriftMonitor, _Feature
 from stream_learner.errors import ConfigError
 
 
@@ -88,6 +88,31 @@ def test_the_monitor_pickles_and_deepcopies_mid_stream_without_changing_what_it_
         assert [
             s for i, loss in enumerate(losses[3000:]) if (s := clone.update(loss, i))
         ] == expected
+
+
+def _public_api(monitor: ErrorDriftMonitor) -> ErrorDriftMonitor:
+    """The same monitor on River's public ADWIN API (``update``, ``drift_detected``)."""
+    monitor._rust = False
+    return monitor
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+@pytest.mark.parametrize("params", [{}, {"delta": 0.01, "warning_delta": 0.05, "clock": 8}])
+def test_adwin_read_through_its_rust_window_reports_what_the_public_api_does(seed, params):
+    rng = random.Random(seed)
+    # 0/1 losses whose rate goes up and down, then absolute errors that jump.
+    losses = bernoulli([(0.1, 3000), (0.3, 2000), (0.05, 3000), (0.5, 1500), (0.2, 2000)], seed)
+    losses += [abs(rng.gauss(1.0 if i < 3000 else 1.6, 1.0)) for i in range(6000)]
+    fast = ErrorDriftMonitor("adwin", **params)
+    reference = _public_api(ErrorDriftMonitor("adwin", **params))
+    assert fast._rust  # the fast path is the one under test
+    found = signals(fast, losses)
+    assert found == signals(reference, losses)
+    assert any(s.level == "drift" for s in found) and fast.improvements > 0
+    assert fast.improvements == reference.improvements
+    assert (fast._n, fast._total) == (reference._n, reference._total)
+    for a, b in ((fast._warning, reference._warning), (fast._drift, reference._drift)):
+        assert (a.width, a.total, a.variance) == (b.width, b.total, b.variance)
 
 
 def test_detector_parameters_reach_river():
@@ -210,6 +235,90 @@ def test_the_data_monitor_pickles_mid_block_without_changing_what_it_reports():
     rest = xs[9_950:]
     assert data_signals(clone, rest) == data_signals(monitor, rest) != []
     assert data_signals(copy.deepcopy(monitor), rest[:10]) == []
+
+
+class _OnePass(FeatureDriftMonitor):
+    """The definition the monitor implements: register the block's new names, then test
+    every tracked feature in insertion order, dropping one that shows a string."""
+
+    def _flush(self, block, index):
+        for name in sorted(set().union(*block) - self._known, key=str):
+            if type(next(x[name] for x in block if name in x)) is str:
+                pass
+            elif len(self._features) < self.max_features:
+                self._features[name] = _Feature()
+            elif len(self._known) < 10 * self.max_features:
+                self.untracked += 1
+            else:
+                continue
+            self._known.add(name)
+        found = []
+        for name, feature in list(self._features.items()):
+            values = [x[name] for x in block if name in x]
+            try:
+                total = sum(values)
+            except TypeError:
+                del self._features[name]
+                continue
+            if values and (s := self._feed(feature, name, values, total, len(values), index)):
+                found.append(s)
+        return tuple(found)
+
+
+def messy_stream(n: int, seed: int):
+    """Features that shift, go missing, turn up late, turn out categorical, or keep coming."""
+    rng = random.Random(seed)
+    for i in range(n):
+        x = {"a": rng.gauss(0.0 if i < n // 2 else 0.8, 1.0), "flag": rng.random() < 0.3}
+        if rng.random() < 0.8:
+            x["b"] = rng.gauss(-1.0 if (i // 1500) % 2 else 1.0, 2.0)
+        if i > n // 5:
+            x["late"] = rng.uniform(0, 10)
+        if i % 7 == 0:
+            x["city"] = rng.choice("pq")
+        if i > n // 3:
+            x["mixed"] = rng.random() if i != 2 * n // 3 else "oops"  # turns categorical
+        if i == 2 * n // 3 + 1:
+            x["after"] = 1.0  # new in the block where "mixed" is dropped: is its slot free?
+        if i > n // 2 and i % 97 == 0:
+            x[f"id{i}"] = 1.0  # ever-new names: past max_features, then past 10 times that
+        yield x
+
+
+@pytest.mark.parametrize(("seed", "block", "max_features"), [(1, 20, 6), (2, 7, 3), (3, 50, 50)])
+def test_the_data_monitor_does_what_its_one_pass_definition_says(seed, block, max_features):
+    params = {"block": block, "reference": 100, "threshold": 5.0, "max_features": max_features}
+    monitor, reference = FeatureDriftMonitor(**params), _OnePass(**params)
+    xs = list(messy_stream(12_000, seed))
+    found = [monitor.update(x, i) for i, x in enumerate(xs)]
+    assert found == [reference.update(x, i) for i, x in enumerate(xs)]
+    assert sum(map(len, found)) >= 2
+    assert list(monitor._features) == list(reference._features)
+    assert monitor._known == reference._known
+    assert monitor.untracked == reference.untracked
+    for name, f in monitor._features.items():
+        g = reference._features[name]
+        assert (f.n, f.total, f.squares, f.scale, f.sum_means, f.n_means) == (
+            g.n,
+            g.total,
+            g.squares,
+            g.scale,
+            g.sum_means,
+            g.n_means,
+        )
+
+
+def test_a_data_monitor_pickled_before_pending_had_its_name_restores():
+    xs = list(feature_stream(3000, seed=5))
+    monitor = FeatureDriftMonitor(block=40)
+    data_signals(monitor, xs[:1010])
+    state = dict(vars(monitor))
+    state["_buffer"] = state.pop("pending")  # the attribute's earlier name
+    old = FeatureDriftMonitor.__new__(FeatureDriftMonitor)
+    old.__setstate__(state)
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.pending == monitor.pending and len(restored.pending) == 10
+    assert data_signals(restored, xs[1010:]) == data_signals(monitor, xs[1010:])
 
 
 @pytest.mark.parametrize(

@@ -122,6 +122,51 @@ def test_same_numbers_as_river_metrics(task: str) -> None:
         assert values[f"{name}_rolling"] == pytest.approx(rolling[name].get(), rel=1e-9), name
 
 
+@pytest.mark.parametrize(("task", "window"), [("binary", 1), ("binary", 37), ("multiclass", 200)])
+def test_counted_accuracy_is_exactly_rivers(task: str, window: int) -> None:
+    """Accuracy is counted, not averaged: the values must be River's to the last bit."""
+    rng = random.Random(window)
+    ev = PrequentialEvaluator(task, ["accuracy"], window=window)
+    cumulative = make_metric("accuracy")
+    rolling = utils.Rolling(type(cumulative), window_size=window)
+    for i, (y, y_pred, _) in enumerate(_random_updates(task, 3000, rng)):
+        if i == 0 or rng.random() < 0.05:
+            y_pred = None  # an untrained model: not scored, as in River's evaluation
+        assert ev.update(y, y_pred) == (0.0 if y_pred == y else 1.0)
+        if y_pred is not None:
+            cumulative.update(y, y_pred)
+            rolling.update(y, y_pred)
+        if ev.n_scored and (i % 10 == 0 or i > 2990):
+            expected = {"accuracy": cumulative.get(), "accuracy_rolling": rolling.get()}
+            assert ev.values() == expected
+    assert ev.n == 3000 and 0 < ev.n_scored < 3000
+
+
+def test_an_evaluator_pickled_before_accuracy_was_counted_restores() -> None:
+    """Such a snapshot holds accuracy as a mean tracker and ``n_scored`` as a field."""
+    updates = _random_updates("binary", 400, random.Random(8))
+    ev = PrequentialEvaluator("binary", ["accuracy", "logloss"], window=50)
+    for u in updates[:300]:
+        ev.update(*u)
+    mean = evaluation._MeanTracker("mae", 50)  # rebuilt as the accuracy tracker it was
+    mean.name, mean._value = "accuracy", evaluation._accuracy
+    for y, y_pred, _ in updates[:300]:
+        mean.update(y, y_pred, 0.0 if y_pred == y else 1.0)
+    state = dict(vars(ev))
+    state["_tracked"] = {**ev._tracked, "accuracy": mean}
+    state["_on_label"] = [mean]
+    state["n_scored"] = ev.n_scored
+    for name in ("_unscored", "_accuracy", "_regression"):
+        del state[name]
+    old = PrequentialEvaluator.__new__(PrequentialEvaluator)
+    old.__setstate__(state)
+    restored = pickle.loads(pickle.dumps(old))
+    assert restored.values() == ev.values() and restored.n_scored == ev.n_scored == 300
+    for u in updates[300:]:
+        assert restored.update(*u) == ev.update(*u)
+    assert restored.values() == ev.values()
+
+
 def test_rolling_sum_does_not_drift() -> None:
     rng = random.Random(5)
     ev = PrequentialEvaluator("regression", ["mae"], window=100)

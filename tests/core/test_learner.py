@@ -2,18 +2,26 @@ from __future__ import annotations
 
 import copy
 import itertools
+import math
 import pickle
 
 import pytest
 from river.datasets import synth
 
-from stream_learner.core.events import Event, Label
+from stream_learner.core.events import Event, Label, check_label
 from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.retrain import RetrainConfig, RetrainJob
 from stream_learner.errors import ConfigError, DecodeError
 from tests.core.specs import LINEAR, TREE
+
+REGRESSION = ModelSpec.from_dict(
+    {"task": "regression", "pipeline": [{"estimator": "linear_model.LinearRegression"}]}
+)
+MULTICLASS = ModelSpec.from_dict(
+    {"task": "multiclass", "pipeline": [{"estimator": "tree.HoeffdingTreeClassifier"}]}
+)
 
 CHANGE = 3000
 
@@ -114,7 +122,7 @@ def test_a_delayed_label_is_scored_against_the_served_prediction_with_the_origin
     out = learner.on_label(Label("p", "k", False, ts=9.0))
     assert out.y_pred is True and out.loss == 1.0  # the prediction that was served
     assert out.index == 102
-    last = learner.window.items[-1]
+    last = learner.window.after(101)[0]
     assert (last.index, last.event.id, last.event.x, last.event.y) == (102, "p", {"x": 1.0}, False)
     assert learner.joiner.joined == 1
     with pytest.raises(DecodeError, match="bad_label"):
@@ -128,7 +136,7 @@ def test_a_label_that_comes_before_its_event_is_learned_when_the_event_is_predic
     out = learner.predict(Event("early", "k", {"x": 2.0}, ts=2.0))
     assert (out.index, out.loss) == (2, 1.0)  # scored (50/50 picks False) and learned
     assert learner.learned == 1 and learner.predicted == 0
-    assert learner.window.items[-1].event == Event("early", "k", {"x": 2.0}, True, 2.0)
+    assert learner.window.after(1)[0].event == Event("early", "k", {"x": 2.0}, True, 2.0)
 
 
 def test_prediction_requests_feed_the_data_drift_monitor():
@@ -331,3 +339,66 @@ def test_a_copy_taken_mid_stream_continues_exactly_like_the_original(clone):
             assert vars(value) == vars(twin.joiner)
         else:
             assert pickle.dumps(value) == pickle.dumps(vars(twin)[name]), name
+
+
+class _StepByStep(Learner):
+    """``learn`` as the composition its hot path inlines: check the label, predict, feed the
+    data monitor, then ``_learn`` (the path of joined labels)."""
+
+    def learn(self, event: Event) -> Outcome:
+        if event.y is None:
+            raise ValueError(f"event {event.id!r} has no label; predict() it instead")
+        check_label(event.y, self._task)
+        self.index = index = self.index + 1
+        y_pred, proba = self._predict(event.x)
+        signals = () if self._features is None else self._features.update(event.x, index)
+        t = float(index) if event.ts is None else event.ts
+        return self._learn(index, t, event, y_pred, proba, signals)
+
+
+@pytest.mark.parametrize("spec", [LINEAR, TREE], ids=["linear", "tree"])
+def test_the_inlined_learn_is_the_step_by_step_path(spec):
+    kwargs = {
+        "config": LearnerConfig(feature_block=50, feature_reference=300, feature_threshold=8.0),
+        "policy": PolicyConfig(warmup=300, interval_events=1700, data_drift_triggers=True),
+    }
+    fast, reference = Learner("k", spec, **kwargs), _StepByStep("k", spec, **kwargs)
+    evts = sea_change(7000)
+    evts[4000:] = [Event(e.id, e.key, {**e.x, "x1": e.x["x1"] + 2.0}, e.y) for e in evts[4000:]]
+
+    def outcomes(learner: Learner) -> list[tuple]:
+        return [(*o[:-1], o.job is not None) for o in feed(learner, evts)]
+
+    a, b = outcomes(fast), outcomes(reference)
+    assert a == b
+    triggers = {d.trigger for out in a for d in out[7]}
+    assert {"performance", "data_drift", "interval"} <= triggers and fast.version > 1
+    assert list(fast.decisions) == list(reference.decisions)
+    assert fast.evaluator.values() == reference.evaluator.values()
+    assert list(fast.window) == list(reference.window)
+    assert (fast.index, fast.learned, fast.policy.labels) == (7000, 7000, 7000)
+    assert (reference.index, reference.learned, reference.policy.labels) == (7000, 7000, 7000)
+
+
+@pytest.mark.parametrize("spec", [LINEAR, REGRESSION, MULTICLASS], ids=lambda s: s.task)
+def test_labels_are_refused_exactly_as_check_label_refuses_them(spec):
+    """Labels of some types are accepted by their type alone: that must be check_label's
+    verdict too, for learn and for a joined label."""
+    samples = [True, False, 0, 1, 2, -1, 0.0, 1.0, 0.5, math.nan, math.inf, "a", "", b"x", [1]]
+    for i, y in enumerate(samples):
+        learner = Learner("k", spec)  # one each: a model may not take mixed classes
+        try:
+            check_label(y, spec.task)
+            fits = True
+        except DecodeError:
+            fits = False
+        before = learner.index
+        if fits:
+            learner.learn(Event(f"e{i}", "k", {"x": 1.0}, y))
+            assert learner.on_label(Label(f"none{i}", "k", y)) is None
+        else:
+            with pytest.raises(DecodeError, match="bad_label"):
+                learner.learn(Event(f"e{i}", "k", {"x": 1.0}, y))
+            with pytest.raises(DecodeError, match="bad_label"):
+                learner.on_label(Label(f"none{i}", "k", y))
+            assert learner.index == before

@@ -298,3 +298,33 @@ def test_the_policy_pickles_mid_stream_and_decides_the_same_afterwards():
     drive(policy, 1, 2000)
     clone = pickle.loads(pickle.dumps(policy))
     assert drive(clone, 2000, 6000) == drive(policy, 2000, 6000) != []
+
+
+@pytest.mark.parametrize(
+    ("schedule", "scheduled"),
+    [
+        ({}, False),
+        ({"label_volume": 50}, True),
+        ({"interval_events": 70}, True),
+        ({"interval_seconds": 30.0}, True),
+    ],
+)
+def test_due_is_only_needed_when_a_schedule_is_set(schedule, scheduled):
+    """``observe`` skips ``due`` when nothing is scheduled: ``due`` must then never decide."""
+    policy = TriggerPolicy(PolicyConfig(warmup=0, cooldown_events=0, **schedule))
+    assert policy.scheduled is scheduled
+    decided = []
+    for i in range(1, 2000):
+        policy.labels += i % 3 != 0
+        if (d := policy.due(i, 1000.0 + 0.5 * i)) is not None:
+            decided.append(d)
+            policy.finished()
+    assert bool(decided) is scheduled
+
+
+def test_a_policy_pickled_before_scheduled_existed_checks_every_input():
+    policy = TriggerPolicy(PolicyConfig(warmup=0, cooldown_events=0, interval_events=100))
+    del policy.__dict__["scheduled"]  # the state of such a snapshot
+    restored = pickle.loads(pickle.dumps(policy))
+    decided = [d.index for i in range(1, 301) if (d := restored.observe(i, float(i), True))]
+    assert decided == [100, 200, 300] and restored.labels == 300
