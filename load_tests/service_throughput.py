@@ -2,20 +2,27 @@
 
 One command, one run, on a live broker (the local one unless STREAM_LEARNER_BOOTSTRAP):
 
-    .venv/bin/python load_tests/service_throughput.py [--events 100000]
+    .venv/bin/python load_tests/service_throughput.py [--events 100000] [--part models]
 
 For each model (StandardScaler | LogisticRegression, and a Hoeffding tree) it measures:
 
   (a) bare River: predict_one + learn_one + Accuracy.update over the events in memory,
-      the physical limit of one key on one core;
+      the physical limit of one key on one core; run right before and right after (c),
+      the limit is their mean (both are kept: their spread is the machine's noise);
   (b) raw consume + decode: a consumer reading the same topic and decoding every event;
-  (c) the full service (in-process), from the first to the last record processed; then
-      20,000 more events produced at half the rate it just sustained, for the end-to-end
-      latency of each: its produce timestamp -> the end of the batch that learned it.
+  (c) the full service (in-process, its retrain worker started beforehand), from the first
+      to the last record processed; then 20,000 more events produced at half the rate it
+      just sustained (in bursts every 10 ms, after one warm-up event that opens the
+      producer's connection), for the end-to-end latency of each: its produce timestamp ->
+      the end of the batch that learned it.
 
-Then, for scaler+LR: two service processes on 2 partitions vs one process (aggregate
-events/s from their /metrics), and ingestion speed while a retrain runs in the worker vs
-while none does. Prints a table and writes load_tests/results/service_throughput.json.
+Then, for scaler+LR on 64 keys (32 on each partition): two service processes on 2
+partitions vs one process (``--scale-events``; the processes are assigned and idle before
+the events are produced; aggregate events/s from the group's committed offsets, asked of
+the broker, from the moment the last event is in Kafka), and, for the Hoeffding tree,
+ingestion speed while a stateless retrain runs in the worker vs while none does. Prints
+each figure and writes load_tests/results/service_throughput.json (or
+service_<part>.json for one ``--part``).
 """
 
 from __future__ import annotations
@@ -36,6 +43,8 @@ import uuid
 from pathlib import Path
 
 import orjson
+from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 from river import metrics
 from river.datasets import synth
@@ -59,12 +68,42 @@ MODELS = {
 }
 
 
-def events(n: int, keys: int = 1) -> list[dict]:
+def events(n: int, keys: int = 1, names: list[str] | None = None) -> list[dict]:
+    names = names or [f"k{i}" for i in range(keys)]
     stream = itertools.islice(synth.SEA(seed=1, noise=0.1), n)
-    return [
-        {"id": f"e{i}", "key": f"k{i % keys}", "x": {f"x{k}": v for k, v in x.items()}, "y": y}
-        for i, (x, y) in enumerate(stream)
-    ]
+    out = []
+    for i, (x, y) in enumerate(stream):
+        features = {f"x{k}": v for k, v in x.items()}
+        out.append({"id": f"e{i}", "key": names[i % len(names)], "x": features, "y": y})
+    return out
+
+
+def murmur2_partition(key: bytes, partitions: int) -> int:
+    """The partition Kafka's default (Java) partitioner, and so the service's sink, picks."""
+    m, h = 0x5BD1E995, 0x9747B28C ^ len(key)
+    whole = len(key) - len(key) % 4
+    for i in range(0, whole, 4):
+        k = (int.from_bytes(key[i : i + 4], "little") * m) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * m) & 0xFFFFFFFF
+        h = ((h * m) & 0xFFFFFFFF) ^ k
+    tail = key[whole:]
+    if tail:
+        h = ((h ^ int.from_bytes(tail, "little")) * m) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * m) & 0xFFFFFFFF
+    return ((h ^ (h >> 15)) & 0x7FFFFFFF) % partitions
+
+
+def balanced_keys(count: int, partitions: int) -> list[str]:
+    """``count`` key names, the same number on each partition: a scale-out figure should
+    not depend on how a hash happened to split 64 names (k0..k63 split 38/26)."""
+    per: dict[int, list[str]] = {p: [] for p in range(partitions)}
+    for i in itertools.count():
+        name = f"k{i}"
+        chosen = per[murmur2_partition(name.encode(), partitions)]
+        if len(chosen) < count // partitions:
+            chosen.append(name)
+        if sum(map(len, per.values())) == count:
+            return sorted(sum(per.values(), []), key=lambda k: int(k[1:]))
 
 
 def make_topics(admin, bootstrap: str, partitions: int) -> str:
@@ -140,8 +179,10 @@ def service_run(
     events produced at ``rate`` per second while it runs, for their end-to-end latency."""
     built = build_service(parse_config(config(bootstrap, prefix, pipeline, **service)), bootstrap)
     svc = built.service
+    warm_worker(svc)
     batches: list[tuple[float, float, int, bool]] = []  # start, end, size, retrain in flight
     latencies: list[float] = []
+    seen = [0]
     process = svc.process
 
     def timed(records):
@@ -152,6 +193,7 @@ def service_run(
         now_ms = time.time() * 1000
         latencies.extend(now_ms - r.timestamp_ms for r in records)
         batches.append((start, end, len(records), busy))
+        seen[0] += len(records)
         return out
 
     svc.process = timed
@@ -159,33 +201,54 @@ def service_run(
     thread = threading.Thread(target=svc.run, args=(stop.is_set,), daemon=True)
     thread.start()
     deadline = time.monotonic() + 600
-    while sum(b[2] for b in batches) < n and time.monotonic() < deadline:
-        time.sleep(0.05)
+
+    def wait_for(count: int) -> None:
+        while seen[0] < count and time.monotonic() < deadline:
+            time.sleep(0.02)
+
+    wait_for(n)
     first, last = batches[0][0], batches[-1][1]
-    done = sum(b[2] for b in batches)
-    latencies.clear()  # pre-produced events waited in Kafka: not an end-to-end figure
+    done = seen[0]
     rate = rate or done / (last - first) / 2  # half of what it just sustained
     if paced:
+        # The producer's first message waits for its connection and producer id: it is
+        # sent and learned before the clock starts, and its latency is not counted.
         sink = KafkaSink(bootstrap, {"linger.ms": 1})
+        values = [(orjson.dumps(ev), ev["key"]) for ev in paced]
+        sink.produce(prefix + "events", values[0][0], key=values[0][1])
+        sink.flush(30)
+        wait_for(n + 1)
+        latencies.clear()  # pre-produced events waited in Kafka: not end-to-end figures
+        # Paced in bursts every 10 ms, as a producer with linger would send them.
         start = time.perf_counter()
-        for i, ev in enumerate(paced):
-            ahead = start + i / rate - time.perf_counter()
-            if ahead > 0:
-                time.sleep(ahead)
-            sink.produce(prefix + "events", orjson.dumps(ev), key=ev["key"])
+        sent = 1
+        while sent < len(values):
+            due = min(len(values), 1 + int((time.perf_counter() - start) * rate))
+            for value, key in values[sent:due]:
+                sink.produce(prefix + "events", value, key=key)
+            sent = due
+            time.sleep(0.01)
         sink.close(60)
-        while sum(b[2] for b in batches) < n + len(paced) and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(n + len(paced))
     stop.set()
     thread.join(60)
     latencies.sort() if latencies else latencies.append(float("nan"))
     return {
         "events": done,
         "events_per_s": done / (last - first),
+        "paced_events_per_s": rate,
         "latency_ms_p50": latencies[len(latencies) // 2],
         "latency_ms_p99": latencies[int(len(latencies) * 0.99)],
         "batches": batches,
     }
+
+
+def warm_worker(svc) -> None:
+    """Start the retrain worker (process start, River imports) before the clock starts, as
+    a deployed service did long before: that is start-up, not ingestion."""
+    warm = svc.retrainer.start(svc.factory.spec)
+    if warm is not None:
+        warm.result(120)
 
 
 def scrape(url: str, name: str) -> float:
@@ -196,11 +259,57 @@ def scrape(url: str, name: str) -> float:
     return 0.0
 
 
+def committed(admin, group: str, topic: str, partitions: int) -> int:
+    """Events the group has committed (processed, outputs delivered): asked of the broker,
+    so measuring costs the services nothing."""
+    request = ConsumerGroupTopicPartitions(
+        group, [KafkaTopicPartition(topic, p) for p in range(partitions)]
+    )
+    result = admin.list_consumer_group_offsets([request])[group].result(10)
+    return sum(max(tp.offset, 0) for tp in result.topic_partitions)
+
+
+def _tree_cpu_s(pids: list[int]) -> float:
+    """CPU seconds used so far by ``pids`` and all their descendants (Linux /proc)."""
+    parent, cpu = {}, {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent[int(entry.name)] = int(fields[1])
+        cpu[int(entry.name)] = (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    tree, grew = set(pids), True
+    while grew:
+        more = {pid for pid, ppid in parent.items() if ppid in tree} - tree
+        tree |= more
+        grew = bool(more)
+    return sum(cpu.get(pid, 0.0) for pid in tree)
+
+
+def settle(pids: list[int], timeout: float = 30.0) -> None:
+    """Wait until the started processes (and their retrain workers) are idle: start-up
+    (imports, the worker's warm-up) is not what is measured."""
+    if not Path("/proc/self/stat").exists():
+        time.sleep(5)
+        return
+    deadline = time.monotonic() + timeout
+    before = _tree_cpu_s(pids)
+    while time.monotonic() < deadline:
+        time.sleep(0.5)
+        now = _tree_cpu_s(pids)
+        if now - before < 0.05 * len(pids):
+            return
+        before = now
+
+
 def processes_run(
     bootstrap: str, prefix: str, pipeline: list, data: list[dict], count: int
 ) -> float:
-    """``count`` service processes in one group, all assigned before the events are
-    produced; aggregate events/s from their metrics."""
+    """``count`` service processes in one group, all assigned and idle before the events
+    are produced; aggregate events/s from the group's committed offsets."""
     n = len(data)
     tmp = Path(tempfile.mkdtemp())
     cfg = config(bootstrap, prefix, pipeline)
@@ -232,21 +341,26 @@ def processes_run(
         scrape(u, "stream_learner_assigned_partitions") > 0 for u in urls
     ):
         time.sleep(0.2)
-    produce(bootstrap, prefix + "events", data)
-    metric = 'stream_learner_events_total{outcome="learned"}'
-    samples = []
+    settle([p.pid for p in procs])
+    values = [(orjson.dumps(ev), ev["key"]) for ev in data]
+    admin = AdminClient(client_config(bootstrap))
+    group = cfg["kafka"]["group_id"]
+    sink = KafkaSink(bootstrap, {"linger.ms": 20})
+    for value, key in values:
+        sink.produce(prefix + "events", value, key=key)
+    assert sink.close(60) == 0
+    # Timed from the moment every event is in Kafka: producing them (and the broker taking
+    # them in) competes for the same 2 cores, and is not the services' throughput.
+    samples = [(time.perf_counter(), committed(admin, group, prefix + "events", 2))]
     deadline = time.monotonic() + 600
-    while time.monotonic() < deadline:
-        total = sum(scrape(u, metric) for u in urls)
-        samples.append((time.perf_counter(), total))
-        if total >= n:
-            break
-        time.sleep(0.2)
+    while samples[-1][1] < n and time.monotonic() < deadline:
+        time.sleep(0.05)
+        samples.append((time.perf_counter(), committed(admin, group, prefix + "events", 2)))
     for p in procs:
         p.terminate()
         p.wait(60)
-    started = next(t for t, v in samples if v > 0)
-    return n / (samples[-1][0] - started)
+    (t0, v0), (t1, v1) = samples[0], samples[-1]
+    return (v1 - v0) / (t1 - t0)
 
 
 def _toml(cfg: dict) -> str:
@@ -277,6 +391,12 @@ def _wait_url(log: Path, proc) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
+    parser.add_argument(
+        "--scale-events",
+        type=int,
+        default=200_000,
+        help="events of the 1-vs-2-process runs (64 keys; long enough to time both)",
+    )
     parser.add_argument("--bootstrap")
     parser.add_argument("--part", choices=("all", "models", "scale", "retrain"), default="all")
     args = parser.parse_args()
@@ -291,21 +411,27 @@ def main() -> None:
         prefix = make_topics(admin, bootstrap, 1)
         produce(bootstrap, prefix + "events", data)
         raw = consume_decode(bootstrap, prefix + "events", n)
-        limit = bare(spec, data)
         paced = events(n + 20_000)[n:]  # new ids, same stream, at half the sustained rate
+        # The bare loop runs right before and right after the service: their mean is the
+        # limit, and their spread shows how noisy the machine was meanwhile.
+        before = bare(spec, data)
         run = service_run(bootstrap, prefix, pipeline, n, paced=paced, retrain_in_worker=True)
+        after = bare(spec, data)
+        limit = (before + after) / 2
         results["models"][name] = {
             "bare_river_events_per_s": round(limit),
+            "bare_river_before_after": [round(before), round(after)],
             "consume_decode_events_per_s": round(raw),
             "service_events_per_s": round(run["events_per_s"]),
             "service_over_bare": round(run["events_per_s"] / limit, 3),
+            "latency_at_events_per_s": round(run["paced_events_per_s"]),
             "latency_ms_p50": round(run["latency_ms_p50"], 1),
             "latency_ms_p99": round(run["latency_ms_p99"], 1),
         }
         print(f"{name}: {results['models'][name]}", flush=True)
 
     if args.part in ("all", "scale"):
-        scale_out(admin, bootstrap, n, results)
+        scale_out(admin, bootstrap, args.scale_events, results)
     if args.part in ("all", "retrain"):
         during_retrain(admin, bootstrap, n, data, results)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
@@ -316,7 +442,7 @@ def main() -> None:
 
 def scale_out(admin, bootstrap: str, n: int, results: dict) -> None:
     pipeline = MODELS["scaler+logistic_regression"]
-    multi = events(n, keys=64)
+    multi = events(n, names=balanced_keys(64, 2))
     one = processes_run(bootstrap, make_topics(admin, bootstrap, 2), pipeline, multi, 1)
     two = processes_run(bootstrap, make_topics(admin, bootstrap, 2), pipeline, multi, 2)
     results["scale_out"] = {
@@ -350,6 +476,7 @@ def _retrain_run(bootstrap: str, prefix: str, pipeline: list, n: int, policy: di
     cfg["service"]["retrain_apply_after"] = 2000
     built = build_service(parse_config(cfg), bootstrap)
     svc = built.service
+    warm_worker(svc)
     batches: list[tuple[float, int, bool]] = []
     process = svc.process
 

@@ -189,6 +189,7 @@ class ServiceMetrics:
         self._admitted: dict[str, str] = {}  # key -> its label
         self._overflowed: set[str] = set()  # keys folded into OTHER_KEY
         self._quality_series: dict[str, set[tuple[str, str]]] = {}  # label -> (metric, window)
+        self._quality_children: dict[str, dict[str, object]] = {}  # label -> name -> child
         self._lineage: dict[str, str] = {}  # label -> lineage currently exported
         reg = self.registry
 
@@ -363,6 +364,7 @@ class ServiceMetrics:
         self._keys_active.set(len(self._admitted) + len(self._overflowed))
 
     def _drop_series(self, label: str) -> None:
+        self._quality_children.pop(label, None)
         for metric, window in self._quality_series.pop(label, ()):
             self._quality.remove(label, metric, window)
         self._model_version.remove(label)
@@ -396,14 +398,20 @@ class ServiceMetrics:
         ``metric="accuracy"``, ``window="cumulative"`` and ``window="rolling"``.
         """
         label = self._key(key)
-        series = self._quality_series.setdefault(label, set())
+        # Called per key and batch: each series' child is looked up once, then reused.
+        children = self._quality_children.get(label)
+        if children is None:
+            children = self._quality_children[label] = {}
         for name, value in values.items():
-            if name.endswith(_ROLLING_SUFFIX):
-                metric, window = _bounded(name[: -len(_ROLLING_SUFFIX)]), "rolling"
-            else:
-                metric, window = _bounded(name), "cumulative"
-            self._quality.labels(label, metric, window).set(value)
-            series.add((metric, window))
+            child = children.get(name)
+            if child is None:
+                if name.endswith(_ROLLING_SUFFIX):
+                    metric, window = _bounded(name[: -len(_ROLLING_SUFFIX)]), "rolling"
+                else:
+                    metric, window = _bounded(name), "cumulative"
+                child = children[name] = self._quality.labels(label, metric, window)
+                self._quality_series.setdefault(label, set()).add((metric, window))
+            child.set(value)
 
     def count_drift(self, detector: str, signal: str, level: str, n: int = 1) -> None:
         signal = _check("signal", signal, DRIFT_SIGNALS)

@@ -487,9 +487,10 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
     )
     if published and config_lineage != spec.lineage:
         print(
-            f"replay: note: the config's [model] is lineage {config_lineage}; put the rebuilt "
-            f"[model] ({origin}) in the service's config before it restarts, or the restart "
-            "starts the config's lineage afresh instead of restoring the rebuilt one",
+            f"replay: note: the config's [model] is lineage {config_lineage}; a restart keeps "
+            "the adopted lineage (and logs adopted_lineage_kept) while the config names the "
+            f"lineage it replaced: put the rebuilt [model] ({origin}) in the config to make "
+            "it explicit",
             file=sys.stderr,
         )
     return 0

@@ -31,6 +31,9 @@ _PRODUCER_DEFAULTS = {
     "linger.ms": 5,
     "compression.type": "lz4",
     "message.timeout.ms": 0,
+    # Only failures are reported back: a Python callback per delivered message would cost
+    # more than producing it, and flush() already waits for every delivery.
+    "delivery.report.only.error": True,
     # Dead letters carry the original bytes, up to the topics' max.message.bytes (8 MiB).
     "message.max.bytes": 8_388_608 + 65_536,
 }
@@ -53,11 +56,11 @@ class KafkaSink:
             # the coordinator aborts it: keep that short unless configured otherwise.
             conf.setdefault("transaction.timeout.ms", 10_000)
         self._conf = client_config(bootstrap, conf)
+        self._conf["on_delivery"] = self._on_delivery
         self.transactional = bool(transactional_id)
         self._in_transaction = False
         self._producer = None
         self._failures: list[str] = []
-        self.delivered = 0
 
     @property
     def producer(self):
@@ -67,11 +70,15 @@ class KafkaSink:
                 self._producer.init_transactions(30)
         return self._producer
 
+    def start(self) -> None:
+        """Connect now rather than at the first output. A transactional producer's start
+        fences a predecessor with the same transactional id and aborts its open transaction:
+        until then, offsets it sent hold back this instance's committed-offset reads."""
+        self.producer  # noqa: B018 - the property creates the producer
+
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
             self._failures.append(f"{msg.topic()}: {err.str()}")
-        else:
-            self.delivered += 1
 
     def produce(
         self,
@@ -83,22 +90,28 @@ class KafkaSink:
         partition: int | None = None,
         timestamp_ms: int | None = None,
     ) -> None:
-        kwargs: dict[str, Any] = {"key": key, "headers": headers, "on_delivery": self._on_delivery}
+        producer = self._producer or self.producer
+        if self.transactional and not self._in_transaction:
+            producer.begin_transaction()
+            self._in_transaction = True
+        if headers is None and partition is None and timestamp_ms is None:
+            try:
+                producer.produce(topic, value, key)  # the common case (predictions)
+                return
+            except BufferError:
+                pass
+        kwargs: dict[str, Any] = {"key": key, "headers": headers}
         if partition is not None:
             kwargs["partition"] = partition
         if timestamp_ms is not None:  # event time, so consumers can merge topics by it
             kwargs["timestamp"] = timestamp_ms
-        if self.transactional and not self._in_transaction:
-            self.producer.begin_transaction()
-            self._in_transaction = True
         while True:
             try:
-                self.producer.produce(topic, value, **kwargs)
-                break
+                producer.produce(topic, value, **kwargs)
+                return
             except BufferError:
-                # Local queue full: serve delivery reports until there is room.
-                self.producer.poll(0.1)
-        self.producer.poll(0)
+                # Local queue full: let deliveries complete until there is room.
+                producer.poll(0.1)
 
     def flush(self, timeout: float = 10.0) -> int:
         """Wait up to ``timeout`` for deliveries; return how many are still in flight.

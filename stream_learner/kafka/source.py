@@ -16,7 +16,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
-from confluent_kafka import Consumer, KafkaException
+from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from stream_learner.errors import BrokerError
@@ -50,6 +50,11 @@ class Record(NamedTuple):
     key: bytes | None
     value: bytes | None
     timestamp_ms: int | None
+
+
+# One Record is built per message: tuple.__new__ skips the NamedTuple's Python-level
+# constructor (a frame per message) and builds the same object.
+_new_record = tuple.__new__
 
 
 class KafkaSource:
@@ -136,7 +141,8 @@ class KafkaSource:
         messages = self._consumer.consume(num_messages=max_messages, timeout=timeout)
         if self.fatal:
             raise BrokerError(f"fatal Kafka consumer error: {self.fatal}")
-        records = []
+        records: list[Record] = []
+        append = records.append
         for msg in messages:
             err = msg.error()
             if err is not None:
@@ -145,14 +151,10 @@ class KafkaSource:
                 log.warning("consume error on %s[%s]: %s", msg.topic(), msg.partition(), err.str())
                 continue
             ts_type, ts = msg.timestamp()
-            records.append(
-                Record(
-                    msg.topic(),
-                    msg.partition(),
-                    msg.offset(),
-                    msg.key(),
-                    msg.value(),
-                    ts if ts_type else None,
+            ts = ts if ts_type else None
+            append(
+                _new_record(
+                    Record, (msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), ts)
                 )
             )
         return records
@@ -187,8 +189,27 @@ class KafkaSource:
     def seek(self, topic: str, partition: int, offset: int) -> None:
         self._consumer.seek(KafkaTopicPartition(topic, partition, offset))
 
-    def committed(self, tps: Sequence[TopicPartition], timeout: float = 10.0) -> dict:
-        result = self._consumer.committed(
-            [KafkaTopicPartition(t, p) for t, p in tps], timeout=timeout
-        )
-        return {(tp.topic, tp.partition): tp.offset for tp in result}
+    def committed(
+        self, tps: Sequence[TopicPartition], timeout: float = 10.0, attempts: int = 6
+    ) -> dict:
+        """The group's committed offsets. Under ``read_committed`` the broker holds the answer
+        back while a transaction with offsets for these partitions is open (a crashed
+        exactly-once instance's, until it is aborted), so a timeout is retried a few times."""
+        for attempt in range(attempts):
+            try:
+                result = self._consumer.committed(
+                    [KafkaTopicPartition(t, p) for t, p in tps], timeout=timeout
+                )
+                return {(tp.topic, tp.partition): tp.offset for tp in result}
+            except KafkaException as exc:
+                err = exc.args[0] if exc.args else None
+                timed_out = err is not None and err.code() == KafkaError._TIMED_OUT
+                if not timed_out or attempt == attempts - 1:
+                    raise BrokerError(
+                        f"reading committed offsets failed: {err}",
+                        code=getattr(err, "name", lambda: None)(),
+                    ) from None
+                log.warning(
+                    "committed offsets not available yet (attempt %d): %s", attempt + 1, err
+                )
+        raise AssertionError("unreachable")

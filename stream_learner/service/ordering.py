@@ -13,9 +13,13 @@ from __future__ import annotations
 
 from collections import deque
 from collections.abc import Callable, Iterable, Sequence
+from itertools import groupby
+from operator import attrgetter
 from typing import Any
 
 TopicPartition = tuple[str, int]
+
+_topic_partition = attrgetter("topic", "partition")
 
 
 class Merger:
@@ -39,16 +43,17 @@ class Merger:
         self.buffered = 0
 
     def push(self, records: Iterable[Any]) -> None:
+        # A poll returns runs of one topic-partition: each run is appended in one go.
         buffers = self._buffers
-        n = 0
-        for rec in records:
-            tp = (rec.topic, rec.partition)
+        total = self.buffered
+        for tp, run in groupby(records, _topic_partition):
             buf = buffers.get(tp)
             if buf is None:
                 buf = buffers[tp] = deque()
-            buf.append(rec)
-            n += 1
-        self.buffered += n
+            n = len(buf)
+            buf.extend(run)
+            total += len(buf) - n
+        self.buffered = total
 
     def pop_ready(self, caught_up: Callable[[TopicPartition], bool], now: float = 0.0) -> list[Any]:
         """Every record that can go now, in order; ``caught_up(tp)`` says whether an empty

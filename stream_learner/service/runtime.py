@@ -27,6 +27,7 @@ snapshot sizes and the records since the last round, not on the stream's history
 
 from __future__ import annotations
 
+import gc
 import logging
 import time
 from collections import Counter
@@ -51,7 +52,21 @@ from stream_learner.service.retrainer import Pending, Retrainer
 
 log = logging.getLogger("stream_learner.service")
 
+# Slot setters of the (frozen, slotted) Event and Label: the hot path completes a freshly
+# decoded input in place instead of building a second one.
+_set_event_key = Event.__dict__["key"].__set__
+_set_event_ts = Event.__dict__["ts"].__set__
+_set_label_key = Label.__dict__["key"].__set__
+_set_label_ts = Label.__dict__["ts"].__set__
+_JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY  # predictions may hold numpy values
+
 TopicPartition = tuple[str, int]
+
+# The cyclic GC's thresholds while the loop runs (CPython's default: 700, 10, 10). Every
+# learner keeps thousands of recent examples alive, so with many keys the default spends a
+# tenth of the hot path re-scanning those survivors; a larger young generation lets the
+# per-event garbage die unscanned. The previous thresholds are restored when the loop ends.
+GC_THRESHOLDS = (10_000, 10, 10)
 
 
 class Record(Protocol):
@@ -168,7 +183,7 @@ class Service:
         metrics: ServiceMetrics,
         retrainer: Retrainer,
         batch_size: int = 500,
-        poll_timeout_s: float = 0.2,
+        poll_timeout_s: float = 0.02,
         max_event_bytes: int = 1_048_576,
         store: Store | None = None,
         checkpoint_policy: CheckpointPolicy | None = None,
@@ -192,6 +207,7 @@ class Service:
         self._keys: dict[bytes, str] = {}  # message key bytes -> str, cached
         self._touched: set[str] = set()
         self._counts: Counter[str] = Counter()
+        self._learned = 0  # events learned in this batch (the hot path's own counter)
         self._dead: Counter[str] = Counter()
         self._joins: dict[str, tuple[int, int, int]] = {}
         # Checkpointing and restore.
@@ -251,7 +267,7 @@ class Service:
         if end is None:
             return True
         if rec.offset < end:
-            self.metrics.count_events("replayed", 1)
+            self._counts["replayed"] += 1  # reported with the batch, like every count
             return False
         del self._replay[tp]
         return True
@@ -304,27 +320,37 @@ class Service:
         if value is None:
             raise DecodeError("not_json", "the message has no value (a tombstone)")
         event = decode_event(value, max_bytes=self.max_event_bytes)
-        key = self._model_key(rec, event.key)
+        declared = event.key
+        raw = rec.key
+        key = declared if raw is None else self._keys.get(raw)
+        if key != declared:
+            if key is None or declared != DEFAULT_KEY:
+                key = self._model_key(rec, declared)  # not cached yet, or a mismatch to report
+            if key != declared:
+                # The event was decoded just now and nobody else holds it: its slots are
+                # filled in place (a second frozen Event costs more than this whole method).
+                _set_event_key(event, key)
         if event.ts is None and rec.timestamp_ms is not None:
-            # Event time is the producer's timestamp when the event carries none, so
-            # label joins and time-based triggers run on one clock, in replays too.
-            event = Event(event.id, key, event.x, event.y, rec.timestamp_ms / 1000.0)
-        elif key != event.key:
-            event = Event(event.id, key, event.x, event.y, event.ts)
+            # Event time is the producer's timestamp when the event carries none, so label
+            # joins and time-based triggers run on one clock, in replays too.
+            _set_event_ts(event, rec.timestamp_ms / 1000.0)
         if self._skip and self._known(key, rec):
             return
-        learner = self.learners.get(key) or self._learner(key, rec.partition)
+        learner = self.learners.get(key)
+        if learner is None:
+            learner = self._learner(key, rec.partition)
         if event.y is None:
             out = learner.predict(event)
             self._predicted(event, out)
-        elif key in self.paused:
+        elif self.paused and key in self.paused:
             self._counts["paused"] += 1
             return
         else:
             out = learner.learn(event)
-            self._counts["learned"] += 1
+            self._learned += 1
         self._touched.add(key)
-        self._after(learner, out)
+        if out.signals or out.decisions or out.job is not None or key in self.pending:
+            self._after(learner, out)
 
     def _after(self, learner: Learner, out: Outcome) -> None:
         """What follows a learned or predicted input: react to signals, decisions and a new
@@ -345,13 +371,10 @@ class Service:
             "lineage": out.lineage,
             "ts": event.ts,
         }
-        if out.proba:
-            body["proba"] = {str(k): v for k, v in out.proba.items()}
-        self.sink.produce(
-            self.topics.predictions,
-            orjson.dumps(body, option=orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY),
-            key=event.key,
-        )
+        proba = out.proba
+        if proba:
+            body["proba"] = {str(k): v for k, v in proba.items()}
+        self.sink.produce(self.topics.predictions, orjson.dumps(body, option=_JSON), key=event.key)
         self._counts["predicted"] += 1
 
     def _label(self, rec: Record) -> None:
@@ -361,12 +384,16 @@ class Service:
         label = decode_label(value, max_bytes=self.max_event_bytes)
         key = self._model_key(rec, label.key)
         if label.ts is None and rec.timestamp_ms is not None:
-            label = Label(label.id, key, label.y, rec.timestamp_ms / 1000.0)
+            if key != label.key:  # completed in place, like an event (decoded just now)
+                _set_label_key(label, key)
+            _set_label_ts(label, rec.timestamp_ms / 1000.0)
         if self._skip and self._known(key, rec):
             return
         # A label may come before any event of its key: the learner parks it.
-        learner = self.learners.get(key) or self._learner(key, rec.partition)
-        if key in self.paused:
+        learner = self.learners.get(key)
+        if learner is None:
+            learner = self._learner(key, rec.partition)
+        if self.paused and key in self.paused:
             self._counts["paused"] += 1
             return
         out = learner.on_label(label)
@@ -558,6 +585,9 @@ class Service:
 
     def _report(self) -> None:
         m = self.metrics
+        if self._learned:
+            self._counts["learned"] += self._learned
+            self._learned = 0
         for outcome, n in self._counts.items():
             m.count_events(outcome, n)
         self._counts.clear()
@@ -610,7 +640,12 @@ class Service:
             decision=learner.decisions[-1].reason if learner.decisions else None,
             metrics=learner.evaluator.values(),
             offsets=self._positions(partition),
-            extra={"partition": partition, "events_topic": self.topics.events},
+            extra={
+                "partition": partition,
+                "events_topic": self.topics.events,
+                # An adopted lineage says which one it replaced (see restore()).
+                **({"adopted_from": learner.adopted_from} if learner.adopted_from else {}),
+            },
         )
         started = time.perf_counter()
         header = self.store.publish(state, meta)
@@ -693,21 +728,38 @@ class Service:
             partition = newest.extra.get("partition")
             if partition not in owned or newest.extra.get("events_topic") != self.topics.events:
                 continue
-            if newest.lineage != self.factory.spec.lineage:
+            configured = self.factory.spec.lineage
+            if newest.lineage != configured:
+                if newest.extra.get("adopted_from") != configured:
+                    # The config's [model] changed: a new model iteration starts fresh.
+                    log_event(
+                        log,
+                        "checkpoint_lineage_changed",
+                        key=key,
+                        old=newest.lineage,
+                        new=configured,
+                        action="starting a new lineage fresh",
+                    )
+                    continue
+                # The key adopted another lineage (replay --rebuild --publish, a rollback)
+                # while the config still names the one it replaced: the adoption stands.
                 log_event(
                     log,
-                    "checkpoint_lineage_changed",
+                    "adopted_lineage_kept",
+                    level=logging.WARNING,
                     key=key,
-                    old=newest.lineage,
-                    new=self.factory.spec.lineage,
-                    action="starting a new lineage fresh",
+                    lineage=newest.lineage,
+                    configured=configured,
+                    action="restoring the adopted lineage; put its [model] in the config to "
+                    "make that explicit",
                 )
-                continue
             loaded = catalog.load(key)
             if loaded is None:
                 lost.add(partition)
                 continue
             header, state = loaded
+            if state["learner"].lineage == configured:
+                state["learner"].adopted_from = None  # the config names it now: its own
             self._adopt(key, partition, header, state)
             for topic, by in header["offsets"].items():
                 for p, off in by.items():
@@ -782,7 +834,8 @@ class Service:
         )
 
     def _rollback(self, key: str, cmd: Command) -> None:
-        """Serve an older version again, as a new version (the log says which)."""
+        """Serve an older version again, as a new version (the log says which). A version
+        of another lineage (``replay --rebuild --publish``) is adopted with its spec."""
         learner = self.learners.get(key)
         if self.store is None or learner is None or cmd.version is None:
             log_event(
@@ -805,7 +858,30 @@ class Service:
             )
             return
         _, state = loaded
-        decision = learner.rollback(state["learner"].model, cmd.version, cmd.reason)
+        restored: Learner = state["learner"]
+        before = learner.lineage
+        try:  # a snapshot of another lineage (a rebuild) switches the spec too
+            decision = learner.rollback(restored.model, cmd.version, cmd.reason, restored.spec)
+        except ValueError as exc:
+            log_event(
+                log,
+                "rollback_failed",
+                level=logging.WARNING,
+                key=key,
+                version=cmd.version,
+                why=str(exc),
+            )
+            return
+        if learner.lineage != before:
+            log_event(
+                log,
+                "lineage_adopted",
+                key=key,
+                version=learner.version,
+                lineage=learner.lineage,
+                previous_lineage=before,
+                from_version=cmd.version,
+            )
         self._react(learner, (), (decision,), None)
         self.metrics.set_model(key, learner.version, learner.lineage)
         self._snapshot_soon.add(key)
@@ -862,7 +938,13 @@ class Service:
     # -- the loop -----------------------------------------------------------------------
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Consume until ``should_stop()``; then finish the batch, flush, commit, close."""
+        self.retrainer.start(self.factory.spec)
+        start_sink = getattr(self.sink, "start", None)
+        if start_sink is not None:
+            start_sink()  # before consuming: see KafkaSink.start (exactly-once restarts)
         self.source.start()
+        gc_default = gc.get_threshold()
+        gc.set_threshold(*GC_THRESHOLDS)
         try:
             while not should_stop():
                 polled = self.source.poll(self.batch_size, self.poll_timeout_s)
@@ -879,11 +961,14 @@ class Service:
                     self.metrics.set_ready(True)
                     log_event(log, "caught_up", keys=len(self.learners))
         finally:
-            self.flush(should_stop)
-            self.commit(should_stop)
-            if self.store is not None:
-                for partition in self._owned():
-                    self.checkpoint_round(partition, "shutdown")
-            self.source.close()
-            self.retrainer.close()
-            self.metrics.set_ready(False)
+            try:
+                self.flush(should_stop)
+                self.commit(should_stop)
+                if self.store is not None:
+                    for partition in self._owned():
+                        self.checkpoint_round(partition, "shutdown")
+                self.source.close()
+                self.retrainer.close()
+                self.metrics.set_ready(False)
+            finally:
+                gc.set_threshold(*gc_default)

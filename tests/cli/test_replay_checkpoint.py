@@ -87,6 +87,7 @@ def test_rollback_to_another_lineage_switches_spec_and_refuses_another_task():
     assert (learner.spec, learner.lineage, learner.version) == (other, other.lineage, 2)
     assert decision.code == "lineage_adopted" and other.lineage in decision.reason
     assert decision.values["previous_lineage"] == LINEAR.lineage
+    assert learner.adopted_from == LINEAR.lineage  # what a restart compares with the config
     assert set(learner.evaluator.values()) == {"accuracy", "accuracy_rolling", "f1", "f1_rolling"}
     # Same lineage: a plain rollback, as before.
     assert learner.rollback(rebuilt.model, 2, spec=other).code == "rolled_back"
@@ -96,6 +97,9 @@ def test_rollback_to_another_lineage_switches_spec_and_refuses_another_task():
     with pytest.raises(ValueError, match="regression"):
         learner.rollback(Learner("k", regression).model, 7, spec=regression)
     assert learner.version == 3 and learner.lineage == other.lineage
+    # Back to the lineage it was built with: nothing adopted any more.
+    learner.rollback(Learner("k", LINEAR).model, 1, spec=LINEAR)
+    assert (learner.lineage, learner.adopted_from) == (LINEAR.lineage, None)
 
 
 def test_each_policy_continues_its_own_copy_of_the_start():
@@ -249,8 +253,17 @@ def test_rebuild_compares_then_publishes_and_the_running_service_adopts_it(
         service.proc.send_signal(signal.SIGTERM)
         assert service.wait(60) == 0
 
-    # After the switch the service snapshots lineage B itself; a restart whose config names
-    # the rebuilt model restores it.
+    # After the switch the service snapshots lineage B itself. A restart whose config still
+    # names lineage A (the one B replaced) keeps the adoption ...
+    seen = []
+
+    def kept(service) -> bool:
+        seen[:] = [service.learners.get("default")]
+        return checkpoints_tests._caught_up(service)
+
+    _run_until(config, bootstrap, kept)
+    assert (seen[0].lineage, seen[0].version, seen[0].adopted_from) == (lineage_b, 3, lineage_a)
+    # ... and so does one whose config names the rebuilt model.
     catalog = _catalog(config, bootstrap)
     newest = max(catalog.versions("default"), key=lambda v: v.position)
     assert (newest.model_version, newest.lineage) == (3, lineage_b)
@@ -267,7 +280,7 @@ def test_rebuild_compares_then_publishes_and_the_running_service_adopts_it(
         return checkpoints_tests._caught_up(service)
 
     _run_until(config_b, bootstrap, restored)
-    assert (seen[0].lineage, seen[0].version) == (lineage_b, 3)
+    assert (seen[0].lineage, seen[0].version, seen[0].adopted_from) == (lineage_b, 3, None)
 
 
 @pytest.mark.kafka
