@@ -41,6 +41,7 @@ publish): call ``read()`` after gaining ownership of a key that another instance
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
@@ -65,6 +66,8 @@ from stream_learner.core.snapshot import (
 from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.kafka.client import client_config
 from stream_learner.kafka.sink import KafkaSink
+
+log = logging.getLogger(__name__)
 
 __all__ = [
     "REASONS",
@@ -554,20 +557,46 @@ class CheckpointStore(_Store):
                 f"within {self.delivery_timeout:g}s"
             )
 
-    def _scan(self, timeout: float) -> Iterator[tuple[str, bytes | None]]:
-        deadline = time.monotonic() + timeout
-        consumer = Consumer(client_config(self.bootstrap, {**_CONSUMER, **self._extra}))
-        try:
+    def _watermarks(self, consumer: Consumer, deadline: float) -> tuple[int, int]:
+        """The partition's offsets. A topic created moments ago may have no leader yet:
+        that is waited out, with backoff, until ``deadline``; a missing topic is not."""
+        delay = 0.1
+        while True:
+            left = deadline - time.monotonic()
             try:
-                low, high = consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, PARTITION), timeout=timeout, cached=False
+                return consumer.get_watermark_offsets(
+                    TopicPartition(self.topic, PARTITION), timeout=max(left, 0.1), cached=False
                 )
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
+                if left > delay and self._exists(consumer, left):
+                    log.warning(
+                        "checkpoint topic %s not readable yet (%s); retrying", self.topic, err
+                    )
+                    time.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
                 raise BrokerError(
                     f"cannot read checkpoint topic {self.topic!r}: {err}",
                     code=getattr(err, "name", lambda: None)(),
                 ) from None
+
+    def _exists(self, consumer: Consumer, timeout: float) -> bool:
+        try:
+            meta = consumer.list_topics(self.topic, timeout=min(timeout, 5.0)).topics.get(
+                self.topic
+            )
+        except KafkaException:
+            return True  # the broker did not answer: not a proof of absence
+        return meta is not None and (
+            meta.error is None or meta.error.code() != KafkaError.UNKNOWN_TOPIC_OR_PART
+        )
+
+    def _scan(self, timeout: float) -> Iterator[tuple[str, bytes | None]]:
+        deadline = time.monotonic() + timeout
+        consumer = Consumer(client_config(self.bootstrap, {**_CONSUMER, **self._extra}))
+        try:
+            low, high = self._watermarks(consumer, deadline)
             if high <= low:
                 return
             consumer.assign([TopicPartition(self.topic, PARTITION, low)])

@@ -706,7 +706,7 @@ class Service:
             self.consumed[tp] = committed.get(tp, 0)
         if self.store is None:
             return {}
-        catalog = self._read_catalog()
+        catalog = self.store.read()  # waits out a new topic without a leader
         owned = {p for t, p in partitions if t == self.topics.events}
         records = catalog.records()
         starts: dict[TopicPartition, int] = {}
@@ -794,19 +794,6 @@ class Service:
         for partition in owned:  # the next periodic round counts from here, not from 0
             self._round_at[partition] = (self._inputs(partition), time.monotonic())
         return starts
-
-    def _read_catalog(self, attempts: int = 5):
-        """Read the checkpoint topic; a topic created moments ago may not have a leader
-        yet (NOT_LEADER_FOR_PARTITION), so a few retries with backoff come first."""
-        for attempt in range(attempts):
-            try:
-                return self.store.read()
-            except BrokerError as exc:
-                if attempt == attempts - 1:
-                    raise
-                log_event(log, "checkpoint_read_retry", level=logging.WARNING, error=str(exc))
-                time.sleep(0.5 * 2**attempt)
-        raise AssertionError("unreachable")
 
     def _adopt(self, key: str, partition: int, header: dict, state: dict) -> None:
         learner: Learner = state["learner"]
