@@ -141,3 +141,23 @@ def drain(bootstrap: str, topic: str, *, timeout: float = 30.0, committed: bool 
         return out
     finally:
         consumer.close()
+
+
+def free_port_pair() -> int:
+    """A loopback port p with p and p + 1 free: a private broker's listener and controller
+    (tests that stop and start a broker of their own, not the session's)."""
+    import socket
+
+    for _ in range(50):
+        with socket.socket() as a:
+            a.bind(("127.0.0.1", 0))
+            port = a.getsockname()[1]
+        if port > 65000:
+            continue
+        with socket.socket() as b:
+            try:
+                b.bind(("127.0.0.1", port + 1))
+            except OSError:
+                continue
+        return port
+    raise RuntimeError("no free pair of loopback ports")

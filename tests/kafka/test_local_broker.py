@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,24 +13,12 @@ from stream_learner.cli import main
 from stream_learner.errors import BrokerError
 from stream_learner.kafka.client import check_reachable, resolve_bootstrap
 from stream_learner.kafka.local import LocalBroker
-
-
-def _free_port_pair() -> int:
-    for _ in range(50):
-        with socket.socket() as a:
-            a.bind(("127.0.0.1", 0))
-            port = a.getsockname()[1]
-        if port > 65000:
-            continue
-        with socket.socket() as b:
-            if b.connect_ex(("127.0.0.1", port + 1)) != 0:
-                return port
-    raise RuntimeError("no free port pair")
+from tests.conftest import free_port_pair
 
 
 @pytest.mark.kafka
 def test_up_twice_status_down_leaves_nothing(monkeypatch, capsys):
-    port = _free_port_pair()
+    port = free_port_pair()
     monkeypatch.setenv("STREAM_LEARNER_KAFKA_PORT", str(port))
     broker = LocalBroker()
     assert broker.port == port
@@ -80,7 +67,7 @@ def test_missing_java_is_one_line_not_a_traceback(tmp_path):
     env = {
         "PATH": str(tmp_path),  # neither java nor mvn here
         "STREAM_LEARNER_HOME": str(tmp_path / "home"),
-        "STREAM_LEARNER_KAFKA_PORT": str(_free_port_pair()),
+        "STREAM_LEARNER_KAFKA_PORT": str(free_port_pair()),
         "HOME": str(tmp_path),
     }
     proc = subprocess.run(

@@ -10,7 +10,6 @@ own counters, read back from the shutdown checkpoint) and every request predicte
 from __future__ import annotations
 
 import signal
-import socket
 import threading
 from collections import Counter
 from pathlib import Path
@@ -25,7 +24,7 @@ from stream_learner.kafka.client import client_config
 from stream_learner.kafka.local import LocalBroker
 from stream_learner.kafka.topics import apply, default_topics_file, load_topics, plan
 from stream_learner.synth import Message
-from tests.conftest import drain
+from tests.conftest import drain, free_port_pair
 from tests.service.helpers import ServiceProcess, produce, wait_until, write_config
 
 pytestmark = pytest.mark.kafka
@@ -33,26 +32,9 @@ pytestmark = pytest.mark.kafka
 KEYS = ("a", "b", "c", "d")
 
 
-def _free_port_pair() -> int:
-    """A port p with p and p + 1 free (the broker's listener and its controller)."""
-    for _ in range(50):
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            port = s.getsockname()[1]
-        if port >= 65535:
-            continue
-        with socket.socket() as s2:
-            try:
-                s2.bind(("127.0.0.1", port + 1))
-            except OSError:
-                continue
-        return port
-    raise AssertionError("no free pair of loopback ports")
-
-
 @pytest.fixture
 def own_broker():
-    broker = LocalBroker(port=_free_port_pair())
+    broker = LocalBroker(port=free_port_pair())
     try:
         yield broker
     finally:
