@@ -42,15 +42,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from stream_learner.core.commands import ALL_KEYS, Command, decode_command
-from stream_learner.core.events import (
-    DEFAULT_KEY,
-    MAX_EVENT_BYTES,
-    Event,
-    Label,
-    check_label,
-    decode_event,
-    decode_label,
-)
+from stream_learner.core.events import MAX_EVENT_BYTES, Event, Label, RecordDecoder, check_label
 from stream_learner.errors import BrokerError, ConfigError, DecodeError
 from stream_learner.kafka.client import client_config
 from stream_learner.kafka.source import Record
@@ -164,7 +156,7 @@ def read_kafka_history(
     if None not in (start.time_ms, end.time_ms) and start.time_ms > end.time_ms:
         raise ConfigError(f"--start {start.text} is after --end {end.text}")
     events, labels, control = (names.get(role) for role in ROLES)
-    keys: dict[bytes, str] = {}
+    decoder = RecordDecoder(max_bytes)  # the service's rules
     seen: dict[int, dict[str, None]] = {}  # partition -> its keys so far, in order
     consumer = Consumer(conf)
     try:
@@ -175,11 +167,11 @@ def read_kafka_history(
             history.records += 1
             try:
                 if rec.topic == events:
-                    items.append(_event(rec, keys, max_bytes, task))
+                    items.append(_event(rec, decoder, task))
                 elif rec.topic == labels:
-                    items.append(_label(rec, keys, max_bytes, task))
+                    items.append(_label(rec, decoder, task))
                 elif rec.topic == control:
-                    items.extend(_commands(rec, keys, seen.get(rec.partition, {}), commands))
+                    items.extend(_commands(rec, decoder, seen.get(rec.partition, {}), commands))
                     continue
                 seen.setdefault(rec.partition, {})[items[-1].key] = None
             except DecodeError as exc:
@@ -436,22 +428,6 @@ def _broker_error(err: KafkaError, what: str) -> BrokerError:
 # -- decoding, as the service does it ----------------------------------------------------
 
 
-def _model_key(rec: Record, declared: str, keys: dict[bytes, str]) -> str:
-    """The Kafka message key routes; an event's own ``key`` may only repeat it."""
-    raw = rec.key
-    if raw is None:
-        return declared
-    key = keys.get(raw)
-    if key is None:
-        try:
-            key = keys[raw] = raw.decode()
-        except UnicodeDecodeError:
-            raise DecodeError("bad_key", "the Kafka message key is not UTF-8") from None
-    if declared != key and declared != DEFAULT_KEY:
-        raise DecodeError("key_mismatch", "the message key and the event's key differ")
-    return key
-
-
 #: Commands that change what is learned, replayed as the service carries them out; the
 #: others are counted only (``snapshot`` changes nothing learned; ``rollback`` loads a model
 #: from the checkpoint topic, which a replay of the inputs does not have).
@@ -459,7 +435,7 @@ REPLAYED_COMMANDS = frozenset({"pause", "resume", "retrain"})
 
 
 def _commands(
-    rec: Record, keys: dict[bytes, str], partition_keys: Mapping[str, None], counts: Counter
+    rec: Record, decoder: RecordDecoder, partition_keys: Mapping[str, None], counts: Counter
 ) -> list[Command]:
     """A control record as the service applies it: ``*`` means every key of the partition
     seen so far (the service's learners there), one command per key."""
@@ -469,33 +445,19 @@ def _commands(
         return []
     if cmd.key == ALL_KEYS:
         return [dataclasses.replace(cmd, key=k) for k in partition_keys]
-    key = _model_key(rec, cmd.key, keys)
+    key = decoder.key(rec.key, cmd.key)
     return [cmd if key == cmd.key else dataclasses.replace(cmd, key=key)]
 
 
-def _event(rec: Record, keys: dict[bytes, str], max_bytes: int, task: str | None) -> Event:
-    if rec.value is None:
-        raise DecodeError("not_json", "the message has no value (a tombstone)")
-    event = decode_event(rec.value, max_bytes=max_bytes)
-    key = _model_key(rec, event.key, keys)
-    ts = event.ts
-    if ts is None and rec.timestamp_ms is not None:
-        ts = rec.timestamp_ms / 1000.0  # event time is the producer's timestamp then
+def _event(rec: Record, decoder: RecordDecoder, task: str | None) -> Event:
+    event = decoder.event(rec.value, rec.key, rec.timestamp_ms)
     if task is not None and event.y is not None:
-        check_label(event.y, task)
-    if ts is event.ts and key == event.key:
-        return event
-    return Event(event.id, key, event.x, event.y, ts)
+        check_label(event.y, task)  # the learner refuses it: the service dead-letters it
+    return event
 
 
-def _label(rec: Record, keys: dict[bytes, str], max_bytes: int, task: str | None) -> Label:
-    if rec.value is None:
-        raise DecodeError("not_json", "the message has no value (a tombstone)")
-    label = decode_label(rec.value, max_bytes=max_bytes)
-    key = _model_key(rec, label.key, keys)
-    ts = label.ts
-    if ts is None and rec.timestamp_ms is not None:
-        ts = rec.timestamp_ms / 1000.0
+def _label(rec: Record, decoder: RecordDecoder, task: str | None) -> Label:
+    label = decoder.label(rec.value, rec.key, rec.timestamp_ms)
     if task is not None:
         check_label(label.y, task)
-    return Label(label.id, key, label.y, ts)
+    return label

@@ -38,7 +38,7 @@ from typing import Any, Protocol
 import orjson
 
 from stream_learner.core.commands import Command, decode_command
-from stream_learner.core.events import DEFAULT_KEY, Event, Label, decode_event, decode_label
+from stream_learner.core.events import Event, RecordDecoder
 from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import Decision, PolicyConfig
@@ -52,12 +52,6 @@ from stream_learner.service.retrainer import Pending, Retrainer
 
 log = logging.getLogger("stream_learner.service")
 
-# Slot setters of the (frozen, slotted) Event and Label: the hot path completes a freshly
-# decoded input in place instead of building a second one.
-_set_event_key = Event.__dict__["key"].__set__
-_set_event_ts = Event.__dict__["ts"].__set__
-_set_label_key = Label.__dict__["key"].__set__
-_set_label_ts = Label.__dict__["ts"].__set__
 _JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY  # predictions may hold numpy values
 
 TopicPartition = tuple[str, int]
@@ -204,7 +198,7 @@ class Service:
         self.positions: dict[TopicPartition, int] = {}
         self.caught_up = False
         self.batches = 0
-        self._keys: dict[bytes, str] = {}  # message key bytes -> str, cached
+        self.decoder = RecordDecoder(max_event_bytes)  # the same rules as a replay's
         self._touched: set[str] = set()
         self._counts: Counter[str] = Counter()
         self._learned = 0  # events learned in this batch (the hot path's own counter)
@@ -288,25 +282,6 @@ class Service:
             del self._skip[key]
         return False
 
-    def _model_key(self, rec: Record, declared: str) -> str:
-        raw = rec.key
-        if raw is None:
-            return declared
-        key = self._keys.get(raw)
-        if key is None:
-            try:
-                key = raw.decode()
-            except UnicodeDecodeError:
-                raise DecodeError("bad_key", "the Kafka message key is not UTF-8") from None
-            if len(self._keys) < 100_000:
-                self._keys[raw] = key
-        if declared != key and declared != DEFAULT_KEY:
-            raise DecodeError(
-                "key_mismatch",
-                f"the message key {key[:40]!r} and the event's key {declared[:40]!r} differ",
-            )
-        return key
-
     def _learner(self, key: str, partition: int) -> Learner:
         learner = self.learners.get(key)
         if learner is None:
@@ -316,24 +291,8 @@ class Service:
         return learner
 
     def _event(self, rec: Record) -> None:
-        value = rec.value
-        if value is None:
-            raise DecodeError("not_json", "the message has no value (a tombstone)")
-        event = decode_event(value, max_bytes=self.max_event_bytes)
-        declared = event.key
-        raw = rec.key
-        key = declared if raw is None else self._keys.get(raw)
-        if key != declared:
-            if key is None or declared != DEFAULT_KEY:
-                key = self._model_key(rec, declared)  # not cached yet, or a mismatch to report
-            if key != declared:
-                # The event was decoded just now and nobody else holds it: its slots are
-                # filled in place (a second frozen Event costs more than this whole method).
-                _set_event_key(event, key)
-        if event.ts is None and rec.timestamp_ms is not None:
-            # Event time is the producer's timestamp when the event carries none, so label
-            # joins and time-based triggers run on one clock, in replays too.
-            _set_event_ts(event, rec.timestamp_ms / 1000.0)
+        event = self.decoder.event(rec.value, rec.key, rec.timestamp_ms)
+        key = event.key
         if self._skip and self._known(key, rec):
             return
         learner = self.learners.get(key)
@@ -378,15 +337,8 @@ class Service:
         self._counts["predicted"] += 1
 
     def _label(self, rec: Record) -> None:
-        value = rec.value
-        if value is None:
-            raise DecodeError("not_json", "the message has no value (a tombstone)")
-        label = decode_label(value, max_bytes=self.max_event_bytes)
-        key = self._model_key(rec, label.key)
-        if label.ts is None and rec.timestamp_ms is not None:
-            if key != label.key:  # completed in place, like an event (decoded just now)
-                _set_label_key(label, key)
-            _set_label_ts(label, rec.timestamp_ms / 1000.0)
+        label = self.decoder.label(rec.value, rec.key, rec.timestamp_ms)
+        key = label.key
         if self._skip and self._known(key, rec):
             return
         # A label may come before any event of its key: the learner parks it.
@@ -408,7 +360,7 @@ class Service:
         if cmd.key == "*":
             keys = [k for k, p in self.key_partition.items() if p == rec.partition]
         else:
-            keys = [self._model_key(rec, cmd.key)]
+            keys = [self.decoder.key(rec.key, cmd.key)]
         for key in keys:
             if not (self._skip and self._known(key, rec)):
                 self.execute(cmd, key, rec.partition)

@@ -17,6 +17,7 @@ from stream_learner.core.events import (
     REASONS,
     Event,
     Label,
+    RecordDecoder,
     check_label,
     decode,
     decode_event,
@@ -257,3 +258,42 @@ def test_non_finite_numbers_from_a_lenient_parser(monkeypatch, obj, reason, deta
     assert (err.reason, err.detail) == (reason, detail)
     monkeypatch.setattr(events, "_parse", lambda raw, max_bytes: {"id": "a", "x": {"f": 1.5}})
     assert decode_event(b"{}").x == {"f": 1.5}
+
+
+# -- records as Kafka delivers them: one set of rules for the service and its replays ------
+
+
+def test_the_message_key_routes_and_the_producer_timestamp_fills_in_event_time():
+    d = RecordDecoder()
+    ev = d.event(b'{"id": "e1", "x": {"a": 1.0}}', b"fraud", 1_700_000_000_500)
+    assert (ev.key, ev.ts) == ("fraud", 1_700_000_000.5)
+    own = d.event(b'{"id": "e2", "key": "fraud", "ts": 5, "x": {}}', b"fraud", 9_000)
+    assert (own.key, own.ts) == ("fraud", 5.0)  # the message's own time wins
+    keyless = d.event(b'{"id": "e3", "x": {}}', None, None)
+    assert (keyless.key, keyless.ts) == ("default", None)
+    # A label with its own ts still takes the message key (not just its time).
+    label = d.label(b'{"id": "e1", "y": true, "ts": 7}', b"fraud", 1_000)
+    assert (label.key, label.ts) == ("fraud", 7.0)
+    assert d.label(b'{"id": "e1", "y": false}', b"fraud", 2_000).ts == 2.0
+
+
+@pytest.mark.parametrize(
+    ("value", "raw_key", "reason"),
+    [
+        (None, b"k", "not_json"),  # a tombstone
+        (b'{"id": "e1", "key": "other", "x": {}}', b"k", "key_mismatch"),
+        (b'{"id": "e1", "x": {}}', b"\xff\xfe", "bad_key"),
+        (b'{"id": "e1", "x": [1]}', b"k", "x_not_object"),
+    ],
+)
+def test_what_the_service_dead_letters(value, raw_key, reason):
+    with pytest.raises(DecodeError) as info:
+        RecordDecoder().event(value, raw_key, None)
+    assert info.value.reason == reason
+
+
+def test_the_key_cache_is_bounded():
+    d = RecordDecoder(max_keys=3)
+    for i in range(10):
+        assert d.key(f"k{i}".encode(), "default") == f"k{i}"
+    assert len(d._keys) == 3
