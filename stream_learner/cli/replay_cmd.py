@@ -49,9 +49,11 @@ def register(sub: argparse._SubParsersAction) -> None:
     cmd = sub.add_parser(
         "replay",
         help="backtest retraining policies on a recorded history",
-        description="Replay a history (JSONL events and labels, or CSV with columns id, key, "
-        "ts, y and one per feature) through the config's model once per policy, as the "
-        "service would have, and compare: prequential metric, retrains, promotions, time.",
+        description="Replay a history (JSONL events and labels, CSV with columns id, key, "
+        "ts, y and one per feature, or a range of the service's own topics) through the "
+        "config's model once per policy, as the service would have, and compare: prequential "
+        "metric, retrains, promotions, time. Start from checkpoints with --from-checkpoint; "
+        "train and publish a new lineage with --rebuild [--publish].",
     )
     cmd.add_argument("--config", required=True, help="TOML config file (model, learner, ...)")
     source = cmd.add_mutually_exclusive_group(required=True)
