@@ -25,10 +25,11 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from stream_learner.core.policy import config_from_dict
 from stream_learner.errors import ConfigError
 
 ENV_PREFIX = "STREAM_LEARNER__"
@@ -96,40 +97,6 @@ class CheckpointSettings:
             f"every_seconds={self.every_seconds}, keep_versions={self.keep_versions}, "
             f"signing_key={'<set>' if self.signing_key else '<unset>'})"
         )
-
-
-def _typed_section(cls: type, raw: Mapping[str, Any], where: str) -> Any:
-    """Build a settings dataclass, naming the key on a typo or a wrong type."""
-    known = {f.name: f for f in fields(cls)}
-    values: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name not in known:
-            raise ConfigError(f"{where}.{name}: unknown key; accepted: {', '.join(sorted(known))}")
-        default = getattr(cls(), name)
-        values[name] = _coerce(value, default, f"{where}.{name}")
-    return cls(**values)
-
-
-def _coerce(value: Any, default: Any, where: str) -> Any:
-    if isinstance(default, bool):
-        if not isinstance(value, bool):
-            raise ConfigError(f"{where}: expected true or false, got {value!r}")
-        return value
-    if isinstance(default, int):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
-            raise ConfigError(f"{where}: expected a non-negative integer, got {value!r}")
-        return value
-    if isinstance(default, float):
-        if isinstance(value, bool) or not isinstance(value, int | float) or value < 0:
-            raise ConfigError(f"{where}: expected a non-negative number, got {value!r}")
-        return float(value)
-    if isinstance(default, Mapping):
-        if not isinstance(value, Mapping):
-            raise ConfigError(f"{where}: expected a table, got {value!r}")
-        return dict(value)
-    if not isinstance(value, str):
-        raise ConfigError(f"{where}: expected a string, got {value!r}")
-    return value
 
 
 def _env_value(raw: str) -> Any:
@@ -208,9 +175,9 @@ def parse_config(
         str(k): resolve_secret(v, f"kafka.client.{k}", env)
         for k, v in dict(kafka_raw.pop("client", {})).items()
     }
-    kafka = _typed_section(KafkaSettings, kafka_raw, "kafka")
+    kafka = config_from_dict(KafkaSettings, kafka_raw, "kafka")
     kafka = KafkaSettings(kafka.bootstrap, kafka.topic_prefix, kafka.group_id, client)
-    service = _typed_section(ServiceSettings, merged.get("service", {}), "service")
+    service = config_from_dict(ServiceSettings, merged.get("service", {}), "service")
     return Config(
         kafka=kafka,
         service=service,
@@ -218,7 +185,7 @@ def parse_config(
         learner=merged.get("learner", {}),
         policy=merged.get("policy", {}),
         retrain=merged.get("retrain", {}),
-        checkpoints=_typed_section(
+        checkpoints=config_from_dict(
             CheckpointSettings, merged.get("checkpoints", {}), "checkpoints"
         ),
         source=source,

@@ -291,11 +291,17 @@ class FeatureDriftMonitor:
         #: itself and call :meth:`flush` once it holds ``block`` events: that is :meth:`update`.
         self.pending: list[dict] = []
 
+    def __getstate__(self) -> dict:
+        # The set of known names as a sorted list: a set pickles in hash order, which
+        # changes with the process's hash seed, and a snapshot's bytes should not.
+        return {**vars(self), "_known": sorted(self._known)}
+
     def __setstate__(self, state: dict) -> None:
         if "_buffer" in state:  # a monitor pickled before ``pending`` had its name
             state["pending"] = state.pop("_buffer")
         for name, value in state.items():
             setattr(self, name, value)  # interns the names, as pickle's default does
+        self._known = set(self._known)  # a list since it is pickled sorted; a set before
 
     def update(self, x: dict, index: int) -> tuple[DriftSignal, ...]:
         """Add one event's features; return the signals of a completed block (usually none)."""

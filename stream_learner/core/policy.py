@@ -40,7 +40,7 @@ from __future__ import annotations
 import math
 from collections import deque
 from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import MISSING, dataclass, field, fields
 from typing import Any
 
 from stream_learner.core.drift import DriftSignal
@@ -131,14 +131,20 @@ def config_from_dict(cls: type, d: Mapping[str, Any], where: str) -> Any:
 
     Unknown keys are an error naming the key and the accepted ones. Booleans must be
     booleans, integers non-negative integers, floats finite non-negative numbers (a bool is
-    never taken for a number). Shared by the core's config sections.
+    never taken for a number), tables tables, and a setting that defaults to ``None`` a
+    string. Shared by every config section (the core's and the service's).
     """
     if not isinstance(d, Mapping):
         raise ConfigError(f"{where}: expected a table, got {type(d).__name__}")
-    defaults = {f.name: f.default for f in fields(cls)}
+    defaults = {
+        f.name: f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
+        for f in fields(cls)
+    }
+    values = {}
     for name, value in d.items():
         if name not in defaults:
-            raise ConfigError(f"{where}.{name}: unknown key; accepted: {', '.join(defaults)}")
+            accepted = ", ".join(defaults)
+            raise ConfigError(f"{where}.{name}: unknown key; accepted: {accepted}")
         default = defaults[name]
         if type(default) is bool:
             ok, expected = type(value) is bool, "true or false"
@@ -147,11 +153,18 @@ def config_from_dict(cls: type, d: Mapping[str, Any], where: str) -> Any:
         elif type(default) is float:
             ok = type(value) in (int, float) and 0 <= value < math.inf
             expected = "a number >= 0"
+            value = float(value) if ok else value
+        elif isinstance(default, Mapping):
+            ok, expected = isinstance(value, Mapping), "a table"
+            value = dict(value) if ok else value
+        elif default is None:  # an optional setting, a string when set
+            ok, expected = type(value) is str, "a string"
         else:
             ok, expected = isinstance(value, type(default)), type(default).__name__
         if not ok:
             raise ConfigError(f"{where}.{name}: {value!r}; expected {expected}")
-    return cls(**{k: float(v) if type(defaults[k]) is float else v for k, v in d.items()})
+        values[name] = value
+    return cls(**values)
 
 
 class TriggerPolicy:

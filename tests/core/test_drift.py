@@ -332,3 +332,31 @@ def test_a_data_monitor_pickled_before_pending_had_its_name_restores():
 def test_bad_data_monitor_configuration_names_the_key(params, message):
     with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
         FeatureDriftMonitor(**params)
+
+
+def test_a_feature_monitor_pickles_to_the_same_bytes_whatever_the_hash_seed():
+    """Snapshots are compared and verified by their bytes: a set pickled in hash order would
+    make them depend on the process's hash seed."""
+    import os
+    import subprocess
+    import sys
+
+    script = (
+        "import hashlib, pickle\n"
+        "from stream_learner.core.drift import FeatureDriftMonitor\n"
+        "m = FeatureDriftMonitor(block=10, reference=20, max_features=5)\n"
+        "for i in range(60):\n"
+        "    m.update({f'f{j}': float(i % (j + 2)) for j in range(i % 40)}, i)\n"
+        "print(hashlib.sha256(pickle.dumps(m)).hexdigest())\n"
+    )
+    digests = {
+        subprocess.run(
+            [sys.executable, "-c", script],
+            env={**os.environ, "PYTHONHASHSEED": seed},
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+        for seed in ("1", "9", "12", "40")
+    }
+    assert len(digests) == 1
