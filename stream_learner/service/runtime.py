@@ -787,14 +787,7 @@ class Service:
             return
         loaded = self.store.read().load(key, cmd.version)
         if loaded is None:
-            log_event(
-                log,
-                "rollback_failed",
-                level=logging.WARNING,
-                key=key,
-                version=cmd.version,
-                why="no valid snapshot of that version",
-            )
+            _rollback_failed(key, cmd.version, "no valid snapshot of that version")
             return
         _, state = loaded
         restored: Learner = state["learner"]
@@ -802,14 +795,7 @@ class Service:
         try:  # a snapshot of another lineage (a rebuild) switches the spec too
             decision = learner.rollback(restored.model, cmd.version, cmd.reason, restored.spec)
         except ValueError as exc:
-            log_event(
-                log,
-                "rollback_failed",
-                level=logging.WARNING,
-                key=key,
-                version=cmd.version,
-                why=str(exc),
-            )
+            _rollback_failed(key, cmd.version, str(exc))
             return
         if learner.lineage != before:
             log_event(
@@ -911,3 +897,7 @@ class Service:
                 self.metrics.set_ready(False)
             finally:
                 gc.set_threshold(*gc_default)
+
+
+def _rollback_failed(key: str, version: int | None, why: str) -> None:
+    log_event(log, "rollback_failed", level=logging.WARNING, key=key, version=version, why=why)
