@@ -245,7 +245,7 @@ class PolicyReport:
     series: dict[str, list[Any]] = field(default_factory=dict)  # input, ts, rolling
     signals: list[dict[str, Any]] = field(default_factory=list)
     signals_total: int = 0
-    rejected: int = 0  # inputs the model refused (the service dead-letters them)
+    rejected: int = 0  # inputs the task or model refused (the service dead-letters them)
 
     TIMINGS = ("retrain_s", "events_per_s")
 
@@ -431,8 +431,9 @@ def _replay_one(
                 continue
             else:
                 out = learner.learn(item)
-        except (TypeError, ValueError, ArithmeticError):
-            # The model refused this input: the service dead-letters it (model_rejected).
+        except (DecodeError, TypeError, ValueError, ArithmeticError):
+            # A label that does not fit the task, or an input the model refused: the service
+            # dead-letters it (bad_label, model_rejected) and goes on.
             rejected += 1
             continue
         if out.decisions:

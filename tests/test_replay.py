@@ -188,14 +188,16 @@ def test_cli_bad_input_is_one_line_and_exit_2(tmp_path, config_file, capsys):
     assert err.count("\n") == 1 and "nope.jsonl does not exist" in err
 
 
-def test_an_input_the_model_refuses_is_skipped_as_the_service_dead_letters_it(tmp_path, config):
+def test_inputs_the_task_or_model_refuse_are_skipped_as_the_service_skips_them(tmp_path, config):
     messages = _messages()[:600]
     bad = {"id": "bad", "key": "default", "ts": messages[299]["ts"], "x": {"x0": "high"}}
     bad["y"] = True
-    history = read_history(_jsonl(tmp_path / "h.jsonl", [*messages[:300], bad, *messages[300:]]))
+    maybe = {**messages[400], "id": "maybe", "y": "maybe"}  # not a binary label
+    with_bad = [*messages[:300], bad, *messages[300:400], maybe, *messages[400:]]
+    history = read_history(_jsonl(tmp_path / "h.jsonl", with_bad))
     (report,) = replay(history, config, [resolve_policy("never")])
     (clean,) = replay(read_history(_jsonl(tmp_path / "c.jsonl", messages)), config,
                       [resolve_policy("never")])  # fmt: skip
-    assert report.rejected == 1 and clean.rejected == 0
-    assert report.inputs == clean.inputs + 1
+    assert report.rejected == 2 and clean.rejected == 0
+    assert report.inputs == clean.inputs + 2
     assert report.metric == pytest.approx(clean.metric, abs=2 / 600)  # the rest was learned

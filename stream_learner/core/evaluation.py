@@ -54,7 +54,7 @@ def _crossentropy(y_true: Any, proba: dict, loss: float) -> float:
 # Metrics that are means of a per-event value (rmse: the root of one) are computed here in
 # O(1) per event; River's own metric plus utils.Rolling costs several times more, and this is
 # the hot path. The tests check both give the same numbers. Accuracy is counted instead
-# (:class:`_Hits`); ``_accuracy`` stays because snapshots taken before that refer to it.
+# (:class:`_Accuracy`); ``_accuracy`` stays because snapshots taken before that refer to it.
 _MEANS = {
     "mae": _abs_error,
     "rmse": _squared_error,
@@ -197,7 +197,6 @@ class PrequentialEvaluator:
         self.n = 0  # labelled events seen
         self._unscored = 0  # ... of which had no prediction
         self.n_proba = 0  # ... of which had a usable probability
-        self._loss = loss_fn(task)
         self._regression = task == "regression"
         self._tracked: dict[str, _Accuracy | _MeanTracker | _RiverTracker] = {
             name: _tracker(name, window) for name in self.metrics

@@ -190,7 +190,6 @@ class Service:
         self.retrainer = retrainer
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
-        self.max_event_bytes = max_event_bytes
         self.learners: dict[str, Learner] = {}
         self.key_partition: dict[str, int] = {}
         self.paused: set[str] = set()
