@@ -22,15 +22,24 @@ Decisions worth knowing:
 
 Every rejection raises :class:`~stream_learner.errors.DecodeError` with one of :data:`REASONS`
 as its ``reason``; the runtime copies it into the dead-letter headers, so the set is closed.
-Validation is straight-line code on purpose: this is the hot path of the service.
+
+This is the hot path of the service, so a message is decoded twice over only when it is bad:
+msgspec checks the common, valid shape in one C pass (about 0.4 us against 2 us for parsing
+with orjson and checking in Python), and whatever it refuses goes to the precise path
+(orjson, then straight-line checks), which accepts it after all (a null feature to drop, an
+integer wider than 64 bits read as a float) or names the reason. The one difference: numbers
+inside unknown fields, which are skipped unread, may be out of a double's range there.
 """
 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import Annotated, Any
 
+import msgspec
 import orjson
 
 from stream_learner.errors import ConfigError, DecodeError
@@ -269,7 +278,87 @@ def _event(obj: dict) -> Event:
     return ev
 
 
-_set_label_key, _set_label_ts = (Label.__dict__[f].__set__ for f in ("key", "ts"))
+_set_label_id, _set_label_key, _set_label_y, _set_label_ts = (
+    Label.__dict__[f].__set__ for f in ("id", "key", "y", "ts")
+)
+
+# The shapes msgspec accepts on the fast path. Integers are bounded to int64: orjson reads a
+# wider one as a float (or, up to 2**64, as an int), and the precise path has the last word.
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Value = float | _Int | str | bool
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
+
+
+class _WireEvent(msgspec.Struct, gc=False):
+    id: _Id
+    x: dict[str, _Value]  # a null feature is the precise path's to drop
+    key: _Key | None = None
+    y: _Value | None = None
+    ts: float | _Int | str | None = None
+
+
+class _WireLabel(msgspec.Struct, gc=False):
+    id: _Id
+    y: _Value
+    key: _Key | None = None
+    ts: float | _Int | str | None = None
+
+
+_wire_event = msgspec.json.Decoder(_WireEvent).decode
+_wire_label = msgspec.json.Decoder(_WireLabel).decode
+_Refused = msgspec.DecodeError  # malformed JSON and ValidationError alike
+
+
+def _wire_ts(ts: int | str) -> float:
+    """An int or ISO ``ts`` in seconds (a float is final: msgspec refuses one out of range)."""
+    if type(ts) is int:
+        return float(ts)
+    return _ts({"ts": ts})
+
+
+def _fast_event(raw: bytes, max_bytes: int, precise: Callable[[dict], Any] = _event) -> Any:
+    """An event, through msgspec when it can; ``precise`` decides what msgspec refused."""
+    if len(raw) > max_bytes:
+        raise DecodeError("payload_too_large", f"{len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        wire = _wire_event(raw)
+    except _Refused:
+        return precise(_parse(raw, max_bytes))
+    key = wire.key
+    if key is None:
+        key = DEFAULT_KEY
+    elif not key.isprintable():
+        key = _key({"key": key})  # raises bad_key
+    ev = _new(Event)
+    _set_id(ev, wire.id)
+    _set_key(ev, key)
+    _set_x(ev, wire.x)
+    _set_y(ev, wire.y)
+    ts = wire.ts
+    _set_ts(ev, ts if ts is None or type(ts) is float else _wire_ts(ts))
+    return ev
+
+
+def _fast_label(raw: bytes, max_bytes: int) -> Label:
+    if len(raw) > max_bytes:
+        raise DecodeError("payload_too_large", f"{len(raw)} bytes; the limit is {max_bytes}")
+    try:
+        wire = _wire_label(raw)
+    except _Refused:
+        return _label(_parse(raw, max_bytes))
+    key = wire.key
+    if key is None:
+        key = DEFAULT_KEY
+    elif not key.isprintable():
+        key = _key({"key": key})  # raises bad_key
+    label = _new(Label)
+    _set_label_id(label, wire.id)
+    _set_label_key(label, key)
+    _set_label_y(label, wire.y)
+    ts = wire.ts
+    _set_label_ts(label, ts if ts is None or type(ts) is float else _wire_ts(ts))
+    return label
 
 
 class RecordDecoder:
@@ -319,7 +408,7 @@ class RecordDecoder:
     def event(self, value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Event:
         if value is None:
             raise DecodeError("not_json", "the message has no value (a tombstone)")
-        event = _event(_parse(value, self.max_bytes))
+        event = _fast_event(value, self.max_bytes)
         declared = event.key
         key = declared if raw_key is None else self._keys.get(raw_key)  # the common case
         if key != declared:
@@ -334,7 +423,7 @@ class RecordDecoder:
     def label(self, value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Label:
         if value is None:
             raise DecodeError("not_json", "the message has no value (a tombstone)")
-        label = _label(_parse(value, self.max_bytes))
+        label = _fast_label(value, self.max_bytes)
         key = self.key(raw_key, label.key)
         if key != label.key:
             _set_label_key(label, key)
@@ -365,7 +454,7 @@ def decode_event(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     ...
     stream_learner.errors.DecodeError: x_not_object: x: value is a list; expected an object
     """
-    return _event(_parse(raw, max_bytes))
+    return _fast_event(raw, max_bytes)
 
 
 def decode_label(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Label:
@@ -374,12 +463,15 @@ def decode_label(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Label:
     >>> decode_label(b'{"id": "e1", "y": 0, "ts": "2024-01-01T00:00:00Z"}')
     Label(id='e1', key='default', y=0, ts=1704067200.0)
     """
-    return _label(_parse(raw, max_bytes))
+    return _fast_label(raw, max_bytes)
 
 
 def decode(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event | Label:
     """Decode a message that may be an event (has ``x``) or a delayed label (``id`` + ``y``)."""
-    obj = _parse(raw, max_bytes)
+    return _fast_event(raw, max_bytes, _event_or_label)
+
+
+def _event_or_label(obj: dict) -> Event | Label:
     if "x" in obj:
         return _event(obj)
     if obj.get("y") is not None:

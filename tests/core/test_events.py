@@ -297,3 +297,108 @@ def test_the_key_cache_is_bounded():
     for i in range(10):
         assert d.key(f"k{i}".encode(), "default") == f"k{i}"
     assert len(d._keys) == 3
+
+
+# -- the fast path (msgspec) against the precise path (orjson + checks) ----------------------
+
+_MISSING = object()
+_IDS = ["e1", "ééé", "", "i" * MAX_ID_CHARS, "i" * (MAX_ID_CHARS + 1), 5, None, _MISSING]
+_KEYS = ["k", "k" * MAX_KEY_CHARS, "k" * (MAX_KEY_CHARS + 1), "", "a\nb", 3, None, _MISSING]
+_TS = [_MISSING, None, 12, 1.5, "2024-01-01T00:00:00Z", "2024-01-01", "nope", 2**70, True, [1]]
+_XS = [
+    {},
+    {"a": 1, "b": 1.5, "c": "s", "d": True},
+    {"a": None, "b": 2},
+    {"a": [1]},
+    {"a": {}},
+    {"a": 2**63 - 1, "b": -(2**63)},
+    {"a": 2**63},
+    {"a": 2**64 - 1},
+    {"a": 2**64},
+    {"a": -(2**63) - 1},
+    {"a": 1e300, "b": -0.0},
+    "s",
+    [1],
+    None,
+    _MISSING,
+]
+_YS = [_MISSING, None, True, 0, 1, 0.5, "c", [1], {}, 2**70, 2**63]
+
+
+def _outcome(fn, raw: bytes) -> tuple:
+    """What a decoder makes of ``raw``, types of the values included (1 is not 1.0 here)."""
+    try:
+        out = fn(raw)
+    except DecodeError as e:
+        return ("refused", e.reason)
+    values = out.x.values() if isinstance(out, Event) else ()
+    return ("accepted", repr(out), [type(v).__name__ for v in values], type(out.y).__name__)
+
+
+def _messages(**choices: list) -> list[bytes]:
+    import itertools
+
+    names = list(choices)
+    out = []
+    for combo in itertools.product(*choices.values()):
+        obj = {n: v for n, v in zip(names, combo, strict=True) if v is not _MISSING}
+        out.append(_dumps(obj))
+    return out
+
+
+def _dumps(obj: object) -> bytes:
+    # orjson writes no integer beyond 64 bits; the standard library writes them all.
+    import json
+
+    return json.dumps(obj, ensure_ascii=False).encode()
+
+
+_RAW_EDGES = [
+    b'{"id": "e1", "x": {"a": 1e999}}',
+    b'{"id": "e1", "x": {"a": 1}, "y": -1e400}',
+    b'{"id": "e1", "x": {"a": 1}, "ts": 1e999}',
+    b'{"id": "e1", "id": "e2", "x": {"a": 1, "a": 2}}',
+    b'{"id": "e1", "x": {"a": NaN}}',
+    b'{"id": "e1", "x": {"a": 1}} trailing',
+    b'\xef\xbb\xbf{"id": "e1", "x": {}}',
+    b'{"id": "\\ud800", "x": {}}',
+    b'{"id": "e1", "x": {"\xff": 1}}',
+    b'[{"id": "e1", "x": {}}]',
+    b'"text"',
+    b"",
+    b"null",
+]
+
+
+def test_the_fast_path_decodes_every_event_as_the_precise_path_does() -> None:
+    """Whatever msgspec accepts must come out exactly as orjson plus the checks make it, and
+    whatever it refuses must get the precise path's verdict: for 100k+ shapes of event."""
+    precise = lambda raw: events._event(events._parse(raw, MAX_EVENT_BYTES))  # noqa: E731
+    raws = _messages(id=_IDS, key=_KEYS, ts=_TS, x=_XS, y=_YS) + _RAW_EDGES
+    accepted = 0
+    for raw in raws:
+        want = _outcome(precise, raw)
+        assert _outcome(decode_event, raw) == want, raw
+        assert _outcome(lambda r: RecordDecoder().event(r, None, None), raw) == want, raw
+        accepted += want[0] == "accepted"
+    assert accepted > 1000  # the corpus exercises acceptance, not only refusals
+
+
+def test_the_fast_path_decodes_every_label_as_the_precise_path_does() -> None:
+    precise = lambda raw: events._label(events._parse(raw, MAX_EVENT_BYTES))  # noqa: E731
+    raws = _messages(id=_IDS, key=_KEYS, ts=_TS, y=_YS) + _RAW_EDGES
+    for raw in raws:
+        want = _outcome(precise, raw)
+        assert _outcome(decode_label, raw) == want, raw
+        assert _outcome(lambda r: RecordDecoder().label(r, None, None), raw) == want, raw
+    both = [_dumps({"id": "e1", "x": {"a": 1}, "y": 1}), _dumps({"id": "e1", "y": 1})]
+    for raw in both + raws[:200]:
+        assert _outcome(decode, raw) == _outcome(
+            lambda r: events._event_or_label(events._parse(r, MAX_EVENT_BYTES)), raw
+        )
+
+
+def test_numbers_inside_unknown_fields_are_skipped_unread() -> None:
+    """The one documented difference: the fast path does not parse what it ignores."""
+    raw = b'{"id": "e1", "x": {"a": 1}, "extra": [1e999]}'
+    assert decode_event(raw) == Event("e1", DEFAULT_KEY, {"a": 1})
