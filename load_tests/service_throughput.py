@@ -10,6 +10,10 @@ For each model (StandardScaler | LogisticRegression, and a Hoeffding tree) it me
       the physical limit of one key on one core; run right before and right after (c),
       the limit is their mean (both are kept: their spread is the machine's noise);
   (b) raw consume + decode: a consumer reading the same topic and decoding every event;
+  (d) the least a Kafka service can do: a bare consumer loop (confluent-kafka consume,
+      orjson.loads, the bare River loop of (a), an asynchronous commit per batch) with
+      nothing else: no validation, no drift detection, no metrics, no outputs. No service
+      on these libraries can beat it, so ``least / bare`` bounds ``service / bare``;
   (c) the full service (in-process, its retrain worker started beforehand), from the first
       to the last record processed; then 20,000 more events produced at half the rate it
       just sustained (in bursts every 10 ms, after one warm-up event that opens the
@@ -43,7 +47,7 @@ import uuid
 from pathlib import Path
 
 import orjson
-from confluent_kafka import ConsumerGroupTopicPartitions
+from confluent_kafka import Consumer, ConsumerGroupTopicPartitions
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 from confluent_kafka.admin import AdminClient
 from river import metrics
@@ -162,6 +166,36 @@ def consume_decode(bootstrap: str, topic: str, n: int) -> float:
         seen += len(records)
     elapsed = time.perf_counter() - started
     source.close()
+    return seen / elapsed
+
+
+def least_loop(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> float:
+    """(d): consume, parse, predict, score, learn, commit; events/s from the first batch."""
+    consumer = Consumer(
+        {
+            **client_config(bootstrap),
+            "group.id": f"least-{uuid.uuid4().hex[:6]}",
+            "auto.offset.reset": "earliest",
+            "enable.auto.commit": False,
+        }
+    )
+    consumer.subscribe([topic])
+    model, acc, loads = build_model(spec), metrics.Accuracy(), orjson.loads
+    seen, started = 0, None
+    while seen < n:
+        messages = consumer.consume(1000, 1.0)
+        if messages and started is None:
+            started = time.perf_counter()
+        for msg in messages:
+            ev = loads(msg.value())
+            x, y = ev["x"], ev["y"]
+            acc.update(y, model.predict_one(x))
+            model.learn_one(x, y)
+        if messages:
+            consumer.commit(asynchronous=True)
+        seen += len(messages)
+    elapsed = time.perf_counter() - started
+    consumer.close()
     return seen / elapsed
 
 
@@ -415,6 +449,7 @@ def main() -> None:
         # The bare loop runs right before and right after the service: their mean is the
         # limit, and their spread shows how noisy the machine was meanwhile.
         before = bare(spec, data)
+        least = least_loop(bootstrap, prefix + "events", spec, n)
         run = service_run(bootstrap, prefix, pipeline, n, paced=paced, retrain_in_worker=True)
         after = bare(spec, data)
         limit = (before + after) / 2
@@ -422,8 +457,11 @@ def main() -> None:
             "bare_river_events_per_s": round(limit),
             "bare_river_before_after": [round(before), round(after)],
             "consume_decode_events_per_s": round(raw),
+            "least_kafka_loop_events_per_s": round(least),
+            "least_over_bare": round(least / limit, 3),
             "service_events_per_s": round(run["events_per_s"]),
             "service_over_bare": round(run["events_per_s"] / limit, 3),
+            "service_over_least": round(run["events_per_s"] / least, 3),
             "latency_at_events_per_s": round(run["paced_events_per_s"]),
             "latency_ms_p50": round(run["latency_ms_p50"], 1),
             "latency_ms_p99": round(run["latency_ms_p99"], 1),
