@@ -71,6 +71,7 @@ class ServiceSettings:
     broker_wait_s: float = 300.0
     label_max_pending: int = 100_000
     label_max_age_s: float = 3600.0
+    label_max_unseen_keys: int = 1000
 
 
 @dataclass(frozen=True)

@@ -24,7 +24,7 @@ import copy
 import csv
 import math
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Container, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,6 +35,7 @@ from stream_learner.config import SECTIONS, Config, read_toml
 from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import Event, Label, decode
+from stream_learner.core.labels import UnseenKeys
 from stream_learner.core.learner import Learner, LearnerConfig
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy
@@ -301,8 +302,11 @@ def replay(
             )
             return learner
 
+        unseen = UnseenKeys(service.label_max_unseen_keys)
         reports.append(
-            _replay_one(history, named, new_learner, service.retrain_apply_after, progress)
+            _replay_one(
+                history, named, new_learner, service.retrain_apply_after, progress, unseen, initial
+            )
         )
         if learners is not None:
             learners.append(made)
@@ -396,6 +400,8 @@ def _replay_one(
     new_learner: Callable[[str], Learner],
     apply_after: int,
     progress: Progress | None,
+    unseen: UnseenKeys,
+    restored: Container[str],
 ) -> PolicyReport:
     learners: dict[str, Learner] = {}
     pending: dict[str, tuple[RetrainJob, int]] = {}  # key -> (job, due index)
@@ -416,7 +422,15 @@ def _replay_one(
             continue
         learner = learners.get(key)
         if learner is None:
+            if kind is Label and key not in restored:  # as the service's _label()
+                try:
+                    unseen.open(key)
+                except DecodeError:
+                    rejected += 1  # the service dead-letters it (unseen_key)
+                    continue
             learner = learners[key] = new_learner(key)
+        elif unseen.keys and kind is not Label:
+            unseen.seen(key)
         # The service's order: the input, its decisions, a new job, then a due result.
         try:
             if kind is Label:

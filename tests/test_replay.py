@@ -201,3 +201,28 @@ def test_inputs_the_task_or_model_refuse_are_skipped_as_the_service_skips_them(t
     assert report.rejected == 2 and clean.rejected == 0
     assert report.inputs == clean.inputs + 2
     assert report.metric == pytest.approx(clean.metric, abs=2 / 600)  # the rest was learned
+
+
+def test_labels_for_too_many_unseen_keys_are_skipped_as_the_service_dead_letters_them():
+    """The service's bound on keys opened by labels alone, with the same counts."""
+    import tomllib
+
+    from stream_learner.core.events import Event, Label
+
+    data = tomllib.loads(CONFIG)
+    data["service"]["label_max_unseen_keys"] = 2
+    config = parse_config(data, env={})
+    history = [
+        Label("l0", "u0", True),
+        Label("l1", "u1", True),
+        Label("l2", "u2", True),  # a third unseen key: refused
+        Event("l0", "u0", {"a": 1.0}),  # u0 is seen now, so one more key may wait
+        Label("l3", "u3", True),
+        Label("l4", "u4", True),  # refused
+        Label("l5", "u1", False),  # u1 has its learner already
+    ]
+    made: list = []
+    (report,) = replay(history, config, [resolve_policy("never")], learners=made)
+    assert report.rejected == 2
+    assert set(made[0]) == {"u0", "u1", "u3"}
+    assert made[0]["u0"].evaluator.n == 1  # its parked label joined its event

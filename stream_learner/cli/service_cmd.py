@@ -168,6 +168,7 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_timeout_s,
         max_event_bytes=settings.max_event_bytes,
+        max_unseen_keys=settings.label_max_unseen_keys,
     )
     port = settings.http_port if http_port is None else http_port
     if config.checkpoints.enabled:

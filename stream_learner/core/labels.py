@@ -21,8 +21,9 @@ from collections import OrderedDict
 from typing import Any
 
 from stream_learner.core.events import Event, Label
+from stream_learner.errors import DecodeError
 
-__all__ = ["LabelJoiner"]
+__all__ = ["LabelJoiner", "UnseenKeys"]
 
 
 class LabelJoiner:
@@ -141,3 +142,42 @@ class LabelJoiner:
             f"LabelJoiner(pending={self.pending}, joined={self.joined}, "
             f"unmatched={self.unmatched}, expired={self.expired}, parked={self.parked})"
         )
+
+
+class UnseenKeys:
+    """Keys that a label opened before any event of theirs came.
+
+    A label may come before its key's first event, so it may create its key's learner (which
+    parks it). Made-up keys in a flood of labels would then each cost a learner; past ``cap``
+    such keys, a label for yet another unseen key is refused instead (``unseen_key``: the
+    service dead-letters it, a replay skips it). A key leaves the set at its first event.
+
+    >>> unseen = UnseenKeys(cap=1)
+    >>> unseen.open("a")
+    >>> unseen.open("b")
+    Traceback (most recent call last):
+    ...
+    stream_learner.errors.DecodeError: unseen_key: no event of key 'b' yet, and 1 other keys \
+already wait for their first event (service.label_max_unseen_keys)
+    >>> unseen.seen("a"); unseen.open("b")
+    """
+
+    __slots__ = ("cap", "keys")
+
+    def __init__(self, cap: int) -> None:
+        self.cap = cap
+        self.keys: set[str] = set()
+
+    def open(self, key: str) -> None:
+        """Admit ``key``, whose first input is a label, or raise ``unseen_key``."""
+        if len(self.keys) >= self.cap:
+            raise DecodeError(
+                "unseen_key",
+                f"no event of key {key[:40]!r} yet, and {len(self.keys)} other keys already "
+                "wait for their first event (service.label_max_unseen_keys)",
+            )
+        self.keys.add(key)
+
+    def seen(self, key: str) -> None:
+        """``key`` had an event (or is gone from this instance): it no longer counts."""
+        self.keys.discard(key)

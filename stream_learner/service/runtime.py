@@ -39,6 +39,7 @@ import orjson
 
 from stream_learner.core.commands import Command, decode_command
 from stream_learner.core.events import Event, RecordDecoder
+from stream_learner.core.labels import UnseenKeys
 from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import Decision, PolicyConfig
@@ -179,6 +180,7 @@ class Service:
         batch_size: int = 500,
         poll_timeout_s: float = 0.02,
         max_event_bytes: int = 1_048_576,
+        max_unseen_keys: int = 1000,
         store: Store | None = None,
         checkpoint_policy: CheckpointPolicy | None = None,
     ) -> None:
@@ -198,6 +200,7 @@ class Service:
         self.caught_up = False
         self.batches = 0
         self.decoder = RecordDecoder(max_event_bytes)  # the same rules as a replay's
+        self.unseen = UnseenKeys(max_unseen_keys)  # keys only labels have opened, bounded
         self._touched: set[str] = set()
         self._counts: Counter[str] = Counter()
         self._learned = 0  # events learned in this batch (the hot path's own counter)
@@ -297,6 +300,8 @@ class Service:
         learner = self.learners.get(key)
         if learner is None:
             learner = self._learner(key, rec.partition)
+        elif self.unseen.keys:
+            self.unseen.seen(key)
         if event.y is None:
             out = learner.predict(event)
             self._predicted(event, out)
@@ -343,6 +348,7 @@ class Service:
         # A label may come before any event of its key: the learner parks it.
         learner = self.learners.get(key)
         if learner is None:
+            self.unseen.open(key)  # or unseen_key, past service.label_max_unseen_keys
             learner = self._learner(key, rec.partition)
         if self.paused and key in self.paused:
             self._counts["paused"] += 1
@@ -835,6 +841,7 @@ class Service:
             self._skip.pop(key, None)
             self.dirty.discard(key)
             self.paused.discard(key)
+            self.unseen.seen(key)
             self.metrics.forget_key(key)
         self.merger.drop(partitions)
         for t, p in partitions:

@@ -233,3 +233,42 @@ def test_two_processes_share_the_partitions_and_process_everything_once(
     assert len(counts) == n and max(counts.values()) == 1
     assert sum(per_instance) == n and min(per_instance) > 0  # both did real work
     assert assigned == [6, 6]  # 3 input topics x 2 of 4 partitions each
+
+
+def test_labels_for_too_many_unseen_keys_are_dead_lettered_not_given_learners(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    """A label may open its key's learner before the key's first event, but only for
+    ``label_max_unseen_keys`` keys at a time: a flood of made-up keys gets dead letters."""
+    config = load_config(
+        write_config(tmp_path, bootstrap, prefix),
+        env={"STREAM_LEARNER__SERVICE__LABEL_MAX_UNSEEN_KEYS": "3"},
+    )
+    built = build_service(config, bootstrap, http_port=0)
+    service = built.service
+    stop, thread, errors = run_in_thread(service)
+
+    def label(i: int) -> Message:
+        return Message("labels", f"u{i}", {"id": f"l{i}", "key": f"u{i}", "y": True})
+
+    try:
+        produce(bootstrap, prefix, [label(i) for i in range(6)])
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.dead_letters)) >= 3, 60, "dead letters"
+        )
+        # u0's first event: u0 is no longer unseen, which makes room for one more key.
+        produce(bootstrap, prefix, [Message("events", "u0", {"id": "e0", "x": {"a": 1.0}})])
+        wait_until(lambda: drain(bootstrap, service_topics.predictions), 60, "u0's prediction")
+        produce(bootstrap, prefix, [label(6), label(7)])
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.dead_letters)) >= 4, 60, "4 dead letters"
+        )
+        learners = set(service.learners)
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors
+    dead = drain(bootstrap, service_topics.dead_letters)
+    assert [dict(m.headers())["dlq.reason"].decode() for m in dead] == ["unseen_key"] * 4
+    assert [orjson.loads(m.value())["id"] for m in dead] == ["l3", "l4", "l5", "l7"]
+    assert learners == {"u0", "u1", "u2", "u6"}
