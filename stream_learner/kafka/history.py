@@ -45,7 +45,7 @@ from stream_learner.core.commands import ALL_KEYS, Command, decode_command
 from stream_learner.core.events import MAX_EVENT_BYTES, Event, Label, RecordDecoder, check_label
 from stream_learner.errors import BrokerError, ConfigError, DecodeError
 from stream_learner.kafka.client import client_config
-from stream_learner.kafka.source import Record
+from stream_learner.kafka.source import Record, to_record
 from stream_learner.service.ordering import Merger
 
 __all__ = [
@@ -381,10 +381,7 @@ def _read(
             if offset >= ends[tp]:  # past the end (a transaction marker took the last offset)
                 _done(consumer, remaining, tp)
                 continue
-            ts_type, ts = msg.timestamp()
-            batch.append(
-                Record(tp[0], tp[1], offset, msg.key(), msg.value(), ts if ts_type else None)
-            )
+            batch.append(to_record(msg))
             if offset >= ends[tp] - 1:
                 _done(consumer, remaining, tp)
         if progress:

@@ -57,6 +57,15 @@ class Record(NamedTuple):
 _new_record = tuple.__new__
 
 
+def to_record(msg: Any) -> Record:
+    """A consumed message (without error) as a Record; no timestamp is ``None``."""
+    ts_type, ts = msg.timestamp()
+    ts = ts if ts_type else None
+    return _new_record(
+        Record, (msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), ts)
+    )
+
+
 class KafkaSource:
     """A group consumer with explicit commits and per-partition lag from statistics.
 
@@ -150,13 +159,7 @@ class KafkaSource:
                     raise BrokerError(f"fatal Kafka consumer error: {err.str()}", code=err.name())
                 log.warning("consume error on %s[%s]: %s", msg.topic(), msg.partition(), err.str())
                 continue
-            ts_type, ts = msg.timestamp()
-            ts = ts if ts_type else None
-            append(
-                _new_record(
-                    Record, (msg.topic(), msg.partition(), msg.offset(), msg.key(), msg.value(), ts)
-                )
-            )
+            append(to_record(msg))
         return records
 
     def commit(self, positions: Mapping[TopicPartition, int], *, wait: bool = True) -> None:
