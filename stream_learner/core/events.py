@@ -307,7 +307,9 @@ class _WireLabel(msgspec.Struct, gc=False):
 
 _wire_event = msgspec.json.Decoder(_WireEvent).decode
 _wire_label = msgspec.json.Decoder(_WireLabel).decode
-_Refused = msgspec.DecodeError  # malformed JSON and ValidationError alike
+# Malformed JSON and ValidationError alike; msgspec raises RecursionError for nesting deeper
+# than it will follow, where orjson refuses the message (not_json).
+_Refused = (msgspec.DecodeError, RecursionError)
 
 
 def _wire_ts(ts: int | str) -> float:
