@@ -13,7 +13,8 @@ round of each is kept.
 
 Prints events/s and the ratio replay/bare for the ``never`` policy (no retrain: the replay's
 own overhead), once with the config's metrics and once with accuracy alone (what the bare
-loop scores), and for ``performance`` (retrains run inline, so their time counts too), and
+loop scores), and for ``performance`` (retrains run inline, so their time counts too); then
+the same with the config's model replaced by a Hoeffding tree (``--models`` picks), and
 writes load_tests/results/replay_speed.json.
 """
 
@@ -60,14 +61,31 @@ def main() -> None:
     parser.add_argument("--events", type=int, default=30_000)
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--config", default=str(ROOT / "examples" / "config.toml"))
+    parser.add_argument(
+        "--models", nargs="+", choices=("config", "tree"), default=["config", "tree"]
+    )
     args = parser.parse_args()
 
-    config = load_config(args.config)
-    spec = ModelSpec.from_dict(config.model, where="model")
+    base = load_config(args.config)
     history = [
         decode(orjson.dumps(m.value))
         for m in demo_messages(args.events, change_at=args.events // 2, t0=1_700_000_000.0)
     ]
+    results = {}
+    for which in args.models:
+        config = base
+        if which == "tree":
+            model = {**base.model, "pipeline": [{"estimator": "tree.HoeffdingTreeClassifier"}]}
+            config = dataclasses.replace(base, model=model)
+        results[which] = measure(config, history, args.rounds)
+    RESULTS.parent.mkdir(parents=True, exist_ok=True)
+    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
+    print(f"wrote {RESULTS}")
+
+
+def measure(config, history: list, rounds: int) -> dict:
+    """Replay against the bare loop for ``config``'s model; prints and returns the figures."""
+    spec = ModelSpec.from_dict(config.model, where="model")
     retrain = RetrainConfig.from_dict(config.retrain)
     # Like for like: the bare loop scores one metric, so does this replay; the config's own
     # metric list (accuracy and log loss in the example) is measured too.
@@ -78,7 +96,7 @@ def main() -> None:
         "performance": (config, "performance"),
     }
     best: dict[str, float] = {}
-    for _ in range(args.rounds):
+    for _ in range(rounds):
         timings = {"bare": bare_loop(spec, history)}
         for name, (cfg, policy) in runs.items():
             (report,) = replay(history, cfg, [resolve_policy(policy, retrain)])
@@ -89,20 +107,21 @@ def main() -> None:
     ratios = {name: round(rates[name] / rates["bare"], 3) for name in runs}
     result = {
         "events": len(history),
-        "rounds": args.rounds,
+        "rounds": rounds,
         "model": [step["estimator"] for step in config.model["pipeline"]],
         "metrics": config.model.get("metrics"),
         "events_per_s": {k: round(v) for k, v in rates.items()},
         "replay_over_bare": ratios,
         "python": platform.python_version(),
     }
-    print(f"{'bare River loop':<30} {rates['bare']:>10,.0f} events/s")
+    print(" | ".join(step["estimator"] for step in config.model["pipeline"]))
+    print(f"  {'bare River loop':<30} {rates['bare']:>10,.0f} events/s")
     for name in runs:
         note = " (retrains inline)" if name == "performance" else ""
-        print(f"{'replay, ' + name:<30} {rates[name]:>10,.0f} events/s  {ratios[name]:.3f}x{note}")
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+        print(
+            f"  {'replay, ' + name:<30} {rates[name]:>10,.0f} events/s  {ratios[name]:.3f}x{note}"
+        )
+    return result
 
 
 if __name__ == "__main__":
