@@ -319,47 +319,49 @@ def _wire_ts(ts: int | str) -> float:
     return _ts({"ts": ts})
 
 
-def _fast_event(raw: bytes, max_bytes: int, precise: Callable[[dict], Any] = _event) -> Any:
-    """An event, through msgspec when it can; ``precise`` decides what msgspec refused."""
+def _wire(raw: bytes, max_bytes: int, decode: Callable[[bytes], Any]) -> Any:
+    """msgspec's reading of ``raw`` with ``key`` and ``ts`` final, or ``None`` when it refuses
+    the message (the precise path then decides)."""
     if len(raw) > max_bytes:
         raise DecodeError("payload_too_large", f"{len(raw)} bytes; the limit is {max_bytes}")
     try:
-        wire = _wire_event(raw)
+        wire = decode(raw)
     except _Refused:
-        return precise(_parse(raw, max_bytes))
+        return None
     key = wire.key
     if key is None:
-        key = DEFAULT_KEY
+        wire.key = DEFAULT_KEY
     elif not key.isprintable():
-        key = _key({"key": key})  # raises bad_key
+        _key({"key": key})  # raises bad_key
+    ts = wire.ts
+    if ts is not None and type(ts) is not float:
+        wire.ts = _wire_ts(ts)
+    return wire
+
+
+def _fast_event(raw: bytes, max_bytes: int, precise: Callable[[dict], Any] = _event) -> Any:
+    """An event, through msgspec when it can; ``precise`` decides what msgspec refused."""
+    wire = _wire(raw, max_bytes, _wire_event)
+    if wire is None:
+        return precise(_parse(raw, max_bytes))
     ev = _new(Event)
     _set_id(ev, wire.id)
-    _set_key(ev, key)
+    _set_key(ev, wire.key)
     _set_x(ev, wire.x)
     _set_y(ev, wire.y)
-    ts = wire.ts
-    _set_ts(ev, ts if ts is None or type(ts) is float else _wire_ts(ts))
+    _set_ts(ev, wire.ts)
     return ev
 
 
 def _fast_label(raw: bytes, max_bytes: int) -> Label:
-    if len(raw) > max_bytes:
-        raise DecodeError("payload_too_large", f"{len(raw)} bytes; the limit is {max_bytes}")
-    try:
-        wire = _wire_label(raw)
-    except _Refused:
+    wire = _wire(raw, max_bytes, _wire_label)
+    if wire is None:
         return _label(_parse(raw, max_bytes))
-    key = wire.key
-    if key is None:
-        key = DEFAULT_KEY
-    elif not key.isprintable():
-        key = _key({"key": key})  # raises bad_key
     label = _new(Label)
     _set_label_id(label, wire.id)
-    _set_label_key(label, key)
+    _set_label_key(label, wire.key)
     _set_label_y(label, wire.y)
-    ts = wire.ts
-    _set_label_ts(label, ts if ts is None or type(ts) is float else _wire_ts(ts))
+    _set_label_ts(label, wire.ts)
     return label
 
 
