@@ -56,7 +56,8 @@ def register(sub: argparse._SubParsersAction) -> None:
         "list",
         "the snapshots on the topic, per key",
         "One line per model version: lineage, creation time, trigger, decision, metrics, "
-        "input offsets, size and signature status.",
+        "input offsets, size and signature status; a snapshot staged by 'replay --rebuild "
+        "--publish' (offered to the service, not restored on restart) is marked 'staged'.",
     )
     listing.add_argument("--key", help="only this model key")
     listing.add_argument("--json", action="store_true", help="machine-readable JSON")
@@ -204,11 +205,13 @@ def versions_of(catalog: Catalog, key: str, arg: str = "--key") -> list[VersionI
 def resolve_version(
     catalog: Catalog, key: str, version: int | None, arg: str = "--version"
 ) -> VersionInfo:
-    """``version`` of ``key`` (default: the newest, the one a restart restores)."""
+    """``version`` of ``key`` (default: the newest, the one a restart restores). A version
+    only in the key's staging slot is found too, as the service finds it on a rollback."""
     versions = versions_of(catalog, key, "--key" if arg == "--version" else arg)
     if version is None:
         return max(versions, key=lambda v: v.position)
-    for info in versions:
+    staged = catalog.staged(key)
+    for info in [*versions, *([staged] if staged else [])]:
         if info.model_version == version:
             return info
     have = ", ".join(str(v.model_version) for v in versions)
@@ -274,6 +277,7 @@ def _row(info: VersionInfo, verified: bool) -> dict[str, Any]:
         "size": info.header.get("payload_size"),
         "signature": signature_status(info, verified),
         "slot": info.slot,
+        "staged": info.staged,
     }
 
 
@@ -285,7 +289,7 @@ def _table(rows: list[dict[str, Any]]) -> str:
     cells = [
         [
             str(r["key"]),
-            str(r["version"]),
+            f"{r['version']} (staged)" if r["staged"] else str(r["version"]),
             str(r["lineage"]),
             r["created"],
             r["trigger"],
@@ -313,11 +317,22 @@ def _list(args: argparse.Namespace) -> int:
     catalog = ctx.catalog()
     keys = [args.key] if args.key else catalog.keys()
     verified = ctx.key is not None
-    rows = [_row(info, verified) for key in keys for info in versions_of(catalog, key)]
+    rows = [
+        _row(info, verified)
+        for key in keys
+        for info in [*versions_of(catalog, key), catalog.staged(key)]
+        if info is not None
+    ]
     if args.json:
         print(orjson.dumps(rows, option=orjson.OPT_INDENT_2).decode())
     elif rows:
         print(_table(rows))
+        if any(r["staged"] for r in rows):
+            print(
+                "(staged: published by 'replay --rebuild --publish' beside the service's "
+                "snapshots; served once the service applies its rollback command, never "
+                "restored by a restart on its own)"
+            )
     else:
         print(f"no snapshots on {ctx.topics.checkpoints}")
     if not verified:
@@ -329,6 +344,8 @@ def _show(args: argparse.Namespace) -> int:
     ctx = Context.from_args(args)
     info = resolve_version(ctx.catalog(), args.key, args.version)
     body = {**info.header, "signature_status": signature_status(info, ctx.key is not None)}
+    if info.staged:
+        body["staged"] = True
     print(orjson.dumps(body, option=orjson.OPT_INDENT_2 | orjson.OPT_SORT_KEYS).decode())
     return 0
 

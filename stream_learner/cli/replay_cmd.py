@@ -520,13 +520,19 @@ def _publish(
 ) -> dict[str, int]:
     """Publish every key's rebuilt learner as the key's next version, check each one on
     the topic, then send the commands that make the service serve them. Returns the
-    published version by key."""
+    published version by key.
+
+    The snapshots go to each key's staging slot, never to the slots the service writes
+    (see :mod:`stream_learner.kafka.checkpoints`): a checkpoint the service takes before
+    it reads the rollback command cannot overwrite or retire them."""
     store = ctx.store()
     written: dict[str, tuple[int, str]] = {}
     try:
         for key, head in sorted(heads.items()):
             learner = learners[key]
-            version = max(v.model_version for v in catalog.versions(key)) + 1
+            taken = [v.model_version for v in catalog.versions(key)]
+            staged = catalog.staged(key)  # an earlier rebuild's: replaced, its version used
+            version = max(taken + ([staged.model_version] if staged else [])) + 1
             learner.version = version  # versions only go up, in the state as in the header
             partition = head.extra.get("partition")
             offsets = {t: {p: end} for (t, p), (_, end) in ranges.items() if p == partition}
@@ -547,17 +553,23 @@ def _publish(
                 },
             )
             state = {"learner": learner, "pending": None, "paused": False}
-            header = store.publish(state, meta)
+            header = store.publish(state, meta, staged=True)
             written[key] = (version, header["sha256"])
-        # Another writer (the service's own checkpoint round) may have taken the same slot
-        # at the same moment: only a snapshot that is on the topic, whole, is handed over.
+        # Only a snapshot that is on the topic, whole, is handed over (another rebuild
+        # publishing the same key at the same moment would replace it).
         check = store.read()
         for key, (version, sha) in written.items():
-            found = [v for v in check.versions(key) if v.model_version == version]
-            if not (found and found[0].valid and found[0].header.get("sha256") == sha):
+            found = check.staged(key)
+            if not (
+                found
+                and found.valid
+                and found.model_version == version
+                and found.header.get("sha256") == sha
+            ):
                 raise StreamLearnerError(
                     f"version {version} of key {key!r} is not on {ctx.topics.checkpoints} as "
-                    "written (a concurrent checkpoint took its slot); run the rebuild again"
+                    "written (another rebuild of the key published at the same time); run "
+                    "the rebuild again"
                 )
     finally:
         store.close()

@@ -11,6 +11,7 @@ Record keys (``\\x1f`` and ``\\x1e`` are not printable, so no model key contains
                                              (value: header JSON, newline, payload slice)
     {model_key}\\x1f{slot}\\x1fm               the slot's manifest: the signed header,
                                              written only after every chunk is delivered
+    {model_key}\\x1f-1\\x1f{chunk_index}, ...\\x1fm  the key's staging slot (see Staging)
     \\x1e{record_key}                          a JSON record of the service (value: object)
 
 Slots. A model key owns ``keep_versions + 1`` slots. A new snapshot goes to a slot that
@@ -34,6 +35,23 @@ reader with another key must not wipe them) and deletes only broken ones.
 
 "Newest" means last written (log order), not the highest ``model_version``: a rollback
 that republishes an older version is then what a restart restores.
+
+Staging. Slot ``-1`` (:data:`STAGING_SLOT`) of a key is its staging slot, where another
+program offers a snapshot to the service: ``publish(..., staged=True)`` (``replay
+--rebuild --publish``) writes there with the same chunk, manifest and signature rules,
+and a newer staged snapshot of the key replaces the older one (leftover chunks get
+tombstones). The key's own slots ``0..keep_versions`` have one writer, the service, and
+the staging slot has another, so neither overwrites nor deletes the other's snapshot
+whatever their cached views of the topic: the service's writer never chooses slot -1 and
+never retires it. A staged snapshot is offered, not served: :meth:`Catalog.load` with a
+version finds it like any other snapshot of that version (the service adopts it on a
+``rollback`` command to that version), while :meth:`Catalog.versions`,
+:meth:`Catalog.keys` and ``load(key)`` without a version (what a restart restores) see
+only the key's own slots. So a restart restores what the service last served, never a
+staged snapshot it did not adopt; once adopted, the service's next snapshot of the
+adopted learner is the newest. The staged snapshot stays (at most one per key) until the
+next staged publish of the key replaces it, so a rollback command read again after a
+crash still finds it.
 
 The writer learns which slots are taken from :meth:`read` (done lazily before the first
 publish): call ``read()`` after gaining ownership of a key that another instance wrote.
@@ -71,6 +89,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "REASONS",
+    "STAGING_SLOT",
     "Catalog",
     "CheckpointStore",
     "MemoryCheckpointStore",
@@ -85,6 +104,7 @@ SEP = "\x1f"
 RECORD_PREFIX = "\x1e"
 MANIFEST = "m"
 PARTITION = 0
+STAGING_SLOT = -1  # a key's staging slot (see the module docstring); its own are 0..keep
 MAX_MESSAGE_BYTES = 8_388_608  # the topic's max.message.bytes
 MAX_CHUNK_BYTES = 7 * 1024 * 1024  # leaves room for the header within MAX_MESSAGE_BYTES
 
@@ -139,6 +159,11 @@ class VersionInfo:
     slot: int
     position: int  # order of the manifest (or last chunk) in the log: higher is newer
     header: dict[str, Any] = field(repr=False)
+
+    @property
+    def staged(self) -> bool:
+        """In the key's staging slot: offered to the service, not (yet) served by it."""
+        return self.slot == STAGING_SLOT
 
     @property
     def lineage(self) -> str:
@@ -244,7 +269,7 @@ class Catalog:
         parts = key.rsplit(SEP, 2)
         if (
             len(parts) != 3
-            or not parts[1].isdecimal()
+            or not (parts[1].isdecimal() or parts[1] == str(STAGING_SLOT))
             or not (parts[2] == MANIFEST or parts[2].isdecimal())
         ):
             self.rejections.append(Rejection("bad_key", f"unrecognised record key {key!r}"))
@@ -316,22 +341,32 @@ class Catalog:
 
     # -- reading ----------------------------------------------------------------
     def keys(self) -> list[str]:
-        """Model keys with at least one snapshot on the topic, valid or not."""
-        return sorted(self._infos)
+        """Model keys with at least one snapshot in their own slots, valid or not (a staged
+        snapshot alone does not make a key: nobody serves it)."""
+        return sorted(k for k, infos in self._infos.items() if any(not i.staged for i in infos))
 
     def versions(self, key: str) -> list[VersionInfo]:
-        """One entry per model version, oldest first: its newest valid snapshot, else its
-        newest invalid one (with ``reason``)."""
+        """One entry per model version in the key's own slots, oldest first: its newest
+        valid snapshot, else its newest invalid one (with ``reason``). A staged snapshot
+        is not among them: see :meth:`staged`."""
         best: dict[int, VersionInfo] = {}
         for info in self._infos.get(key, []):
+            if info.staged:
+                continue
             current = best.get(info.model_version)
             if current is None or (info.valid, info.position) > (current.valid, current.position):
                 best[info.model_version] = info
         return sorted(best.values(), key=lambda i: i.position)
 
+    def staged(self, key: str) -> VersionInfo | None:
+        """The snapshot in ``key``'s staging slot, valid or not; ``None`` when it is empty."""
+        return next((i for i in self._infos.get(key, []) if i.staged), None)
+
     def load(self, key: str, version: int | None = None) -> tuple[dict[str, Any], object] | None:
         """The newest valid snapshot of ``key`` (of ``version`` when given), unpickled.
 
+        Without ``version``, only the key's own slots count (what a restart restores);
+        with one, a staged snapshot of that version counts too (the newest wins).
         Snapshots that fail are skipped and end up in :attr:`rejections`; ``None`` when
         nothing restorable is left. A ``version`` that cannot be restored is never
         replaced by another version.
@@ -339,7 +374,8 @@ class Catalog:
         candidates = [
             info
             for info in self._infos.get(key, [])
-            if info.valid and (version is None or info.model_version == version)
+            if info.valid
+            and (info.model_version == version if version is not None else not info.staged)
         ]
         for info in sorted(candidates, key=lambda i: i.position, reverse=True):
             payload = self._payloads[(key, info.slot)]
@@ -425,8 +461,12 @@ class _Store:
         self._position = catalog.records_read
         return catalog
 
-    def publish(self, state: object, meta: SnapshotMeta) -> dict[str, Any]:
-        """Write a snapshot of ``state``; return its header once every record is delivered."""
+    def publish(self, state: object, meta: SnapshotMeta, *, staged: bool = False) -> dict[str, Any]:
+        """Write a snapshot of ``state``; return its header once every record is delivered.
+
+        With ``staged``, into the key's staging slot, replacing what it held and touching
+        no other slot (see the module docstring); otherwise into one of the key's own
+        slots, retiring the ones no longer kept (never the staging slot)."""
         key = meta.key
         if not (isinstance(key, str) and key and key.isprintable()):
             raise ConfigError(f"model key: {key!r} must be a non-empty printable string")
@@ -437,7 +477,8 @@ class _Store:
         chunks = encode_snapshot(state, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
         header = {k: v for k, v in chunks[0].header.items() if k != "chunk_index"}
         version = header["model_version"]
-        slot = _choose_slot(slots, version, self.keep_versions)
+        own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
+        slot = STAGING_SLOT if staged else _choose_slot(own, version, self.keep_versions)
         written = frozenset(range(len(chunks)))
         leftovers = sorted(slots[slot].indexes - written) if slot in slots else []
         slots[slot] = _SlotState(None, self._tick(), False, written | set(leftovers))
@@ -446,9 +487,11 @@ class _Store:
             + [(chunk_key(key, slot, i), None) for i in leftovers]
         )
         self._write([(manifest_key(key, slot), orjson.dumps(header))])
-        slots[slot] = _SlotState(version, self._tick(), True, written)
-        kept = _protected(slots, version, self.keep_versions)
-        retired = [s for s in slots if s not in kept]  # older versions, garbage
+        slots[slot] = own[slot] = _SlotState(version, self._tick(), True, written)
+        if staged:
+            return header
+        kept = _protected(own, version, self.keep_versions)
+        retired = [s for s in own if s not in kept]  # older versions, garbage
         if retired:
             tombstones = [(manifest_key(key, s), None) for s in retired]
             for s in retired:

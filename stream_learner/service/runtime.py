@@ -779,7 +779,13 @@ class Service:
 
     def _rollback(self, key: str, cmd: Command) -> None:
         """Serve an older version again, as a new version (the log says which). A version
-        of another lineage (``replay --rebuild --publish``) is adopted with its spec."""
+        of another lineage (``replay --rebuild --publish``) is adopted with its spec.
+
+        The version may be in the key's staging slot, where the CLI stages a rebuild: the
+        store's writer never touches that slot, so the snapshot is still there however many
+        checkpoints this instance wrote meanwhile. Adopting it does not delete it (the slot
+        is the CLI's to write; its next staged publish replaces it); the snapshot taken
+        soon after is what a restart restores."""
         learner = self.learners.get(key)
         if self.store is None or learner is None or cmd.version is None:
             log_event(

@@ -225,12 +225,21 @@ def test_rebuild_compares_then_publishes_and_the_running_service_adopts_it(
 
         code, out, err = _cli(capsys, "checkpoints", "list", "--config", str(path), "--json")
         assert code == 0, err
-        row3 = next(r for r in orjson.loads(out) if r["version"] == 3)
-        assert (row3["lineage"], row3["trigger"], row3["signature"]) == (
+        # Beside the service's snapshots, not in its slots (the service may have written
+        # its own version 3 already: it serves the rebuild as 3 once it adopts it).
+        [row3] = [r for r in orjson.loads(out) if r["staged"]]
+        assert (row3["version"], row3["lineage"], row3["trigger"], row3["signature"]) == (
+            3,
             lineage_b,
             "rebuild",
             "valid",
         )
+        code, out, err = _cli(capsys, "checkpoints", "list", "--config", str(path))
+        assert code == 0, err
+        assert [line.split()[1:3] for line in out.splitlines() if "(staged)" in line] == [
+            ["3", "(staged)"]
+        ]
+        assert "staged: published by 'replay --rebuild --publish'" in out
 
         # The running service switches without a restart.
         def switched() -> bool:
@@ -268,6 +277,8 @@ def test_rebuild_compares_then_publishes_and_the_running_service_adopts_it(
     newest = max(catalog.versions("default"), key=lambda v: v.position)
     assert (newest.model_version, newest.lineage) == (3, lineage_b)
     assert newest.trigger != "rebuild"  # the service's own snapshot, taken after the switch
+    staged = catalog.staged("default")  # left for the next staged publish to replace
+    assert (staged.model_version, staged.trigger) == (3, "rebuild")
     text = path.read_text()
     head, _, rest = text.partition("[model]")
     path_b = tmp_path / "config-b.toml"

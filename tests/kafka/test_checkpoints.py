@@ -15,6 +15,7 @@ import pytest
 from stream_learner.core.snapshot import SnapshotMeta, encode_snapshot
 from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.kafka.checkpoints import (
+    STAGING_SLOT,
     CheckpointStore,
     MemoryCheckpointStore,
     chunk_key,
@@ -193,6 +194,63 @@ def test_keys_are_independent_and_records_live_beside_snapshots(backend):
     assert catalog.records() == {
         "__partition__\x1fevents\x1f0": {"offsets": {"0": 12}, "keys": {"a": 2}}
     }
+
+
+# --------------------------------------------------------------------------- staging
+
+
+def _live(backend, store) -> set[str]:
+    """The record keys the topic still holds a value for (what compaction keeps)."""
+    latest: dict[str, bytes | None] = {}
+    for key, value in store._scan(30.0):
+        latest[key] = value
+    return {key for key, value in latest.items() if value is not None}
+
+
+def test_the_writer_never_reuses_or_retires_the_staging_slot(backend):
+    service = backend.store(keep_versions=2)
+    states = _publish(service, [1, 2])  # the service's view of the slots is now cached
+    staged = _state(3)
+    header = backend.store(keep_versions=2).publish(staged, _meta(3), staged=True)
+    assert header["model_version"] == 3
+    # The service, with its stale view, cycles through all its slots and retires old ones;
+    # then a fresh writer that did read the staged snapshot does the same.
+    states |= _publish(service, [2, 4, 5, 6])
+    fresh = backend.store(keep_versions=2)
+    fresh.read()
+    states |= _publish(fresh, [7, 8])
+
+    catalog = backend.store(keep_versions=2).read()
+    info = catalog.staged("fraud")
+    assert (info.model_version, info.valid, info.slot, info.staged) == (3, True, STAGING_SLOT, True)
+    assert info.header["sha256"] == header["sha256"]
+    assert catalog.load("fraud", 3)[1] == staged  # loadable by version, as a rollback does
+    # What a restart restores ignores the staged snapshot: the key's own newest.
+    assert [i.model_version for i in catalog.versions("fraud")] == [7, 8]
+    assert catalog.load("fraud")[1] == states[8]
+    assert catalog.keys() == ["fraud"] and catalog.rejections == []
+    live = _live(backend, fresh)
+    assert manifest_key("fraud", STAGING_SLOT) in live
+    assert all(chunk_key("fraud", STAGING_SLOT, i) in live for i in range(header["chunk_count"]))
+
+
+def test_a_newer_staged_publish_replaces_the_older_and_its_leftover_chunks(backend):
+    service = backend.store()
+    states = _publish(service, [1])
+    cli = backend.store()
+    big = cli.publish(_state(2, size=15_000), _meta(2, lineage="rebuilt"), staged=True)
+    small_state = _state(3, size=100)
+    small = cli.publish(small_state, _meta(3, lineage="rebuilt"), staged=True)
+    assert (big["chunk_count"], small["chunk_count"]) == (8, 1)
+
+    catalog = backend.store().read()
+    info = catalog.staged("fraud")
+    assert (info.model_version, info.lineage, info.valid) == (3, "rebuilt", True)
+    assert catalog.load("fraud", 2) is None  # replaced: gone
+    assert catalog.load("fraud", 3)[1] == small_state
+    assert catalog.load("fraud")[1] == states[1] and catalog.rejections == []
+    staging = {k for k in _live(backend, cli) if k.startswith(f"fraud\x1f{STAGING_SLOT}\x1f")}
+    assert staging == {chunk_key("fraud", STAGING_SLOT, 0), manifest_key("fraud", STAGING_SLOT)}
 
 
 # --------------------------------------------------------------------------- refusals
