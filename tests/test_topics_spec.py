@@ -119,6 +119,9 @@ MESSAGES = [
                  "requested_by": "bob", "ts": 1.0}, True),
     ("control", {"command": "explode"}, False),
     ("control", {"command": "rollback", "verison": 3}, False),  # typo is not ignored
+    ("control", {"command": "rollback", "key": "m"}, False),  # no version
+    ("control", {"command": "rollback", "key": "m", "version": 4, "staged": True}, True),
+    ("control", {"command": "retrain", "ts": "2024-01-01T00:00:00Z"}, False),
     ("control", {"key": "m"}, False),
     ("dead-letter", {"dlq.reason": "not_json", "dlq.detail": "x", "dlq.source.topic": "t",
                      "dlq.source.partition": "0", "dlq.source.offset": "12",
@@ -310,3 +313,28 @@ def test_cli_config_errors_exit_2_with_one_line_before_any_network(tmp_path, cap
     assert main(["topics", "list", "--file", str(bad), "--bootstrap", "x:1"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "topics.events.partitions: must be a positive integer" in err[0]
+
+
+def test_the_control_schema_and_the_command_decoder_agree():
+    """Whatever the code sends validates, and every documented example decodes."""
+    from stream_learner.core.commands import Command, decode_command
+    from stream_learner.errors import DecodeError
+
+    validator = _validator("control")
+    sent = [
+        Command("retrain", key="m", reason="r", requested_by="cli", ts=1.5),
+        Command("rollback", key="m", version=3, reason="adopt", requested_by="cli", staged=True),
+        Command("pause"),
+    ]
+    for cmd in sent:
+        validator.validate(json.loads(cmd.to_json()))
+    for example in json.loads((SCHEMAS / "control.schema.json").read_text())["examples"]:
+        decode_command(json.dumps(example).encode())
+    for kind, message, valid in MESSAGES:
+        if kind == "control":
+            try:
+                decode_command(json.dumps(message).encode())
+                decoded = True
+            except DecodeError:
+                decoded = False
+            assert decoded == valid, message

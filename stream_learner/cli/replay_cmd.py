@@ -582,6 +582,7 @@ def _publish(
                 reason=f"adopt lineage {spec.lineage} (replay --rebuild)",
                 requested_by="cli",
                 ts=time.time(),
+                staged=True,  # the staged snapshot, even if the service wrote this version too
             )
         )
     return {key: version for key, (version, _) in written.items()}

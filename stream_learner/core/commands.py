@@ -6,8 +6,10 @@ A command is one JSON object::
      "requested_by": "alice", "ts": 1700000000}
 
 ``key`` names the model it applies to (``"*"`` or absent: every key the receiving
-instance owns). Commands travel through Kafka like events, so a replay of the
-control topic reproduces the same decisions at the same positions.
+instance owns). A ``rollback`` names a ``version``; with ``"staged": true`` it means the
+snapshot staged for the key (``replay --rebuild --publish``), which may share its version
+number with one the service wrote meanwhile. Commands travel through Kafka like events, so
+a replay of the control topic reproduces the same decisions at the same positions.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Command:
     reason: str = ""
     requested_by: str = ""
     ts: float | None = None
+    staged: bool = False
 
     def applies_to(self, key: str) -> bool:
         return self.key == ALL_KEYS or self.key == key
@@ -43,6 +46,8 @@ class Command:
             body["requested_by"] = self.requested_by
         if self.ts is not None:
             body["ts"] = self.ts
+        if self.staged:
+            body["staged"] = True
         return orjson.dumps(body)
 
 
@@ -79,6 +84,9 @@ def decode_command(raw: bytes | None) -> Command:
     ts = obj.get("ts")
     if ts is not None and (isinstance(ts, bool) or not isinstance(ts, int | float)):
         raise DecodeError("bad_command", "ts: expected epoch seconds")
+    staged = obj.get("staged", False)
+    if not isinstance(staged, bool):
+        raise DecodeError("bad_command", "staged: expected true or false")
     return Command(
         command=name,
         key=key,
@@ -86,4 +94,5 @@ def decode_command(raw: bytes | None) -> Command:
         reason=_optional_str(obj, "reason"),
         requested_by=_optional_str(obj, "requested_by", 200),
         ts=float(ts) if ts is not None else None,
+        staged=staged,
     )

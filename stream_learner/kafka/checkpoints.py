@@ -362,11 +362,15 @@ class Catalog:
         """The snapshot in ``key``'s staging slot, valid or not; ``None`` when it is empty."""
         return next((i for i in self._infos.get(key, []) if i.staged), None)
 
-    def load(self, key: str, version: int | None = None) -> tuple[dict[str, Any], object] | None:
+    def load(
+        self, key: str, version: int | None = None, *, staged: bool = False
+    ) -> tuple[dict[str, Any], object] | None:
         """The newest valid snapshot of ``key`` (of ``version`` when given), unpickled.
 
         Without ``version``, only the key's own slots count (what a restart restores);
-        with one, a staged snapshot of that version counts too (the newest wins).
+        with one, a staged snapshot of that version counts too (the newest wins), and
+        with ``staged`` only the staged one does (its version number may also be one the
+        service wrote after the rebuild was staged).
         Snapshots that fail are skipped and end up in :attr:`rejections`; ``None`` when
         nothing restorable is left. A ``version`` that cannot be restored is never
         replaced by another version.
@@ -376,6 +380,7 @@ class Catalog:
             for info in self._infos.get(key, [])
             if info.valid
             and (info.model_version == version if version is not None else not info.staged)
+            and (info.staged or not staged)
         ]
         for info in sorted(candidates, key=lambda i: i.position, reverse=True):
             payload = self._payloads[(key, info.slot)]

@@ -796,7 +796,7 @@ class Service:
                 why="no checkpoint store or no such key on this instance",
             )
             return
-        loaded = self.store.read().load(key, cmd.version)
+        loaded = self.store.read().load(key, cmd.version, staged=cmd.staged)
         if loaded is None:
             _rollback_failed(key, cmd.version, "no valid snapshot of that version")
             return

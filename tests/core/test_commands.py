@@ -13,6 +13,9 @@ def test_round_trip_and_defaults():
     bare = decode_command(b'{"command": "pause"}')
     assert bare.key == ALL_KEYS and bare.applies_to("anything")
     assert not cmd.applies_to("other") and cmd.applies_to("fraud")
+    staged = Command("rollback", key="fraud", version=3, staged=True)
+    assert decode_command(staged.to_json()) == staged
+    assert decode_command(b'{"command": "rollback", "key": "k", "version": 3}').staged is False
 
 
 @pytest.mark.parametrize(
@@ -25,6 +28,7 @@ def test_round_trip_and_defaults():
         (b'{"command": "rollback", "key": "k"}', "needs a 'version'"),
         (b'{"command": "rollback", "key": "k", "version": "2"}', "version: expected an integer"),
         (b'{"command": "retrain", "ts": "yesterday"}', "ts: expected epoch seconds"),
+        (b'{"command": "rollback", "version": 2, "staged": 1}', "staged: expected true or false"),
         (orjson.dumps({"command": "retrain", "reason": "x" * 501}), "reason: expected a string"),
         (None, "empty or oversized"),
     ],

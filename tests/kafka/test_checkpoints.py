@@ -234,6 +234,20 @@ def test_the_writer_never_reuses_or_retires_the_staging_slot(backend):
     assert all(chunk_key("fraud", STAGING_SLOT, i) in live for i in range(header["chunk_count"]))
 
 
+def test_a_staged_load_is_the_staged_snapshot_when_the_service_wrote_its_version_too(backend):
+    """The rebuild was staged as v2 while the service, not yet checkpointed, had promoted
+    its own v2: the adoption's rollback command (``staged``) must get the rebuild."""
+    cli, service = backend.store(), backend.store()
+    rebuilt = _state(2)
+    cli.publish(rebuilt, _meta(2, lineage="rebuilt"), staged=True)
+    own = _publish(service, [2])[2]  # written after the staged one: newest in log order
+    catalog = backend.store().read()
+    assert catalog.load("fraud", 2)[1] == own
+    header, state = catalog.load("fraud", 2, staged=True)
+    assert state == rebuilt and header["lineage"] == "rebuilt"
+    assert catalog.load("fraud", 1, staged=True) is None  # no staged v1: never another
+
+
 def test_a_newer_staged_publish_replaces_the_older_and_its_leftover_chunks(backend):
     service = backend.store()
     states = _publish(service, [1])
