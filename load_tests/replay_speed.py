@@ -13,9 +13,11 @@ round of each is kept.
 
 Prints events/s and the ratio replay/bare for the ``never`` policy (no retrain: the replay's
 own overhead), once with the config's metrics and once with accuracy alone (what the bare
-loop scores), and for ``performance`` (retrains run inline, so their time counts too); then
-the same with the config's model replaced by a Hoeffding tree (``--models`` picks), and
-writes load_tests/results/replay_speed.json.
+loop scores), and for ``performance`` (retrains run inline, so their time counts too). The
+learning core alone (``Learner.learn`` per event, policy ``never``: the work the replay must
+do) is timed in the same rounds, and the replay is given against it too: what the replay
+adds on top of learning. Then the same with the config's model replaced by a Hoeffding
+tree (``--models`` picks); writes load_tests/results/replay_speed.json.
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ sys.path.insert(0, str(ROOT))
 
 from stream_learner.config import load_config  # noqa: E402
 from stream_learner.core.events import Event, decode  # noqa: E402
+from stream_learner.core.learner import Learner, LearnerConfig  # noqa: E402
 from stream_learner.core.models import ModelSpec, build_model  # noqa: E402
 from stream_learner.core.retrain import RetrainConfig  # noqa: E402
 from stream_learner.replay import replay, resolve_policy  # noqa: E402
@@ -83,6 +86,22 @@ def main() -> None:
     print(f"wrote {RESULTS}")
 
 
+def core_loop(config, history: list[Event]) -> float:
+    """Seconds for the learning core alone over ``history``: ``Learner.learn`` per event
+    with the config's learner settings and policy ``never``, the work a replay must do."""
+    spec = ModelSpec.from_dict(config.model, where="model")
+    settings = LearnerConfig.from_dict(config.learner)
+    policy = resolve_policy("never").policy
+    learners: dict[str, Learner] = {}
+    start = time.perf_counter()
+    for e in history:
+        learner = learners.get(e.key)
+        if learner is None:
+            learner = learners[e.key] = Learner(e.key, spec, config=settings, policy=policy)
+        learner.learn(e)
+    return time.perf_counter() - start
+
+
 def measure(config, history: list, rounds: int) -> dict:
     """Replay against the bare loop for ``config``'s model; prints and returns the figures."""
     spec = ModelSpec.from_dict(config.model, where="model")
@@ -97,7 +116,11 @@ def measure(config, history: list, rounds: int) -> dict:
     }
     best: dict[str, float] = {}
     for _ in range(rounds):
-        timings = {"bare": bare_loop(spec, history)}
+        timings = {
+            "bare": bare_loop(spec, history),
+            "core": core_loop(config, history),
+            "core, accuracy only": core_loop(one_metric, history),
+        }
         for name, (cfg, policy) in runs.items():
             (report,) = replay(history, cfg, [resolve_policy(policy, retrain)])
             timings[name] = report.inputs / report.events_per_s
@@ -105,6 +128,9 @@ def measure(config, history: list, rounds: int) -> dict:
             best[name] = min(best.get(name, float("inf")), seconds)
     rates = {name: len(history) / seconds for name, seconds in best.items()}
     ratios = {name: round(rates[name] / rates["bare"], 3) for name in runs}
+    # What the replay adds on top of the learning core it runs (same metrics, policy never).
+    cores = {"never": "core", "never, accuracy only": "core, accuracy only"}
+    over_core = {name: round(rates[name] / rates[core], 3) for name, core in cores.items()}
     result = {
         "events": len(history),
         "rounds": rounds,
@@ -112,12 +138,21 @@ def measure(config, history: list, rounds: int) -> dict:
         "metrics": config.model.get("metrics"),
         "events_per_s": {k: round(v) for k, v in rates.items()},
         "replay_over_bare": ratios,
+        "core_over_bare": {
+            name: round(rates[name] / rates["bare"], 3) for name in ("core", "core, accuracy only")
+        },
+        "replay_over_core": over_core,
         "python": platform.python_version(),
     }
     print(" | ".join(step["estimator"] for step in config.model["pipeline"]))
     print(f"  {'bare River loop':<30} {rates['bare']:>10,.0f} events/s")
+    for name in ("core", "core, accuracy only"):
+        ratio = rates[name] / rates["bare"]
+        print(f"  {'learning ' + name:<30} {rates[name]:>10,.0f} events/s  {ratio:.3f}x")
     for name in runs:
         note = " (retrains inline)" if name == "performance" else ""
+        if name in over_core:
+            note = f"  ({over_core[name]:.3f}x the core alone)"
         print(
             f"  {'replay, ' + name:<30} {rates[name]:>10,.0f} events/s  {ratios[name]:.3f}x{note}"
         )
