@@ -55,14 +55,36 @@ crash still finds it.
 
 The writer learns which slots are taken from :meth:`read` (done lazily before the first
 publish): call ``read()`` after gaining ownership of a key that another instance wrote.
+
+Memory. :class:`Catalog` takes the log one record at a time and holds only the last value
+of each record key (a tombstone drops it), so a read never holds superseded values.
+``read(want=...)`` keeps less: ``want`` is a predicate over a snapshot header (each chunk's
+and manifest's as they stream by, not yet verified, so it must expect any JSON and not
+raise; ``header["key"]`` is the model key), and payload bytes are kept only of the chunks
+it accepts; the rest are dropped at once, keeping their headers, sizes and positions. A
+model key is *wanted* when ``want`` accepted any of its live records. A snapshot whose
+bytes were dropped is judged all the same (chunk identities, count and total size; the
+signature, which needs only the header; the checksum from a SHA-256 fed chunk by chunk
+as they stream by), so listing and the writer's view of every key's slots are what a full
+read gives. The writer writes a snapshot's chunks in index order, one after the other;
+when a slot's final chunk set did not stream by that way (a chunk rewritten later:
+someone else wrote to the slot), its checksum is unknown: such a snapshot counts as
+``complete`` for the writer (a snapshot that may be good is not overwritten on a guess)
+and is listed as not valid with reason ``unverified``, without a rejection; a full read
+decides it. :meth:`Catalog.load` never returns a snapshot whose bytes were dropped: for a
+key that was not wanted it raises ``LookupError`` (the caller left it out; ``None`` would
+claim nothing is restorable), and for a wanted key it passes over such a snapshot as if
+absent. Without ``want`` every payload is kept and verified.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import time
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 import orjson
@@ -114,7 +136,10 @@ REASONS = (
     "key_mismatch",  # the header names another model key than the record key
     "bad_key",  # a record key that fits none of the forms above
     "bad_record",  # a service record whose value is not a JSON object
+    "unverified",  # bytes dropped by want, checksum unknown: listed, never a rejection
 )
+
+Want = Callable[[Mapping[str, Any]], bool]  # which snapshots' bytes a read keeps
 
 _PRODUCER = {
     "compression.type": "none",  # payloads are zlib-compressed already
@@ -215,103 +240,210 @@ class _SlotState:
     indexes: frozenset[int]  # chunk keys present in the slot
 
 
-@dataclass
+@dataclass(slots=True)
+class _Entry:
+    """The live value of one record key of a slot, as far as the catalog keeps it."""
+
+    position: int
+    index: str | None  # the record key's chunk index; None for the manifest
+    header: dict[str, Any] | None = None  # a manifest that reads as a header
+    error: SnapshotRejected | None = None  # a manifest that does not
+    chunk: Chunk | None = None  # a parsed chunk (payload b"" when dropped); None: unparseable
+    size: int = 0  # the chunk's payload size, kept or not
+    wanted: bool = True  # ``want`` accepted its header: a chunk's payload is kept
+
+
+@dataclass(slots=True)
+class _Run:
+    """SHA-256 of a slot's chunks fed in index order as they stream by, for snapshots
+    whose bytes are dropped (see want in the module docstring)."""
+
+    identity: tuple
+    digest: Any
+    positions: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
 class _Slot:
-    manifest: dict[str, Any] | None = None
-    manifest_error: SnapshotRejected | None = None
-    chunks: list[Chunk] = field(default_factory=list)
-    indexes: set[int] = field(default_factory=set)
-    position: int = -1
+    entries: dict[str, _Entry] = field(default_factory=dict)  # by record key, in log order
+    run: _Run | None = None
 
 
 class Catalog:
     """Everything restorable from the topic as it was read: snapshots and records.
 
     Validity is decided here without unpickling; :meth:`load` unpickles one snapshot.
-    The payloads of valid snapshots are held in memory until the catalog is dropped.
+    The payloads of valid snapshots (those ``want`` accepted, when given) are held in
+    memory until the catalog is dropped.
     """
 
     def __init__(
-        self, log: Iterable[tuple[str, bytes | None]], *, signing_key: bytes | None = None
+        self,
+        log: Iterable[tuple[str, bytes | None]],
+        *,
+        signing_key: bytes | None = None,
+        want: Want | None = None,
     ) -> None:
         self._signing_key = signing_key
+        self._want = want
+        self._wanted: set[str] = set()
         self.rejections: list[Rejection] = []
         self._records: dict[str, dict] = {}
         self._infos: dict[str, list[VersionInfo]] = {}
         self._payloads: dict[tuple[str, int], bytes] = {}
         self._states: dict[str, dict[int, _SlotState]] = {}
-        latest: dict[str, tuple[int, bytes]] = {}
+        # Compaction: the last value of a record key wins, a tombstone deletes it. Service
+        # records and bad keys (small) by record key, snapshot records by slot.
+        others: dict[str, tuple[int, dict | Rejection]] = {}
+        slots: dict[tuple[str, int], _Slot] = {}
         self.records_read = 0  # tombstones and superseded records included
-        for position, (key, value) in enumerate(log):  # compaction: the last value wins
-            latest.pop(key, None)
-            if value is not None:
-                latest[key] = (position, value)
+        for position, (key, value) in enumerate(log):
+            self._take(position, key, value, others, slots)
             self.records_read = position + 1
-        slots: dict[str, dict[int, _Slot]] = {}
-        for key, (position, value) in latest.items():
-            self._file(key, position, value, slots)
-        for model_key, by_slot in slots.items():
-            for slot, content in by_slot.items():
-                self._judge(model_key, slot, content)
+        for key, (_, outcome) in others.items():  # in the order of their last write
+            if isinstance(outcome, Rejection):
+                self.rejections.append(outcome)
+            else:
+                self._records[key[len(RECORD_PREFIX) :]] = outcome
+        # By model key, then slot, in the order their oldest live record was written.
+        first: dict[str, int] = {}
+        for (model_key, _), content in slots.items():
+            start = next(iter(content.entries.values())).position
+            first[model_key] = min(first.get(model_key, start), start)
+        order = sorted(
+            slots,
+            key=lambda s: (first[s[0]], next(iter(slots[s].entries.values())).position),
+        )
+        for model_key, slot in order:
+            self._judge(model_key, slot, slots.pop((model_key, slot)))  # bytes freed per slot
 
     # -- building ---------------------------------------------------------------
-    def _file(self, key: str, position: int, value: bytes, slots: dict) -> None:
-        if key.startswith(RECORD_PREFIX):
-            try:
-                record = orjson.loads(value)
-            except orjson.JSONDecodeError:
-                record = None
-            if isinstance(record, dict):
-                self._records[key[len(RECORD_PREFIX) :]] = record
-            else:
-                self.rejections.append(Rejection("bad_record", f"{key[1:]!r}: not a JSON object"))
-            return
+    def _take(
+        self,
+        position: int,
+        key: str,
+        value: bytes | None,
+        others: dict[str, tuple[int, dict | Rejection]],
+        slots: dict[tuple[str, int], _Slot],
+    ) -> None:
+        """File one log record, replacing what its record key held."""
         parts = key.rsplit(SEP, 2)
-        if (
+        if key.startswith(RECORD_PREFIX) or (
             len(parts) != 3
             or not (parts[1].isdecimal() or parts[1] == str(STAGING_SLOT))
             or not (parts[2] == MANIFEST or parts[2].isdecimal())
         ):
-            self.rejections.append(Rejection("bad_key", f"unrecognised record key {key!r}"))
+            others.pop(key, None)
+            if value is not None:
+                others[key] = (position, self._other(key, value))
             return
-        model_key, slot, tail = parts[0], int(parts[1]), parts[2]
-        content = slots.setdefault(model_key, {}).setdefault(slot, _Slot())
-        content.position = max(content.position, position)
+        where = (parts[0], int(parts[1]))
+        content = slots.get(where)
+        if content is not None:
+            content.entries.pop(key, None)
+        if value is None:
+            if content is not None and not content.entries:
+                del slots[where]
+            return
+        if content is None:
+            content = slots[where] = _Slot()
+        content.entries[key] = self._entry(position, parts[2], value, content)
+
+    def _other(self, key: str, value: bytes) -> dict | Rejection:
+        if not key.startswith(RECORD_PREFIX):
+            return Rejection("bad_key", f"unrecognised record key {key!r}")
         try:
-            if tail == MANIFEST:
-                content.manifest = check_header(orjson.loads(value))
-            else:
-                content.indexes.add(int(tail))
-                content.chunks.append(parse_chunk(value))
+            record = orjson.loads(value)
         except orjson.JSONDecodeError:
-            content.manifest_error = SnapshotRejected("bad_header", "manifest is not JSON")
-        except SnapshotRejected as exc:
-            if tail == MANIFEST:
-                content.manifest_error = exc
-            # a chunk that cannot be parsed simply does not count: its set is incomplete
+            record = None
+        if isinstance(record, dict):
+            return record
+        return Rejection("bad_record", f"{key[1:]!r}: not a JSON object")
+
+    def _entry(self, position: int, tail: str, value: bytes, content: _Slot) -> _Entry:
+        if tail == MANIFEST:
+            try:
+                header = check_header(orjson.loads(value))
+            except orjson.JSONDecodeError:
+                error = SnapshotRejected("bad_header", "manifest is not JSON")
+                return _Entry(position, None, error=error, wanted=False)
+            except SnapshotRejected as exc:
+                return _Entry(position, None, error=exc, wanted=False)
+            return _Entry(position, None, header=header, wanted=self._wants(header))
+        try:
+            chunk = parse_chunk(value)
+        except SnapshotRejected:  # counts as a chunk key present, never as a chunk
+            return _Entry(position, tail, wanted=False)
+        wanted = self._wants(chunk.header)
+        if self._want is not None:
+            self._feed(content, chunk, position)
+        size = len(chunk.payload)
+        if not wanted:
+            chunk = Chunk(chunk.header, b"")  # the bytes go now
+        return _Entry(position, tail, chunk=chunk, size=size, wanted=wanted)
+
+    def _wants(self, header: dict[str, Any]) -> bool:
+        return self._want is None or bool(self._want(MappingProxyType(header)))
+
+    @staticmethod
+    def _feed(content: _Slot, chunk: Chunk, position: int) -> None:
+        """Hash the slot's chunks in index order: a chunk 0 starts over, the next index of
+        the same snapshot goes on, the same snapshot out of order breaks the run."""
+        h = chunk.header
+        identity = (h["key"], h["model_version"], h["sha256"], h["chunk_count"])
+        run = content.run
+        if h["chunk_index"] == 0:
+            run = content.run = _Run(identity, hashlib.sha256())
+        elif run is None or run.identity != identity:
+            return
+        elif h["chunk_index"] != len(run.positions):
+            content.run = None
+            return
+        run.digest.update(chunk.payload)
+        run.positions.append(position)
 
     def _judge(self, model_key: str, slot: int, content: _Slot) -> None:
         """Decide a slot. ``complete`` (manifest, all chunks, checksum) is what the writer
         keeps or reuses; restorable also needs the signature. A reader with the wrong key
         therefore refuses snapshots without counting them as garbage to overwrite."""
-        header, payload, complete, rejected = content.manifest, None, False, None
+        entries = list(content.entries.values())  # in log order
+        manifest, manifest_error, chunks, indexes = None, None, [], set()
+        for entry in entries:
+            if entry.index is None:
+                if entry.error is not None:
+                    manifest_error = entry.error
+                else:
+                    manifest = entry.header
+            else:
+                indexes.add(int(entry.index))
+                if entry.chunk is not None:
+                    chunks.append(entry)
+        if any(entry.wanted for entry in entries):
+            self._wanted.add(model_key)
+        position = entries[-1].position
+        header, payload, complete, unverified, rejected = manifest, None, False, False, None
         try:
-            if content.manifest_error is not None:
-                raise content.manifest_error
+            if manifest_error is not None:
+                raise manifest_error
             if header is None:
-                if content.chunks:
-                    header = dict(content.chunks[0].header)
+                if chunks:
+                    header = dict(chunks[0].chunk.header)
                     del header["chunk_index"]
                 raise SnapshotRejected("no_manifest", "chunks without a manifest (unfinished)")
             if header["key"] != model_key:
                 raise SnapshotRejected("key_mismatch", f"header is for key {header['key']!r}")
             wanted = (header["model_version"], header["sha256"])
-            _, payload = assemble(
-                c
-                for c in content.chunks
-                if (c.header["model_version"], c.header["sha256"]) == wanted
-            )
-            verify_snapshot(header, payload, None)
+            pieces = [
+                e
+                for e in chunks
+                if (e.chunk.header["model_version"], e.chunk.header["sha256"]) == wanted
+            ]
+            _, payload = assemble(e.chunk for e in pieces)
+            if all(e.wanted for e in pieces):
+                verify_snapshot(header, payload, None)
+            else:
+                payload = None
+                unverified = not _streamed_checksum(header, pieces, content.run)
             complete = True
             if self._signing_key:
                 verify_signature(header, self._signing_key)
@@ -319,7 +451,7 @@ class Catalog:
             rejected = exc
         version = header.get("model_version") if isinstance(header, dict) else None
         self._states.setdefault(model_key, {})[slot] = _SlotState(
-            version if complete else None, content.position, complete, frozenset(content.indexes)
+            version if complete else None, position, complete, frozenset(indexes)
         )
         if rejected is not None:
             self.rejections.append(
@@ -328,13 +460,14 @@ class Catalog:
         elif payload is not None:
             self._payloads[(model_key, slot)] = payload
         if isinstance(version, int) and isinstance(header, dict):
+            reason = rejected.reason if rejected is not None else None
             info = VersionInfo(
                 model_key,
                 version,
-                rejected is None,
-                None if rejected is None else rejected.reason,
+                rejected is None and not unverified,
+                "unverified" if unverified and reason is None else reason,
                 slot,
-                content.position,
+                position,
                 dict(header),
             )
             self._infos.setdefault(model_key, []).append(info)
@@ -374,6 +507,10 @@ class Catalog:
         Snapshots that fail are skipped and end up in :attr:`rejections`; ``None`` when
         nothing restorable is left. A ``version`` that cannot be restored is never
         replaced by another version.
+
+        After ``read(want=...)``: a key ``want`` did not accept raises ``LookupError``
+        when it has a valid snapshot (read it with a ``want`` that accepts it), and a
+        snapshot whose bytes were dropped is passed over as if absent.
         """
         candidates = [
             info
@@ -382,8 +519,15 @@ class Catalog:
             and (info.model_version == version if version is not None else not info.staged)
             and (info.staged or not staged)
         ]
+        if candidates and self._want is not None and key not in self._wanted:
+            raise LookupError(
+                f"checkpoint key {key!r} was not wanted by this read: its snapshots' bytes "
+                "were not kept"
+            )
         for info in sorted(candidates, key=lambda i: i.position, reverse=True):
-            payload = self._payloads[(key, info.slot)]
+            payload = self._payloads.get((key, info.slot))
+            if payload is None:  # valid, but want dropped its bytes
+                continue
             try:
                 return dict(info.header), decode_snapshot(info.header, payload, self._signing_key)
             except SnapshotRejected as exc:
@@ -396,8 +540,30 @@ class Catalog:
         """The service's JSON records, by the key given to ``publish_record``."""
         return dict(self._records)
 
+    @property
+    def payload_bytes(self) -> int:
+        """Snapshot payload bytes this catalog holds (what :meth:`load` can unpickle)."""
+        return sum(len(payload) for payload in self._payloads.values())
+
     def _slot_states(self) -> dict[str, dict[int, _SlotState]]:
         return {key: dict(slots) for key, slots in self._states.items()}
+
+
+def _streamed_checksum(header: Mapping[str, Any], pieces: list[_Entry], run: _Run | None) -> bool:
+    """Check size and SHA-256 of a snapshot whose bytes were dropped: ``True`` when they
+    match, ``False`` when the SHA-256 is unknown (the chunks that remain did not stream
+    by in index order); raises ``checksum_mismatch`` like :func:`verify_snapshot`."""
+    size = sum(piece.size for piece in pieces)
+    if size != header["payload_size"]:
+        raise SnapshotRejected(
+            "checksum_mismatch", f"payload is {size} bytes, header says {header['payload_size']}"
+        )
+    at = {p.chunk.header["chunk_index"]: p.position for p in pieces if p.chunk is not None}
+    if run is None or run.positions != [at[i] for i in range(len(at))]:
+        return False
+    if run.digest.hexdigest() != header["sha256"]:
+        raise SnapshotRejected("checksum_mismatch", "payload SHA-256 differs from the header")
+    return True
 
 
 # --------------------------------------------------------------------------- stores
@@ -459,9 +625,11 @@ class _Store:
     def _scan(self, timeout: float) -> Iterable[tuple[str, bytes | None]]:
         raise NotImplementedError
 
-    def read(self, timeout: float = 30.0) -> Catalog:
-        """Read the whole topic (as compacted so far) into a :class:`Catalog`."""
-        catalog = Catalog(self._scan(timeout), signing_key=self._signing_key)
+    def read(self, timeout: float = 30.0, *, want: Want | None = None) -> Catalog:
+        """Read the whole topic (as compacted so far) into a :class:`Catalog`, keeping
+        payload bytes only of snapshots whose header ``want`` accepts, when given (see
+        the module docstring); the writer learns every key's slots either way."""
+        catalog = Catalog(self._scan(timeout), signing_key=self._signing_key, want=want)
         self._slots = catalog._slot_states()
         self._position = catalog.records_read
         return catalog

@@ -93,7 +93,9 @@ class Sink(Protocol):
 class Store(Protocol):
     def publish(self, state: object, meta: SnapshotMeta) -> dict: ...
     def publish_record(self, key: str, value: dict | None) -> None: ...
-    def read(self, timeout: float = 30.0) -> Any: ...
+    def read(
+        self, timeout: float = 30.0, *, want: Callable[[Mapping[str, Any]], bool] | None = None
+    ) -> Any: ...
 
 
 @dataclass(frozen=True)
@@ -663,8 +665,23 @@ class Service:
             self.consumed[tp] = committed.get(tp, 0)
         if self.store is None:
             return {}
-        catalog = self.store.read()  # waits out a new topic without a leader
         owned = {p for t, p in partitions if t == self.topics.events}
+        events = self.topics.events
+
+        def mine(header: Mapping[str, Any]) -> bool:
+            """The snapshots the loop below may load: only their bytes are held in memory
+            (the catalog still lists every key and the writer learns every slot)."""
+            extra = header.get("extra")
+            try:
+                return (
+                    isinstance(extra, dict)
+                    and extra.get("partition") in owned
+                    and extra.get("events_topic") == events
+                )
+            except TypeError:  # an unhashable partition: not one of ours
+                return False
+
+        catalog = self.store.read(want=mine)  # waits out a new topic without a leader
         records = catalog.records()
         starts: dict[TopicPartition, int] = {}
         for partition in sorted(owned):
@@ -796,7 +813,8 @@ class Service:
                 why="no checkpoint store or no such key on this instance",
             )
             return
-        loaded = self.store.read().load(key, cmd.version, staged=cmd.staged)
+        catalog = self.store.read(want=lambda header: header.get("key") == key)  # its bytes only
+        loaded = catalog.load(key, cmd.version, staged=cmd.staged)
         if loaded is None:
             _rollback_failed(key, cmd.version, "no valid snapshot of that version")
             return

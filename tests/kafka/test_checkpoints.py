@@ -7,6 +7,8 @@ straight into the in-memory log), the way a broken or hostile writer would.
 from __future__ import annotations
 
 import os
+import random
+import tracemalloc
 from pathlib import Path
 
 import orjson
@@ -16,6 +18,7 @@ from stream_learner.core.snapshot import SnapshotMeta, encode_snapshot
 from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.kafka.checkpoints import (
     STAGING_SLOT,
+    Catalog,
     CheckpointStore,
     MemoryCheckpointStore,
     chunk_key,
@@ -265,6 +268,141 @@ def test_a_newer_staged_publish_replaces_the_older_and_its_leftover_chunks(backe
     assert catalog.load("fraud")[1] == states[1] and catalog.rejections == []
     staging = {k for k in _live(backend, cli) if k.startswith(f"fraud\x1f{STAGING_SLOT}\x1f")}
     assert staging == {chunk_key("fraud", STAGING_SLOT, 0), manifest_key("fraud", STAGING_SLOT)}
+
+
+# --------------------------------------------------------------------------- reading some keys
+
+
+def _listing(catalog, key: str) -> list[tuple]:
+    return [
+        (i.model_version, i.valid, i.reason, i.slot, i.position, i.header)
+        for i in catalog.versions(key)
+    ]
+
+
+def _only(key: str):
+    return lambda header: header["key"] == key
+
+
+def test_a_read_with_want_keeps_the_bytes_of_wanted_keys_only(backend):
+    store = backend.store()
+    states = {key: _publish(store, [1, 2, 3], key=key) for key in ("a", "b", "c")}
+    full = backend.store().read()
+    catalog = backend.store().read(want=_only("b"))
+
+    sizes = {k: sum(i.header["payload_size"] for i in full.versions(k)) for k in "abc"}
+    assert full.payload_bytes == sum(sizes.values())
+    assert catalog.payload_bytes == sizes["b"] > 0  # a's and c's bytes went by, not kept
+    assert catalog.load("b")[1] == states["b"][3]
+    assert catalog.load("b", 1)[1] == states["b"][1]
+    # Everything else is what a full read says: listing, positions, the writer's view.
+    assert catalog.keys() == full.keys() == ["a", "b", "c"]
+    for key in "abc":
+        assert _listing(catalog, key) == _listing(full, key)
+        assert [i.valid for i in catalog.versions(key)] == [True, True, True]
+    assert catalog._slot_states() == full._slot_states()
+    assert catalog.rejections == full.rejections == []
+    with pytest.raises(LookupError, match="'a' was not wanted"):
+        catalog.load("a")
+    assert catalog.load("nobody") is None
+
+
+def test_after_a_read_with_want_the_writer_keeps_the_versions_of_unwanted_keys(backend):
+    store = backend.store(keep_versions=2)
+    states = {key: _publish(store, [1, 2, 3], key=key) for key in ("a", "b")}
+    writer = backend.store(keep_versions=2)
+    writer.read(want=_only("b"))  # as a rollback of b does; then the writer goes on with a
+    states["a"] |= _publish(writer, [4], key="a")  # keeps v3: known complete, not wiped
+    states["b"] |= _publish(writer, [4], key="b")
+
+    catalog = backend.store(keep_versions=2).read()
+    assert [i.model_version for i in catalog.versions("a")] == [3, 4]
+    assert [i.model_version for i in catalog.versions("b")] == [3, 4]
+    for key, version in [("a", 3), ("a", 4), ("b", 3), ("b", 4)]:
+        assert catalog.load(key, version)[1] == states[key][version]
+    assert catalog.rejections == []
+
+
+def test_a_snapshot_whose_bytes_were_dropped_is_still_checked(backend):
+    """A corrupt chunk written in order is caught by the checksum fed as chunks stream by;
+    one rewritten later cannot be: that snapshot is listed ``unverified`` and kept."""
+    store = backend.store()
+    states = _publish(store, [1], key="b")
+    chunks = encode_snapshot(_state(2), _meta(2, "a"), KEY, chunk_bytes=SMALL_CHUNKS)
+    header = {k: v for k, v in chunks[0].header.items() if k != "chunk_index"}
+    corrupt = bytearray(chunks[1].to_bytes())
+    corrupt[-10] ^= 0x01
+    for chunk in chunks:  # in order, as a writer would, into slot 0 of key a
+        value = bytes(corrupt) if chunk.header["chunk_index"] == 1 else chunk.to_bytes()
+        backend.raw(chunk_key("a", 0, chunk.header["chunk_index"]), value)
+    backend.raw(manifest_key("a", 0), orjson.dumps(header))
+
+    full = backend.store().read()
+    catalog = backend.store().read(want=_only("b"))
+    for read in (full, catalog):
+        assert [(i.model_version, i.valid, i.reason) for i in read.versions("a")] == [
+            (2, False, "checksum_mismatch")
+        ]
+        assert [(r.key, r.reason) for r in read.rejections] == [("a", "checksum_mismatch")]
+        assert read._slot_states()["a"][0].complete is False  # broken: the writer reuses it
+    b = catalog.versions("b")[0].header["payload_size"]
+    assert catalog.payload_bytes == b and catalog.load("b")[1] == states[1]
+
+    # The same chunk rewritten correctly after the manifest: out of order.
+    backend.raw(chunk_key("a", 0, 1), chunks[1].to_bytes())
+    full = backend.store().read()
+    catalog = backend.store().read(want=_only("b"))
+    assert [(i.valid, i.reason) for i in full.versions("a")] == [(True, None)]
+    assert [(i.valid, i.reason) for i in catalog.versions("a")] == [(False, "unverified")]
+    assert catalog.rejections == full.rejections == []  # not refused: not examined
+    assert catalog._slot_states() == full._slot_states()  # complete: never overwritten on a guess
+    assert catalog.load("b")[1] == states[1]
+
+
+def _history(keys: int, versions: int, size: int, keep: int = 3):
+    """A checkpoint log as written, not compacted: each key cycles through its slots, so
+    later snapshots supersede earlier ones; values are made only when asked for."""
+    rng = random.Random(7)
+    for version in range(1, versions + 1):
+        for k in range(keys):
+            meta = _meta(version, f"k{k:02d}", extra={"partition": k % 8})
+            state = {"blob": rng.randbytes(size)}
+            chunks = encode_snapshot(state, meta, KEY, chunk_bytes=64 * 1024)
+            slot = version % (keep + 1)
+            for chunk in chunks:
+                yield chunk_key(meta.key, slot, chunk.header["chunk_index"]), chunk.to_bytes()
+            header = {k: v for k, v in chunks[0].header.items() if k != "chunk_index"}
+            yield manifest_key(meta.key, slot), orjson.dumps(header)
+
+
+def test_a_catalog_holds_the_bytes_of_wanted_keys_only_while_the_log_streams_by():
+    """The log is a generator: what the catalog holds at its peak is what it kept, not
+    the topic (tracemalloc counts the Python heap, so the bound is deterministic)."""
+    keys, versions, size = 40, 6, 100_000  # 24 MB written, 16 MB live
+    full = Catalog(_history(keys, versions, size), signing_key=KEY)
+    wanted = [f"k{k:02d}" for k in range(keys) if k % 8 == 1]  # one partition of eight
+
+    tracemalloc.start()
+    try:
+        catalog = Catalog(
+            _history(keys, versions, size),
+            signing_key=KEY,
+            want=lambda header: header["extra"].get("partition") == 1,
+        )
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+
+    assert full.payload_bytes > keys * 4 * size  # every live snapshot: 4 slots per key
+    kept = sum(i.header["payload_size"] for k in wanted for i in full.versions(k))
+    assert catalog.payload_bytes == kept
+    # At its peak: what it kept, plus one snapshot in the making and the headers of the
+    # rest, far below the live topic (the old catalog held every live value at once).
+    assert peak < kept + full.payload_bytes / 4
+    for k in range(keys):
+        assert _listing(catalog, f"k{k:02d}") == _listing(full, f"k{k:02d}")
+    assert catalog._slot_states() == full._slot_states() and catalog.rejections == []
+    assert catalog.load(wanted[0])[1]["blob"] and catalog.records_read == keys * versions * 3
 
 
 # --------------------------------------------------------------------------- refusals
