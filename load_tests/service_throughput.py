@@ -153,20 +153,29 @@ def bare(spec: ModelSpec, data: list[dict]) -> float:
     return len(pairs) / (time.perf_counter() - started)
 
 
+def _rate(poll, handle, n: int) -> float:
+    """Events/s of ``handle(batch)`` over batches from ``poll()``, from the first batch."""
+    seen, started = 0, None
+    while seen < n:
+        batch = poll()
+        if batch and started is None:
+            started = time.perf_counter()
+        handle(batch)
+        seen += len(batch)
+    return seen / (time.perf_counter() - started)
+
+
 def consume_decode(bootstrap: str, topic: str, n: int) -> float:
     source = KafkaSource(bootstrap, f"raw-{uuid.uuid4().hex[:6]}", [topic])
     source.start()
-    seen, started = 0, None
-    while seen < n:
-        records = source.poll(1000, 1.0)
-        if records and started is None:
-            started = time.perf_counter()
+
+    def handle(records) -> None:
         for rec in records:
             decode_event(rec.value)
-        seen += len(records)
-    elapsed = time.perf_counter() - started
+
+    rate = _rate(lambda: source.poll(1000, 1.0), handle, n)
     source.close()
-    return seen / elapsed
+    return rate
 
 
 def least_loop(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> float:
@@ -181,11 +190,8 @@ def least_loop(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> float:
     )
     consumer.subscribe([topic])
     model, acc, loads = build_model(spec), metrics.Accuracy(), orjson.loads
-    seen, started = 0, None
-    while seen < n:
-        messages = consumer.consume(1000, 1.0)
-        if messages and started is None:
-            started = time.perf_counter()
+
+    def handle(messages) -> None:
         for msg in messages:
             ev = loads(msg.value())
             x, y = ev["x"], ev["y"]
@@ -193,10 +199,10 @@ def least_loop(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> float:
             model.learn_one(x, y)
         if messages:
             consumer.commit(asynchronous=True)
-        seen += len(messages)
-    elapsed = time.perf_counter() - started
+
+    rate = _rate(lambda: consumer.consume(1000, 1.0), handle, n)
     consumer.close()
-    return seen / elapsed
+    return rate
 
 
 def service_run(

@@ -278,9 +278,7 @@ def _event(obj: dict) -> Event:
     return ev
 
 
-_set_label_id, _set_label_key, _set_label_y, _set_label_ts = (
-    Label.__dict__[f].__set__ for f in ("id", "key", "y", "ts")
-)
+_set_label_key, _set_label_ts = (Label.__dict__[f].__set__ for f in ("key", "ts"))
 
 # The shapes msgspec accepts on the fast path. Integers are bounded to int64: orjson reads a
 # wider one as a float (or, up to 2**64, as an int), and the precise path has the last word.
@@ -357,12 +355,7 @@ def _fast_label(raw: bytes, max_bytes: int) -> Label:
     wire = _wire(raw, max_bytes, _wire_label)
     if wire is None:
         return _label(_parse(raw, max_bytes))
-    label = _new(Label)
-    _set_label_id(label, wire.id)
-    _set_label_key(label, wire.key)
-    _set_label_y(label, wire.y)
-    _set_label_ts(label, wire.ts)
-    return label
+    return Label(wire.id, wire.key, wire.y, wire.ts)
 
 
 class RecordDecoder:
