@@ -266,11 +266,12 @@ def test_rebuild_compares_then_publishes_and_the_running_service_adopts_it(
     # names lineage A (the one B replaced) keeps the adoption ...
     seen = []
 
-    def kept(service) -> bool:
+    def caught_up(service) -> bool:
+        """Ready, with the key's learner as the restore left it kept in ``seen``."""
         seen[:] = [service.learners.get("default")]
         return checkpoints_tests._caught_up(service)
 
-    _run_until(config, bootstrap, kept)
+    _run_until(config, bootstrap, caught_up)
     assert (seen[0].lineage, seen[0].version, seen[0].adopted_from) == (lineage_b, 3, lineage_a)
     # ... and so does one whose config names the rebuilt model.
     catalog = _catalog(config, bootstrap)
@@ -284,13 +285,7 @@ def test_rebuild_compares_then_publishes_and_the_running_service_adopts_it(
     path_b = tmp_path / "config-b.toml"
     path_b.write_text(head + MODEL_B + "\n[learner]" + rest.partition("[learner]")[2])
     config_b = load_config(path_b)
-    seen = []
-
-    def restored(service) -> bool:
-        seen[:] = [service.learners.get("default")]
-        return checkpoints_tests._caught_up(service)
-
-    _run_until(config_b, bootstrap, restored)
+    _run_until(config_b, bootstrap, caught_up)
     assert (seen[0].lineage, seen[0].version, seen[0].adopted_from) == (lineage_b, 3, None)
 
 

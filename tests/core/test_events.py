@@ -2,6 +2,8 @@ from __future__ import annotations
 
 import copy
 import doctest
+import itertools
+import json
 import math
 import pickle
 
@@ -336,8 +338,6 @@ def _outcome(fn, raw: bytes) -> tuple:
 
 
 def _messages(**choices: list) -> list[bytes]:
-    import itertools
-
     names = list(choices)
     out = []
     for combo in itertools.product(*choices.values()):
@@ -348,8 +348,6 @@ def _messages(**choices: list) -> list[bytes]:
 
 def _dumps(obj: object) -> bytes:
     # orjson writes no integer beyond 64 bits; the standard library writes them all.
-    import json
-
     return json.dumps(obj, ensure_ascii=False).encode()
 
 
