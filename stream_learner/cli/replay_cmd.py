@@ -22,7 +22,6 @@ import orjson
 from stream_learner.cli.checkpoints_cmd import Context, resolve_version
 from stream_learner.config import Config, load_config
 from stream_learner.core.commands import Command
-from stream_learner.core.events import Event, Label
 from stream_learner.core.learner import Learner
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
@@ -120,9 +119,10 @@ def _replay(args: argparse.Namespace) -> int:
     if args.from_kafka:
         topics = Topics.from_prefix(config.kafka.topic_prefix)
         after = starts.bound(topics) if starts is not None and args.start is None else None
-        history = _kafka_history(args, config, after).items
+        read = _kafka_history(args, config, after)
+        history, partitions = read.items, read.partitions
     else:
-        history = read_history(args.input)
+        history, partitions = read_history(args.input), None
         if starts is not None:
             print(
                 "replay: a file history is replayed whole: it should hold the inputs after "
@@ -136,6 +136,8 @@ def _replay(args: argparse.Namespace) -> int:
         policies,
         progress=_progress if tty else None,
         initial=None if starts is None else starts.learners,
+        partitions=partitions,
+        initial_partitions=None if starts is None else starts.partitions(),
     )
     if tty:
         print(file=sys.stderr)
@@ -181,13 +183,11 @@ def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None)
     extra = dict(config.kafka.client)
     check_reachable(bootstrap, timeout=10, extra=extra)
     topics = Topics.from_prefix(config.kafka.topic_prefix)
-    task = ModelSpec.from_dict(config.model, where="model").task if config.model else None
     read = read_kafka_history(
         bootstrap,
         {"events": topics.events, "labels": topics.labels, "control": topics.control},
         start,
         end,
-        task=task,
         max_bytes=config.service.max_event_bytes,
         client=extra,
     )
@@ -195,7 +195,7 @@ def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None)
     line = (
         f"replay: {read.records:,} records from {config.kafka.topic_prefix}"
         f"{{events,labels,control}}, partitions {', '.join(map(str, partitions)) or 'none'}: "
-        f"{len(read.items):,} events and labels"
+        f"{sum(not isinstance(i, Command) for i in read.items):,} events and labels"
     )
     if read.skipped:
         reasons = ", ".join(f"{r} {n}" for r, n in read.skipped.most_common())
@@ -316,6 +316,10 @@ class _Starts:
     learners: dict[str, Learner]
     infos: dict[str, VersionInfo]
 
+    def partitions(self) -> dict[str, int]:
+        """The partition each snapshot's key lives on (its ``*`` commands are theirs)."""
+        return {key: info.extra.get("partition", 0) for key, info in self.infos.items()}
+
     def bound(self, topics: Topics) -> Bound:
         """Where a Kafka history starts: after each snapshot's input offsets. Keys of one
         partition snapshotted at different positions start at the newest of them (never
@@ -433,8 +437,8 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
             f"--rebuild: {', '.join(map(repr, same))} already serve(s) lineage {spec.lineage} "
             f"({origin}); change the config's [model] or give --model FILE.toml"
         )
-    history, ranges, source = _rebuild_history(args, config)
-    keys = sorted({item.key for item in history})
+    history, partitions, ranges, source = _rebuild_history(args, config)
+    keys = sorted({item.key for item in history if not isinstance(item, Command)})
     if not keys:
         raise ConfigError(f"--rebuild: the history ({source}) holds no events")
     heads = {k: resolve_version(catalog, k, None) for k in keys if catalog.versions(k)}
@@ -444,7 +448,9 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
             f"snapshot on {ctx.topics.checkpoints}: the service serves none of them"
         )
     tty = sys.stderr.isatty()
-    report, learners = rebuild(history, config, spec, progress=_progress if tty else None)
+    report, learners = rebuild(
+        history, config, spec, progress=_progress if tty else None, partitions=partitions
+    )
     if tty:
         print(file=sys.stderr)
     published = {}
@@ -500,13 +506,14 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
 
 def _rebuild_history(
     args: argparse.Namespace, config: Config
-) -> tuple[list[Event | Label], dict[tuple[str, int], tuple[int, int]], str]:
-    """The history, the Kafka ranges it came from (empty for a file), and its name."""
+) -> tuple[list, list[int] | None, dict[tuple[str, int], tuple[int, int]], str]:
+    """The history, each item's partition (``None`` for a file), the Kafka ranges it came
+    from (empty for a file), and its name."""
     if not args.from_kafka:
-        return read_history(args.input), {}, args.input
+        return read_history(args.input), None, {}, args.input
     read = _kafka_history(args, config)
     spans = ", ".join(f"{t}[{p}] {s}..{e}" for (t, p), (s, e) in sorted(read.ranges.items()))
-    return read.items, dict(read.ranges), f"Kafka ({spans or 'empty'})"
+    return read.items, read.partitions, dict(read.ranges), f"Kafka ({spans or 'empty'})"
 
 
 def _publish(
