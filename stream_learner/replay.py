@@ -253,6 +253,7 @@ class PolicyReport:
     signals: list[dict[str, Any]] = field(default_factory=list)
     signals_total: int = 0
     rejected: int = 0  # inputs the task or model refused (the service dead-letters them)
+    rejections: dict[str, int] = field(default_factory=dict)  # ... by dead-letter reason
 
     TIMINGS = ("retrain_s", "events_per_s")
 
@@ -422,6 +423,7 @@ def _replay_one(
     timeline = _Timeline(history, learners)
     start = time.perf_counter()
     rejected = 0
+    rejections: dict[str, int] = {}
     effects = processor.effects
     event, label, command = processor.event, processor.label, processor.command
     for done, item in enumerate(history, 1):
@@ -434,9 +436,10 @@ def _replay_one(
                 label(item, partition)
             else:
                 command(item, partition)
-        except DecodeError:
+        except DecodeError as exc:
             # What the service dead-letters (unseen_key, bad_label, model_rejected): skipped.
             rejected += 1
+            rejections[exc.reason] = rejections.get(exc.reason, 0) + 1
         key = item.key
         if key not in learners and kind is not Command:
             learner = processor.learners.get(key)
@@ -480,6 +483,7 @@ def _replay_one(
         signals=timeline.signals,
         signals_total=timeline.signals_total,
         rejected=rejected,
+        rejections=rejections,
     )
 
 

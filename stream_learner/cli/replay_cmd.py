@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -122,7 +123,7 @@ def _replay(args: argparse.Namespace) -> int:
         read = _kafka_history(args, config, after)
         history, partitions = read.items, read.partitions
     else:
-        history, partitions = read_history(args.input), None
+        read, history, partitions = None, read_history(args.input), None
         if starts is not None:
             print(
                 "replay: a file history is replayed whole: it should hold the inputs after "
@@ -141,6 +142,8 @@ def _replay(args: argparse.Namespace) -> int:
     )
     if tty:
         print(file=sys.stderr)
+    if read is not None:
+        _summary(read, config, reports[0].rejections if reports else {})
     if report_dir is not None:
         _write_report(reports, report_dir, args)
     if args.json:
@@ -183,30 +186,41 @@ def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None)
     extra = dict(config.kafka.client)
     check_reachable(bootstrap, timeout=10, extra=extra)
     topics = Topics.from_prefix(config.kafka.topic_prefix)
+    task = ModelSpec.from_dict(config.model, where="model").task if config.model else None
     read = read_kafka_history(
         bootstrap,
         {"events": topics.events, "labels": topics.labels, "control": topics.control},
         start,
         end,
+        task=task,
         max_bytes=config.service.max_event_bytes,
         client=extra,
     )
+    return read
+
+
+def _summary(read: KafkaHistory, config, rejected: Mapping[str, int]) -> None:
+    """One line on stderr: what was read, and what was left out as the service leaves it
+    out: records the decoder refuses (``read.skipped``) and inputs the replay's processor
+    refused (``rejected``, by reason: a label of the wrong type, a value the model refuses,
+    a label-only key past the cap)."""
     partitions = sorted({p for _, p in read.ranges})
+    skipped = read.skipped + Counter(rejected)
+    inputs = sum(not isinstance(i, Command) for i in read.items) - sum(rejected.values())
     line = (
         f"replay: {read.records:,} records from {config.kafka.topic_prefix}"
         f"{{events,labels,control}}, partitions {', '.join(map(str, partitions)) or 'none'}: "
-        f"{sum(not isinstance(i, Command) for i in read.items):,} events and labels"
+        f"{inputs:,} events and labels"
     )
-    if read.skipped:
-        reasons = ", ".join(f"{r} {n}" for r, n in read.skipped.most_common())
-        line += f"; {read.skipped.total():,} skipped as the service dead-letters them ({reasons})"
+    if skipped:
+        reasons = ", ".join(f"{r} {n}" for r, n in skipped.most_common())
+        line += f"; {skipped.total():,} skipped as the service dead-letters them ({reasons})"
     others = Counter({c: n for c, n in read.commands.items() if c not in REPLAYED_COMMANDS})
     if others:
         names = ", ".join(f"{c} {n}" for c, n in others.most_common())
         n = others.total()
         line += f"; {n:,} command{'s' * (n != 1)} not replayed ({names})"
     print(line, file=sys.stderr)
-    return read
 
 
 def _report_dir(path: str):
@@ -437,7 +451,8 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
             f"--rebuild: {', '.join(map(repr, same))} already serve(s) lineage {spec.lineage} "
             f"({origin}); change the config's [model] or give --model FILE.toml"
         )
-    history, partitions, ranges, source = _rebuild_history(args, config)
+    read = _kafka_history(args, config) if args.from_kafka else None
+    history, partitions, ranges, source = _rebuild_history(args, read)
     keys = sorted({item.key for item in history if not isinstance(item, Command)})
     if not keys:
         raise ConfigError(f"--rebuild: the history ({source}) holds no events")
@@ -453,6 +468,8 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
     )
     if tty:
         print(file=sys.stderr)
+    if read is not None:
+        _summary(read, config, report.rejections)
     published = {}
     if args.publish:
         published = _publish(ctx, catalog, learners, heads, spec, ranges, source)
@@ -505,13 +522,12 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
 
 
 def _rebuild_history(
-    args: argparse.Namespace, config: Config
+    args: argparse.Namespace, read: KafkaHistory | None
 ) -> tuple[list, list[int] | None, dict[tuple[str, int], tuple[int, int]], str]:
     """The history, each item's partition (``None`` for a file), the Kafka ranges it came
     from (empty for a file), and its name."""
-    if not args.from_kafka:
+    if read is None:
         return read_history(args.input), None, {}, args.input
-    read = _kafka_history(args, config)
     spans = ", ".join(f"{t}[{p}] {s}..{e}" for (t, p), (s, e) in sorted(read.ranges.items()))
     return read.items, read.partitions, dict(read.ranges), f"Kafka ({spans or 'empty'})"
 

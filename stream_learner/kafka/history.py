@@ -10,8 +10,8 @@ sees the very sequence the service learned, each input with its partition (a com
 every key, ``*``, means the keys of its partition, which the replay's processor expands as
 the service's does). Records the decoder refuses are skipped and counted; commands that
 change what is learned (pause, resume, retrain) are in the history, the others are counted
-(see :data:`REPLAYED_COMMANDS`). What a model refuses (a label of the wrong type, a value
-the pipeline cannot take) is the replay's to skip, as the service's processor refuses it.
+(see :data:`REPLAYED_COMMANDS`). Given the model's task, labels that do not fit it are left
+out too; what the model itself refuses is the replay's to skip, as the processor refuses it.
 
 Each end of a range is a :class:`Bound` (see :func:`parse_bound`): the log start or end,
 an instant (the broker's time index, in every partition of the three topics), or offsets
@@ -44,7 +44,7 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from stream_learner.core.commands import Command
-from stream_learner.core.events import MAX_EVENT_BYTES, Event, Label, RecordDecoder
+from stream_learner.core.events import MAX_EVENT_BYTES, Event, Label, RecordDecoder, check_label
 from stream_learner.core.ordering import Merger
 from stream_learner.errors import BrokerError, ConfigError, DecodeError
 from stream_learner.kafka.client import client_config
@@ -139,6 +139,7 @@ def read_kafka_history(
     start: Bound | None = None,
     end: Bound | None = None,
     *,
+    task: str | None = None,
     max_bytes: int = MAX_EVENT_BYTES,
     client: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
@@ -146,8 +147,10 @@ def read_kafka_history(
     """Read ``[start, end)`` of the input topics (``topics``: role -> topic name, see
     :data:`ROLES`; labels and control may be absent) in the order the service learns it.
 
-    ``max_bytes`` is the service's ``max_event_bytes``. ``timeout`` bounds each broker
-    request and any wait without progress. Reads committed records only."""
+    ``task`` (the model's) leaves out labels that do not fit it (``bad_label``), as the
+    service's processor refuses them; ``max_bytes`` is the service's ``max_event_bytes``.
+    ``timeout`` bounds each broker request and any wait without progress. Reads committed
+    records only."""
     names = {role: topics[role] for role in ROLES if topics.get(role)}
     if "events" not in names:
         raise ConfigError("no events topic given")
@@ -170,8 +173,12 @@ def read_kafka_history(
             try:
                 if rec.topic == events:
                     item = decoder.event(rec.value, rec.key, rec.timestamp_ms)
+                    if task is not None and item.y is not None:
+                        check_label(item.y, task)
                 elif rec.topic == labels:
                     item = decoder.label(rec.value, rec.key, rec.timestamp_ms)
+                    if task is not None:
+                        check_label(item.y, task)
                 else:
                     item = decoder.command(rec.value, rec.key)
                     commands[item.command] += 1

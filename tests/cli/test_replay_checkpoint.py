@@ -67,7 +67,7 @@ def _history_after(config, bootstrap, offsets):
         offsets={(roles[t], int(p)): o for t, parts in offsets.items() for p, o in parts.items()},
     )
     names = {"events": topics.events, "labels": topics.labels, "control": topics.control}
-    return read_kafka_history(bootstrap, names, start).items
+    return read_kafka_history(bootstrap, names, start, task="binary").items
 
 
 # --------------------------------------------------------------------------- pure

@@ -139,7 +139,7 @@ def _of(items, key: str) -> list:
 def test_the_whole_log_in_event_time_order_without_what_the_service_dead_letters(
     bootstrap, service_topics, stream
 ):
-    read = read_kafka_history(bootstrap, _topics(service_topics))
+    read = read_kafka_history(bootstrap, _topics(service_topics), task="binary")
     for key in "abc":
         assert _of(read.items, key) == _expected(stream, key), key
     assert len(read.items) == len(stream)

@@ -145,7 +145,7 @@ def test_replay_from_kafka_reproduces_the_services_decisions_and_metrics(
             "labels": service_topics.labels,
             "control": service_topics.control,
         },
-        
+        task="binary",
     ).items
     order = list(dict.fromkeys(item.key for item in history))  # as the replay weighs keys
     evaluators = [learners[key].evaluator for key in order]
