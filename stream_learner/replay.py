@@ -24,6 +24,7 @@ import copy
 import csv
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,15 @@ import orjson
 from stream_learner.config import SECTIONS, Config, read_toml
 from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
-from stream_learner.core.events import Event, Label, decode
-from stream_learner.core.learner import Learner, LearnerConfig
+from stream_learner.core.events import (
+    MAX_EVENT_BYTES,
+    Event,
+    Label,
+    RecordDecoder,
+    check_label,
+    decode,
+)
+from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy
 from stream_learner.core.processor import (
@@ -52,7 +60,10 @@ __all__ = [
     "BUILTIN_POLICIES",
     "NamedPolicy",
     "PolicyReport",
+    "REPLAYED_COMMANDS",
+    "RecordHistory",
     "continued",
+    "decode_history",
     "load_model_spec",
     "markdown_table",
     "read_history",
@@ -143,6 +154,69 @@ def _cell(text: str) -> Any:
     except ValueError:
         return text
     return value if math.isfinite(value) else text
+
+
+#: Commands that change what is learned, replayed as the service carries them out; the
+#: others are counted only (``snapshot`` changes nothing learned; ``rollback`` loads a model
+#: from the checkpoint topic, which a replay of the inputs does not have).
+REPLAYED_COMMANDS = frozenset({"pause", "resume", "retrain"})
+
+
+@dataclass
+class RecordHistory:
+    """Input records (of the service's topics) decoded as the service decodes them: the
+    history (``items``) and each item's partition, the records read, and what was left out:
+    records the service dead-letters (``skipped``, by reason) and commands by name (those in
+    :data:`REPLAYED_COMMANDS` are in ``items`` too)."""
+
+    items: list[Event | Label | Command] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    records: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    commands: Counter[str] = field(default_factory=Counter)
+
+
+def decode_history(
+    records: Iterable[Any],
+    topics: Mapping[str, str],
+    *,
+    task: str | None = None,
+    max_bytes: int = MAX_EVENT_BYTES,
+) -> RecordHistory:
+    """Decode ``records`` (in the order the service learns them: see
+    :class:`~stream_learner.core.ordering.Merger`) with the service's
+    :class:`~stream_learner.core.events.RecordDecoder`. ``topics`` maps the roles
+    ``events``, ``labels``, ``control`` to topic names. ``task`` (the model's) leaves out
+    labels that do not fit it (``bad_label``), as the processor refuses them. A command for
+    every key (``*``) stays one item: the replay's processor expands it to the keys of its
+    partition, as the service's does."""
+    events, labels = topics.get("events"), topics.get("labels")
+    decoder = RecordDecoder(max_bytes)  # the service's rules
+    history = RecordHistory()
+    items, partitions = history.items, history.partitions
+    skipped, commands = history.skipped, history.commands
+    for rec in records:
+        history.records += 1
+        try:
+            if rec.topic == events:
+                item = decoder.event(rec.value, rec.key, rec.timestamp_ms)
+                if task is not None and item.y is not None:
+                    check_label(item.y, task)
+            elif rec.topic == labels:
+                item = decoder.label(rec.value, rec.key, rec.timestamp_ms)
+                if task is not None:
+                    check_label(item.y, task)
+            else:
+                item = decoder.command(rec.value, rec.key)
+                commands[item.command] += 1
+                if item.command not in REPLAYED_COMMANDS:
+                    continue
+        except DecodeError as exc:
+            skipped[exc.reason] += 1
+            continue
+        items.append(item)
+        partitions.append(rec.partition)
+    return history
 
 
 # -- policies ----------------------------------------------------------------------------
@@ -275,6 +349,7 @@ def replay(
     learners: list[dict[str, Learner]] | None = None,
     partitions: Sequence[int] | None = None,
     initial_partitions: Mapping[str, int] | None = None,
+    predictions: list[list[tuple[Event, Outcome]]] | None = None,
 ) -> list[PolicyReport]:
     """Run every policy over ``history``; one report per policy, in the order given.
 
@@ -285,7 +360,9 @@ def replay(
     config's ``[model]``). ``partitions`` is the partition of each history item (a Kafka
     history's; default 0): a command for every key means the keys of its partition, the
     restored ones included. When ``learners`` is given, one dict per policy is appended to
-    it: that policy's learners of the keys that had input, as the history left them."""
+    it: that policy's learners of the keys that had input, as the history left them; when
+    ``predictions`` is given, one list per policy: every prediction request and the
+    outcome the policy would have served (what the service publishes)."""
     if spec is None:
         if not config.model:
             raise ConfigError("model: the [model] section is missing; see examples/config.toml")
@@ -316,9 +393,14 @@ def replay(
         for key, base in initial.items():
             processor.adopt(key, continued(base, named), where.get(key, 0))
         made: dict[str, Learner] = {}
-        reports.append(_replay_one(history, partitions, named, processor, made, progress))
+        served: list[tuple[Event, Outcome]] | None = None if predictions is None else []
+        reports.append(
+            _replay_one(history, partitions, named, processor, made, progress, served)
+        )
         if learners is not None:
             learners.append(made)
+        if predictions is not None:
+            predictions.append(served)
     return reports
 
 
@@ -413,6 +495,7 @@ def _replay_one(
     processor: Processor,
     learners: dict[str, Learner],
     progress: Progress | None,
+    served: list[tuple[Event, Outcome]] | None = None,
 ) -> PolicyReport:
     """Drive ``processor`` over the history and keep what the report shows; ``learners``
     gets the learner of every key that had input, in the order of their first input (the
@@ -431,7 +514,9 @@ def _replay_one(
         kind = type(item)
         try:
             if kind is Event:
-                event(item, partition)
+                out = event(item, partition)
+                if served is not None and item.y is None:
+                    served.append((item, out))
             elif kind is Label:
                 label(item, partition)
             else:

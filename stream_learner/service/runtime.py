@@ -88,6 +88,9 @@ class Record(Protocol):
 
 
 class Source(Protocol):
+    """The inputs (``kafka/source.py``; an in-memory one in the tests). ``start`` joins
+    and, inside ``poll``, calls the service's ``on_assign``/``on_revoke``."""
+
     lag: Mapping[TopicPartition, int]
     assignment: set[TopicPartition]
 
@@ -96,12 +99,23 @@ class Source(Protocol):
     def commit(self, positions: Mapping[TopicPartition, int], *, wait: bool = True) -> None: ...
     def committed(self, tps: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
     def high_watermark(self, tp: TopicPartition) -> int | None: ...
+    def group_metadata(self) -> Any: ...
     def close(self) -> None: ...
 
 
 class Sink(Protocol):
+    """The outputs (``kafka/sink.py``). A ``transactional`` sink commits the input
+    positions with its outputs (``commit_transaction``); ``start`` runs before the first
+    poll (an exactly-once sink fences a crashed predecessor there)."""
+
+    transactional: bool
+
+    def start(self) -> None: ...
     def produce(self, topic: str, value: bytes | None, *, key=None, headers=None) -> None: ...
     def flush(self, timeout: float = 10.0) -> int: ...
+    def commit_transaction(
+        self, positions: Mapping[TopicPartition, int], group_metadata: Any
+    ) -> None: ...
 
 
 class Store(Protocol):
@@ -504,7 +518,7 @@ class Service:
         Per batch it does not wait for the broker; on revoke and shutdown it does."""
         if not self.positions:
             return
-        if getattr(self.sink, "transactional", False):
+        if self.sink.transactional:
             # Outputs and input positions in one transaction; a failure is not retried
             # (its outputs are gone): the service stops and a restart replays.
             self.sink.commit_transaction(self.positions, self.source.group_metadata())
@@ -861,9 +875,7 @@ class Service:
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Consume until ``should_stop()``; then finish the batch, flush, commit, close."""
         self.retrainer.start(self.factory.spec)
-        start_sink = getattr(self.sink, "start", None)
-        if start_sink is not None:
-            start_sink()  # before consuming: see KafkaSink.start (exactly-once restarts)
+        self.sink.start()  # before consuming: see KafkaSink.start (exactly-once restarts)
         self.source.start()
         gc_default = gc.get_threshold()
         gc.set_threshold(*GC_THRESHOLDS)
