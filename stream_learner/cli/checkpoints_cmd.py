@@ -21,10 +21,11 @@ import orjson
 
 from stream_learner.cli.service_cmd import signing_key
 from stream_learner.config import CheckpointSettings, Config, KafkaSettings, load_config
+from stream_learner.core.checkpoints import Catalog, VersionInfo
 from stream_learner.core.commands import Command
 from stream_learner.core.snapshot import load_signing_key
 from stream_learner.errors import BrokerError, ConfigError, StreamLearnerError
-from stream_learner.kafka.checkpoints import Catalog, CheckpointStore, VersionInfo
+from stream_learner.kafka.checkpoints import CheckpointStore
 from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.service.runtime import Topics
