@@ -24,6 +24,7 @@ from stream_learner.config import Config, load_config
 from stream_learner.core.checkpoints import Catalog, VersionInfo
 from stream_learner.core.commands import Command
 from stream_learner.core.events import Event, Label
+from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
@@ -552,8 +553,7 @@ def _publish(
                     "previous_lineage": head.lineage,
                 },
             )
-            state = {"learner": learner, "pending": None, "paused": False}
-            header = store.publish(state, meta, staged=True)
+            header = store.publish(KeyState(learner), meta, staged=True)
             written[key] = (version, header["sha256"])
         # Only a snapshot that is on the topic, whole, is handed over (another rebuild
         # publishing the same key at the same moment would replace it).
