@@ -64,10 +64,11 @@ def test_the_plan_gives_the_services_starts_and_keys():
     catalog = store.read(want=restore_want(owned, TOPICS.events))
     plan = plan_restore(catalog, owned, TOPICS.events, TOPICS.inputs, LINEAR.lineage)
     assert plan.starts == starts
-    assert {r.key: r.partition for r in plan.restored} == service.key_partition
-    assert {r.key for r in plan.restored if r.state.paused} == service.paused == {"e"}
+    keys = service.processor
+    assert {r.key: r.partition for r in plan.restored} == keys.partitions
+    assert {r.key for r in plan.restored if r.state.paused} == keys.paused == {"e"}
     assert {r.key: r.state.learner.lineage for r in plan.restored} == {
-        k: learner.lineage for k, learner in service.learners.items()
+        k: learner.lineage for k, learner in keys.learners.items()
     }
     assert plan.lost == {2}
     assert [n.event for n in plan.notes] == [
