@@ -22,14 +22,15 @@ import orjson
 
 from stream_learner.cli.checkpoints_cmd import Context, resolve_version
 from stream_learner.config import Config, load_config
+from stream_learner.core.checkpoints import Catalog, VersionInfo
 from stream_learner.core.commands import Command
+from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import ConfigError, StreamLearnerError
-from stream_learner.kafka.checkpoints import Catalog, VersionInfo
 from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
 from stream_learner.kafka.history import REPLAYED_COMMANDS, Bound, KafkaHistory
 from stream_learner.replay import (
@@ -546,7 +547,7 @@ def _publish(
     published version by key.
 
     The snapshots go to each key's staging slot, never to the slots the service writes
-    (see :mod:`stream_learner.kafka.checkpoints`): a checkpoint the service takes before
+    (see :mod:`stream_learner.core.checkpoints`): a checkpoint the service takes before
     it reads the rollback command cannot overwrite or retire them."""
     store = ctx.store()
     written: dict[str, tuple[int, str]] = {}
@@ -575,8 +576,7 @@ def _publish(
                     "previous_lineage": head.lineage,
                 },
             )
-            state = {"learner": learner, "pending": None, "paused": False}
-            header = store.publish(state, meta, staged=True)
+            header = store.publish(KeyState(learner), meta, staged=True)
             written[key] = (version, header["sha256"])
         # Only a snapshot that is on the topic, whole, is handed over (another rebuild
         # publishing the same key at the same moment would replace it).
