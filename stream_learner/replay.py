@@ -43,6 +43,7 @@ from stream_learner.core.events import (
     check_label,
     decode,
 )
+from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy
@@ -344,7 +345,7 @@ def replay(
     policies: Sequence[NamedPolicy],
     *,
     progress: Progress | None = None,
-    initial: Mapping[str, Learner] | None = None,
+    initial: Mapping[str, Learner | KeyState] | None = None,
     spec: ModelSpec | None = None,
     learners: list[dict[str, Learner]] | None = None,
     partitions: Sequence[int] | None = None,
@@ -353,10 +354,13 @@ def replay(
 ) -> list[PolicyReport]:
     """Run every policy over ``history``; one report per policy, in the order given.
 
-    ``initial`` holds learners to start from instead of fresh ones, by key (restored
-    snapshots, see :func:`restored_learner`), on the partitions ``initial_partitions``
-    names (default 0): each policy continues its own copy (see :func:`continued`), so
-    policies never share state. Keys not in it start fresh with ``spec`` (default: the
+    ``initial`` holds the states of restored snapshots to start from instead of fresh
+    learners, by key (a :class:`KeyState`, or a learner alone, see
+    :func:`restored_learner`), on the partitions ``initial_partitions`` names (default 0):
+    each policy continues its own copy (see :func:`continued`), so policies never share
+    state. A retrain the snapshot had in flight is applied at the input index the
+    restarted service applies it at, under the snapshot's own policy (another policy drops
+    it). Keys not in it start fresh with ``spec`` (default: the
     config's ``[model]``). ``partitions`` is the partition of each history item (a Kafka
     history's; default 0): a command for every key means the keys of its partition, the
     restored ones included. When ``learners`` is given, one dict per policy is appended to
@@ -391,7 +395,10 @@ def replay(
             max_unseen_keys=service.label_max_unseen_keys,
         )
         for key, base in initial.items():
-            processor.adopt(key, continued(base, named), where.get(key, 0))
+            state = base if isinstance(base, KeyState) else KeyState(base)
+            learner = continued(state.learner, named)
+            pending = state.pending if learner.policy.in_flight is not None else None
+            processor.adopt(key, learner, where.get(key, 0), pending=copy.deepcopy(pending))
         made: dict[str, Learner] = {}
         served: list[tuple[Event, Outcome]] | None = None if predictions is None else []
         reports.append(
@@ -404,17 +411,18 @@ def replay(
     return reports
 
 
-def restored_learner(state: Mapping[str, Any]) -> Learner:
-    """The learner of a restored snapshot's state (``learner``, ``pending``, ``paused``).
+def restored_learner(state: object) -> Learner:
+    """The learner of a restored snapshot's state (a :class:`KeyState`, or the dict of
+    older snapshots).
 
     A retrain the snapshot had in flight is run and applied at once, where the restarted
-    service would apply it a few inputs later: a replay has no worker to hand it to, and
-    without its result the learner's policy would wait for it forever. ``paused`` is not
+    service would apply it a few inputs later: the replay's processor is handed the learner
+    alone, and without the result its policy would wait for it forever. ``paused`` is not
     replayed (a backtest learns every input)."""
-    learner: Learner = state["learner"]
-    pending = state.get("pending")
-    if pending:
-        job, _due = pending
+    state = KeyState.of(state)
+    learner = state.learner
+    if state.pending:
+        job, _due = state.pending
         learner.apply(job.run())
     return learner
 

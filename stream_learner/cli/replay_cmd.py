@@ -41,7 +41,6 @@ from stream_learner.replay import (
     rebuild,
     replay,
     resolve_policy,
-    restored_learner,
 )
 from stream_learner.service.runtime import Topics
 
@@ -326,9 +325,9 @@ def _context(args: argparse.Namespace) -> Context:
 
 @dataclass
 class _Starts:
-    """The snapshots the replay starts from: the learners by key, and their headers."""
+    """The snapshots the replay starts from: their states by key, and their headers."""
 
-    learners: dict[str, Learner]
+    learners: dict[str, KeyState]
     infos: dict[str, VersionInfo]
 
     def partitions(self) -> dict[str, int]:
@@ -380,7 +379,7 @@ def _from_checkpoints(args: argparse.Namespace, config: Config) -> _Starts:
     lineage = ModelSpec.from_dict(config.model, where="model").lineage if config.model else None
     for key, version in _named_snapshots(args.from_checkpoint, catalog):
         info, state = ctx.load(catalog, key, version, "--from-checkpoint")
-        starts.learners[key] = restored_learner(state)
+        starts.learners[key] = KeyState.of(state)
         starts.infos[key] = info
         where = " ".join(
             f"{t.rsplit('.', 1)[-1]}[{p}]={o}"
@@ -389,7 +388,8 @@ def _from_checkpoints(args: argparse.Namespace, config: Config) -> _Starts:
         )
         line = (
             f"replay: key {key!r} starts from version {info.model_version} (lineage "
-            f"{info.lineage}, {starts.learners[key].index:,} inputs, offsets {where or 'none'})"
+            f"{info.lineage}, {starts.learners[key].learner.index:,} inputs, "
+            f"offsets {where or 'none'})"
         )
         if lineage is not None and info.lineage != lineage:
             line += f"; it continues that lineage, not the config's {lineage}"

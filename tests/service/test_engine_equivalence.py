@@ -117,7 +117,7 @@ class _Run:
         self.source = MemorySource(
             logs,
             on_assign=lambda tps: self.service.on_assign(tps),
-            on_revoke=lambda tps: self.service.on_revoke(tps),
+            on_revoke=self._revoked,
             committed=committed,
         )
         settings = config.service
@@ -135,6 +135,10 @@ class _Run:
         )
         # Until everything is consumed: a bounded loop (the logs are finite).
         self.service.run(lambda: self.service.caught_up)
+
+    def _revoked(self, tps) -> None:
+        self.learners = dict(self.service.learners)  # as they were when the run ended
+        self.service.on_revoke(tps)
 
     def predictions(self) -> dict[str, tuple]:
         out = {}
@@ -175,8 +179,9 @@ def runs(tmp_path_factory):
     whole = _records(first + second)  # the same records first, then the rest
     store = MemoryCheckpointStore(signing_key=KEY)
     one = _Run(config, before, store)
+    snapshots = store.read()  # as the restarted instance finds them
     two = _Run(config, whole, store, committed=one.source.offsets)
-    return config, before, whole, store, one, two
+    return config, before, whole, snapshots, one, two
 
 
 def test_a_restart_serves_and_decides_as_one_replay_of_the_whole_history(runs):
@@ -188,13 +193,14 @@ def test_a_restart_serves_and_decides_as_one_replay_of_the_whole_history(runs):
     )
     assert history.skipped == {"bad_label": 1}  # the service dead-letters it
     assert history.commands == {"pause": 1, "resume": 1, "retrain": 2, "snapshot": 1}
-    named = resolve_policy("config", config=core_factory(config).policy)
+    factory = core_factory(config)
+    named = resolve_policy("config", factory.retrain, config=factory.policy)
     learners, served = [], []
     [report] = replay(
         history.items, config, [named], partitions=history.partitions,
         learners=learners, predictions=served,
     )  # fmt: skip
-    service = two.service
+    service = two
     assert set(service.learners) == set(KEYS) == set(learners[0])
     for key in KEYS:
         mine, theirs = service.learners[key], learners[0][key]
@@ -220,14 +226,11 @@ def test_a_restart_serves_and_decides_as_one_replay_of_the_whole_history(runs):
 def test_a_replay_from_the_checkpoints_continues_as_the_restarted_service(runs):
     """The replay's ``--from-checkpoint`` path: the restored keys, gamma included, are the
     processor's from the start, so ``*`` reaches gamma in the replay as in the service."""
-    config, before, whole, store, one, two = runs
-    catalog = store.read()
+    config, before, whole, catalog, one, two = runs
     initial, partitions = {}, {}
     for key in KEYS:
         header, state = catalog.load(key)
-        state = KeyState.of(state)
-        assert state.pending is None  # a retrain in flight is applied at once by a replay
-        initial[key] = state.learner
+        initial[key] = KeyState.of(state)  # a retrain in flight too, applied when due
         partitions[key] = header["extra"]["partition"]
     # What the restarted service read after the snapshots: the records past them.
     cut = {tp: len(records) for tp, records in before.items()}
@@ -237,17 +240,23 @@ def test_a_replay_from_the_checkpoints_continues_as_the_restarted_service(runs):
         {"events": TOPICS.events, "labels": TOPICS.labels, "control": TOPICS.control},
         task="binary",
     )
-    named = resolve_policy("config", config=core_factory(config).policy)
+    factory = core_factory(config)
+    named = resolve_policy("config", factory.retrain, config=factory.policy)
     learners, served = [], []
-    replay(
+    [report] = replay(
         history.items, config, [named], partitions=history.partitions, initial=initial,
         initial_partitions=partitions, learners=learners, predictions=served,
     )  # fmt: skip
+    assert any(KeyState.of(catalog.load(k)[1]).pending for k in KEYS)  # one in flight
     assert "gamma" not in learners[0]  # no input after the snapshot ...
     for key in ("alpha", "beta"):
-        assert _decisions(two.service.learners[key]) == _decisions(learners[0][key]), key
+        assert _decisions(two.learners[key]) == _decisions(learners[0][key]), key
     assert two.predictions() == _served(served[0])
-    # ... and yet the command to every key of partition 0 reached it in the service:
-    # the replay carried it out on its copy too (it is the processor's key from the start).
-    gamma = _decisions(two.service.learners["gamma"])
+    # ... and yet the command to every key of partition 0 reached it, in the service and
+    # in the replay alike (restored keys are the processor's from the start).
+    gamma = _decisions(two.learners["gamma"])
     assert gamma[-1][1] == "on_demand" and "every key of partition 0" in gamma[-1][4]
+    replayed = [d for d in report.decisions if d["key"] == "gamma"]
+    assert [(d["index"], d["trigger"], d["action"], d["code"], d["reason"]) for d in replayed] == [
+        gamma[-1]
+    ]
