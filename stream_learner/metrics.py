@@ -145,6 +145,29 @@ class _KeyTimes:
         yield age
 
 
+class _KafkaUnavailable:
+    """The ages of current problems with Kafka, read at scrape time."""
+
+    def __init__(self, ages: Callable[[], Mapping[str, float]]) -> None:
+        self._ages = ages
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "stream_learner_kafka_unavailable_seconds",
+            "Seconds Kafka has been unavailable for what (brokers, delivery, commit); 0: fine.",
+            labels=["what"],
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for what, age in sorted(self._ages().items()):
+            family.add_metric([what], age)
+        yield family
+
+
 class ServiceMetrics:
     """Every Prometheus series of one service instance.
 
@@ -468,4 +491,22 @@ class ServiceMetrics:
         self._assigned.set(n)
 
     def set_ready(self, ready: bool) -> None:
+        """Set the ready gauge (ignored once :meth:`ready_from` gave it a check)."""
         self._ready.set(1 if ready else 0)
+
+    def ready_from(self, check: Callable[[], tuple[bool, str]]) -> None:
+        """Compute the ready gauge at scrape time from ``check`` (what ``/readyz`` asks), so
+        it says the same as the probe even while the service loop waits for Kafka."""
+
+        def value() -> float:
+            try:
+                return 1.0 if check()[0] else 0.0
+            except Exception:  # a broken check is not ready, as on /readyz
+                return 0.0
+
+        self._ready.set_function(value)
+
+    def watch_kafka(self, ages: Callable[[], Mapping[str, float]]) -> None:
+        """Export ``stream_learner_kafka_unavailable_seconds{what}``: how long each problem
+        with Kafka (see ``kafka/health.py``) has lasted, 0 when there is none; at scrape time."""
+        self.registry.register(_KafkaUnavailable(ages))

@@ -42,7 +42,15 @@ from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from stream_learner.core.commands import ALL_KEYS, Command, decode_command
-from stream_learner.core.events import MAX_EVENT_BYTES, Event, Label, RecordDecoder, check_label
+from stream_learner.core.events import (
+    MAX_EVENT_BYTES,
+    MAX_FEATURE_NAME_CHARS,
+    MAX_FEATURES,
+    Event,
+    Label,
+    RecordDecoder,
+    check_label,
+)
 from stream_learner.errors import BrokerError, ConfigError, DecodeError
 from stream_learner.kafka.client import client_config
 from stream_learner.kafka.source import Record, to_record
@@ -137,6 +145,8 @@ def read_kafka_history(
     *,
     task: str | None = None,
     max_bytes: int = MAX_EVENT_BYTES,
+    max_features: int = MAX_FEATURES,
+    max_name_chars: int = MAX_FEATURE_NAME_CHARS,
     client: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
 ) -> KafkaHistory:
@@ -144,8 +154,9 @@ def read_kafka_history(
     :data:`ROLES`; labels and control may be absent) in the order the service learns it.
 
     ``task`` (the model's) drops labels that do not fit it, as the service dead-letters
-    them; ``max_bytes`` is the service's ``max_event_bytes``. ``timeout`` bounds each
-    broker request and any wait without progress. Reads committed records only."""
+    them; ``max_bytes``, ``max_features`` and ``max_name_chars`` are the service's
+    ``max_event_bytes``, ``max_event_features`` and ``max_feature_name_chars``. ``timeout``
+    bounds each broker request and any wait without progress. Reads committed records only."""
     names = {role: topics[role] for role in ROLES if topics.get(role)}
     if "events" not in names:
         raise ConfigError("no events topic given")
@@ -156,7 +167,9 @@ def read_kafka_history(
     if None not in (start.time_ms, end.time_ms) and start.time_ms > end.time_ms:
         raise ConfigError(f"--start {start.text} is after --end {end.text}")
     events, labels, control = (names.get(role) for role in ROLES)
-    decoder = RecordDecoder(max_bytes)  # the service's rules
+    decoder = RecordDecoder(  # the service's rules
+        max_bytes, max_features=max_features, max_name_chars=max_name_chars
+    )
     seen: dict[int, dict[str, None]] = {}  # partition -> its keys so far, in order
     consumer = Consumer(conf)
     try:

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ CONFIG = """
 bootstrap = "{bootstrap}"
 topic_prefix = "{prefix}"
 group_id = "{group}"
+instance_dir = "{instance_dir}"
 
 [service]
 batch_size = {batch_size}
@@ -70,6 +72,7 @@ def write_config(tmp_path: Path, bootstrap: str, prefix: str, **kw) -> Path:
         "worker": "true",
         "every_events": 5000,
         "key_file": key_file,
+        "instance_dir": tmp_path / "instances",
         **kw,
     }
     path = tmp_path / "config.toml"
@@ -138,6 +141,17 @@ class ServiceProcess:
                 return resp.status == 200
         except OSError:  # 503 (HTTPError) or not listening yet
             return False
+
+    def probe(self, path: str = "/readyz") -> tuple[int, str]:
+        """``(status, body)`` of a GET on the service's HTTP port (0: not answering)."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
 
     def sample(self, name: str, **labels: str) -> float:
         return sample(self.metrics(), name, **labels)

@@ -278,3 +278,57 @@ def test_labels_for_too_many_unseen_keys_are_dead_lettered_not_given_learners(
     first, [last] = ids & {f"l{i}" for i in range(6)}, ids & {"l6", "l7"}
     assert len(opened) == 3 and opened | {f"u{i[1:]}" for i in first} == {f"u{i}" for i in range(6)}
     assert learners == opened | ({"u6", "u7"} - {f"u{last[1:]}"})
+
+
+def test_what_one_event_may_hold_is_bounded_with_a_reason_per_bound(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    """Features per event, name length, and the distinct names a key gathers: each bound
+    dead-letters with its own reason, and the events around them are predicted. The last
+    bound is per key: another key still takes the names one key may no longer add."""
+    config = load_config(
+        write_config(tmp_path, bootstrap, prefix),
+        env={
+            "STREAM_LEARNER__SERVICE__MAX_EVENT_FEATURES": "4",
+            "STREAM_LEARNER__SERVICE__MAX_FEATURE_NAME_CHARS": "8",
+            "STREAM_LEARNER__LEARNER__MAX_FEATURE_NAMES": "6",
+        },
+    )
+
+    def event(id_: str, key: str, x: dict) -> Message:
+        return Message("events", key, {"id": id_, "key": key, "x": x})
+
+    stream = [
+        event("g0", "k", {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}),  # 4 names: fine
+        event("b0", "k", {f"f{i}": 1.0 for i in range(5)}),  # 5 features in one event
+        event("b1", "k", {"a" * 9: 1.0}),  # a 9-character name
+        event("g1", "k", {"a": 1.0, "e": 1.0, "f": 1.0}),  # 6 names for k: the limit
+        event("b2", "k", {"a": 1.0, "g": 1.0}),  # a 7th name for k
+        event("g2", "k", {"a": 2.0, "f": 0.5}),  # known names go on
+        event("g3", "other", {"g": 1.0, "h": 1.0}),  # another key, its own names
+    ]
+    produce(bootstrap, prefix, stream)
+    built = build_service(config, bootstrap, http_port=0)
+    stop, thread, errors = run_in_thread(built.service)
+    try:
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.predictions)) >= 4, 60, "4 predictions"
+        )
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.dead_letters)) >= 3, 60, "3 dead letters"
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors
+    assert _ids(drain(bootstrap, service_topics.predictions)) == Counter(["g0", "g1", "g2", "g3"])
+    dead = {
+        orjson.loads(m.value())["id"]: dict(m.headers())
+        for m in drain(bootstrap, service_topics.dead_letters)
+    }
+    assert {id_: h["dlq.reason"].decode() for id_, h in dead.items()} == {
+        "b0": "too_many_features",
+        "b1": "feature_name_too_long",
+        "b2": "too_many_feature_names",
+    }
+    assert "max_feature_names = 6" in dead["b2"]["dlq.detail"].decode()
