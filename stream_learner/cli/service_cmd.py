@@ -149,7 +149,9 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     topics = Topics.from_prefix(config.kafka.topic_prefix)
     identity = group_identity(config.kafka)
     metrics = ServiceMetrics(
-        max_keys=settings.max_key_labels, instance=identity.id if identity else None
+        max_keys=settings.max_key_labels,
+        instance=identity.id if identity else None,
+        lag=lambda: source.lag,  # the broker's view, fresh between batches too
     )
     extra = dict(config.kafka.client)
     extra.pop("group.instance.id", None)  # the consumer's alone: see group_identity()

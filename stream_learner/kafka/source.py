@@ -77,6 +77,24 @@ def to_record(msg: Any) -> Record:
     )
 
 
+def partition_lag(pstats: Mapping[str, Any], committed_reads: bool = True) -> int | None:
+    """Messages between the group's committed offset and the partition's end, from one
+    partition's statistics; ``None`` while the end is unknown. The end is the last stable
+    offset under ``read_committed``. A partition the group never committed counts from the
+    log's start, so an empty one is 0 behind, not unknown."""
+    end = pstats.get("ls_offset", -1) if committed_reads else -1
+    if end < 0:
+        end = pstats.get("hi_offset", -1)
+    if end < 0:
+        return None
+    base = pstats.get("committed_offset", -1)
+    if base < 0:
+        base = pstats.get("lo_offset", -1)
+    if base < 0:
+        return None
+    return max(0, end - base)
+
+
 class KafkaSource:
     """A group consumer with explicit commits and per-partition lag from statistics.
 
@@ -113,6 +131,8 @@ class KafkaSource:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._consumer = None
+        # Per assigned partition: its end (the last stable offset under read_committed) minus
+        # the group's committed offset, from the client's statistics every two seconds.
         self.lag: dict[TopicPartition, int] = {}
         self.assignment: set[TopicPartition] = set()
         self.fatal: str | None = None
@@ -157,11 +177,14 @@ class KafkaSource:
         # output delivery) they may be old news about the brokers.
         if time.time() - stats.get("time", 0) <= _FRESH_STATS_S:
             self._broker_states(stats.get("brokers") or {})
+        committed_reads = self._conf.get("isolation.level") == "read_committed"
         for topic, tstats in stats.get("topics", {}).items():
             for pid, pstats in tstats.get("partitions", {}).items():
                 tp = (topic, int(pid))
-                if tp in self.assignment and pstats.get("consumer_lag", -1) >= 0:
-                    self.lag[tp] = pstats["consumer_lag"]
+                if tp in self.assignment:
+                    lag = partition_lag(pstats, committed_reads)
+                    if lag is not None:
+                        self.lag[tp] = lag
 
     def _broker_states(self, brokers: Mapping[str, Any]) -> None:
         """Brokers up or down, from the client's statistics: the cluster's brokers only, not

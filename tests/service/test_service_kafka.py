@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 
 import orjson
@@ -332,3 +333,57 @@ def test_what_one_event_may_hold_is_bounded_with_a_reason_per_bound(
         "b2": "too_many_feature_names",
     }
     assert "max_feature_names = 6" in dead["b2"]["dlq.detail"].decode()
+
+
+def test_the_lag_gauge_reads_zero_on_every_input_partition_once_all_is_committed(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    """The lag is the broker's view (the group's committed offsets against the partitions'
+    ends), refreshed while no batch comes: 0 everywhere once everything is consumed and
+    committed, including partitions that never held a record (the control topic here)."""
+    from confluent_kafka import Consumer
+    from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+    from stream_learner.kafka.client import client_config
+
+    keys = [f"k{i}" for i in range(16)]  # spread over every partition
+    messages = list(
+        demo_messages(300, keys=tuple(keys), unlabelled_share=0.2, label_delay=20,
+                      t0=time.time() - 300 * len(keys))
+    )  # fmt: skip
+    produce(bootstrap, prefix, messages)
+    config = load_config(write_config(tmp_path, bootstrap, prefix, batch_size=500))
+    built = build_service(config, bootstrap, http_port=0)
+    registry = built.service.metrics.registry
+    stop, thread, errors = run_in_thread(built.service)
+    partitions = [
+        (topic, p) for topic in service_topics.inputs for p in range(4)
+    ]  # topics/topics.toml: 4 partitions each
+
+    def lags() -> dict:
+        return {
+            (t, p): registry.get_sample_value(
+                "stream_learner_consumer_lag", {"topic": t, "partition": str(p)}
+            )
+            for t, p in partitions
+        }
+
+    try:
+        wait_until(lambda: built.service.caught_up, 90, "the service to catch up")
+        wait_until(lambda: set(lags().values()) == {0.0}, 30, "lag 0 everywhere", interval=0.5)
+        assert registry.get_sample_value("stream_learner_ready") == 1
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors
+    # What the gauge said is what the broker says: the group committed every partition's end.
+    probe = Consumer(client_config(bootstrap, {"group.id": config.kafka.group_id}))
+    try:
+        committed = probe.committed(
+            [KafkaTopicPartition(t, p) for t, p in partitions], timeout=10
+        )
+        for tp in committed:
+            low, high = probe.get_watermark_offsets(tp, timeout=10)
+            assert tp.offset == high or (high == low == 0), (tp, low, high)
+    finally:
+        probe.close()
