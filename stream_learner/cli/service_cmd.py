@@ -38,7 +38,7 @@ from stream_learner.kafka.health import KafkaHealth
 from stream_learner.kafka.identity import AUTO, Identity, claim_instance_id
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.kafka.source import KafkaSource
-from stream_learner.logs import configure_logging, log_event
+from stream_learner.logs import configure_logging, json_stderr, log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
 from stream_learner.service.runtime import CheckpointPolicy, LearnerFactory, Service, Topics
@@ -257,6 +257,7 @@ def wait_for_broker(bootstrap: str, extra: dict, max_wait_s: float) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    json_stderr()  # Python's warnings, stray prints and crashes as JSON lines too
     config = load_config(args.config)
     # --bootstrap, then $STREAM_LEARNER_BOOTSTRAP, then the config file, then the local broker.
     bootstrap = resolve_bootstrap(

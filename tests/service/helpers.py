@@ -99,9 +99,10 @@ def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> int:
 class ServiceProcess:
     """``stream-learner run`` as a child process; finds its metrics URL in its log."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, *, append: bool = False) -> None:
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self._start = log_path.stat().st_size if append and log_path.exists() else 0
+        self._log = open(log_path, "ab" if append else "wb")  # noqa: SIM115 - closed in wait()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [
@@ -123,7 +124,8 @@ class ServiceProcess:
     def _find_url(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = re.search(rb'"http":\s*"(http://[^"]+)"', self.log_path.read_bytes())
+            text = self.log_path.read_bytes()[self._start :]
+            match = re.search(rb'"http":\s*"(http://[^"]+)"', text)
             if match:
                 return match.group(1).decode()
             if self.proc.poll() is not None:

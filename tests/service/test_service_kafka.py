@@ -387,3 +387,45 @@ def test_the_lag_gauge_reads_zero_on_every_input_partition_once_all_is_committed
             assert tp.offset == high or (high == low == 0), (tp, low, high)
     finally:
         probe.close()
+
+
+def _semaphores() -> set[str]:
+    from pathlib import Path
+
+    return {p.name for p in Path("/dev/shm").glob("sem.*")}
+
+
+def test_a_killed_instances_successor_logs_only_json_and_nothing_leaks(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    """Two instances one after the other on one log stream, the first killed with SIGKILL
+    while its retrain worker runs: every line of the stream is JSON (Python's warnings and
+    the worker's included), and the first instance's semaphores are gone."""
+    produce(bootstrap, prefix, list(demo_messages(300, keys=("a", "b"), t0=time.time() - 600)))
+    config = write_config(tmp_path, bootstrap, prefix)
+    log = tmp_path / "service.log"
+    before = _semaphores()
+    first = ServiceProcess(config, log, append=True)  # one stream: every writer appends
+    try:
+        wait_until(first.ready, 90, "the first instance to be ready")
+        time.sleep(1.0)  # the worker is up and warmed
+        started = _semaphores() - before
+        first.proc.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        first.kill()
+    second = ServiceProcess(config, log, append=True)
+    try:
+        wait_until(second.ready, 90, "the successor to be ready")
+        time.sleep(3.0)  # the first instance's worker and helpers end within a second or two
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    finally:
+        second.kill()
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]  # each JSON
+    assert [r["event"] for r in lines if r["event"] in ("started", "stopped")] == [
+        "started",
+        "started",
+        "stopped",
+    ]
+    assert not (started & _semaphores()), "semaphores of the killed instance remain"
