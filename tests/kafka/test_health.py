@@ -64,3 +64,32 @@ def test_librdkafkas_refused_connections_are_warnings_its_other_errors_stay(capl
     logger.error("%s [%s] %s", "FAIL", "rdkafka#consumer-1", refused)
     logger.error("%s [%s] %s", "SASL", "rdkafka#consumer-1", "SASL authentication failed")
     assert [r.levelname for r in caplog.records] == ["WARNING", "ERROR"]
+
+
+def test_the_consumers_statistics_say_whether_any_broker_of_the_cluster_is_up():
+    """The bootstrap entry and the logical coordinator handle are not brokers; statistics
+    handed over late (the loop waited for deliveries) say nothing about now."""
+    import time
+
+    import orjson
+
+    from stream_learner.kafka.source import KafkaSource
+
+    health = KafkaHealth(10.0)
+    source = KafkaSource("127.0.0.1:1", "g", ["t"], health=health)  # never started
+
+    def stats(state: str, age_s: float = 0.0) -> str:
+        brokers = {
+            "127.0.0.1:1/bootstrap": {"nodeid": -1, "source": "configured", "state": "UP"},
+            "GroupCoordinator": {"nodeid": -1, "source": "logical", "state": "UP"},
+            "127.0.0.1:1/1": {"nodeid": 1, "source": "learned", "state": state},
+        }
+        return orjson.dumps({"time": int(time.time() - age_s), "brokers": brokers}).decode()
+
+    source._on_stats(stats("TRY_CONNECT"))
+    assert health.ages()["brokers"] >= 0 and "brokers" in health._since
+    assert health._detail["brokers"] == "all 1 broker down"
+    source._on_stats(stats("UP", age_s=30))  # old news: still down
+    assert "brokers" in health._since
+    source._on_stats(stats("UP"))
+    assert "brokers" not in health._since
