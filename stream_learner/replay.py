@@ -37,6 +37,8 @@ from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import (
     MAX_EVENT_BYTES,
+    MAX_FEATURE_NAME_CHARS,
+    MAX_FEATURES,
     Event,
     Label,
     RecordDecoder,
@@ -183,6 +185,8 @@ def decode_history(
     *,
     task: str | None = None,
     max_bytes: int = MAX_EVENT_BYTES,
+    max_features: int = MAX_FEATURES,
+    max_name_chars: int = MAX_FEATURE_NAME_CHARS,
 ) -> RecordHistory:
     """Decode ``records`` (in the order the service learns them: see
     :class:`~stream_learner.core.ordering.Merger`) with the service's
@@ -192,7 +196,9 @@ def decode_history(
     every key (``*``) stays one item: the replay's processor expands it to the keys of its
     partition, as the service's does."""
     events, labels = topics.get("events"), topics.get("labels")
-    decoder = RecordDecoder(max_bytes)  # the service's rules
+    decoder = RecordDecoder(  # the service's rules
+        max_bytes, max_features=max_features, max_name_chars=max_name_chars
+    )
     history = RecordHistory()
     items, partitions = history.items, history.partitions
     skipped, commands = history.skipped, history.commands

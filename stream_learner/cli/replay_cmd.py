@@ -194,6 +194,8 @@ def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None)
         end,
         task=task,
         max_bytes=config.service.max_event_bytes,
+        max_features=config.service.max_event_features,
+        max_name_chars=config.service.max_feature_name_chars,
         client=extra,
     )
     return read

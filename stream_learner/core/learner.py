@@ -43,7 +43,7 @@ from stream_learner.core.retrain import (
     RetrainJob,
     RetrainResult,
 )
-from stream_learner.errors import ConfigError
+from stream_learner.errors import ConfigError, DecodeError
 
 __all__ = ["Learner", "LearnerConfig", "Outcome"]
 
@@ -68,6 +68,7 @@ class LearnerConfig:
     feature_threshold: float = 15.0
     max_features: int = 50
     max_decisions: int = 1000
+    max_feature_names: int = 10_000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "learner") -> LearnerConfig:
@@ -90,6 +91,7 @@ class LearnerConfig:
             "feature_reference",
             "max_features",
             "max_decisions",
+            "max_feature_names",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(
@@ -198,6 +200,33 @@ class Learner:
         self._pending: Decision | None = None  # a retrain decided, waiting for examples
         self._waiting = 0  # examples usable by the pending retrain
         self._running: int | None = None  # number of the job handed out, not yet applied
+        self._names: set[str] = set()  # every feature name this key has admitted
+
+    # The names as a sorted list: a set pickles in hash order, which changes with the
+    # process's hash seed, and a snapshot's bytes should not. A learner pickled before the
+    # names were kept starts counting them when it is restored.
+    def __getstate__(self) -> dict:
+        return {**vars(self), "_names": sorted(self._names)}
+
+    def __setstate__(self, state: dict) -> None:
+        state["_names"] = set(state.get("_names", ()))
+        self.__dict__.update(state)
+
+    def _admit(self, x: dict) -> None:
+        """Remember the feature names of ``x`` new to this key, up to
+        ``learner.max_feature_names``: an input that would pass it is refused whole, as
+        ``too_many_feature_names`` (the service dead-letters it), before it changes anything,
+        so a stream of ever-new names cannot grow a key's model and windows without end. Inputs
+        with names the key knows go on."""
+        new = x.keys() - self._names
+        limit = self.config.max_feature_names
+        if len(self._names) + len(new) > limit:
+            raise DecodeError(
+                "too_many_feature_names",
+                f"key {self.key[:40]!r} has {len(self._names)} feature names; "
+                f"{len(new)} new ones would pass learner.max_feature_names = {limit}",
+            )
+        self._names |= new
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -211,8 +240,10 @@ class Learner:
             if y is None:
                 raise ValueError(f"event {event.id!r} has no label; predict() it instead")
             check_label(y, self._task)
-        self.index = index = self.index + 1
         x = event.x
+        if not self._names.issuperset(x):
+            self._admit(x)
+        self.index = index = self.index + 1
         model = self.model
         if self._classifier:
             proba = model.predict_proba_one(x)
@@ -250,10 +281,12 @@ class Learner:
 
         When the label came first (the joiner parked it), the event is scored and learned at
         once, and the outcome is that of :meth:`learn`."""
+        x = event.x
+        if not self._names.issuperset(x):
+            self._admit(x)
         self.index = index = self.index + 1
         ts = event.ts
         self._ts = t = float(index) if ts is None else ts
-        x = event.x
         y_pred, proba = self._predict(x)
         label = self.joiner.remember(event, (y_pred, proba), t)
         features = self._features

@@ -42,7 +42,7 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from stream_learner.core.events import MAX_EVENT_BYTES
+from stream_learner.core.events import MAX_EVENT_BYTES, MAX_FEATURE_NAME_CHARS, MAX_FEATURES
 from stream_learner.core.ordering import Merger
 from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.kafka.client import client_config
@@ -132,6 +132,8 @@ def read_kafka_history(
     *,
     task: str | None = None,
     max_bytes: int = MAX_EVENT_BYTES,
+    max_features: int = MAX_FEATURES,
+    max_name_chars: int = MAX_FEATURE_NAME_CHARS,
     client: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
 ) -> KafkaHistory:
@@ -139,9 +141,10 @@ def read_kafka_history(
     :data:`ROLES`; labels and control may be absent) in the order the service learns it.
 
     ``task`` (the model's) leaves out labels that do not fit it (``bad_label``), as the
-    service's processor refuses them; ``max_bytes`` is the service's ``max_event_bytes``.
-    ``timeout`` bounds each broker request and any wait without progress. Reads committed
-    records only."""
+    service's processor refuses them; ``max_bytes``, ``max_features`` and ``max_name_chars``
+    are the service's ``max_event_bytes``, ``max_event_features`` and
+    ``max_feature_name_chars``. ``timeout`` bounds each broker request and any wait without
+    progress. Reads committed records only."""
     names = {role: topics[role] for role in ROLES if topics.get(role)}
     if "events" not in names:
         raise ConfigError("no events topic given")
@@ -156,7 +159,12 @@ def read_kafka_history(
         ranges = _resolve(consumer, conf, names, start, end, timeout)
         # Decoded as the merge releases them, so the raw records are never all held.
         read = decode_history(
-            _read(consumer, names, ranges, timeout), names, task=task, max_bytes=max_bytes
+            _read(consumer, names, ranges, timeout),
+            names,
+            task=task,
+            max_bytes=max_bytes,
+            max_features=max_features,
+            max_name_chars=max_name_chars,
         )
         history = KafkaHistory(**vars(read), ranges=ranges)
     finally:
