@@ -628,7 +628,14 @@ def _await_visible(admin: Any, done: list[Change], timeout: float) -> None:
             if t not in metadata.topics or len(metadata.topics[t].partitions) < n
         ]
         if not lagging:
-            live = _live_configs(admin, list(want_config), left)
+            try:
+                live = _live_configs(admin, list(want_config), left)
+            except BrokerError as exc:
+                # In a cluster the broker asked may not know a topic created a moment ago
+                # on another one yet: that is lag, not failure.
+                if exc.code != "UNKNOWN_TOPIC_OR_PART":
+                    raise
+                live = {}
             lagging = [
                 t
                 for t, cfg in want_config.items()
