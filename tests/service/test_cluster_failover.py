@@ -101,8 +101,7 @@ def test_leader_broker_sigkill_mid_stream_loses_nothing(local_cluster, tmp_path,
         wait_until(
             lambda: (
                 service.sample("stream_learner_events_total", outcome="learned") >= labelled
-                and service.sample("stream_learner_events_total", outcome="predicted")
-                >= requests
+                and service.sample("stream_learner_events_total", outcome="predicted") >= requests
             ),
             120,
             "every event to be processed",
