@@ -18,6 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -153,7 +154,16 @@ class LocalBroker:
 
     jvm_options: tuple[str, ...] = _SINGLE_JVM
 
-    def __init__(self, port: int | None = None, home: Path | None = None) -> None:
+    def __init__(
+        self,
+        port: int | None = None,
+        home: Path | None = None,
+        *,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        """``overrides``: extra server properties (tests: e.g. a short retention check);
+        without them the broker's configuration is the one documented above."""
+        self.overrides = dict(overrides or {})
         self.port = port or local_port()
         self.controller_port = self.port + 1
         self.home = home or _home()
@@ -269,7 +279,8 @@ class LocalBroker:
                 )
         self.ensure_jars()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.properties.write_text(self._server_properties())
+        extra = "".join(f"{key}={value}\n" for key, value in sorted(self.overrides.items()))
+        self.properties.write_text(self._server_properties() + extra)
         self._format(java)
         cmd = [
             java, *self.jvm_options, "-Djava.awt.headless=true",
