@@ -256,6 +256,13 @@ class ServiceMetrics:
             ["reason"],
             registry=reg,
         )
+        # Unlabelled, so it exports 0 from the start: a loss is an increase from there.
+        self._input_lost = Counter(
+            "stream_learner_input_lost_total",
+            "Input records skipped because the log no longer held them when they were due "
+            "(deleted by retention before they were learned).",
+            registry=reg,
+        )
         self._labels = Counter(
             "stream_learner_labels_total",
             "Delayed labels received, by join result.",
@@ -436,6 +443,9 @@ class ServiceMetrics:
 
     def count_dead_letters(self, reason: str, n: int = 1) -> None:
         self._dead_letters.labels(_bounded(reason)).inc(n)
+
+    def count_input_lost(self, n: int) -> None:
+        self._input_lost.inc(n)
 
     def count_labels(self, result: str, n: int) -> None:
         self._labels.labels(_check("result", result, LABEL_RESULTS)).inc(n)

@@ -28,6 +28,7 @@ from stream_learner.core.events import RecordDecoder
 from stream_learner.core.learner import LearnerConfig
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
+from stream_learner.core.restore import Gap
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import load_signing_key
 from stream_learner.errors import BrokerError, ConfigError
@@ -173,6 +174,9 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     def on_revoke(tps):
         service.on_revoke(tps)
 
+    def on_lost(topic, partition, first_lost, log_start):
+        service.lost(Gap(topic, partition, first_lost, log_start))
+
     source = KafkaSource(
         bootstrap,
         config.kafka.group_id,
@@ -180,6 +184,7 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         extra=extra,
         on_assign=on_assign,
         on_revoke=on_revoke,
+        on_lost=on_lost,
         identity=identity,
         health=health,
     )

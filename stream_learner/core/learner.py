@@ -487,6 +487,26 @@ class Learner:
         text += "; the retrain in flight was dropped" if dropped else ""
         return self._log("on_demand", "rollback", code, text, None, values)
 
+    def input_lost(self, topic: str, partition: int, first_lost: int, log_start: int) -> Decision:
+        """Record that offsets ``first_lost`` to ``log_start - 1`` of ``topic[partition]``,
+        input this key's state should have learned, were deleted from the log (retention)
+        before it learned them: the key goes on from ``log_start`` without them. Nothing
+        about the model changes; the decision log says what it never saw."""
+        lost = log_start - first_lost
+        reason = (
+            f"{lost} input records of {topic}[{partition}] (offsets {first_lost} to "
+            f"{log_start - 1}) were deleted before they were learned; continuing from "
+            f"offset {log_start}"
+        )
+        values = {
+            "topic": topic,
+            "partition": partition,
+            "first_lost": first_lost,
+            "log_start": log_start,
+            "lost": lost,
+        }
+        return self._log("retention", "warn", "input_lost", reason, None, values)
+
     def _log(
         self,
         trigger: str,
@@ -496,7 +516,7 @@ class Learner:
         kind: str | None,
         values: dict[str, Any] | None = None,
     ) -> Decision:
-        """Record a decision of the learner's own (about a retrain's result), taken now."""
+        """Record a decision of the learner's own (a retrain's result, lost input), taken now."""
         decision = Decision(
             self.key, self.index, self._ts, trigger, action, code, reason, kind, None, values or {}
         )

@@ -57,7 +57,9 @@ __all__ = [
     "config_from_dict",
 ]
 
-TRIGGERS = ("on_demand", "label_volume", "interval", "performance", "data_drift")
+#: ``retention`` is not the policy's: the service records it when input the key's state
+#: should reflect was deleted from the log before it was learned (``input_lost``).
+TRIGGERS = ("on_demand", "label_volume", "interval", "performance", "data_drift", "retention")
 #: ``promote`` and ``keep`` are the learner's, when a retrain's result is applied, and
 #: ``rollback`` when an earlier version is served again.
 ACTIONS = ("retrain", "skip", "warn", "promote", "keep", "rollback")

@@ -12,6 +12,11 @@ a key whose snapshots are all refused (``lost``): its state is rebuilt from the 
 The plan is plain values and reads nothing but the catalog: the service logs its notes,
 counts its rejections, adopts its keys and seeks to its starts, and moves the starts no
 further back for offsets the consumer group committed (that part is Kafka's).
+
+A start a partition record, a snapshot or a committed offset *claims* may be below the
+partition's log start: retention (or an operator) deleted records the state was to
+re-learn. :func:`retention_gaps` moves such a start up to the log start and names the
+:class:`Gap`, so the loss is said once and never silently papered over.
 """
 
 from __future__ import annotations
@@ -23,7 +28,16 @@ from typing import Any
 from stream_learner.core.checkpoints import Catalog, Rejection, Want
 from stream_learner.core.keystate import KeyState
 
-__all__ = ["Note", "RestorePlan", "Restored", "partition_record", "plan_restore", "restore_want"]
+__all__ = [
+    "Gap",
+    "Note",
+    "RestorePlan",
+    "Restored",
+    "partition_record",
+    "plan_restore",
+    "restore_want",
+    "retention_gaps",
+]
 
 TopicPartition = tuple[str, int]
 
@@ -82,7 +96,8 @@ class RestorePlan:
     names); ``lost`` the owned partitions that start over from 0 because a key of theirs
     has no valid snapshot; ``notes`` the log lines in order (lineage notes, then one per
     rejection, then one per lost partition); ``rejections`` what the catalog refused,
-    to count by reason.
+    to count by reason; ``claimed`` the starts a partition record or snapshot gives (the
+    others are the 0 of a partition rebuilt from its log, which claims nothing).
     """
 
     restored: tuple[Restored, ...]
@@ -90,6 +105,45 @@ class RestorePlan:
     lost: frozenset[int] = frozenset()
     notes: tuple[Note, ...] = ()
     rejections: tuple[Rejection, ...] = field(default=())
+    claimed: frozenset[TopicPartition] = frozenset()
+
+
+@dataclass(frozen=True, slots=True)
+class Gap:
+    """Offsets ``first_lost`` to ``log_start - 1`` of ``topic[partition]``: input a start
+    position claimed but the log no longer holds (deleted by retention, or by an operator)."""
+
+    topic: str
+    partition: int
+    first_lost: int
+    log_start: int
+
+    @property
+    def lost(self) -> int:
+        return self.log_start - self.first_lost
+
+
+def retention_gaps(
+    starts: Mapping[TopicPartition, int],
+    claimed: Mapping[TopicPartition, int],
+    log_starts: Mapping[TopicPartition, int],
+) -> tuple[dict[TopicPartition, int], list[Gap]]:
+    """``starts`` moved up to each partition's log start (a position below it is out of
+    range), and a :class:`Gap` for each ``claimed`` position below the log start, in
+    partition order. ``claimed``: the position a partition record, snapshot or committed
+    offset says the state needs input from; a partition absent from it starts wherever
+    its log starts, and nothing is lost. A partition whose log start is unknown keeps its
+    start."""
+    moved = dict(starts)
+    for tp, low in log_starts.items():
+        if tp in moved and moved[tp] < low:
+            moved[tp] = low
+    gaps = [
+        Gap(tp[0], tp[1], claimed[tp], low)
+        for tp, low in sorted(log_starts.items())
+        if tp in claimed and 0 <= claimed[tp] < low
+    ]
+    return moved, gaps
 
 
 def plan_restore(
@@ -112,6 +166,7 @@ def plan_restore(
     owned = sorted(set(owned))
     records = catalog.records()
     starts: dict[TopicPartition, int] = {}
+    claimed: set[TopicPartition] = set()
     for partition in owned:
         record = records.get(partition_record(events_topic, partition))
         if record is None:
@@ -122,6 +177,7 @@ def plan_restore(
         for topic, by in record["offsets"].items():
             for p, off in by.items():
                 starts[topic, int(p)] = off
+                claimed.add((topic, int(p)))
     restored: list[Restored] = []
     notes: list[Note] = []
     lost: set[int] = set()
@@ -173,6 +229,7 @@ def plan_restore(
             for p, off in by.items():
                 tp = (topic, int(p))
                 starts[tp] = min(starts.get(tp, off), off)
+                claimed.add(tp)
     rejections = tuple(catalog.rejections)
     for rejection in rejections:
         notes.append(
@@ -200,4 +257,7 @@ def plan_restore(
         )
         for topic in inputs:
             starts[topic, partition] = 0
-    return RestorePlan(tuple(restored), starts, frozenset(lost), tuple(notes), rejections)
+            claimed.discard((topic, partition))
+    return RestorePlan(
+        tuple(restored), starts, frozenset(lost), tuple(notes), rejections, frozenset(claimed)
+    )

@@ -7,6 +7,12 @@ commands meet in one process, which is that key's single writer.
 
 Offsets are never auto-committed: the service commits, per partition, the
 position after the last message whose outputs were delivered.
+
+Nor are they ever reset silently. The service gives every assigned partition an explicit
+start, never below its log start; if the log start passes a partition's position later
+(retention deleting records not read yet), the fetch fails (``auto.offset.reset`` is
+``error``) and ``on_lost(topic, partition, first_lost, log_start)`` is told before the
+source reads on from the log start.
 """
 
 from __future__ import annotations
@@ -33,7 +39,9 @@ _CONSUMER_DEFAULTS = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
     "isolation.level": "read_committed",
-    "auto.offset.reset": "earliest",
+    # Every start is explicit (see the module docstring): an out-of-range position is an
+    # error the source reports as lost input, never a silent jump.
+    "auto.offset.reset": "error",
     "partition.assignment.strategy": "range",
     "statistics.interval.ms": 2000,
     "fetch.wait.max.ms": 50,
@@ -114,6 +122,7 @@ class KafkaSource:
         on_assign: Callable[[list[TopicPartition]], Mapping[TopicPartition, int] | None]
         | None = None,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        on_lost: Callable[[str, int, int, int], None] | None = None,
         identity: Identity | None = None,
         health: KafkaHealth | None = None,
     ) -> None:
@@ -130,6 +139,7 @@ class KafkaSource:
         self._topics = list(topics)
         self._on_assign = on_assign
         self._on_revoke = on_revoke
+        self._on_lost = on_lost
         self._consumer = None
         # Per assigned partition: its end (the last stable offset under read_committed) minus
         # the group's committed offset, from the client's statistics every two seconds.
@@ -235,6 +245,9 @@ class KafkaSource:
             if err is not None:
                 if err.fatal():
                     raise BrokerError(f"fatal Kafka consumer error: {err.str()}", code=err.name())
+                if err.code() == KafkaError._AUTO_OFFSET_RESET:
+                    self._out_of_range(msg.topic(), msg.partition(), msg.offset())
+                    continue
                 log.warning("consume error on %s[%s]: %s", msg.topic(), msg.partition(), err.str())
                 continue
             append(to_record(msg))
@@ -267,6 +280,41 @@ class KafkaSource:
         if not marks or marks[1] < 0:
             return None
         return marks[1]
+
+    def _out_of_range(self, topic: str, partition: int, offset: int) -> None:
+        """The broker no longer (or not yet) holds ``offset``: below the log start, the
+        records up to it are lost input (``on_lost``); read on from the log start. Beyond
+        the end (a log truncated under us), read on from the end."""
+        tp = KafkaTopicPartition(topic, partition)
+        low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
+        if 0 <= offset < low:
+            if self._on_lost is not None:
+                self._on_lost(topic, partition, offset, low)
+            to = low
+        else:
+            log.warning(
+                "%s[%s]: offset %s is beyond the log's end %s; reading on from the end",
+                topic,
+                partition,
+                offset,
+                high,
+            )
+            to = max(low, min(offset, high)) if offset >= 0 else low
+        self._consumer.seek(KafkaTopicPartition(topic, partition, to))
+
+    def log_starts(self, tps: Sequence[TopicPartition], timeout: float = 10.0) -> dict:
+        """The first offset each partition still holds, asked of the broker now (records
+        below it were deleted by retention or by an operator)."""
+        out = {}
+        for t, p in tps:
+            try:
+                low, _ = self._consumer.get_watermark_offsets(
+                    KafkaTopicPartition(t, p), timeout=timeout, cached=False
+                )
+            except KafkaException as exc:
+                raise BrokerError(f"reading the log start of {t}[{p}] failed: {exc}") from None
+            out[t, p] = low
+        return out
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         self._consumer.seek(KafkaTopicPartition(topic, partition, offset))

@@ -56,7 +56,13 @@ from stream_learner.core.processor import (
     RetrainFailed,
     RetrainStarted,
 )
-from stream_learner.core.restore import partition_record, plan_restore, restore_want
+from stream_learner.core.restore import (
+    Gap,
+    partition_record,
+    plan_restore,
+    restore_want,
+    retention_gaps,
+)
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import BrokerError, DecodeError
@@ -101,6 +107,7 @@ class Source(Protocol):
     def commit(self, positions: Mapping[TopicPartition, int], *, wait: bool = True) -> None: ...
     def committed(self, tps: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
     def high_watermark(self, tp: TopicPartition) -> int | None: ...
+    def log_starts(self, tps: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
     def group_metadata(self) -> Any: ...
     def close(self) -> None: ...
 
@@ -649,33 +656,82 @@ class Service:
 
     def restore(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         """Load the newest valid snapshot of each key of the assigned partitions; return
-        where each input partition must start (see the module docstring)."""
+        where each input partition must start (see the module docstring): never below its
+        log start, and a start claimed below it is reported as lost input (:meth:`lost`)."""
         committed = {tp: off for tp, off in self.source.committed(partitions).items() if off >= 0}
-        for tp in partitions:
-            self.consumed[tp] = committed.get(tp, 0)
-        if self.store is None:
-            return {}
-        owned = {p for t, p in partitions if t == self.topics.events}
-        events = self.topics.events
-        # Only the owned partitions' snapshots are held in memory (restore_want).
-        catalog = self.store.read(want=restore_want(owned, events))  # waits out a new topic
-        plan = plan_restore(catalog, owned, events, self.topics.inputs, self.factory.spec.lineage)
-        for note in plan.notes:
-            level = logging.WARNING if note.warning else logging.INFO
-            log_event(log, note.event, level=level, **note.fields)
-        for rejection in plan.rejections:
-            self.metrics.count_checkpoint("rejected")
-            self.metrics.count_snapshot_rejection(rejection.reason)
-        for restored in plan.restored:
-            self._adopt(restored.key, restored.partition, restored.header, restored.state)
-        starts = dict(plan.starts)
+        log_starts = self.source.log_starts(partitions)
+        # Every partition gets an explicit start: the consumer never resets one by itself.
+        starts = {tp: committed.get(tp, 0) for tp in partitions}
+        claimed = dict(committed)
+        if self.store is not None:
+            owned = {p for t, p in partitions if t == self.topics.events}
+            events = self.topics.events
+            # Only the owned partitions' snapshots are held in memory (restore_want).
+            catalog = self.store.read(want=restore_want(owned, events))  # waits out a new topic
+            lineage = self.factory.spec.lineage
+            plan = plan_restore(catalog, owned, events, self.topics.inputs, lineage)
+            for note in plan.notes:
+                level = logging.WARNING if note.warning else logging.INFO
+                log_event(log, note.event, level=level, **note.fields)
+            for rejection in plan.rejections:
+                self.metrics.count_checkpoint("rejected")
+                self.metrics.count_snapshot_rejection(rejection.reason)
+            for restored in plan.restored:
+                self._adopt(restored.key, restored.partition, restored.header, restored.state)
+            starts.update(plan.starts)
+            # Restored state needs input from its own positions; a partition rebuilt from
+            # its log needs none, but its outputs need it from the committed offset on.
+            claimed.update({tp: plan.starts[tp] for tp in plan.claimed})
+        starts, gaps = retention_gaps(starts, claimed, log_starts)
         for tp, start in starts.items():
             self.consumed[tp] = start
             if committed.get(tp, -1) > start:
                 self._replay[tp] = committed[tp]
-        for partition in owned:  # the next periodic round counts from here, not from 0
+        for gap in gaps:
+            self.lost(gap)
+        for partition in {p for t, p in partitions if t == self.topics.events}:
+            # The next periodic round counts from here, not from 0.
             self._round_at[partition] = (self._inputs(partition), time.monotonic())
         return starts
+
+    def lost(self, gap: Gap) -> None:
+        """Say once that ``gap``'s records were deleted before they were learned: a warning,
+        the lost-input counter, and an ``input_lost`` decision on every key of the partition
+        this instance holds. The source then reads on from the log start."""
+        log_event(
+            log,
+            "input_lost",
+            level=logging.WARNING,
+            topic=gap.topic,
+            partition=f"{gap.topic}[{gap.partition}]",
+            first_lost=gap.first_lost,
+            log_start=gap.log_start,
+            lost=gap.lost,
+            action="continuing from the log start; the records before it were deleted "
+            "(retention) before they were learned",
+        )
+        self.metrics.count_input_lost(gap.lost)
+        tp = (gap.topic, gap.partition)
+        if self.consumed.get(tp, 0) < gap.log_start:
+            self.consumed[tp] = gap.log_start
+        partitions = self.processor.partitions
+        for key in sorted(k for k, p in partitions.items() if p == gap.partition):
+            learner = self.learners[key]
+            d = learner.input_lost(gap.topic, gap.partition, gap.first_lost, gap.log_start)
+            self.metrics.count_decision(d.trigger, d.action)
+            self.dirty.add(key)  # the next round keeps the record
+            log_event(
+                log,
+                "decision",
+                key=key,
+                trigger=d.trigger,
+                action=d.action,
+                code=d.code,
+                reason=d.reason,
+                kind=d.kind,
+                index=d.index,
+                ts=d.ts,
+            )
 
     def _adopt(self, key: str, partition: int, header: dict, state: KeyState) -> None:
         learner = state.learner

@@ -25,9 +25,12 @@ class MemorySource:
         on_assign: Callable[[list[TopicPartition]], Mapping[TopicPartition, int] | None],
         on_revoke: Callable[[list[TopicPartition]], None],
         committed: Mapping[TopicPartition, int] | None = None,
+        log_starts: Mapping[TopicPartition, int] | None = None,
         run: int = 37,
     ) -> None:
         self.logs = {tp: list(records) for tp, records in logs.items()}
+        # Records below a log start are deleted (retention): reading there is out of range.
+        self.starts: dict[TopicPartition, int] = dict(log_starts or {})
         self.on_assign, self.on_revoke = on_assign, on_revoke
         self.offsets: dict[TopicPartition, int] = dict(committed or {})  # the group's
         self.position: dict[TopicPartition, int] = {}
@@ -42,6 +45,8 @@ class MemorySource:
         starts = self.on_assign(tps) or {}
         for tp in tps:
             self.position[tp] = starts.get(tp, self.offsets.get(tp, 0))
+            if self.position[tp] < self.starts.get(tp, 0):  # the broker would refuse it
+                raise AssertionError(f"{tp} starts at {self.position[tp]}, below its log start")
 
     def poll(self, max_messages: int, timeout: float) -> list[Record]:
         out: list[Record] = []
@@ -65,6 +70,9 @@ class MemorySource:
 
     def high_watermark(self, tp: TopicPartition) -> int | None:
         return len(self.logs[tp]) if tp in self.logs else None
+
+    def log_starts(self, tps: list[TopicPartition]) -> dict[TopicPartition, int]:
+        return {tp: self.starts.get(tp, 0) for tp in tps}
 
     def group_metadata(self) -> Any:
         return None

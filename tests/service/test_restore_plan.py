@@ -1,7 +1,8 @@
 """The pure restore plan reproduces what ``Service.restore`` does with the same catalog.
 
 No broker: the checkpoint store is the in-memory one, and the source only answers
-``committed`` (nothing committed) and ``assignment``, the two things a restore asks it.
+``committed`` (nothing committed), ``log_starts`` (none known) and ``assignment``, the
+things a restore asks it.
 """
 
 from __future__ import annotations
@@ -28,6 +29,9 @@ class _Committed:
     lag: dict = {}
 
     def committed(self, tps):
+        return {}
+
+    def log_starts(self, tps):
         return {}
 
 
