@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
 import orjson
-from confluent_kafka import Consumer, KafkaError, KafkaException
+from confluent_kafka import OFFSET_INVALID, Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from stream_learner.errors import BrokerError
@@ -140,6 +140,7 @@ class KafkaSource:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._on_lost = on_lost
+        self._starts: dict[TopicPartition, int] = {}  # where each assigned partition began
         self._consumer = None
         # Per assigned partition: its end (the last stable offset under read_committed) minus
         # the group's committed offset, from the client's statistics every two seconds.
@@ -172,6 +173,8 @@ class KafkaSource:
                 if (p.topic, p.partition) in starts:
                     p.offset = starts[p.topic, p.partition]
             consumer.assign(partitions)
+        for p in partitions:
+            self._starts[p.topic, p.partition] = p.offset
 
     def _revoked(self, consumer, partitions) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
@@ -180,6 +183,7 @@ class KafkaSource:
         self.assignment.difference_update(tps)
         for tp in tps:
             self.lag.pop(tp, None)
+            self._starts.pop(tp, None)
 
     def _on_stats(self, raw: str) -> None:
         stats = orjson.loads(raw)
@@ -281,13 +285,15 @@ class KafkaSource:
             return None
         return marks[1]
 
-    def _out_of_range(self, topic: str, partition: int, offset: int) -> None:
+    def _out_of_range(self, topic: str, partition: int, offset: int | None) -> None:
         """The broker no longer (or not yet) holds ``offset``: below the log start, the
         records up to it are lost input (``on_lost``); read on from the log start. Beyond
         the end (a log truncated under us), read on from the end."""
         tp = KafkaTopicPartition(topic, partition)
         low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
-        if 0 <= offset < low:
+        if offset is None or offset < 0:  # no position (nothing committed): the log start
+            to = low
+        elif offset < low:
             if self._on_lost is not None:
                 self._on_lost(topic, partition, offset, low)
             to = low
@@ -299,8 +305,24 @@ class KafkaSource:
                 offset,
                 high,
             )
-            to = max(low, min(offset, high)) if offset >= 0 else low
-        self._consumer.seek(KafkaTopicPartition(topic, partition, to))
+            to = high
+        self._restart_at(topic, partition, to)
+
+    def _restart_at(self, topic: str, partition: int, offset: int) -> None:
+        """Read ``topic[partition]`` on from ``offset``. librdkafka refuses to seek a
+        partition whose fetch failed, so the whole assignment is assigned again: every
+        other partition at its position (or, before its first record, at its start)."""
+        current = self._consumer.assignment()
+        at = {(x.topic, x.partition): x.offset for x in self._consumer.position(current)}
+        self._starts[topic, partition] = offset
+        parts = []
+        for x in current:
+            tp = (x.topic, x.partition)
+            off = offset if tp == (topic, partition) else at.get(tp, -1)
+            if off < 0:
+                off = self._starts.get(tp, OFFSET_INVALID)
+            parts.append(KafkaTopicPartition(x.topic, x.partition, off))
+        self._consumer.assign(parts)
 
     def log_starts(self, tps: Sequence[TopicPartition], timeout: float = 10.0) -> dict:
         """The first offset each partition still holds, asked of the broker now (records
