@@ -173,8 +173,9 @@ def _only_with_kafka(args: argparse.Namespace, *, checkpoints: bool) -> None:
 
 def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None) -> KafkaHistory:
     """The config's input topics over the range, as the service learned them; a summary of
-    what was read and left out goes to stderr. ``after`` is the start when ``--start`` is
-    not given (the snapshots' offsets, with ``--from-checkpoint``)."""
+    what was read and left out goes to stderr, and a line per partition whose start was
+    deleted by retention (the range starts at its log start). ``after`` is the start when
+    ``--start`` is not given (the snapshots' offsets, with ``--from-checkpoint``)."""
     from stream_learner.kafka.history import parse_bound, read_kafka_history
 
     start, end = parse_bound(args.start, "--start"), parse_bound(args.end, "--end")
@@ -198,7 +199,19 @@ def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None)
         max_name_chars=config.service.max_feature_name_chars,
         client=extra,
     )
+    _lost(read)
     return read
+
+
+def _lost(read: KafkaHistory) -> None:
+    """One line on stderr per partition whose start the log no longer holds."""
+    for gap in read.lost:
+        print(
+            f"replay: input lost: {gap.topic}[{gap.partition}] offsets {gap.first_lost} to "
+            f"{gap.log_start - 1} ({gap.lost:,} records) were deleted by retention; "
+            f"reading from the log start {gap.log_start}",
+            file=sys.stderr,
+        )
 
 
 def _summary(read: KafkaHistory, config, rejected: Mapping[str, int]) -> None:

@@ -44,6 +44,7 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from stream_learner.core.events import MAX_EVENT_BYTES, MAX_FEATURE_NAME_CHARS, MAX_FEATURES
 from stream_learner.core.ordering import Merger
+from stream_learner.core.restore import Gap
 from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.kafka.client import client_config
 from stream_learner.kafka.source import Record, to_record
@@ -122,6 +123,9 @@ class KafkaHistory(RecordHistory):
     ``[start, end)`` offsets of each topic-partition it covers."""
 
     ranges: dict[TP, tuple[int, int]] = field(default_factory=dict)
+    #: Offsets the start asked for that the log no longer holds (deleted by retention):
+    #: the range starts at the log start instead, and the caller says so.
+    lost: list[Gap] = field(default_factory=list)
 
 
 def read_kafka_history(
@@ -156,7 +160,8 @@ def read_kafka_history(
         raise ConfigError(f"--start {start.text} is after --end {end.text}")
     consumer = Consumer(conf)
     try:
-        ranges = _resolve(consumer, conf, names, start, end, timeout)
+        lost: list[Gap] = []
+        ranges = _resolve(consumer, conf, names, start, end, timeout, lost)
         # Decoded as the merge releases them, so the raw records are never all held.
         read = decode_history(
             _read(consumer, names, ranges, timeout),
@@ -166,7 +171,7 @@ def read_kafka_history(
             max_features=max_features,
             max_name_chars=max_name_chars,
         )
-        history = KafkaHistory(**vars(read), ranges=ranges)
+        history = KafkaHistory(**vars(read), ranges=ranges, lost=lost)
     finally:
         consumer.close()
     return history
@@ -193,8 +198,11 @@ def _resolve(
     start: Bound,
     end: Bound,
     timeout: float,
+    lost: list[Gap] | None = None,
 ) -> dict[TP, tuple[int, int]]:
-    """``[start, end)`` offsets for every topic-partition of the range, checked."""
+    """``[start, end)`` offsets for every topic-partition of the range, checked. A start
+    offset below the log start (deleted by retention) starts at the log start; the
+    :class:`Gap` is appended to ``lost``."""
     metadata = _call(lambda: consumer.list_topics(timeout=timeout), "list the topics")
     partitions: dict[str, list[int]] = {}
     for role, topic in names.items():
@@ -233,6 +241,10 @@ def _resolve(
             low, high = marks[role, p]
             if (role, p) in bound.offsets:
                 offset = bound.offsets[role, p]
+                if option == "--start" and 0 <= offset < low <= high:
+                    if lost is not None:
+                        lost.append(Gap(names[role], p, offset, low))
+                    offset = low
                 if not low <= offset <= high:
                     raise ConfigError(
                         f"{option} {role}:{p}:{offset}: out of range; {names[role]}[{p}] "
@@ -245,7 +257,7 @@ def _resolve(
         # An instant: the broker's time index, for every partition not given an offset.
         instants: dict[tuple[str, int], int] = {}
         cuts = [
-            (role, p, bound.offsets["events", p])
+            (role, p, out["events", p])  # the events offset, moved up to its log start
             for role, p in tps
             if (role, p) not in out and role != "events" and ("events", p) in bound.offsets
         ]

@@ -233,3 +233,31 @@ def test_cli_replays_a_range_and_says_what_it_left_out(
     assert "partitions 0:" in out.err
     assert "2 skipped as the service dead-letters them (not_json 1, missing_y 1)" in out.err
     assert "1 command not replayed (snapshot 1)" in out.err
+
+
+@pytest.mark.kafka
+def test_a_start_deleted_by_retention_is_said_on_stderr_and_the_replay_reads_from_the_log_start(
+    bootstrap, admin, service_topics, prefix, stream, tmp_path, capsys
+):
+    from confluent_kafka import TopicPartition
+
+    from stream_learner.core.restore import Gap
+
+    events = service_topics.events
+    for f in admin.delete_records([TopicPartition(events, 1, 3)]).values():
+        f.result(timeout=30)  # b0..b2 deleted, as retention does
+    read = read_kafka_history(bootstrap, _topics(service_topics), parse_bound("1:1"))
+    assert read.lost == [Gap(events, 1, 1, 3)]
+    assert read.ranges[events, 1] == (3, 5)
+    assert [item.id for item in read.items] == ["b3", "b4"]
+    config = str(write_config(tmp_path, bootstrap, prefix))
+    argv = ["replay", "--config", config, "--policy", "config", "--json", "--from-kafka"]
+    assert main([*argv, "--start", "1:1"]) == 0
+    out = capsys.readouterr()
+    assert orjson.loads(out.out)[0]["inputs"] == 2
+    lost = [line for line in out.err.splitlines() if "input lost" in line]
+    assert lost == [
+        f"replay: input lost: {events}[1] offsets 1 to 2 (2 records) were deleted by "
+        "retention; reading from the log start 3"
+    ]
+    assert "Traceback" not in out.err
