@@ -828,6 +828,7 @@ _HEALTHY = {
     'stream_learner_events_total{outcome="dead_lettered"}': "0+1x120",
     _RETRAINS % "promoted": "_x60 1x60",  # "_": no sample; a child is born at its first event
     'stream_learner_checkpoints_total{result="rejected"}': "0x120",
+    "stream_learner_input_lost_total": "0x120",
     'stream_learner_consumer_lag{topic="events",partition="0"}': "100x120",
     'stream_learner_checkpoint_age_seconds{key="k"}': "30x120",
     _QUALITY % "k": "0.9+0.0001x120",
@@ -871,6 +872,11 @@ ALERT_SCENARIOS = {
         {'stream_learner_checkpoints_total{result="rejected"}': "0x10 1x20"},
         "20m",
         {"StreamLearnerCheckpointRejected": 1},
+    ),
+    "input lost to retention": (
+        {"stream_learner_input_lost_total": "0x10 1500x20"},
+        "20m",
+        {"StreamLearnerInputLost": 1},
     ),
     "kafka outage": (
         {'stream_learner_kafka_unavailable_seconds{what="brokers"}': "0x5 0+60x10 0x5"},
