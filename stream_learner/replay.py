@@ -452,6 +452,7 @@ def _replay_one(
             continue
         if out.decisions:
             log.extend(_decision(d, done) for d in out.decisions)
+            promoted += sum(d.action == "promote" for d in out.decisions)  # the race's
             if out.signals:  # every signal gets a decision (Policy.signal): only ever here
                 timeline.record(out.signals, key, done)
         if out.job is not None:

@@ -208,6 +208,7 @@ class Service:
         self._learned = 0  # events learned in this batch (the hot path's own counter)
         self._dead: Counter[str] = Counter()
         self._joins: dict[str, tuple[int, int, int]] = {}
+        self._raced: dict[str, tuple[int, dict]] = {}  # key -> version, promotions reported
         # Checkpointing and restore.
         self.store = store
         self.checkpoint_policy = checkpoint_policy or CheckpointPolicy()
@@ -566,6 +567,18 @@ class Service:
                 if a > b:
                     m.count_labels(result, a - b)
             self._joins[key] = now
+            # The race (core/race.py): candidates, lead, promotions by source, and a version
+            # the race promoted (a retrain's is exported where its result is applied).
+            alive, lead = learner.race_status()
+            m.set_race(key, alive, lead)
+            version, reported = self._raced.get(key, (1, {}))  # a new learner: v1, none
+            promoted = learner.race_promotions
+            for source, n in promoted.items():
+                if n > reported.get(source, 0):
+                    m.count_promotions(source, n - reported.get(source, 0))
+            if learner.version != version:
+                m.set_model(key, learner.version, learner.lineage)
+            self._raced[key] = (learner.version, dict(promoted))
         self._touched.clear()
         for (topic, partition), lag in list(self.source.lag.items()):
             m.set_lag(topic, partition, lag)
@@ -782,6 +795,7 @@ class Service:
             (t, int(p)): off for t, by in header["offsets"].items() for p, off in by.items()
         }
         self._joins[key] = (learner.joiner.joined, learner.joiner.unmatched, learner.joiner.expired)
+        self._raced[key] = (learner.version, dict(learner.race_promotions))  # counted before
         self.metrics.set_model(key, learner.version, learner.lineage)
         self.metrics.count_checkpoint("restored")
         log_event(
@@ -862,6 +876,7 @@ class Service:
             self.key_partition.pop(key, None)
             self.pending.pop(key, None)
             self._joins.pop(key, None)
+            self._raced.pop(key, None)
             self._skip.pop(key, None)
             self.dirty.discard(key)
             self.paused.discard(key)

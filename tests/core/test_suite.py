@@ -168,9 +168,9 @@ def run(
                     drifts_before += 1
                 elif delay is None:
                     delay = i - at
-        if response is None and i >= at:
-            if (delay is not None) or any(d.action == "promote" for d in out.decisions):
-                response = i - at
+        promoted = any(d.action == "promote" for d in out.decisions)
+        if response is None and i >= at and (delay is not None or promoted):
+            response = i - at
         if out.job is not None:
             learner.apply(out.job.run())
     counts = learner.decision_counts
@@ -269,7 +269,9 @@ def test_same_input_twice_gives_identical_decisions_predictions_and_state():
     a, b = _models(first.learner), _models(second.learner)
     assert len(a) == len(b) >= 2  # the pool holds the retired model
     for m, n in zip(a, b, strict=True):
-        assert [m.predict_proba_one(e.x) for e in probe] == [n.predict_proba_one(e.x) for e in probe]
+        assert [m.predict_proba_one(e.x) for e in probe] == [
+            n.predict_proba_one(e.x) for e in probe
+        ]
 
 
 def test_same_input_twice_gives_bit_identical_learners_for_a_linear_model():
