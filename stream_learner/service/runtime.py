@@ -578,6 +578,10 @@ class Service:
                     m.count_promotions(source, n - reported.get(source, 0))
             if learner.version != version:
                 m.set_model(key, learner.version, learner.lineage)
+                if promoted != reported:  # a new model from the race, as after a retrain
+                    m.mark_retrain(key, time.time())
+                    if self.store is not None and self.checkpoint_policy.after_retrain:
+                        self._snapshot_soon.add(key)
             self._raced[key] = (learner.version, dict(promoted))
         self._touched.clear()
         for (topic, partition), lag in list(self.source.lag.items()):
