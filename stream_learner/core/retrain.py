@@ -116,9 +116,9 @@ class RetrainConfig:
       ``false``: change-triggered retrains are judged on their holdout alone, as before.
     - ``pool``: retired models kept per key, so that a concept that comes back is served by
       the model that knows it (0: none).
-    - ``race_z``: how many standard errors of the paired difference a candidate's lead must
-      reach; ``race_margin``: the least lead (loss per event: accuracy points / 100 for a
-      classifier, the target's units for regression).
+    - ``race_z`` and ``race_margin``: a candidate is promoted when its lead (mean paired
+      loss difference per event: accuracy points / 100 for a classifier, the target's units
+      for regression) minus ``race_z`` standard errors is at least ``race_margin``.
     - ``race_min_events``: events raced before a candidate can be promoted or dropped;
       ``race_max_events``: a candidate that has not led by then is given up.
 
@@ -133,9 +133,9 @@ class RetrainConfig:
     shadow: bool = True
     pool: int = 3
     race_z: float = 3.0
-    race_margin: float = 0.02
+    race_margin: float = 0.01
     race_min_events: int = 50
-    race_max_events: int = 5000
+    race_max_events: int = 2000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "retrain") -> RetrainConfig:

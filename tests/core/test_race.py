@@ -184,7 +184,8 @@ def test_a_stationary_stream_promotes_nothing():
 
 def test_a_window_candidate_after_a_change_races_instead_of_replacing_the_champion():
     evts = concepts((False, 3000), (True, 3000))
-    learner = Learner("k", TREE, retrain=RetrainConfig(race_z=50.0))  # the shadow never wins
+    # At z = 50 nothing wins, and within 10,000 events nothing is given up.
+    learner = Learner("k", TREE, retrain=RetrainConfig(race_z=50.0, race_max_events=10_000))
     applied = []
     for e in evts:
         out = learner.learn(e)
