@@ -24,7 +24,7 @@ import copy
 import csv
 import math
 import time
-from collections.abc import Callable, Container, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -35,11 +35,17 @@ from stream_learner.config import SECTIONS, Config, read_toml
 from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import Event, Label, decode
-from stream_learner.core.labels import UnseenKeys
 from stream_learner.core.learner import Learner, LearnerConfig
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy
-from stream_learner.core.retrain import RecentWindow, RetrainConfig, RetrainJob
+from stream_learner.core.processor import (
+    Drift,
+    InlineRunner,
+    Processor,
+    RetrainApplied,
+    RetrainFailed,
+)
+from stream_learner.core.retrain import RecentWindow, RetrainConfig
 from stream_learner.errors import ConfigError, DecodeError
 
 __all__ = [
@@ -247,6 +253,7 @@ class PolicyReport:
     signals: list[dict[str, Any]] = field(default_factory=list)
     signals_total: int = 0
     rejected: int = 0  # inputs the task or model refused (the service dead-letters them)
+    rejections: dict[str, int] = field(default_factory=dict)  # ... by dead-letter reason
 
     TIMINGS = ("retrain_s", "events_per_s")
 
@@ -258,7 +265,7 @@ class PolicyReport:
 
 
 def replay(
-    history: Sequence[Event | Label],
+    history: Sequence[Event | Label | Command],
     config: Config,
     policies: Sequence[NamedPolicy],
     *,
@@ -266,14 +273,19 @@ def replay(
     initial: Mapping[str, Learner] | None = None,
     spec: ModelSpec | None = None,
     learners: list[dict[str, Learner]] | None = None,
+    partitions: Sequence[int] | None = None,
+    initial_partitions: Mapping[str, int] | None = None,
 ) -> list[PolicyReport]:
     """Run every policy over ``history``; one report per policy, in the order given.
 
     ``initial`` holds learners to start from instead of fresh ones, by key (restored
-    snapshots, see :func:`restored_learner`): each policy continues its own copy (see
-    :func:`continued`), so policies never share state. Keys not in it start fresh with
-    ``spec`` (default: the config's ``[model]``). When ``learners`` is given, one dict per
-    policy is appended to it: that policy's learners by key, as the history left them."""
+    snapshots, see :func:`restored_learner`), on the partitions ``initial_partitions``
+    names (default 0): each policy continues its own copy (see :func:`continued`), so
+    policies never share state. Keys not in it start fresh with ``spec`` (default: the
+    config's ``[model]``). ``partitions`` is the partition of each history item (a Kafka
+    history's; default 0): a command for every key means the keys of its partition, the
+    restored ones included. When ``learners`` is given, one dict per policy is appended to
+    it: that policy's learners of the keys that had input, as the history left them."""
     if spec is None:
         if not config.model:
             raise ConfigError("model: the [model] section is missing; see examples/config.toml")
@@ -281,33 +293,30 @@ def replay(
     learner_config = LearnerConfig.from_dict(config.learner)
     service = config.service
     initial = dict(initial or {})
+    where = dict(initial_partitions or {})
     reports = []
     for named in policies:
-        made: dict[str, Learner] = {}
 
-        def new_learner(key: str, named: NamedPolicy = named, made: dict = made) -> Learner:
-            base = initial.get(key)
-            made[key] = learner = (
-                continued(base, named)
-                if base is not None
-                else Learner(
-                    key,
-                    spec,
-                    config=learner_config,
-                    policy=named.policy,
-                    retrain=named.retrain,
-                    max_pending=service.label_max_pending,
-                    max_age_s=service.label_max_age_s or None,
-                )
+        def fresh(key: str, named: NamedPolicy = named) -> Learner:
+            return Learner(
+                key,
+                spec,
+                config=learner_config,
+                policy=named.policy,
+                retrain=named.retrain,
+                max_pending=service.label_max_pending,
+                max_age_s=service.label_max_age_s or None,
             )
-            return learner
 
-        unseen = UnseenKeys(service.label_max_unseen_keys)
-        reports.append(
-            _replay_one(
-                history, named, new_learner, service.retrain_apply_after, progress, unseen, initial
-            )
+        processor = Processor(
+            fresh,
+            InlineRunner(service.retrain_apply_after),
+            max_unseen_keys=service.label_max_unseen_keys,
         )
+        for key, base in initial.items():
+            processor.adopt(key, continued(base, named), where.get(key, 0))
+        made: dict[str, Learner] = {}
+        reports.append(_replay_one(history, partitions, named, processor, made, progress))
         if learners is not None:
             learners.append(made)
     return reports
@@ -358,6 +367,7 @@ def rebuild(
     spec: ModelSpec,
     *,
     progress: Progress | None = None,
+    partitions: Sequence[int] | None = None,
 ) -> tuple[PolicyReport, dict[str, Learner]]:
     """Train ``spec`` from scratch over ``history`` (a new lineage: a model iteration) with
     the config's ``[policy]`` and ``[retrain]``, the ones the service runs and that a
@@ -371,7 +381,9 @@ def rebuild(
         RetrainConfig.from_dict(config.retrain),
     )
     out: list[dict[str, Learner]] = []
-    [report] = replay(history, config, [named], progress=progress, spec=spec, learners=out)
+    [report] = replay(
+        history, config, [named], progress=progress, spec=spec, learners=out, partitions=partitions
+    )
     for learner in out[0].values():
         learner.abandon("the rebuild's history ended before this retrain's result")
     return report, out[0]
@@ -395,75 +407,61 @@ def load_model_spec(path: str | Path) -> ModelSpec:
 
 
 def _replay_one(
-    history: Sequence[Event | Label],
+    history: Sequence[Event | Label | Command],
+    partitions: Sequence[int] | None,
     named: NamedPolicy,
-    new_learner: Callable[[str], Learner],
-    apply_after: int,
+    processor: Processor,
+    learners: dict[str, Learner],
     progress: Progress | None,
-    unseen: UnseenKeys,
-    restored: Container[str],
 ) -> PolicyReport:
-    learners: dict[str, Learner] = {}
-    pending: dict[str, tuple[RetrainJob, int]] = {}  # key -> (job, due index)
+    """Drive ``processor`` over the history and keep what the report shows; ``learners``
+    gets the learner of every key that had input, in the order of their first input (the
+    report weighs keys in that order)."""
     log: list[dict[str, Any]] = []
     promoted, retrain_s = 0, 0.0
     total = len(history)
     timeline = _Timeline(history, learners)
     start = time.perf_counter()
-    paused: set[str] = set()
     rejected = 0
+    rejections: dict[str, int] = {}
+    effects = processor.effects
+    event, label, command = processor.event, processor.label, processor.command
     for done, item in enumerate(history, 1):
-        key = item.key
+        partition = 0 if partitions is None else partitions[done - 1]
         kind = type(item)
-        if kind is Command:  # as the service's execute(): never creates a learner
-            job = _command(item, learners.get(key), paused, log, done)
-            if job is not None:
-                pending[key] = (job, learners[key].index + apply_after)
-            continue
-        learner = learners.get(key)
-        if learner is None:
-            if kind is Label and key not in restored:  # as the service's _label()
-                try:
-                    unseen.open(key)
-                except DecodeError:
-                    rejected += 1  # the service dead-letters it (unseen_key)
-                    continue
-            learner = learners[key] = new_learner(key)
-        elif unseen.keys and kind is not Label:
-            unseen.seen(key)
-        # The service's order: the input, its decisions, a new job, then a due result.
         try:
-            if kind is Label:
-                if paused and key in paused:
-                    continue
-                out = learner.on_label(item)
-                if out is None:
-                    continue
-            elif item.y is None:
-                out = learner.predict(item)
-            elif paused and key in paused:
-                continue
+            if kind is Event:
+                event(item, partition)
+            elif kind is Label:
+                label(item, partition)
             else:
-                out = learner.learn(item)
-        except (DecodeError, TypeError, ValueError, ArithmeticError):
-            # A label that does not fit the task, or an input the model refused: the service
-            # dead-letters it (bad_label, model_rejected) and goes on.
+                command(item, partition)
+        except DecodeError as exc:
+            # What the service dead-letters (unseen_key, bad_label, model_rejected): skipped.
             rejected += 1
+            rejections[exc.reason] = rejections.get(exc.reason, 0) + 1
+        key = item.key
+        if key not in learners and kind is not Command:
+            learner = processor.learners.get(key)
+            if learner is not None:
+                learners[key] = learner
+        if effects:
+            for effect in effects:
+                what = type(effect)
+                if what is Drift:
+                    log.extend(_decision(d, done) for d in effect.decisions)
+                    promoted += sum(d.action == "promote" for d in effect.decisions)  # the race
+                    if effect.signals:
+                        timeline.record(effect.signals, effect.key, done)
+                elif what is RetrainApplied:
+                    retrain_s += effect.result.duration_s
+                    promoted += effect.decision.action == "promote"
+                    log.append(_decision(effect.decision, done))
+                elif what is RetrainFailed and effect.decision is not None:
+                    log.append(_decision(effect.decision, done))
+            effects.clear()
+        if kind is Command:
             continue
-        if out.decisions:
-            log.extend(_decision(d, done) for d in out.decisions)
-            promoted += sum(d.action == "promote" for d in out.decisions)  # the race's
-            if out.signals:  # every signal gets a decision (Policy.signal): only ever here
-                timeline.record(out.signals, key, done)
-        if out.job is not None:
-            pending[key] = (out.job, learner.index + apply_after)
-        if pending and key in pending and learner.index >= pending[key][1]:
-            job, _ = pending.pop(key)
-            result = job.run()
-            retrain_s += result.duration_s
-            decision = learner.apply(result)
-            promoted += decision.action == "promote"
-            log.append(_decision(decision, done))
         if done >= timeline.due:
             timeline.sample(done)
         if progress is not None and (done % 5000 == 0 or done == total):
@@ -486,22 +484,8 @@ def _replay_one(
         signals=timeline.signals,
         signals_total=timeline.signals_total,
         rejected=rejected,
+        rejections=rejections,
     )
-
-
-def _command(
-    cmd: Command, learner: Learner | None, paused: set[str], log: list, done: int
-) -> RetrainJob | None:
-    """A replayed pause, resume or retrain command; the retrain's job, if it can start."""
-    if cmd.command == "pause":
-        paused.add(cmd.key)
-    elif cmd.command == "resume":
-        paused.discard(cmd.key)
-    elif cmd.command == "retrain" and learner is not None:
-        decision, job = learner.request_retrain(cmd.reason or "on demand", cmd.ts)
-        log.append(_decision(decision, done))
-        return job
-    return None
 
 
 def _weighted(evaluators: list, rolling: bool) -> float:
@@ -570,7 +554,10 @@ class _Timeline:
         seen = self._seen
         weight, total, updates = self._n, self._sum, self._updates
         for key in keys:
-            evaluator = learners[key].evaluator
+            learner = learners.get(key)
+            if learner is None:
+                continue  # a command's key, or a key whose only inputs were refused
+            evaluator = learner.evaluator
             n = evaluator.n
             old = seen.get(key, _UNSEEN)
             if old[0] == n:

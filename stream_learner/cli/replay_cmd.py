@@ -14,6 +14,7 @@ import os
 import sys
 import time
 from collections import Counter
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -22,7 +23,6 @@ import orjson
 from stream_learner.cli.checkpoints_cmd import Context, resolve_version
 from stream_learner.config import Config, load_config
 from stream_learner.core.commands import Command
-from stream_learner.core.events import Event, Label
 from stream_learner.core.learner import Learner
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
@@ -120,9 +120,10 @@ def _replay(args: argparse.Namespace) -> int:
     if args.from_kafka:
         topics = Topics.from_prefix(config.kafka.topic_prefix)
         after = starts.bound(topics) if starts is not None and args.start is None else None
-        history = _kafka_history(args, config, after).items
+        read = _kafka_history(args, config, after)
+        history, partitions = read.items, read.partitions
     else:
-        history = read_history(args.input)
+        read, history, partitions = None, read_history(args.input), None
         if starts is not None:
             print(
                 "replay: a file history is replayed whole: it should hold the inputs after "
@@ -136,9 +137,13 @@ def _replay(args: argparse.Namespace) -> int:
         policies,
         progress=_progress if tty else None,
         initial=None if starts is None else starts.learners,
+        partitions=partitions,
+        initial_partitions=None if starts is None else starts.partitions(),
     )
     if tty:
         print(file=sys.stderr)
+    if read is not None:
+        _summary(read, config, reports[0].rejections if reports else {})
     if report_dir is not None:
         _write_report(reports, report_dir, args)
     if args.json:
@@ -191,22 +196,31 @@ def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None)
         max_bytes=config.service.max_event_bytes,
         client=extra,
     )
+    return read
+
+
+def _summary(read: KafkaHistory, config, rejected: Mapping[str, int]) -> None:
+    """One line on stderr: what was read, and what was left out as the service leaves it
+    out: records the decoder refuses (``read.skipped``) and inputs the replay's processor
+    refused (``rejected``, by reason: a label of the wrong type, a value the model refuses,
+    a label-only key past the cap)."""
     partitions = sorted({p for _, p in read.ranges})
+    skipped = read.skipped + Counter(rejected)
+    inputs = sum(not isinstance(i, Command) for i in read.items) - sum(rejected.values())
     line = (
         f"replay: {read.records:,} records from {config.kafka.topic_prefix}"
         f"{{events,labels,control}}, partitions {', '.join(map(str, partitions)) or 'none'}: "
-        f"{len(read.items):,} events and labels"
+        f"{inputs:,} events and labels"
     )
-    if read.skipped:
-        reasons = ", ".join(f"{r} {n}" for r, n in read.skipped.most_common())
-        line += f"; {read.skipped.total():,} skipped as the service dead-letters them ({reasons})"
+    if skipped:
+        reasons = ", ".join(f"{r} {n}" for r, n in skipped.most_common())
+        line += f"; {skipped.total():,} skipped as the service dead-letters them ({reasons})"
     others = Counter({c: n for c, n in read.commands.items() if c not in REPLAYED_COMMANDS})
     if others:
         names = ", ".join(f"{c} {n}" for c, n in others.most_common())
         n = others.total()
         line += f"; {n:,} command{'s' * (n != 1)} not replayed ({names})"
     print(line, file=sys.stderr)
-    return read
 
 
 def _report_dir(path: str):
@@ -315,6 +329,10 @@ class _Starts:
 
     learners: dict[str, Learner]
     infos: dict[str, VersionInfo]
+
+    def partitions(self) -> dict[str, int]:
+        """The partition each snapshot's key lives on (its ``*`` commands are theirs)."""
+        return {key: info.extra.get("partition", 0) for key, info in self.infos.items()}
 
     def bound(self, topics: Topics) -> Bound:
         """Where a Kafka history starts: after each snapshot's input offsets. Keys of one
@@ -433,8 +451,9 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
             f"--rebuild: {', '.join(map(repr, same))} already serve(s) lineage {spec.lineage} "
             f"({origin}); change the config's [model] or give --model FILE.toml"
         )
-    history, ranges, source = _rebuild_history(args, config)
-    keys = sorted({item.key for item in history})
+    read = _kafka_history(args, config) if args.from_kafka else None
+    history, partitions, ranges, source = _rebuild_history(args, read)
+    keys = sorted({item.key for item in history if not isinstance(item, Command)})
     if not keys:
         raise ConfigError(f"--rebuild: the history ({source}) holds no events")
     heads = {k: resolve_version(catalog, k, None) for k in keys if catalog.versions(k)}
@@ -444,9 +463,13 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
             f"snapshot on {ctx.topics.checkpoints}: the service serves none of them"
         )
     tty = sys.stderr.isatty()
-    report, learners = rebuild(history, config, spec, progress=_progress if tty else None)
+    report, learners = rebuild(
+        history, config, spec, progress=_progress if tty else None, partitions=partitions
+    )
     if tty:
         print(file=sys.stderr)
+    if read is not None:
+        _summary(read, config, report.rejections)
     published = {}
     if args.publish:
         published = _publish(ctx, catalog, learners, heads, spec, ranges, source)
@@ -499,14 +522,14 @@ def _rebuild(args: argparse.Namespace, config: Config) -> int:
 
 
 def _rebuild_history(
-    args: argparse.Namespace, config: Config
-) -> tuple[list[Event | Label], dict[tuple[str, int], tuple[int, int]], str]:
-    """The history, the Kafka ranges it came from (empty for a file), and its name."""
-    if not args.from_kafka:
-        return read_history(args.input), {}, args.input
-    read = _kafka_history(args, config)
+    args: argparse.Namespace, read: KafkaHistory | None
+) -> tuple[list, list[int] | None, dict[tuple[str, int], tuple[int, int]], str]:
+    """The history, each item's partition (``None`` for a file), the Kafka ranges it came
+    from (empty for a file), and its name."""
+    if read is None:
+        return read_history(args.input), None, {}, args.input
     spans = ", ".join(f"{t}[{p}] {s}..{e}" for (t, p), (s, e) in sorted(read.ranges.items()))
-    return read.items, dict(read.ranges), f"Kafka ({spans or 'empty'})"
+    return read.items, read.partitions, dict(read.ranges), f"Kafka ({spans or 'empty'})"
 
 
 def _publish(

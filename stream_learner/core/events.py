@@ -33,6 +33,7 @@ inside unknown fields, which are skipped unread, may be out of a double's range 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ from typing import Annotated, Any
 import msgspec
 import orjson
 
+from stream_learner.core.commands import ALL_KEYS, Command, decode_command
 from stream_learner.errors import ConfigError, DecodeError
 
 __all__ = [
@@ -401,6 +403,15 @@ class RecordDecoder:
                 f"the message key {key[:40]!r} and the event's key {declared[:40]!r} differ",
             )
         return key
+
+    def command(self, value: bytes | None, raw_key: bytes | None) -> Command:
+        """A control message, its key checked against the message key like an event's
+        (a command for every key, ``*``, is routed by its partition alone)."""
+        cmd = decode_command(value)
+        if cmd.key == ALL_KEYS:
+            return cmd
+        key = self.key(raw_key, cmd.key)
+        return cmd if key == cmd.key else dataclasses.replace(cmd, key=key)
 
     def event(self, value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Event:
         if value is None:

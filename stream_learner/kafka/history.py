@@ -1,14 +1,17 @@
 """A range of the service's input topics, read back as the history it learned (for replay).
 
 The service learns a partition's events, labels and commands in the order of
-:class:`~stream_learner.service.ordering.Merger` (record timestamp, then events before
+:class:`~stream_learner.core.ordering.Merger` (record timestamp, then events before
 labels before control, then offset) and dead-letters what does not fit the event
 contract. :func:`read_kafka_history` reads a range of the three co-partitioned topics,
-merges each partition with that same ``Merger`` and decodes every record as the service
-does, so :func:`stream_learner.replay.replay` sees the very sequence the service learned.
-Records the service would dead-letter are skipped and counted; commands (control topic)
-that change what is learned (pause, resume, retrain) are in the history, one per key as the
-service carries them out; the others are counted (see :data:`REPLAYED_COMMANDS`).
+merges each partition with that same ``Merger`` and decodes every record with the service's
+:class:`~stream_learner.core.events.RecordDecoder`, so :func:`stream_learner.replay.replay`
+sees the very sequence the service learned, each input with its partition (a command for
+every key, ``*``, means the keys of its partition, which the replay's processor expands as
+the service's does). Records the decoder refuses are skipped and counted; commands that
+change what is learned (pause, resume, retrain) are in the history, the others are counted
+(see :data:`REPLAYED_COMMANDS`). Given the model's task, labels that do not fit it are left
+out too; what the model itself refuses is the replay's to skip, as the processor refuses it.
 
 Each end of a range is a :class:`Bound` (see :func:`parse_bound`): the log start or end,
 an instant (the broker's time index, in every partition of the three topics), or offsets
@@ -26,7 +29,6 @@ bound lands on the first marker of a transactional partition (the broker's index
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import re
 import sys
@@ -41,12 +43,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from stream_learner.core.commands import ALL_KEYS, Command, decode_command
+from stream_learner.core.commands import Command
 from stream_learner.core.events import MAX_EVENT_BYTES, Event, Label, RecordDecoder, check_label
+from stream_learner.core.ordering import Merger
 from stream_learner.errors import BrokerError, ConfigError, DecodeError
 from stream_learner.kafka.client import client_config
 from stream_learner.kafka.source import Record, to_record
-from stream_learner.service.ordering import Merger
 
 __all__ = [
     "REPLAYED_COMMANDS",
@@ -118,12 +120,14 @@ def parse_bound(text: str | None, option: str = "--start") -> Bound:
 @dataclass
 class KafkaHistory:
     """What was read: the history (as :func:`stream_learner.replay.read_history` returns
-    it), the ``[start, end)`` offsets of each topic-partition, and what was left out:
-    records the service dead-letters (``skipped``, by reason), and ``commands`` read (by
-    name; those in :data:`REPLAYED_COMMANDS` are in ``items`` too)."""
+    it) and the partition of each of its items, the ``[start, end)`` offsets of each
+    topic-partition, and what was left out: records the service dead-letters (``skipped``,
+    by reason), and ``commands`` read (by name; those in :data:`REPLAYED_COMMANDS` are in
+    ``items`` too)."""
 
     items: list[Event | Label | Command]
     ranges: dict[TP, tuple[int, int]]
+    partitions: list[int] = field(default_factory=list)
     records: int = 0
     skipped: Counter[str] = field(default_factory=Counter)
     commands: Counter[str] = field(default_factory=Counter)
@@ -143,9 +147,10 @@ def read_kafka_history(
     """Read ``[start, end)`` of the input topics (``topics``: role -> topic name, see
     :data:`ROLES`; labels and control may be absent) in the order the service learns it.
 
-    ``task`` (the model's) drops labels that do not fit it, as the service dead-letters
-    them; ``max_bytes`` is the service's ``max_event_bytes``. ``timeout`` bounds each
-    broker request and any wait without progress. Reads committed records only."""
+    ``task`` (the model's) leaves out labels that do not fit it (``bad_label``), as the
+    service's processor refuses them; ``max_bytes`` is the service's ``max_event_bytes``.
+    ``timeout`` bounds each broker request and any wait without progress. Reads committed
+    records only."""
     names = {role: topics[role] for role in ROLES if topics.get(role)}
     if "events" not in names:
         raise ConfigError("no events topic given")
@@ -157,25 +162,33 @@ def read_kafka_history(
         raise ConfigError(f"--start {start.text} is after --end {end.text}")
     events, labels, control = (names.get(role) for role in ROLES)
     decoder = RecordDecoder(max_bytes)  # the service's rules
-    seen: dict[int, dict[str, None]] = {}  # partition -> its keys so far, in order
     consumer = Consumer(conf)
     try:
         ranges = _resolve(consumer, conf, names, start, end, timeout)
         history = KafkaHistory(items=[], ranges=ranges)
-        items, skipped, commands = history.items, history.skipped, history.commands
+        items, partitions = history.items, history.partitions
+        skipped, commands = history.skipped, history.commands
         for rec in _read(consumer, names, ranges, timeout):  # decoded as they are released
             history.records += 1
             try:
                 if rec.topic == events:
-                    items.append(_event(rec, decoder, task))
+                    item = decoder.event(rec.value, rec.key, rec.timestamp_ms)
+                    if task is not None and item.y is not None:
+                        check_label(item.y, task)
                 elif rec.topic == labels:
-                    items.append(_label(rec, decoder, task))
-                elif rec.topic == control:
-                    items.extend(_commands(rec, decoder, seen.get(rec.partition, {}), commands))
-                    continue
-                seen.setdefault(rec.partition, {})[items[-1].key] = None
+                    item = decoder.label(rec.value, rec.key, rec.timestamp_ms)
+                    if task is not None:
+                        check_label(item.y, task)
+                else:
+                    item = decoder.command(rec.value, rec.key)
+                    commands[item.command] += 1
+                    if item.command not in REPLAYED_COMMANDS:
+                        continue
             except DecodeError as exc:
                 skipped[exc.reason] += 1
+                continue
+            items.append(item)
+            partitions.append(rec.partition)
     finally:
         consumer.close()
     return history
@@ -422,39 +435,10 @@ def _broker_error(err: KafkaError, what: str) -> BrokerError:
     return BrokerError(f"could not {what}: {err.str()}", code=err.name(), description=err.str())
 
 
-# -- decoding, as the service does it ----------------------------------------------------
+# -- commands ----------------------------------------------------------------------------
 
 
 #: Commands that change what is learned, replayed as the service carries them out; the
 #: others are counted only (``snapshot`` changes nothing learned; ``rollback`` loads a model
 #: from the checkpoint topic, which a replay of the inputs does not have).
 REPLAYED_COMMANDS = frozenset({"pause", "resume", "retrain"})
-
-
-def _commands(
-    rec: Record, decoder: RecordDecoder, partition_keys: Mapping[str, None], counts: Counter
-) -> list[Command]:
-    """A control record as the service applies it: ``*`` means every key of the partition
-    seen so far (the service's learners there), one command per key."""
-    cmd = decode_command(rec.value)
-    counts[cmd.command] += 1
-    if cmd.command not in REPLAYED_COMMANDS:
-        return []
-    if cmd.key == ALL_KEYS:
-        return [dataclasses.replace(cmd, key=k) for k in partition_keys]
-    key = decoder.key(rec.key, cmd.key)
-    return [cmd if key == cmd.key else dataclasses.replace(cmd, key=key)]
-
-
-def _event(rec: Record, decoder: RecordDecoder, task: str | None) -> Event:
-    event = decoder.event(rec.value, rec.key, rec.timestamp_ms)
-    if task is not None and event.y is not None:
-        check_label(event.y, task)  # the learner refuses it: the service dead-letters it
-    return event
-
-
-def _label(rec: Record, decoder: RecordDecoder, task: str | None) -> Label:
-    label = decoder.label(rec.value, rec.key, rec.timestamp_ms)
-    if task is not None:
-        check_label(label.y, task)
-    return label

@@ -22,10 +22,10 @@ import os
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
-from dataclasses import dataclass
 
 from stream_learner.core.events import Event
 from stream_learner.core.models import ModelSpec, build_model
+from stream_learner.core.processor import Pending
 from stream_learner.core.retrain import Example, RetrainJob, RetrainResult
 
 #: The worker's niceness (0 is the service's own; 19 the lowest priority).
@@ -100,25 +100,9 @@ def _warm(spec: ModelSpec | None) -> None:
         build_model(spec)
 
 
-@dataclass
-class Pending:
-    job: RetrainJob
-    due: int  # the learner index at which the result is applied
-    future: Future | None = None
-    result: RetrainResult | None = None
-
-    def wait(self, timeout: float | None = None) -> RetrainResult:
-        if self.result is None:
-            self.result = self.future.result(timeout) if self.future else self.job.run()
-        return self.result
-
-    @property
-    def done(self) -> bool:
-        return self.result is not None or (self.future is not None and self.future.done())
-
-
 class Retrainer:
-    """Runs retrain jobs, one worker process at most (or inline when ``workers=0``)."""
+    """Runs retrain jobs, one worker process at most (or inline when ``workers=0``): the
+    service's :class:`~stream_learner.core.processor.Runner`."""
 
     def __init__(
         self,

@@ -37,25 +37,39 @@ from typing import Any, Protocol
 
 import orjson
 
-from stream_learner.core.commands import Command, decode_command
+from stream_learner.core.commands import Command
 from stream_learner.core.events import Event, RecordDecoder
-from stream_learner.core.labels import UnseenKeys
 from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
-from stream_learner.core.policy import Decision, PolicyConfig
+from stream_learner.core.ordering import Merger
+from stream_learner.core.policy import PolicyConfig
+from stream_learner.core.processor import (
+    PAUSED,
+    CommandIgnored,
+    CommandTaken,
+    Drift,
+    KeyOpened,
+    Pending,
+    Processor,
+    RetrainApplied,
+    RetrainFailed,
+    RetrainStarted,
+)
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import BrokerError, DecodeError
 from stream_learner.logs import log_event
 from stream_learner.metrics import ServiceMetrics
-from stream_learner.service.ordering import Merger
-from stream_learner.service.retrainer import Pending, Retrainer
+from stream_learner.service.retrainer import Retrainer
 
 log = logging.getLogger("stream_learner.service")
 
 _JSON = orjson.OPT_NON_STR_KEYS | orjson.OPT_SERIALIZE_NUMPY  # predictions may hold numpy values
 
 TopicPartition = tuple[str, int]
+
+#: Decision actions after which a key serves another model version (its gauge follows).
+_NEW_VERSION = frozenset({"promote", "rollback"})
 
 # The cyclic GC's thresholds while the loop runs (CPython's default: 700, 10, 10). Every
 # learner keeps thousands of recent examples alive, so with many keys the default spends a
@@ -194,21 +208,17 @@ class Service:
         self.retrainer = retrainer
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
-        self.learners: dict[str, Learner] = {}
-        self.key_partition: dict[str, int] = {}
-        self.paused: set[str] = set()
-        self.pending: dict[str, Pending] = {}
+        # The keys, their learners and retrains: the core's one copy of the per-record steps.
+        self.processor = Processor(factory, retrainer, max_unseen_keys=max_unseen_keys)
         self.positions: dict[TopicPartition, int] = {}
         self.caught_up = False
         self.batches = 0
         self.decoder = RecordDecoder(max_event_bytes)  # the same rules as a replay's
-        self.unseen = UnseenKeys(max_unseen_keys)  # keys only labels have opened, bounded
         self._touched: set[str] = set()
         self._counts: Counter[str] = Counter()
         self._learned = 0  # events learned in this batch (the hot path's own counter)
         self._dead: Counter[str] = Counter()
         self._joins: dict[str, tuple[int, int, int]] = {}
-        self._raced: dict[str, tuple[int, dict]] = {}  # key -> version, promotions reported
         # Checkpointing and restore.
         self.store = store
         self.checkpoint_policy = checkpoint_policy or CheckpointPolicy()
@@ -221,6 +231,14 @@ class Service:
         self._snapshot_soon: set[str] = set()
         self.merger = Merger(topics.inputs)
 
+    @property
+    def learners(self) -> dict[str, Learner]:
+        return self.processor.learners
+
+    @property
+    def pending(self) -> dict[str, Pending]:
+        return self.processor.pending
+
     # -- readiness ----------------------------------------------------------------------
     def readiness(self) -> tuple[bool, str]:
         if not self.source.assignment:
@@ -231,9 +249,13 @@ class Service:
 
     # -- the hot path -------------------------------------------------------------------
     def process(self, records: Iterable[Record]) -> int:
-        """Route a batch of records; returns how many were handled (all of them)."""
+        """Route a batch of records through the processor; returns how many were handled
+        (all of them: what does not fit goes to the dead-letter topic)."""
         events, labels, control = self.topics.events, self.topics.labels, self.topics.control
+        proc, decoder = self.processor, self.decoder
+        effects = proc.effects
         positions = self.positions
+        touched, counts = self._touched, self._counts
         n = 0
         replay = self._replay
         for rec in records:
@@ -244,17 +266,37 @@ class Service:
                 self._emit = self._replaying(rec)
             try:
                 if topic == events:
-                    self._event(rec)
+                    event = decoder.event(rec.value, rec.key, rec.timestamp_ms)
+                    if self._skip and self._known(event.key, rec):
+                        continue
+                    out = proc.event(event, rec.partition)
+                    if out is PAUSED:
+                        counts["paused"] += 1
+                    else:
+                        touched.add(event.key)
+                        if event.y is None:
+                            self._predicted(event, out)
+                        else:
+                            self._learned += 1
                 elif topic == labels:
-                    self._label(rec)
+                    label = decoder.label(rec.value, rec.key, rec.timestamp_ms)
+                    if self._skip and self._known(label.key, rec):
+                        continue
+                    out = proc.label(label, rec.partition)
+                    if out is PAUSED:
+                        counts["paused"] += 1
+                    else:
+                        touched.add(label.key)
+                        if out is not None:
+                            counts["learned"] += 1
                 elif topic == control:
-                    self._command(rec)
+                    cmd = decoder.command(rec.value, rec.key)
+                    skip = (lambda key, rec=rec: self._known(key, rec)) if self._skip else None
+                    proc.command(cmd, rec.partition, skip=skip)
             except DecodeError as exc:
                 self.dead_letter(rec, exc.reason, exc.detail)
-            except (TypeError, ValueError, ArithmeticError) as exc:
-                # The model refused this input (e.g. a string where the pipeline needs a
-                # number): the event is bad for this model, not the service's end.
-                self.dead_letter(rec, "model_rejected", f"{type(exc).__name__}: {exc}")
+            if effects:
+                self._effects(effects)
         self._emit = True
         self.consumed.update(positions)
         return n
@@ -287,45 +329,6 @@ class Service:
             del self._skip[key]
         return False
 
-    def _learner(self, key: str, partition: int) -> Learner:
-        learner = self.learners.get(key)
-        if learner is None:
-            learner = self.learners[key] = self.factory(key)
-            self.key_partition[key] = partition
-            self.metrics.set_model(key, learner.version, learner.lineage)
-        return learner
-
-    def _event(self, rec: Record) -> None:
-        event = self.decoder.event(rec.value, rec.key, rec.timestamp_ms)
-        key = event.key
-        if self._skip and self._known(key, rec):
-            return
-        learner = self.learners.get(key)
-        if learner is None:
-            learner = self._learner(key, rec.partition)
-        elif self.unseen.keys:
-            self.unseen.seen(key)
-        if event.y is None:
-            out = learner.predict(event)
-            self._predicted(event, out)
-        elif self.paused and key in self.paused:
-            self._counts["paused"] += 1
-            return
-        else:
-            out = learner.learn(event)
-            self._learned += 1
-        self._touched.add(key)
-        if out.signals or out.decisions or out.job is not None or key in self.pending:
-            self._after(learner, out)
-
-    def _after(self, learner: Learner, out: Outcome) -> None:
-        """What follows a learned or predicted input: react to signals, decisions and a new
-        retrain job, and apply a retrain result whose point has come."""
-        if out.signals or out.decisions or out.job is not None:
-            self._react(learner, out.signals, out.decisions, out.job)
-        if self.pending and learner.key in self.pending:
-            self._maybe_apply(learner)
-
     def _predicted(self, event: Event, out: Outcome) -> None:
         if not self._emit:
             return
@@ -343,64 +346,6 @@ class Service:
         self.sink.produce(self.topics.predictions, orjson.dumps(body, option=_JSON), key=event.key)
         self._counts["predicted"] += 1
 
-    def _label(self, rec: Record) -> None:
-        label = self.decoder.label(rec.value, rec.key, rec.timestamp_ms)
-        key = label.key
-        if self._skip and self._known(key, rec):
-            return
-        # A label may come before any event of its key: the learner parks it.
-        learner = self.learners.get(key)
-        if learner is None:
-            self.unseen.open(key)  # or unseen_key, past service.label_max_unseen_keys
-            learner = self._learner(key, rec.partition)
-        if self.paused and key in self.paused:
-            self._counts["paused"] += 1
-            return
-        out = learner.on_label(label)
-        self._touched.add(key)
-        if out is None:
-            return
-        self._counts["learned"] += 1
-        self._after(learner, out)
-
-    def _command(self, rec: Record) -> None:
-        cmd = decode_command(rec.value)
-        if cmd.key == "*":
-            keys = [k for k, p in self.key_partition.items() if p == rec.partition]
-        else:
-            keys = [self.decoder.key(rec.key, cmd.key)]
-        for key in keys:
-            if not (self._skip and self._known(key, rec)):
-                self.execute(cmd, key, rec.partition)
-
-    def execute(self, cmd: Command, key: str, partition: int | None = None) -> None:
-        """Carry out one command for one key this instance owns."""
-        log_event(
-            log,
-            "command",
-            command=cmd.command,
-            key=key,
-            reason=cmd.reason,
-            requested_by=cmd.requested_by,
-        )
-        if cmd.command == "pause":
-            self.paused.add(key)
-        elif cmd.command == "resume":
-            self.paused.discard(key)
-        elif cmd.command == "retrain":
-            learner = self.learners.get(key)
-            if learner is None:
-                log_event(log, "command_ignored", key=key, why="no such key on this instance")
-                return
-            decision, job = learner.request_retrain(cmd.reason or "on demand", cmd.ts)
-            self._react(learner, (), (decision,), job)
-        elif cmd.command == "snapshot":
-            if self.store is not None and key in self.learners:
-                self.dirty.add(key)
-                self._snapshot_soon.add(key)
-        elif cmd.command == "rollback":
-            self._rollback(key, cmd)
-
     def dead_letter(self, rec: Record, reason: str, detail: str) -> None:
         if not self._emit:
             return
@@ -415,14 +360,52 @@ class Service:
         self.sink.produce(self.topics.dead_letters, rec.value, key=rec.key, headers=headers)
         self._dead[reason] += 1
 
-    # -- decisions and retrains ---------------------------------------------------------
-    def _react(self, learner: Learner, signals, decisions: Iterable[Decision], job) -> None:
-        for s in signals:
+    # -- what the processor did: logs, metrics, checkpoints ------------------------------
+    def _effects(self, effects: list) -> None:
+        """Turn the processor's effects into logs and metrics, then clear them. A rollback
+        appends its decision while this runs; the loop reaches it too."""
+        for effect in effects:
+            kind = type(effect)
+            if kind is Drift:
+                self._drift(effect)
+            elif kind is KeyOpened:
+                learner = effect.learner
+                self.metrics.set_model(effect.key, learner.version, learner.lineage)
+            elif kind is RetrainStarted:
+                job = effect.job
+                log_event(
+                    log,
+                    "retrain_started",
+                    key=effect.key,
+                    number=job.number,
+                    kind=job.kind,
+                    n_train=len(job.train),
+                    n_holdout=len(job.holdout),
+                    apply_at=effect.due,
+                )
+            elif kind is RetrainApplied:
+                self._applied(effect)
+            elif kind is RetrainFailed:
+                job = effect.job
+                self.metrics.record_retrain(job.decision.trigger, job.kind, "failed", 0.0)
+                log_event(
+                    log, "retrain_failed", level=logging.ERROR, key=effect.key, error=effect.error
+                )
+                if effect.decision is not None:
+                    self.metrics.count_decision(effect.decision.trigger, effect.decision.action)
+            elif kind is CommandTaken:
+                self._command_taken(effect.key, effect.command)
+            elif kind is CommandIgnored:
+                log_event(log, "command_ignored", key=effect.key, why=effect.why)
+        effects.clear()
+
+    def _drift(self, effect: Drift) -> None:
+        for s in effect.signals:
             self.metrics.count_drift(s.detector, s.kind, s.level)
             log_event(
                 log,
                 "drift",
-                key=learner.key,
+                key=effect.key,
                 kind=s.kind,
                 detector=s.detector,
                 drift_level=s.level,
@@ -432,7 +415,7 @@ class Service:
                 after=s.after,
                 feature=s.feature,
             )
-        for d in decisions:
+        for d in effect.decisions:
             self.metrics.count_decision(d.trigger, d.action)
             log_event(
                 log,
@@ -446,53 +429,57 @@ class Service:
                 index=d.index,
                 ts=d.ts,
             )
-        if job is not None:
-            self.pending[learner.key] = self.retrainer.submit(job, learner.index)
-            log_event(
-                log,
-                "retrain_started",
-                key=learner.key,
-                number=job.number,
-                kind=job.kind,
-                n_train=len(job.train),
-                n_holdout=len(job.holdout),
-                apply_at=self.pending[learner.key].due,
-            )
+            if d.action in _NEW_VERSION:
+                learner = self.processor.learners[effect.key]
+                self.metrics.set_model(effect.key, learner.version, learner.lineage)
+                if d.code == "candidate_leads":  # the race promoted: as after a retrain
+                    self._promoted(effect.key, d.values["source"])
 
-    def _maybe_apply(self, learner: Learner, force: bool = False) -> None:
-        pending = self.pending[learner.key]
-        if learner.index < pending.due and not force:
-            return
-        del self.pending[learner.key]
-        trigger, kind = pending.job.decision.trigger, pending.job.kind
-        try:
-            result = pending.wait(self.retrainer.timeout_s)
-        except Exception as exc:  # a crashed worker must not take the service down
-            decision = learner.abandon(f"retrain #{pending.job.number} failed: {exc!r}")
-            self.metrics.record_retrain(trigger, kind, "failed", 0.0)
-            log_event(log, "retrain_failed", level=logging.ERROR, key=learner.key, error=repr(exc))
-            if decision is not None:
-                self.metrics.count_decision(decision.trigger, decision.action)
-            return
-        decision = learner.apply(result)
+    def _promoted(self, key: str, source: str) -> None:
+        """A new model serves ``key`` (from a retrain, or the race's shadow or pool)."""
+        self.metrics.count_promotions(source)
+        self.metrics.mark_retrain(key, time.time())
+        if self.store is not None and self.checkpoint_policy.after_retrain:
+            self._snapshot_soon.add(key)
+
+    def _applied(self, effect: RetrainApplied) -> None:
+        key, decision, result = effect
+        learner = self.processor.learners[key]
         outcome = "promoted" if decision.action == "promote" else "kept"
         self.metrics.count_decision(decision.trigger, decision.action)
-        self.metrics.record_retrain(trigger, kind, outcome, result.duration_s)
-        self.metrics.set_model(learner.key, learner.version, learner.lineage)
+        self.metrics.record_retrain(
+            result.decision.trigger, result.kind, outcome, result.duration_s
+        )
+        self.metrics.set_model(key, learner.version, learner.lineage)
         if outcome == "promoted":
-            self.metrics.mark_retrain(learner.key, time.time())
-            if self.store is not None and self.checkpoint_policy.after_retrain:
-                self._snapshot_soon.add(learner.key)
+            self._promoted(key, "window")
         log_event(
             log,
             "retrain_" + outcome,
-            key=learner.key,
+            key=key,
             version=learner.version,
             reason=decision.reason,
             duration_s=round(result.duration_s, 4),
             champion=result.champion_score,
             challenger=result.challenger_score,
         )
+
+    def _command_taken(self, key: str, cmd: Command) -> None:
+        """Log a command; carry out the ones that need the checkpoint store."""
+        log_event(
+            log,
+            "command",
+            command=cmd.command,
+            key=key,
+            reason=cmd.reason,
+            requested_by=cmd.requested_by,
+        )
+        if cmd.command == "snapshot":
+            if self.store is not None and key in self.processor.learners:
+                self.dirty.add(key)
+                self._snapshot_soon.add(key)
+        elif cmd.command == "rollback":
+            self._rollback(key, cmd)
 
     # -- batch boundaries ---------------------------------------------------------------
     def end_batch(self, *, should_stop: Callable[[], bool] = lambda: False) -> None:
@@ -567,22 +554,8 @@ class Service:
                 if a > b:
                     m.count_labels(result, a - b)
             self._joins[key] = now
-            # The race (core/race.py): candidates, lead, promotions by source, and a version
-            # the race promoted (a retrain's is exported where its result is applied).
-            alive, lead = learner.race_status()
+            alive, lead = learner.race_status()  # the race (core/race.py)
             m.set_race(key, alive, lead)
-            version, reported = self._raced.get(key, (1, {}))  # a new learner: v1, none
-            promoted = learner.race_promotions
-            for source, n in promoted.items():
-                if n > reported.get(source, 0):
-                    m.count_promotions(source, n - reported.get(source, 0))
-            if learner.version != version:
-                m.set_model(key, learner.version, learner.lineage)
-                if promoted != reported:  # a new model from the race, as after a retrain
-                    m.mark_retrain(key, time.time())
-                    if self.store is not None and self.checkpoint_policy.after_retrain:
-                        self._snapshot_soon.add(key)
-            self._raced[key] = (learner.version, dict(promoted))
         self._touched.clear()
         for (topic, partition), lag in list(self.source.lag.items()):
             m.set_lag(topic, partition, lag)
@@ -600,14 +573,9 @@ class Service:
     def snapshot(self, key: str, trigger: str) -> dict:
         """Publish ``key``'s whole state (learner, retrain in flight, paused) with the input
         positions it reflects."""
-        learner = self.learners[key]
-        partition = self.key_partition[key]
-        pending = self.pending.get(key)
-        state = {
-            "learner": learner,
-            "pending": None if pending is None else (pending.job, pending.due),
-            "paused": key in self.paused,
-        }
+        state = self.processor.state(key)
+        learner = state["learner"]
+        partition = self.processor.partitions[key]
         meta = SnapshotMeta(
             key=key,
             lineage=learner.lineage,
@@ -641,7 +609,8 @@ class Service:
 
     def checkpoint_round(self, partition: int, trigger: str) -> int:
         """Snapshot every changed key of ``partition``, then record the round's positions."""
-        keys = sorted(k for k in self.dirty if self.key_partition.get(k) == partition)
+        partitions = self.processor.partitions
+        keys = sorted(k for k in self.dirty if partitions.get(k) == partition)
         for key in keys:
             self.snapshot(key, trigger)
         offsets = {
@@ -659,13 +628,14 @@ class Service:
 
     def _checkpoints(self) -> None:
         for key in sorted(self._snapshot_soon):
-            if key in self.learners:
+            if key in self.processor.learners:
                 self.snapshot(key, "command" if key in self.dirty else "retrain")
         self._snapshot_soon.clear()
         policy, now = self.checkpoint_policy, time.monotonic()
+        partitions = self.processor.partitions
         for partition in self._owned():
             inputs_at, time_at = self._round_at.setdefault(partition, (0, now))
-            if not any(self.key_partition.get(k) == partition for k in self.dirty):
+            if not any(partitions.get(k) == partition for k in self.dirty):
                 continue
             by_count = (
                 policy.every_events and self._inputs(partition) - inputs_at >= policy.every_events
@@ -788,18 +758,13 @@ class Service:
 
     def _adopt(self, key: str, partition: int, header: dict, state: dict) -> None:
         learner: Learner = state["learner"]
-        self.learners[key] = learner
-        self.key_partition[key] = partition
-        if state.get("paused"):
-            self.paused.add(key)
-        if state.get("pending"):
-            job, due = state["pending"]
-            self.pending[key] = self.retrainer.submit(job, learner.index, due=due)
+        self.processor.adopt(
+            key, learner, partition, paused=bool(state.get("paused")), pending=state.get("pending")
+        )
         self._skip[key] = {
             (t, int(p)): off for t, by in header["offsets"].items() for p, off in by.items()
         }
         self._joins[key] = (learner.joiner.joined, learner.joiner.unmatched, learner.joiner.expired)
-        self._raced[key] = (learner.version, dict(learner.race_promotions))  # counted before
         self.metrics.set_model(key, learner.version, learner.lineage)
         self.metrics.count_checkpoint("restored")
         log_event(
@@ -840,7 +805,7 @@ class Service:
         restored: Learner = state["learner"]
         before = learner.lineage
         try:  # a snapshot of another lineage (a rebuild) switches the spec too
-            decision = learner.rollback(restored.model, cmd.version, cmd.reason, restored.spec)
+            self.processor.rollback(key, restored.model, cmd.version, cmd.reason, restored.spec)
         except ValueError as exc:
             _rollback_failed(key, cmd.version, str(exc))
             return
@@ -854,9 +819,7 @@ class Service:
                 previous_lineage=before,
                 from_version=cmd.version,
             )
-        self._react(learner, (), (decision,), None)
-        self.metrics.set_model(key, learner.version, learner.lineage)
-        self._snapshot_soon.add(key)
+        self._snapshot_soon.add(key)  # its decision is the processor's next effect
 
     # -- rebalancing --------------------------------------------------------------------
     def on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
@@ -875,16 +838,10 @@ class Service:
             self.dirty |= self._touched
             for partition in sorted(gone):
                 self.checkpoint_round(partition, "revoke")
-        for key in [k for k, p in self.key_partition.items() if p in gone]:
-            self.learners.pop(key, None)
-            self.key_partition.pop(key, None)
-            self.pending.pop(key, None)
+        for key in self.processor.drop(gone):
             self._joins.pop(key, None)
-            self._raced.pop(key, None)
             self._skip.pop(key, None)
             self.dirty.discard(key)
-            self.paused.discard(key)
-            self.unseen.seen(key)
             self.metrics.forget_key(key)
         self.merger.drop(partitions)
         for t, p in partitions:

@@ -2,7 +2,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from stream_learner.service.ordering import Merger
+from stream_learner.core.ordering import Merger
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,395 @@
+"""One engine: the per-record steps that the service, the replay and embedders all drive.
+
+A :class:`Processor` owns what a runtime holds besides its transport: the map of model keys
+to :class:`~stream_learner.core.learner.Learner` (and the partition each key lives on),
+paused keys, keys that only labels have opened so far, and retrains in flight. It takes one
+decoded input at a time — an event, a label or a command — and says what happened:
+
+- the :class:`~stream_learner.core.learner.Outcome` of an event or joined label is returned
+  (the caller publishes a prediction from it), :data:`PAUSED` when the key is paused, and
+  ``None`` for a label that was parked or had expired;
+- an input that the contract or the model refuses raises
+  :class:`~stream_learner.errors.DecodeError` with the reason the service dead-letters it
+  with (``unseen_key``, ``bad_label``, ``model_rejected``, ...): the same exception for
+  every runtime, so a replay skips exactly what the service dead-letters;
+- everything else — drift signals and decisions, a retrain started, applied or failed, a
+  command carried out or ignored, a key opened — is appended to :attr:`Processor.effects`
+  as a plain value, in the order it happened. The caller drains that list after each input
+  (the common event leaves it empty), and turns it into logs, metrics or a report.
+
+Retrains run through a :class:`Runner`: :class:`InlineRunner` here (replays, embedders,
+tests), or the service's worker process (``service/retrainer.py``). Either way a result is
+applied at a fixed input index of its key — ``apply_after`` inputs after the retrain
+started — so every runtime promotes the same model at the same event.
+
+Pure: no Kafka, no clock, no logging, no metrics. Commands that need a checkpoint store
+(``snapshot``, ``rollback``) are handed back to the caller as :class:`CommandTaken`
+effects; a rollback then comes back through :meth:`Processor.rollback`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, NamedTuple, Protocol
+
+from stream_learner.core.commands import ALL_KEYS, Command
+from stream_learner.core.drift import DriftSignal
+from stream_learner.core.events import Event, Label
+from stream_learner.core.labels import UnseenKeys
+from stream_learner.core.learner import Learner, Outcome
+from stream_learner.core.policy import Decision
+from stream_learner.core.retrain import RetrainJob, RetrainResult
+from stream_learner.errors import DecodeError
+
+__all__ = [
+    "PAUSED",
+    "CommandIgnored",
+    "CommandTaken",
+    "Drift",
+    "InlineRunner",
+    "KeyOpened",
+    "Pending",
+    "Processor",
+    "RetrainApplied",
+    "RetrainFailed",
+    "RetrainStarted",
+    "Runner",
+]
+
+#: Commands the processor leaves to its caller: they need a checkpoint store.
+DEFERRED = frozenset({"snapshot", "rollback"})
+
+
+class _Paused:
+    """The value of an input that a paused key did not learn."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "PAUSED"
+
+
+PAUSED: Any = _Paused()
+
+
+# -- effects: what happened besides an input's outcome, as plain values ------------------
+
+
+class KeyOpened(NamedTuple):
+    """A key's learner was created by its first input."""
+
+    key: str
+    learner: Learner
+
+
+class Drift(NamedTuple):
+    """Signals and the decisions taken on them (or on a schedule, a command, a rollback)."""
+
+    key: str
+    signals: tuple[DriftSignal, ...]
+    decisions: tuple[Decision, ...]
+
+
+class RetrainStarted(NamedTuple):
+    key: str
+    job: RetrainJob
+    due: int  # the key's input index at which its result is applied
+
+
+class RetrainApplied(NamedTuple):
+    """A result was applied: ``decision.action`` is ``promote`` or ``keep``."""
+
+    key: str
+    decision: Decision
+    result: RetrainResult
+
+
+class RetrainFailed(NamedTuple):
+    """The job raised (a crashed worker, a timeout); the retrain was abandoned."""
+
+    key: str
+    job: RetrainJob
+    error: str
+    decision: Decision | None
+
+
+class CommandTaken(NamedTuple):
+    """A command for one key, as it is carried out; ``snapshot`` and ``rollback`` (see
+    :data:`DEFERRED`) are the caller's to carry out."""
+
+    key: str
+    command: Command
+
+
+class CommandIgnored(NamedTuple):
+    key: str
+    command: Command
+    why: str
+
+
+# -- where retrains run ----------------------------------------------------------------
+
+
+@dataclass
+class Pending:
+    """A retrain in flight: its job, the input index its result is due at, and where it
+    runs (``future``: a worker's; ``None``: run inline when the result is needed)."""
+
+    job: RetrainJob
+    due: int
+    future: Any = None  # concurrent.futures.Future, when a worker runs it
+    result: RetrainResult | None = None
+
+    def wait(self, timeout: float | None = None) -> RetrainResult:
+        if self.result is None:
+            self.result = self.future.result(timeout) if self.future else self.job.run()
+        return self.result
+
+    @property
+    def done(self) -> bool:
+        return self.result is not None or (self.future is not None and self.future.done())
+
+
+class Runner(Protocol):
+    """Where retrain jobs run. ``submit`` starts a job whose result is due at input
+    ``index + apply_after`` of its key (or ``due``, for a job restored from a snapshot);
+    ``timeout_s`` bounds the wait for a late result at that point."""
+
+    apply_after: int
+    timeout_s: float
+
+    def submit(self, job: RetrainJob, index: int, *, due: int | None = None) -> Pending: ...
+
+
+class InlineRunner:
+    """Runs each job in the caller's thread when its result is due: replays, embedders and
+    tests. The job is pure, so where it runs changes nothing but the timing.
+
+    >>> InlineRunner(apply_after=5).apply_after
+    5
+    """
+
+    def __init__(self, apply_after: int = 200, timeout_s: float = 600.0) -> None:
+        self.apply_after = apply_after
+        self.timeout_s = timeout_s
+
+    def submit(self, job: RetrainJob, index: int, *, due: int | None = None) -> Pending:
+        return Pending(job, index + self.apply_after if due is None else due)
+
+
+# -- the processor ---------------------------------------------------------------------
+
+
+class Processor:
+    """The keys of one runtime and the per-record steps; see the module docstring.
+
+    ``factory(key)`` builds a fresh learner for a key's first input; ``max_unseen_keys``
+    bounds the keys a label may open before their first event.
+
+    >>> from stream_learner.core.models import ModelSpec
+    >>> spec = ModelSpec.from_dict({"task": "binary", "pipeline": [
+    ...     {"estimator": "linear_model.LogisticRegression"}]})
+    >>> proc = Processor(lambda key: Learner(key, spec), InlineRunner())
+    >>> proc.event(Event("e1", "fraud", {"a": 1.0}), partition=0).y_pred  # a prediction
+    False
+    >>> proc.label(Label("e1", "fraud", True)).loss  # its delayed label, learned
+    1.0
+    >>> [type(e).__name__ for e in proc.effects]
+    ['KeyOpened']
+    >>> proc.label(Label("e2", "other", True))  # a label first: parked
+    >>> proc.command(Command("pause", "fraud"))
+    >>> proc.event(Event("e3", "fraud", {"a": 1.0}, y=True))
+    PAUSED
+    """
+
+    def __init__(
+        self,
+        factory: Callable[[str], Learner],
+        runner: Runner,
+        *,
+        max_unseen_keys: int = 1000,
+    ) -> None:
+        self.factory = factory
+        self.runner = runner
+        self.learners: dict[str, Learner] = {}
+        self.partitions: dict[str, int] = {}  # key -> the partition it lives on
+        self.paused: set[str] = set()
+        self.pending: dict[str, Pending] = {}
+        self.unseen = UnseenKeys(max_unseen_keys)  # keys only labels have opened, bounded
+        self.effects: list[Any] = []
+
+    # -- inputs ------------------------------------------------------------------------
+
+    def event(self, event: Event, partition: int = 0) -> Outcome:
+        """Learn a labelled event (test-then-train) or predict an unlabelled one."""
+        key = event.key
+        learner = self.learners.get(key)
+        if learner is None:
+            learner = self._open(key, partition)
+        elif self.unseen.keys:
+            self.unseen.seen(key)
+        try:
+            if event.y is None:
+                out = learner.predict(event)
+            elif self.paused and key in self.paused:
+                return PAUSED
+            else:
+                out = learner.learn(event)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise _refused(exc) from None
+        if out.signals or out.decisions or out.job is not None or key in self.pending:
+            self._after(learner, out)
+        return out
+
+    def label(self, label: Label, partition: int = 0) -> Outcome | None:
+        """Join a delayed label to its prediction and learn it; ``None`` when it was parked
+        (no prediction yet) or its prediction had expired."""
+        key = label.key
+        learner = self.learners.get(key)
+        if learner is None:  # a label may come first: its learner parks it
+            self.unseen.open(key)  # or unseen_key, past max_unseen_keys
+            learner = self._open(key, partition)
+        if self.paused and key in self.paused:
+            return PAUSED
+        try:
+            out = learner.on_label(label)
+        except (TypeError, ValueError, ArithmeticError) as exc:
+            raise _refused(exc) from None
+        if out is not None:
+            self._after(learner, out)
+        return out
+
+    def command(
+        self,
+        cmd: Command,
+        partition: int = 0,
+        *,
+        skip: Callable[[str], bool] | None = None,
+    ) -> None:
+        """Carry out a command: ``*`` means every key this processor holds on ``partition``
+        (keys restored from a snapshot included, input or not). ``skip(key)`` leaves out
+        keys whose state already reflects this command (a restore's catch-up)."""
+        if cmd.key == ALL_KEYS:
+            keys: Iterable[str] = [k for k, p in self.partitions.items() if p == partition]
+        else:
+            keys = (cmd.key,)
+        for key in keys:
+            if skip is None or not skip(key):
+                self._command(cmd, key)
+
+    def _command(self, cmd: Command, key: str) -> None:
+        self.effects.append(CommandTaken(key, cmd))
+        name = cmd.command
+        if name == "pause":
+            self.paused.add(key)
+        elif name == "resume":
+            self.paused.discard(key)
+        elif name == "retrain":
+            learner = self.learners.get(key)
+            if learner is None:
+                self.effects.append(CommandIgnored(key, cmd, "no such key on this instance"))
+                return
+            decision, job = learner.request_retrain(cmd.reason or "on demand", cmd.ts)
+            self.effects.append(Drift(key, (), (decision,)))
+            if job is not None:
+                self._submit(learner, job)
+
+    # -- retrains ----------------------------------------------------------------------
+
+    def _after(self, learner: Learner, out: Outcome) -> None:
+        """What follows an input: its signals and decisions, a new retrain job, and then a
+        retrain result whose point has come (the order every runtime keeps)."""
+        key = learner.key
+        if out.signals or out.decisions:
+            self.effects.append(Drift(key, out.signals, out.decisions))
+        if out.job is not None:
+            self._submit(learner, out.job)
+        pending = self.pending.get(key)
+        if pending is not None and learner.index >= pending.due:
+            self._apply(learner, pending)
+
+    def _submit(self, learner: Learner, job: RetrainJob) -> None:
+        pending = self.pending[learner.key] = self.runner.submit(job, learner.index)
+        self.effects.append(RetrainStarted(learner.key, job, pending.due))
+
+    def _apply(self, learner: Learner, pending: Pending) -> None:
+        key = learner.key
+        del self.pending[key]
+        try:
+            result = pending.wait(self.runner.timeout_s)
+        except Exception as exc:  # a crashed worker must not take the runtime down
+            error = repr(exc)
+            decision = learner.abandon(f"retrain #{pending.job.number} failed: {error}")
+            self.effects.append(RetrainFailed(key, pending.job, error, decision))
+            return
+        self.effects.append(RetrainApplied(key, learner.apply(result), result))
+
+    def rollback(
+        self, key: str, model: Any, version: int, reason: str = "", spec: Any = None
+    ) -> Decision:
+        """Serve ``model`` (of ``version``, restored by the caller from its snapshot) again
+        as the key's next version; see :meth:`Learner.rollback` (``ValueError`` for a model
+        of another task)."""
+        decision = self.learners[key].rollback(model, version, reason, spec)
+        self.effects.append(Drift(key, (), (decision,)))
+        return decision
+
+    # -- keys --------------------------------------------------------------------------
+
+    def _open(self, key: str, partition: int) -> Learner:
+        learner = self.learners[key] = self.factory(key)
+        self.partitions[key] = partition
+        self.effects.append(KeyOpened(key, learner))
+        return learner
+
+    def adopt(
+        self,
+        key: str,
+        learner: Learner,
+        partition: int = 0,
+        *,
+        paused: bool = False,
+        pending: tuple[RetrainJob, int] | None = None,
+    ) -> None:
+        """Hold a restored key: its learner, whether it was paused, and the retrain it had
+        in flight (resubmitted, due at the same input index as before)."""
+        self.learners[key] = learner
+        self.partitions[key] = partition
+        self.unseen.seen(key)
+        if paused:
+            self.paused.add(key)
+        else:
+            self.paused.discard(key)
+        if pending:
+            job, due = pending
+            self.pending[key] = self.runner.submit(job, learner.index, due=due)
+        else:
+            self.pending.pop(key, None)
+
+    def state(self, key: str) -> dict[str, Any]:
+        """Everything a snapshot of ``key`` holds: learner, retrain in flight, pause."""
+        pending = self.pending.get(key)
+        return {
+            "learner": self.learners[key],
+            "pending": None if pending is None else (pending.job, pending.due),
+            "paused": key in self.paused,
+        }
+
+    def drop(self, partitions: Iterable[int]) -> list[str]:
+        """Forget every key of ``partitions`` (handed to another instance); returns them."""
+        gone = set(partitions)
+        keys = [k for k, p in self.partitions.items() if p in gone]
+        for key in keys:
+            del self.learners[key]
+            del self.partitions[key]
+            self.pending.pop(key, None)
+            self.paused.discard(key)
+            self.unseen.seen(key)
+        return keys
+
+
+def _refused(exc: Exception) -> DecodeError:
+    """A model's refusal of an input (e.g. a string where the pipeline needs a number):
+    the input is bad for this model, not the runtime's end."""
+    return DecodeError("model_rejected", f"{type(exc).__name__}: {exc}")
