@@ -222,3 +222,16 @@ def test_a_learner_pickled_before_the_race_loads_without_one():
     assert not old.race_promotions
     feed(old, concepts((False, 3000), (True, 1000))[100:])
     assert old.race_promotions == {"shadow": 1}
+
+
+def test_a_rollback_during_a_race_ends_it_and_keeps_the_pool():
+    evts = concepts((False, 3000), (True, 3000), (False, 3000))
+    learner = Learner("k", LINEAR)
+    feed(learner, evts[:6050])  # v2 serves; v1 races it from the pool, with a shadow
+    assert learner.race_status()[0] == 2 and not learner.pool
+    old = learner.model
+    decision = learner.rollback(learner.model.clone(), 1, "operator")
+    assert decision.action == "rollback" and learner.version == 3
+    assert learner.race_status() == (0, 0.0)  # they raced the model just replaced
+    assert [v for v, _ in learner.pool] == [1, 2]  # the pooled one is back, v2 retired
+    assert learner.pool[-1][1] is old
