@@ -187,7 +187,9 @@ def stationary_row(stream: str, model: str, seed: int, n: int) -> dict:
         "promotions": result.promotions,
         "late_promotions": len(late),
         "races": counts["performance", "race"] + counts["data_drift", "race"],
-        "abandoned": sum(n for (_, a), n in counts.items() if a == "abandon"),
+        "abandoned": sum(
+            d.code in ("candidate_cannot_lead", "candidate_behind") for d in learner.decisions
+        ),
         "drifts": result.drifts_before,
         "warnings": counts["performance", "warn"],
         "data_warnings": counts["data_drift", "warn"],

@@ -489,7 +489,15 @@ class Learner:
         decided = [self._log(race.trigger, "promote", "candidate_leads", reason, None, values)]
         cause = self.policy.in_flight
         if cause is not None and cause.trigger in CHANGE_TRIGGERS:
-            decided.append(self.abandon(f"superseded: the {winner.source} candidate was promoted"))
+            # As abandon(), but logged as the race's: no retrain result was judged and kept.
+            self._pending = None
+            self._running = None
+            self.policy.finished()
+            reason = f"the {cause.trigger} retrain decided at {cause.index} is superseded: "
+            reason += f"the {winner.source} candidate was promoted"
+            decided.append(
+                self._log(cause.trigger, "abandon", "retrain_superseded", reason, cause.kind)
+            )
         return decided
 
     def _retire(self) -> None:

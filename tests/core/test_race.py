@@ -115,7 +115,7 @@ def test_a_leading_shadow_is_promoted_at_a_deterministic_index_and_reported():
     # The retrain decided at the detection was superseded, and the outcome says so.
     assert [(x.action, x.code) for x in outs[at].decisions] == [
         ("promote", "candidate_leads"),
-        ("keep", "retrain_abandoned"),
+        ("abandon", "retrain_superseded"),
     ]
 
 
