@@ -31,8 +31,8 @@ import time
 import tracemalloc
 from pathlib import Path
 
+from stream_learner.core.checkpoints import MemoryCheckpointStore
 from stream_learner.core.snapshot import SnapshotMeta
-from stream_learner.kafka.checkpoints import MemoryCheckpointStore
 
 RESULTS = Path(__file__).parent / "results" / "checkpoint_read_memory.json"
 MB = 1024 * 1024

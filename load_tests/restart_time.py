@@ -13,7 +13,15 @@ including the Python interpreter's start-up and imports) and ``restore`` (from t
 ``started`` log line to its ``caught_up`` line: joining the group, reading the checkpoint
 topic, loading the snapshots, reading to the end of the inputs). Medians are reported.
 
+Beside them, in the same run, the restart after a crash: on the first history, an instance
+runs to ready and is killed with SIGKILL (no shutdown checkpoint, no leaving the group), and
+its successor is timed the same way, plus ``to_assigned`` (``started`` to the first
+``assigned`` line: how long the group kept the dead member's partitions). ``--kills`` times
+with static membership (the default), ``--dynamic-kills`` without it, for comparison: there
+the group waits out the dead member's session (``session.timeout.ms``).
+
     .venv/bin/python load_tests/restart_time.py [--histories 100000 2000000] [--restarts 5]
+        [--kills 5] [--dynamic-kills 1]
 
 Prints the figures and writes load_tests/results/restart_time.json.
 """
@@ -90,13 +98,16 @@ def first_run(bootstrap: str, admin, n: int) -> dict:
     }
 
 
-def restart(run: dict, i: int) -> None:
-    """One restart to ready, timed; the restored key count is checked."""
-    log = run["tmp"] / f"restart-{i}.log"
+def timed_start(config: Path, log: Path) -> tuple[float, float, float]:
+    """Start the service, time it to ready, stop it with SIGTERM; check the restored keys.
+    Returns (to_ready, restore, to_assigned): start to /readyz 200, ``started`` to
+    ``caught_up``, ``started`` to the first ``assigned`` line (the group's hand-back)."""
     started = time.monotonic()
-    service = ServiceProcess(run["config"], log)
+    service = ServiceProcess(config, log)
     try:
         while not service.ready():
+            if time.monotonic() - started > 300:
+                raise SystemExit(f"no ready within 300 s: see {log}")
             time.sleep(0.02)
         ready_s = time.monotonic() - started
         restored = service.sample("stream_learner_checkpoints_total", result="restored")
@@ -105,16 +116,54 @@ def restart(run: dict, i: int) -> None:
     finally:
         service.kill()
     if int(restored) != len(KEYS):
-        raise SystemExit(f"restart {i} restored {restored} keys, expected {len(KEYS)}: see {log}")
+        raise SystemExit(f"{log.name} restored {restored} keys, expected {len(KEYS)}: see {log}")
     stamps = {}
     for line in log.read_bytes().splitlines():
         if line.startswith(b"{"):
             rec = orjson.loads(line)
-            if rec.get("event") in ("started", "caught_up"):
-                stamps.setdefault(rec["event"], rec["ts"])
-    restore_s = _iso(stamps["caught_up"]) - _iso(stamps["started"])
+            if rec.get("event") in ("started", "assigned", "caught_up"):
+                stamps.setdefault(rec["event"], _iso(rec["ts"]))
+    return ready_s, stamps["caught_up"] - stamps["started"], stamps["assigned"] - stamps["started"]
+
+
+def restart(run: dict, i: int) -> None:
+    """One graceful restart to ready, timed (the previous instance stopped with SIGTERM)."""
+    ready_s, restore_s, _ = timed_start(run["config"], run["tmp"] / f"restart-{i}.log")
     run["to_ready_s"].append(round(ready_s, 3))
     run["restore_s"].append(round(restore_s, 3))
+
+
+def kill_restart(run: dict, i: int, config: Path, out: dict) -> None:
+    """An instance runs to ready and is SIGKILLed; its successor's restart is timed."""
+    victim_log = run["tmp"] / f"victim-{out['name']}-{i}.log"
+    victim = ServiceProcess(config, victim_log)
+    try:
+        started = time.monotonic()
+        while not victim.ready():
+            if time.monotonic() - started > 300:
+                raise SystemExit(f"no ready within 300 s: see {victim_log}")
+            time.sleep(0.05)
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.wait(30)
+    finally:
+        victim.kill()
+    log = run["tmp"] / f"after-kill-{out['name']}-{i}.log"
+    ready_s, restore_s, assigned_s = timed_start(config, log)
+    out["to_ready_s"].append(round(ready_s, 3))
+    out["restore_s"].append(round(restore_s, 3))
+    out["to_assigned_s"].append(round(assigned_s, 3))
+
+
+def dynamic_config(config: Path) -> Path:
+    """The same config without static membership (the 'before' of kill restarts)."""
+    path = config.with_name("config-dynamic.toml")
+    text = config.read_text().replace("instance_dir =", 'instance_id = ""\ninstance_dir =')
+    path.write_text(text)
+    return path
+
+
+def _kill_row(name: str) -> dict:
+    return {"name": name, "to_ready_s": [], "restore_s": [], "to_assigned_s": []}
 
 
 def _iso(ts: str) -> float:
@@ -125,6 +174,15 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--histories", type=int, nargs="+", default=[100_000, 2_000_000])
     parser.add_argument("--restarts", type=int, default=5)
+    parser.add_argument(
+        "--kills", type=int, default=5, help="restarts after SIGKILL (on the first history)"
+    )
+    parser.add_argument(
+        "--dynamic-kills",
+        type=int,
+        default=1,
+        help="the same without static membership, for comparison (each waits out a session)",
+    )
     parser.add_argument("--bootstrap")
     args = parser.parse_args()
     bootstrap = resolve_bootstrap(args.bootstrap)
@@ -138,9 +196,15 @@ def main() -> None:
                 f"in {runs[-1]['first_run_to_ready_s']} s",
                 flush=True,
             )
-        for i in range(args.restarts):
-            for run in runs:
-                restart(run, i)
+        kills = [_kill_row("static"), _kill_row("dynamic")]
+        for i in range(max(args.restarts, args.kills, args.dynamic_kills)):
+            if i < args.restarts:
+                for run in runs:
+                    restart(run, i)
+            if i < args.kills:
+                kill_restart(runs[0], i, runs[0]["config"], kills[0])
+            if i < args.dynamic_kills:
+                kill_restart(runs[0], i, dynamic_config(runs[0]["config"]), kills[1])
         out = []
         for run in runs:
             row = {k: v for k, v in run.items() if k not in ("prefix", "config", "tmp")}
@@ -156,10 +220,24 @@ def main() -> None:
         for run in runs:
             topics = admin.list_topics(timeout=10).topics
             admin.delete_topics([t for t in topics if t.startswith(run["prefix"])])
+    after_kill = []
+    for row in kills:
+        if not row["to_ready_s"]:
+            continue
+        for name in ("to_ready_s", "restore_s", "to_assigned_s"):
+            row[f"median_{name}"] = statistics.median(row[name])
+        after_kill.append(row)
+        membership = "static membership" if row["name"] == "static" else "dynamic membership"
+        print(
+            f"after SIGKILL ({membership}, history {runs[0]['history_events']:,}): restart to "
+            f"ready median {row['median_to_ready_s']:.2f} s {row['to_ready_s']}, partitions "
+            f"back after {row['median_to_assigned_s']:.2f} s {row['to_assigned_s']}"
+        )
     ready = [r["median_to_ready_s"] for r in out]
     restore = [r["median_restore_s"] for r in out]
     result = {
         "runs": out,
+        "after_sigkill": after_kill,
         # The issue's target: the times within 20 % of each other, i.e. max / min <= 1.2.
         "to_ready_max_over_min": round(max(ready) / min(ready), 3),
         "restore_max_over_min": round(max(restore) / min(restore), 3),

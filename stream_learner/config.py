@@ -25,7 +25,7 @@ from __future__ import annotations
 import os
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -44,6 +44,10 @@ class KafkaSettings:
     topic_prefix: str = "stream-learner."
     group_id: str = "stream-learner"
     client: Mapping[str, Any] = field(default_factory=dict)
+    # Static group membership (see kafka/identity.py): "auto" claims an id persisted under
+    # instance_dir, "" turns it off, anything else is the id itself.
+    instance_id: str = "auto"
+    instance_dir: str = ""
 
     def topic(self, name: str) -> str:
         return f"{self.topic_prefix}{name}"
@@ -51,7 +55,8 @@ class KafkaSettings:
     def __repr__(self) -> str:  # never print secrets by accident
         return (
             f"KafkaSettings(bootstrap={self.bootstrap!r}, topic_prefix={self.topic_prefix!r}, "
-            f"group_id={self.group_id!r}, client=<{len(self.client)} settings>)"
+            f"group_id={self.group_id!r}, instance_id={self.instance_id!r}, "
+            f"client=<{len(self.client)} settings>)"
         )
 
 
@@ -68,7 +73,10 @@ class ServiceSettings:
     retrain_apply_after: int = 200
     exactly_once: bool = False
     max_event_bytes: int = 1_048_576
+    max_event_features: int = 10_000
+    max_feature_name_chars: int = 256
     broker_wait_s: float = 300.0
+    outage_grace_s: float = 20.0
     label_max_pending: int = 100_000
     label_max_age_s: float = 3600.0
     label_max_unseen_keys: int = 1000
@@ -177,7 +185,7 @@ def parse_config(
         for k, v in dict(kafka_raw.pop("client", {})).items()
     }
     kafka = config_from_dict(KafkaSettings, kafka_raw, "kafka")
-    kafka = KafkaSettings(kafka.bootstrap, kafka.topic_prefix, kafka.group_id, client)
+    kafka = replace(kafka, client=client)
     service = config_from_dict(ServiceSettings, merged.get("service", {}), "service")
     return Config(
         kafka=kafka,

@@ -25,10 +25,16 @@ A line looks like::
   Free-text lines (not :func:`log_event` events, which are each worth keeping) that repeat
   the same text, numbers aside, within :data:`REPEAT_WINDOW_S` are dropped and counted;
   the next one after the window carries ``suppressed`` (how many were dropped).
+- **Every line is JSON**, in a process that calls :func:`json_stderr` (the service and its
+  retrain worker): Python's warnings go through logging, an uncaught exception in any
+  thread is one line with its traceback in ``exc``, and whatever else writes to
+  ``sys.stderr`` (a library's ``print``, a traceback printed at exit) comes out one JSON
+  line per text line (``logger``: the stream's name).
 """
 
 from __future__ import annotations
 
+import io
 import logging
 import re
 import sys
@@ -49,6 +55,7 @@ __all__ = [
     "RepeatFilter",
     "configure_logging",
     "is_secret_name",
+    "json_stderr",
     "log_event",
     "redact_config",
 ]
@@ -223,6 +230,81 @@ def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **f
     >>> log_event(logging.getLogger("stream_learner.service"), "assigned", partitions=[0, 1])
     """
     logger.log(level, event, extra={"event": event, _FIELDS_ATTR: fields}, stacklevel=2)
+
+
+class JsonLines(io.TextIOBase):
+    """A text stream that writes every line it is given to ``stream`` as a JSON line: lines
+    that already are one (from the logging handler) unchanged, others as a WARNING of
+    ``logger``. Thread-safe; a partial line waits for its end (or a flush)."""
+
+    def __init__(self, stream: IO[str], logger: str) -> None:
+        super().__init__()
+        self._stream = stream
+        self._logger = logger
+        self._lock = threading.Lock()
+        self._partial = ""
+
+    def writable(self) -> bool:
+        return True
+
+    def fileno(self) -> int:  # faulthandler and subprocess ask for it
+        return self._stream.fileno()
+
+    def write(self, text: str) -> int:
+        with self._lock:
+            *lines, self._partial = (self._partial + text).split("\n")
+            for line in lines:
+                self._emit(line)
+        return len(text)
+
+    def flush(self) -> None:
+        with self._lock:
+            if self._partial:
+                self._emit(self._partial)
+                self._partial = ""
+            self._stream.flush()
+
+    def _emit(self, line: str) -> None:
+        if not line.strip():
+            return
+        if not (line.startswith("{") and _is_json(line)):
+            now = datetime.now(UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+            doc = {"ts": now, "level": "WARNING", "logger": self._logger, "event": line}
+            line = orjson.dumps(doc).decode()
+        self._stream.write(line + "\n")
+        self._stream.flush()
+
+
+def _is_json(line: str) -> bool:
+    try:
+        orjson.loads(line)
+    except orjson.JSONDecodeError:
+        return False
+    return True
+
+
+def json_stderr(logger: str = "stream_learner.stderr") -> None:
+    """Make everything this process writes to stderr a JSON line (see the module docstring).
+
+    Call it after :func:`configure_logging`: the handler keeps writing to the real stderr."""
+    logging.captureWarnings(True)
+    if not isinstance(sys.stderr, JsonLines):
+        sys.stderr = JsonLines(sys.stderr, logger)
+    crash = logging.getLogger(logger)
+
+    def uncaught(exc_type, exc, tb) -> None:
+        crash.error("uncaught exception", exc_info=(exc_type, exc, tb))
+
+    def uncaught_in_thread(args: threading.ExceptHookArgs) -> None:
+        if args.exc_type is not SystemExit:
+            crash.error(
+                "uncaught exception in thread %s",
+                getattr(args.thread, "name", "?"),
+                exc_info=(args.exc_type, args.exc_value, args.exc_traceback),
+            )
+
+    sys.excepthook = uncaught
+    threading.excepthook = uncaught_in_thread
 
 
 def configure_logging(

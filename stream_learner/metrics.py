@@ -149,6 +149,53 @@ class _KeyTimes:
         yield age
 
 
+_LAG_HELP = "Messages between the group's committed offset and the end of the partition."
+
+
+class _ConsumerLag:
+    """Per-partition lag read from the consumer when scraped (see ``ServiceMetrics``)."""
+
+    def __init__(self, lag: Callable[[], Mapping[tuple[str, int], int]]) -> None:
+        self._lag = lag
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "stream_learner_consumer_lag", _LAG_HELP, labels=["topic", "partition"]
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for (topic, partition), lag in sorted(dict(self._lag()).items()):
+            family.add_metric([_bounded(topic), str(partition)], lag)
+        yield family
+
+
+class _KafkaUnavailable:
+    """The ages of current problems with Kafka, read at scrape time."""
+
+    def __init__(self, ages: Callable[[], Mapping[str, float]]) -> None:
+        self._ages = ages
+
+    def _family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "stream_learner_kafka_unavailable_seconds",
+            "Seconds Kafka has been unavailable for what (brokers, delivery, commit); 0: fine.",
+            labels=["what"],
+        )
+
+    def describe(self) -> Iterator[GaugeMetricFamily]:
+        yield self._family()
+
+    def collect(self) -> Iterator[GaugeMetricFamily]:
+        family = self._family()
+        for what, age in sorted(self._ages().items()):
+            family.add_metric([what], age)
+        yield family
+
+
 class ServiceMetrics:
     """Every Prometheus series of one service instance.
 
@@ -163,6 +210,9 @@ class ServiceMetrics:
         ``instance_id`` label; not ``instance``, which Prometheus sets itself at scrape time.
     clock
         Source of "now" for the scrape-time ages (tests pass a fake one).
+    lag
+        Where the per-partition consumer lag is read when scraped (the source's, which its
+        statistics refresh every few seconds, batch or not); without it, ``set_lag`` sets it.
 
     Examples
     --------
@@ -185,6 +235,7 @@ class ServiceMetrics:
         max_keys: int = 50,
         instance: str | None = None,
         clock: Callable[[], float] = time.time,
+        lag: Callable[[], Mapping[tuple[str, int], int]] | None = None,
     ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys={max_keys!r} must be at least 1")
@@ -279,12 +330,16 @@ class ServiceMetrics:
             ["key", "lineage"],
             registry=reg,
         )
-        self._lag = Gauge(
-            "stream_learner_consumer_lag",
-            "Messages between the committed position and the end of the partition.",
-            ["topic", "partition"],
-            registry=reg,
-        )
+        if lag is None:
+            self._lag: Gauge | None = Gauge(
+                "stream_learner_consumer_lag",
+                _LAG_HELP,
+                ["topic", "partition"],
+                registry=reg,
+            )
+        else:  # read when scraped: fresh while no batch comes, gone with a revoked partition
+            self._lag = None
+            reg.register(_ConsumerLag(lag))
         self._batch_duration = Histogram(
             "stream_learner_batch_duration_seconds",
             "Wall time to process one consumed batch.",
@@ -494,14 +549,35 @@ class ServiceMetrics:
     # -- consumer and readiness ----------------------------------------------------------------
 
     def set_lag(self, topic: str, partition: int, lag: int) -> None:
-        self._lag.labels(_bounded(topic), str(partition)).set(lag)
+        """Set a partition's lag (a no-op when the lag is read from a source when scraped)."""
+        if self._lag is not None:
+            self._lag.labels(_bounded(topic), str(partition)).set(lag)
 
     def forget_partition(self, topic: str, partition: int) -> None:
         """Drop the lag series of a revoked partition, so it does not freeze at its last value."""
-        self._lag.remove(_bounded(topic), str(partition))
+        if self._lag is not None:
+            self._lag.remove(_bounded(topic), str(partition))
 
     def set_assigned_partitions(self, n: int) -> None:
         self._assigned.set(n)
 
     def set_ready(self, ready: bool) -> None:
+        """Set the ready gauge (ignored once :meth:`ready_from` gave it a check)."""
         self._ready.set(1 if ready else 0)
+
+    def ready_from(self, check: Callable[[], tuple[bool, str]]) -> None:
+        """Compute the ready gauge at scrape time from ``check`` (what ``/readyz`` asks), so
+        it says the same as the probe even while the service loop waits for Kafka."""
+
+        def value() -> float:
+            try:
+                return 1.0 if check()[0] else 0.0
+            except Exception:  # a broken check is not ready, as on /readyz
+                return 0.0
+
+        self._ready.set_function(value)
+
+    def watch_kafka(self, ages: Callable[[], Mapping[str, float]]) -> None:
+        """Export ``stream_learner_kafka_unavailable_seconds{what}``: how long each problem
+        with Kafka (see ``kafka/health.py``) has lasted, 0 when there is none; at scrape time."""
+        self.registry.register(_KafkaUnavailable(ages))

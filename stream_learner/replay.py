@@ -24,6 +24,7 @@ import copy
 import csv
 import math
 import time
+from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -34,8 +35,18 @@ import orjson
 from stream_learner.config import SECTIONS, Config, read_toml
 from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
-from stream_learner.core.events import Event, Label, decode
-from stream_learner.core.learner import Learner, LearnerConfig
+from stream_learner.core.events import (
+    MAX_EVENT_BYTES,
+    MAX_FEATURE_NAME_CHARS,
+    MAX_FEATURES,
+    Event,
+    Label,
+    RecordDecoder,
+    check_label,
+    decode,
+)
+from stream_learner.core.keystate import KeyState
+from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy
 from stream_learner.core.processor import (
@@ -52,7 +63,10 @@ __all__ = [
     "BUILTIN_POLICIES",
     "NamedPolicy",
     "PolicyReport",
+    "REPLAYED_COMMANDS",
+    "RecordHistory",
     "continued",
+    "decode_history",
     "load_model_spec",
     "markdown_table",
     "read_history",
@@ -143,6 +157,73 @@ def _cell(text: str) -> Any:
     except ValueError:
         return text
     return value if math.isfinite(value) else text
+
+
+#: Commands that change what is learned, replayed as the service carries them out; the
+#: others are counted only (``snapshot`` changes nothing learned; ``rollback`` loads a model
+#: from the checkpoint topic, which a replay of the inputs does not have).
+REPLAYED_COMMANDS = frozenset({"pause", "resume", "retrain"})
+
+
+@dataclass
+class RecordHistory:
+    """Input records (of the service's topics) decoded as the service decodes them: the
+    history (``items``) and each item's partition, the records read, and what was left out:
+    records the service dead-letters (``skipped``, by reason) and commands by name (those in
+    :data:`REPLAYED_COMMANDS` are in ``items`` too)."""
+
+    items: list[Event | Label | Command] = field(default_factory=list)
+    partitions: list[int] = field(default_factory=list)
+    records: int = 0
+    skipped: Counter[str] = field(default_factory=Counter)
+    commands: Counter[str] = field(default_factory=Counter)
+
+
+def decode_history(
+    records: Iterable[Any],
+    topics: Mapping[str, str],
+    *,
+    task: str | None = None,
+    max_bytes: int = MAX_EVENT_BYTES,
+    max_features: int = MAX_FEATURES,
+    max_name_chars: int = MAX_FEATURE_NAME_CHARS,
+) -> RecordHistory:
+    """Decode ``records`` (in the order the service learns them: see
+    :class:`~stream_learner.core.ordering.Merger`) with the service's
+    :class:`~stream_learner.core.events.RecordDecoder`. ``topics`` maps the roles
+    ``events``, ``labels``, ``control`` to topic names. ``task`` (the model's) leaves out
+    labels that do not fit it (``bad_label``), as the processor refuses them. A command for
+    every key (``*``) stays one item: the replay's processor expands it to the keys of its
+    partition, as the service's does."""
+    events, labels = topics.get("events"), topics.get("labels")
+    decoder = RecordDecoder(  # the service's rules
+        max_bytes, max_features=max_features, max_name_chars=max_name_chars
+    )
+    history = RecordHistory()
+    items, partitions = history.items, history.partitions
+    skipped, commands = history.skipped, history.commands
+    for rec in records:
+        history.records += 1
+        try:
+            if rec.topic == events:
+                item = decoder.event(rec.value, rec.key, rec.timestamp_ms)
+                if task is not None and item.y is not None:
+                    check_label(item.y, task)
+            elif rec.topic == labels:
+                item = decoder.label(rec.value, rec.key, rec.timestamp_ms)
+                if task is not None:
+                    check_label(item.y, task)
+            else:
+                item = decoder.command(rec.value, rec.key)
+                commands[item.command] += 1
+                if item.command not in REPLAYED_COMMANDS:
+                    continue
+        except DecodeError as exc:
+            skipped[exc.reason] += 1
+            continue
+        items.append(item)
+        partitions.append(rec.partition)
+    return history
 
 
 # -- policies ----------------------------------------------------------------------------
@@ -270,22 +351,28 @@ def replay(
     policies: Sequence[NamedPolicy],
     *,
     progress: Progress | None = None,
-    initial: Mapping[str, Learner] | None = None,
+    initial: Mapping[str, Learner | KeyState] | None = None,
     spec: ModelSpec | None = None,
     learners: list[dict[str, Learner]] | None = None,
     partitions: Sequence[int] | None = None,
     initial_partitions: Mapping[str, int] | None = None,
+    predictions: list[list[tuple[Event, Outcome]]] | None = None,
 ) -> list[PolicyReport]:
     """Run every policy over ``history``; one report per policy, in the order given.
 
-    ``initial`` holds learners to start from instead of fresh ones, by key (restored
-    snapshots, see :func:`restored_learner`), on the partitions ``initial_partitions``
-    names (default 0): each policy continues its own copy (see :func:`continued`), so
-    policies never share state. Keys not in it start fresh with ``spec`` (default: the
+    ``initial`` holds the states of restored snapshots to start from instead of fresh
+    learners, by key (a :class:`KeyState`, or a learner alone, see
+    :func:`restored_learner`), on the partitions ``initial_partitions`` names (default 0):
+    each policy continues its own copy (see :func:`continued`), so policies never share
+    state. A retrain the snapshot had in flight is applied at the input index the
+    restarted service applies it at, under the snapshot's own policy (another policy drops
+    it). Keys not in it start fresh with ``spec`` (default: the
     config's ``[model]``). ``partitions`` is the partition of each history item (a Kafka
     history's; default 0): a command for every key means the keys of its partition, the
     restored ones included. When ``learners`` is given, one dict per policy is appended to
-    it: that policy's learners of the keys that had input, as the history left them."""
+    it: that policy's learners of the keys that had input, as the history left them; when
+    ``predictions`` is given, one list per policy: every prediction request and the
+    outcome the policy would have served (what the service publishes)."""
     if spec is None:
         if not config.model:
             raise ConfigError("model: the [model] section is missing; see examples/config.toml")
@@ -314,25 +401,34 @@ def replay(
             max_unseen_keys=service.label_max_unseen_keys,
         )
         for key, base in initial.items():
-            processor.adopt(key, continued(base, named), where.get(key, 0))
+            state = base if isinstance(base, KeyState) else KeyState(base)
+            learner = continued(state.learner, named)
+            pending = state.pending if learner.policy.in_flight is not None else None
+            processor.adopt(key, learner, where.get(key, 0), pending=copy.deepcopy(pending))
         made: dict[str, Learner] = {}
-        reports.append(_replay_one(history, partitions, named, processor, made, progress))
+        served: list[tuple[Event, Outcome]] | None = None if predictions is None else []
+        reports.append(
+            _replay_one(history, partitions, named, processor, made, progress, served)
+        )
         if learners is not None:
             learners.append(made)
+        if predictions is not None:
+            predictions.append(served)
     return reports
 
 
-def restored_learner(state: Mapping[str, Any]) -> Learner:
-    """The learner of a restored snapshot's state (``learner``, ``pending``, ``paused``).
+def restored_learner(state: object) -> Learner:
+    """The learner of a restored snapshot's state (a :class:`KeyState`, or the dict of
+    older snapshots).
 
     A retrain the snapshot had in flight is run and applied at once, where the restarted
-    service would apply it a few inputs later: a replay has no worker to hand it to, and
-    without its result the learner's policy would wait for it forever. ``paused`` is not
+    service would apply it a few inputs later: the replay's processor is handed the learner
+    alone, and without the result its policy would wait for it forever. ``paused`` is not
     replayed (a backtest learns every input)."""
-    learner: Learner = state["learner"]
-    pending = state.get("pending")
-    if pending:
-        job, _due = pending
+    state = KeyState.of(state)
+    learner = state.learner
+    if state.pending:
+        job, _due = state.pending
         learner.apply(job.run())
     return learner
 
@@ -413,6 +509,7 @@ def _replay_one(
     processor: Processor,
     learners: dict[str, Learner],
     progress: Progress | None,
+    served: list[tuple[Event, Outcome]] | None = None,
 ) -> PolicyReport:
     """Drive ``processor`` over the history and keep what the report shows; ``learners``
     gets the learner of every key that had input, in the order of their first input (the
@@ -431,7 +528,9 @@ def _replay_one(
         kind = type(item)
         try:
             if kind is Event:
-                event(item, partition)
+                out = event(item, partition)
+                if served is not None and item.y is None:
+                    served.append((item, out))
             elif kind is Label:
                 label(item, partition)
             else:

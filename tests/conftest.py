@@ -161,3 +161,40 @@ def free_port_pair() -> int:
                 continue
         return port
     raise RuntimeError("no free pair of loopback ports")
+
+
+def free_port_range(count: int) -> int:
+    """A loopback port p with p .. p + count - 1 all free: a private cluster's listeners and
+    controllers (never the shared broker's 39092/39093)."""
+    import random
+    import socket
+
+    for _ in range(200):
+        base = random.randrange(20_000, 60_000 - count)
+        if base <= 39093 and base + count > 39092:
+            continue
+        taken = False
+        for port in range(base, base + count):
+            with socket.socket() as sock:
+                try:
+                    sock.bind(("127.0.0.1", port))
+                except OSError:
+                    taken = True
+                    break
+        if not taken:
+            return base
+    raise RuntimeError(f"no {count} consecutive free loopback ports")
+
+
+@pytest.fixture
+def local_cluster():
+    """A private three-node cluster on free loopback ports, stopped and its data deleted
+    afterwards (the jars are the shared cache's)."""
+    from stream_learner.kafka.local import LocalCluster
+
+    cluster = LocalCluster(3, base_port=free_port_range(6))
+    try:
+        cluster.up(timeout=180)
+        yield cluster
+    finally:
+        cluster.down(purge=True, grace=15)

@@ -232,3 +232,51 @@ def test_configure_logging_installs_the_repeat_filter(root_restored, out) -> Non
         log.warning("FAIL: Connection refused")
     handler.flush()
     assert len(lines(out)) == 1
+
+
+def test_json_lines_pass_json_through_and_wrap_the_rest():
+    from stream_learner.logs import JsonLines
+
+    out = io.StringIO()
+    stream = JsonLines(out, "stream_learner.stderr")
+    stream.write('{"ts": "t", "level": "INFO", "event": "kept"}\nplain ')
+    stream.write("text\n\n")
+    stream.write("no newline yet")
+    lines = out.getvalue().splitlines()
+    assert orjson.loads(lines[0])["event"] == "kept"
+    wrapped = orjson.loads(lines[1])
+    assert (wrapped["level"], wrapped["logger"], wrapped["event"]) == (
+        "WARNING",
+        "stream_learner.stderr",
+        "plain text",
+    )
+    assert len(lines) == 2
+    stream.flush()
+    assert orjson.loads(out.getvalue().splitlines()[2])["event"] == "no newline yet"
+
+
+def test_a_process_with_json_stderr_writes_only_json(tmp_path):
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, threading, warnings\n"
+        "from stream_learner.logs import configure_logging, json_stderr\n"
+        "configure_logging('INFO')\n"
+        "json_stderr()\n"
+        "warnings.warn('a python warning')\n"
+        "print('a stray print', file=sys.stderr)\n"
+        "t = threading.Thread(target=lambda: 1 / 0)\n"
+        "t.start(); t.join()\n"
+        "raise RuntimeError('the end')\n"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 1
+    lines = [orjson.loads(line) for line in result.stderr.splitlines()]  # each one JSON
+    events = [line["event"] for line in lines]
+    assert any("a python warning" in e for e in events)
+    assert "a stray print" in events
+    assert any("ZeroDivisionError" in line.get("exc", "") for line in lines)
+    assert any("RuntimeError: the end" in line.get("exc", "") for line in lines)

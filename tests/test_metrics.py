@@ -273,3 +273,24 @@ def test_long_labels_are_cut_but_stay_distinct(metrics, registry) -> None:
 def test_max_keys_must_be_positive(registry) -> None:
     with pytest.raises(ValueError, match="max_keys"):
         ServiceMetrics(registry, max_keys=0)
+
+
+def test_lag_read_from_a_source_when_scraped():
+    from stream_learner.kafka.source import partition_lag
+
+    lag = {("events", 0): 7}
+    metrics = ServiceMetrics(lag=lambda: lag)
+    metrics.set_lag("events", 1, 99)  # ignored: the source is the truth
+    get = metrics.registry.get_sample_value
+    assert get("stream_learner_consumer_lag", {"topic": "events", "partition": "0"}) == 7
+    lag[("events", 0)] = 0
+    assert get("stream_learner_consumer_lag", {"topic": "events", "partition": "0"}) == 0
+    assert get("stream_learner_consumer_lag", {"topic": "events", "partition": "1"}) is None
+    # From a partition's statistics: the end (last stable offset) minus the committed offset;
+    # never committed: from the log's start; unknown end: no figure.
+    stats = {"hi_offset": 120, "ls_offset": 110, "lo_offset": 5, "committed_offset": 100}
+    assert partition_lag(stats) == 10
+    assert partition_lag(stats, committed_reads=False) == 20
+    assert partition_lag({**stats, "committed_offset": -1001}) == 105
+    assert partition_lag({"hi_offset": 0, "ls_offset": 0, "lo_offset": 0}) == 0
+    assert partition_lag({"hi_offset": -1001, "ls_offset": -1001}) is None

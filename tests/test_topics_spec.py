@@ -56,15 +56,30 @@ def test_checkpoints_are_compacted_and_hold_big_snapshots(spec):
 
 
 def test_retention_and_partitions_fit_each_topic(spec):
+    # Inputs stamped with event times are kept by size, never by time (a backfill's old
+    # timestamps would make it deletable on arrival); the rest by time.
+    event_time = {t.name for t in spec.topics if t.event_time}
+    assert event_time == {"events", "labels"}
+    for name in event_time:
+        config = spec.topic(name).config
+        assert int(config["retention.ms"]) == -1
+        assert int(config["segment.bytes"]) < int(config["retention.bytes"])
     retention = {
-        t.name: int(t.config["retention.ms"]) for t in spec.topics if t.name != "checkpoints"
+        t.name: int(t.config["retention.ms"])
+        for t in spec.topics
+        if t.name != "checkpoints" and not t.event_time
     }
     assert retention["dead-letters"] > max(v for k, v in retention.items() if k != "dead-letters")
     # A key's events, labels and commands meet on one partition number, so one instance.
     for name in ("labels", "control"):
         assert spec.topic(name).partitions == spec.topic("events").partitions
         assert spec.topic(name).copartitioned_with == "events"
-    assert spec.replication_factor is None  # the broker's default
+    # Three copies, two of them in sync for every write: capped at the brokers there are.
+    assert (spec.replication_factor, spec.min_insync_replicas) == (3, 2)
+    assert (spec.replication_for(1), spec.replication_for(3), spec.replication_for(5)) == (1, 3, 3)
+    events = spec.topic("events")
+    assert spec.effective_config(events, 1)["min.insync.replicas"] == "1"
+    assert spec.effective_config(events, 3)["min.insync.replicas"] == "2"
 
 
 @pytest.mark.parametrize("name", sorted(EXPECTED))
@@ -249,6 +264,12 @@ BAD = [
     ('prefix = "p."', 'prefix = "a b."', "prefix: 'a b.' may use only"),
     ('prefix = "p."', "prefix = 3", "prefix: must be a string"),
     ('prefix = "p."', "replication_factor = 0", "replication_factor: must be a positive integer"),
+    ('prefix = "p."', "min_insync_replicas = -1",
+     "min_insync_replicas: must be a positive integer, got -1"),
+    ('prefix = "p."', "replication_factor = 2\nmin_insync_replicas = 3",
+     "min_insync_replicas: 3 is more than replication_factor 2"),
+    ("partitions = 4\ncopartitioned_with", "partitions = 4\nevent_time = 1\ncopartitioned_with",
+     "topics.labels.event_time: must be true or false, got 1"),
     ('message = "event"', 'message = "evnt"', "topics.events.message: no schema "),
     ('"retention.ms" = 1000', '"retention.ms" = [1000]',
      "topics.events.config.retention.ms: must be a string, number or boolean, got list"),

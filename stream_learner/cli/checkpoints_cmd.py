@@ -21,10 +21,12 @@ import orjson
 
 from stream_learner.cli.service_cmd import signing_key
 from stream_learner.config import CheckpointSettings, Config, KafkaSettings, load_config
+from stream_learner.core.checkpoints import Catalog, VersionInfo
 from stream_learner.core.commands import Command
+from stream_learner.core.keystate import KeyState
 from stream_learner.core.snapshot import load_signing_key
-from stream_learner.errors import BrokerError, ConfigError, StreamLearnerError
-from stream_learner.kafka.checkpoints import Catalog, CheckpointStore, VersionInfo
+from stream_learner.errors import BrokerError, ConfigError, SnapshotError, StreamLearnerError
+from stream_learner.kafka.checkpoints import CheckpointStore
 from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.service.runtime import Topics
@@ -156,9 +158,10 @@ class Context:
 
     def load(
         self, catalog: Catalog, key: str, version: int | None, arg: str = "--version"
-    ) -> tuple[VersionInfo, dict]:
-        """A snapshot's header and its state, verified before unpickling: an unknown key or
-        version, a refused snapshot or no key to verify with is a :class:`ConfigError`."""
+    ) -> tuple[VersionInfo, KeyState]:
+        """A snapshot's header and its key's state, verified before unpickling: an unknown
+        key or version, a refused snapshot or no key to verify with is a
+        :class:`ConfigError`."""
         if self.key is None:
             raise ConfigError(
                 f"{arg}: no signing key, so the snapshot cannot be verified before "
@@ -171,7 +174,13 @@ class Context:
             raise ConfigError(
                 f"{arg}: version {info.model_version} of key {key!r} is not restorable ({reason})"
             )
-        return info, loaded[1]  # type: ignore[return-value]
+        try:
+            return info, KeyState.of(loaded[1])
+        except SnapshotError as exc:
+            raise ConfigError(
+                f"{arg}: version {info.model_version} of key {key!r} is not a model's "
+                f"snapshot ({exc})"
+            ) from None
 
     def send(self, cmd: Command) -> str:
         """Produce a command to the control topic, keyed by its model key; the topic."""
@@ -361,7 +370,7 @@ def _export(args: argparse.Namespace) -> int:
     if not out.parent.is_dir():
         raise ConfigError(f"--out: directory {str(out.parent)!r} does not exist")
     info, state = ctx.load(ctx.catalog(), args.key, args.version)
-    model = state["learner"].model  # type: ignore[index]
+    model = state.learner.model
     try:
         data = pickle.dumps(model, protocol=pickle.HIGHEST_PROTOCOL)
         out.write_bytes(data)

@@ -22,14 +22,15 @@ import orjson
 
 from stream_learner.cli.checkpoints_cmd import Context, resolve_version
 from stream_learner.config import Config, load_config
+from stream_learner.core.checkpoints import Catalog, VersionInfo
 from stream_learner.core.commands import Command
+from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import ConfigError, StreamLearnerError
-from stream_learner.kafka.checkpoints import Catalog, VersionInfo
 from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
 from stream_learner.kafka.history import REPLAYED_COMMANDS, Bound, KafkaHistory
 from stream_learner.replay import (
@@ -40,7 +41,6 @@ from stream_learner.replay import (
     rebuild,
     replay,
     resolve_policy,
-    restored_learner,
 )
 from stream_learner.service.runtime import Topics
 
@@ -194,6 +194,8 @@ def _kafka_history(args: argparse.Namespace, config, after: Bound | None = None)
         end,
         task=task,
         max_bytes=config.service.max_event_bytes,
+        max_features=config.service.max_event_features,
+        max_name_chars=config.service.max_feature_name_chars,
         client=extra,
     )
     return read
@@ -325,9 +327,9 @@ def _context(args: argparse.Namespace) -> Context:
 
 @dataclass
 class _Starts:
-    """The snapshots the replay starts from: the learners by key, and their headers."""
+    """The snapshots the replay starts from: their states by key, and their headers."""
 
-    learners: dict[str, Learner]
+    learners: dict[str, KeyState]
     infos: dict[str, VersionInfo]
 
     def partitions(self) -> dict[str, int]:
@@ -379,7 +381,7 @@ def _from_checkpoints(args: argparse.Namespace, config: Config) -> _Starts:
     lineage = ModelSpec.from_dict(config.model, where="model").lineage if config.model else None
     for key, version in _named_snapshots(args.from_checkpoint, catalog):
         info, state = ctx.load(catalog, key, version, "--from-checkpoint")
-        starts.learners[key] = restored_learner(state)
+        starts.learners[key] = KeyState.of(state)
         starts.infos[key] = info
         where = " ".join(
             f"{t.rsplit('.', 1)[-1]}[{p}]={o}"
@@ -388,7 +390,8 @@ def _from_checkpoints(args: argparse.Namespace, config: Config) -> _Starts:
         )
         line = (
             f"replay: key {key!r} starts from version {info.model_version} (lineage "
-            f"{info.lineage}, {starts.learners[key].index:,} inputs, offsets {where or 'none'})"
+            f"{info.lineage}, {starts.learners[key].learner.index:,} inputs, "
+            f"offsets {where or 'none'})"
         )
         if lineage is not None and info.lineage != lineage:
             line += f"; it continues that lineage, not the config's {lineage}"
@@ -546,7 +549,7 @@ def _publish(
     published version by key.
 
     The snapshots go to each key's staging slot, never to the slots the service writes
-    (see :mod:`stream_learner.kafka.checkpoints`): a checkpoint the service takes before
+    (see :mod:`stream_learner.core.checkpoints`): a checkpoint the service takes before
     it reads the rollback command cannot overwrite or retire them."""
     store = ctx.store()
     written: dict[str, tuple[int, str]] = {}
@@ -575,8 +578,7 @@ def _publish(
                     "previous_lineage": head.lineage,
                 },
             )
-            state = {"learner": learner, "pending": None, "paused": False}
-            header = store.publish(state, meta, staged=True)
+            header = store.publish(KeyState(learner), meta, staged=True)
             written[key] = (version, header["sha256"])
         # Only a snapshot that is on the topic, whole, is handed over (another rebuild
         # publishing the same key at the same moment would replace it).

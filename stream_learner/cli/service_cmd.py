@@ -24,6 +24,7 @@ from stream_learner.config import (
     resolve_secret,
 )
 from stream_learner.core.commands import ALL_KEYS, Command
+from stream_learner.core.events import RecordDecoder
 from stream_learner.core.learner import LearnerConfig
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
@@ -33,9 +34,11 @@ from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.http import HealthServer
 from stream_learner.kafka.checkpoints import CheckpointStore
 from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_bootstrap
+from stream_learner.kafka.health import KafkaHealth
+from stream_learner.kafka.identity import AUTO, Identity, claim_instance_id
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.kafka.source import KafkaSource
-from stream_learner.logs import configure_logging, log_event
+from stream_learner.logs import configure_logging, json_stderr, log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
 from stream_learner.service.runtime import CheckpointPolicy, LearnerFactory, Service, Topics
@@ -79,6 +82,22 @@ class Built:
     service: Service
     http: HealthServer
     bootstrap: str
+    identity: Identity | None = None  # the source holds the claimed slot until it closes
+    health: KafkaHealth | None = None
+
+
+def group_identity(kafka: KafkaSettings) -> Identity | None:
+    """The instance's static group membership id (see ``kafka/identity.py``): a
+    ``group.instance.id`` under ``[kafka.client]`` wins, then ``kafka.instance_id``
+    ("auto": claimed and persisted per machine; "": dynamic membership)."""
+    explicit = kafka.client.get("group.instance.id")
+    if explicit:
+        return Identity(str(explicit))
+    if not kafka.instance_id:
+        return None
+    if kafka.instance_id != AUTO:
+        return Identity(kafka.instance_id)
+    return claim_instance_id(kafka.group_id, kafka.instance_dir or None)
 
 
 def core_factory(config: Config) -> LearnerFactory:
@@ -128,8 +147,15 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     factory = core_factory(config)
     settings = config.service
     topics = Topics.from_prefix(config.kafka.topic_prefix)
-    metrics = ServiceMetrics(max_keys=settings.max_key_labels)
+    identity = group_identity(config.kafka)
+    metrics = ServiceMetrics(
+        max_keys=settings.max_key_labels,
+        instance=identity.id if identity else None,
+        lag=lambda: source.lag,  # the broker's view, fresh between batches too
+    )
     extra = dict(config.kafka.client)
+    extra.pop("group.instance.id", None)  # the consumer's alone: see group_identity()
+    health = KafkaHealth(settings.outage_grace_s)
     # Exactly-once outputs. The consumer group's metadata fences a zombie's offset commits
     # (KIP-447); a transactional id that is stable across restarts also lets the restarted
     # instance abort a crashed predecessor's open transaction at once, instead of readers
@@ -137,9 +163,8 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     # from that; otherwise it is unique per process and transaction.timeout.ms bounds the wait.
     txn_id = None
     if settings.exactly_once:
-        member = extra.get("group.instance.id")
-        txn_id = f"{config.kafka.group_id}-{member or uuid.uuid4().hex[:12]}"
-    sink = KafkaSink(bootstrap, extra, transactional_id=txn_id)
+        txn_id = f"{config.kafka.group_id}-{identity.id if identity else uuid.uuid4().hex[:12]}"
+    sink = KafkaSink(bootstrap, extra, transactional_id=txn_id, health=health)
     service: Service
 
     def on_assign(tps):
@@ -155,6 +180,8 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         extra=extra,
         on_assign=on_assign,
         on_revoke=on_revoke,
+        identity=identity,
+        health=health,
     )
     service = Service(
         factory=factory,
@@ -170,6 +197,11 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         max_event_bytes=settings.max_event_bytes,
         max_unseen_keys=settings.label_max_unseen_keys,
     )
+    service.decoder = RecordDecoder(  # the service's bounds on what one event may hold
+        settings.max_event_bytes,
+        max_features=settings.max_event_features,
+        max_name_chars=settings.max_feature_name_chars,
+    )
     port = settings.http_port if http_port is None else http_port
     if config.checkpoints.enabled:
         cp = config.checkpoints
@@ -184,10 +216,17 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         service.checkpoint_policy = CheckpointPolicy(
             cp.every_events, cp.every_seconds, cp.after_retrain
         )
-    http = HealthServer(
-        metrics.registry, host=settings.http_host, port=port, ready=service.readiness
-    )
-    return Built(service, http, bootstrap)
+
+    def ready() -> tuple[bool, str]:
+        """Doing its job: Kafka usable (problems within the grace ridden out), then the
+        service's own answer (assigned, caught up)."""
+        usable, reason = health.check()
+        return service.readiness() if usable else (False, reason)
+
+    metrics.ready_from(ready)
+    metrics.watch_kafka(health.ages)
+    http = HealthServer(metrics.registry, host=settings.http_host, port=port, ready=ready)
+    return Built(service, http, bootstrap, identity, health)
 
 
 def wait_for_broker(bootstrap: str, extra: dict, max_wait_s: float) -> None:
@@ -218,6 +257,7 @@ def wait_for_broker(bootstrap: str, extra: dict, max_wait_s: float) -> None:
 
 def _run(args: argparse.Namespace) -> int:
     configure_logging(args.log_level)
+    json_stderr()  # Python's warnings, stray prints and crashes as JSON lines too
     config = load_config(args.config)
     # --bootstrap, then $STREAM_LEARNER_BOOTSTRAP, then the config file, then the local broker.
     bootstrap = resolve_bootstrap(
@@ -233,12 +273,14 @@ def _run(args: argparse.Namespace) -> int:
         timer.start()
     wait_for_broker(bootstrap, dict(config.kafka.client), config.service.broker_wait_s)
     built.http.start()
+    built.health.start()  # an outage past the grace is an ERROR line even if nobody asks
     log_event(
         log,
         "started",
         bootstrap=bootstrap,
         http=built.http.url,
         group=config.kafka.group_id,
+        instance_id=built.identity.id if built.identity else None,
         topics=built.service.topics.inputs,
         lineage=built.service.factory.spec.lineage,
     )
@@ -246,6 +288,7 @@ def _run(args: argparse.Namespace) -> int:
         built.service.run(stop.is_set)
     finally:
         built.http.stop()
+        built.health.close()
     log_event(log, "stopped", batches=built.service.batches)
     return 0
 

@@ -19,6 +19,11 @@ Decisions worth knowing:
 - Unknown top-level fields are ignored, so producers may add fields before consumers know them.
 - A feature whose value is ``null`` is dropped: River models treat an absent feature as missing.
 - Integers are kept as ``int`` (River takes them as numbers) to avoid a copy per feature.
+- An event is bounded besides its bytes: at most ``max_features`` features (default
+  :data:`MAX_FEATURES`, after nulls are dropped) with names of at most ``max_name_chars``
+  characters (:data:`MAX_FEATURE_NAME_CHARS`). Far above what a model learns well from one
+  event, far below what would let one message grow a model by megabytes; what a key gathers
+  over many events is the learner's bound (``learner.max_feature_names``).
 
 Every rejection raises :class:`~stream_learner.errors.DecodeError` with one of :data:`REASONS`
 as its ``reason``; the runtime copies it into the dead-letter headers, so the set is closed.
@@ -34,6 +39,7 @@ inside unknown fields, which are skipped unread, may be out of a double's range 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -49,6 +55,8 @@ from stream_learner.errors import ConfigError, DecodeError
 __all__ = [
     "DEFAULT_KEY",
     "MAX_EVENT_BYTES",
+    "MAX_FEATURES",
+    "MAX_FEATURE_NAME_CHARS",
     "MAX_ID_CHARS",
     "MAX_KEY_CHARS",
     "REASONS",
@@ -66,6 +74,8 @@ DEFAULT_KEY = "default"
 MAX_EVENT_BYTES = 1_048_576
 MAX_ID_CHARS = 512
 MAX_KEY_CHARS = 128
+MAX_FEATURES = 10_000
+MAX_FEATURE_NAME_CHARS = 256
 
 TASKS = ("binary", "multiclass", "regression")
 
@@ -82,6 +92,8 @@ REASONS = (
     "missing_x",  # an event without "x" (or a message that is neither event nor label)
     "x_not_object",  # "x" is not an object
     "bad_feature",  # a feature value that is not a number, string, bool or null
+    "too_many_features",  # more than max_features features (nulls aside)
+    "feature_name_too_long",  # a feature name of more than max_name_chars characters
     "non_finite",  # a number too large for a double (1e999), or a non-finite float
     "missing_y",  # a label message without "y" (or with "y": null)
     "bad_label",  # "y" of an unusable type, or of a type that does not fit the task
@@ -210,9 +222,11 @@ def _probe_orjson_infinity() -> bool:
 _CHECK_FINITE = _probe_orjson_infinity()
 
 
-def _x(obj: dict) -> dict[str, float | str | bool]:
+def _x(
+    obj: dict, max_features: int = MAX_FEATURES, max_name: int = MAX_FEATURE_NAME_CHARS
+) -> dict[str, float | str | bool]:
     """Validate ``x`` precisely; the fast path in :func:`_event` only calls this when the
-    quick type check fails, so it also owns the error messages."""
+    quick checks fail, so it also owns the error messages."""
     x = obj.get("x")
     if type(x) is not dict:
         if x is None:
@@ -233,7 +247,22 @@ def _x(obj: dict) -> dict[str, float | str | bool]:
             )
     for name in nulls:
         del x[name]
+    if len(x) > max_features:
+        raise DecodeError(
+            "too_many_features", f"x: {len(x)} features; the limit is {max_features}"
+        )
+    for name in x:
+        if len(name) > max_name:
+            raise DecodeError(
+                "feature_name_too_long",
+                f"x: the name {name[:40]!r}... has {len(name)} characters; the limit is "
+                f"{max_name}",
+            )
     return x
+
+
+def _long_name(x: dict, max_name: int) -> bool:
+    return any(len(name) > max_name for name in x)
 
 
 # Frozen dataclasses assign fields through object.__setattr__, which costs about 0.4 us per
@@ -244,7 +273,9 @@ _set_id, _set_key, _set_x, _set_y, _set_ts = (
 )
 
 
-def _event(obj: dict) -> Event:
+def _event(
+    obj: dict, max_features: int = MAX_FEATURES, max_name: int = MAX_FEATURE_NAME_CHARS
+) -> Event:
     # Fast path: straight-line checks of the common case; any doubt goes to the precise
     # helpers, which either accept the value or raise the right DecodeError.
     id_ = obj.get("id")
@@ -266,8 +297,10 @@ def _event(obj: dict) -> Event:
         type(x) is not dict
         or not _PLAIN_TYPES.issuperset(map(type, x.values()))
         or (_CHECK_FINITE and not all(map(math.isfinite, _floats(x))))
+        or len(x) > max_features
+        or _long_name(x, max_name)
     ):
-        x = _x(obj)
+        x = _x(obj, max_features, max_name)
     y = obj.get("y")
     if y is not None:
         y = _y(y)
@@ -290,12 +323,23 @@ _Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
 _Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
 
 
-class _WireEvent(msgspec.Struct, gc=False):
-    id: _Id
-    x: dict[str, _Value]  # a null feature is the precise path's to drop
-    key: _Key | None = None
-    y: _Value | None = None
-    ts: float | _Int | str | None = None
+@functools.cache
+def _wire_event_decoder(max_features: int, max_name: int) -> Callable[[bytes], Any]:
+    """msgspec's decoder of events within these bounds (one per pair of bounds)."""
+    name = Annotated[str, msgspec.Meta(max_length=max_name)]
+    x = Annotated[dict[name, _Value], msgspec.Meta(max_length=max_features)]
+    wire = msgspec.defstruct(
+        "_WireEvent",
+        [
+            ("id", _Id),
+            ("x", x),  # a null feature is the precise path's to drop
+            ("key", _Key | None, None),
+            ("y", _Value | None, None),
+            ("ts", float | _Int | str | None, None),
+        ],
+        gc=False,
+    )
+    return msgspec.json.Decoder(wire).decode
 
 
 class _WireLabel(msgspec.Struct, gc=False):
@@ -305,7 +349,7 @@ class _WireLabel(msgspec.Struct, gc=False):
     ts: float | _Int | str | None = None
 
 
-_wire_event = msgspec.json.Decoder(_WireEvent).decode
+_wire_event = _wire_event_decoder(MAX_FEATURES, MAX_FEATURE_NAME_CHARS)
 _wire_label = msgspec.json.Decoder(_WireLabel).decode
 # Malformed JSON and ValidationError alike; msgspec raises RecursionError for nesting deeper
 # than it will follow, where orjson refuses the message (not_json).
@@ -339,9 +383,15 @@ def _wire(raw: bytes, max_bytes: int, decode: Callable[[bytes], Any]) -> Any:
     return wire
 
 
-def _fast_event(raw: bytes, max_bytes: int, precise: Callable[[dict], Any] = _event) -> Any:
-    """An event, through msgspec when it can; ``precise`` decides what msgspec refused."""
-    wire = _wire(raw, max_bytes, _wire_event)
+def _fast_event(
+    raw: bytes,
+    max_bytes: int,
+    precise: Callable[[dict], Any] = _event,
+    wire_event: Callable[[bytes], Any] = _wire_event,
+) -> Any:
+    """An event, through msgspec when it can; ``precise`` decides what msgspec refused (both
+    with the same bounds on features)."""
+    wire = _wire(raw, max_bytes, wire_event)
     if wire is None:
         return precise(_parse(raw, max_bytes))
     ev = _new(Event)
@@ -380,8 +430,21 @@ class RecordDecoder:
     Label(id='e1', key='fraud', y=True, ts=1.5)
     """
 
-    def __init__(self, max_bytes: int = MAX_EVENT_BYTES, max_keys: int = 100_000) -> None:
+    def __init__(
+        self,
+        max_bytes: int = MAX_EVENT_BYTES,
+        max_keys: int = 100_000,
+        *,
+        max_features: int = MAX_FEATURES,
+        max_name_chars: int = MAX_FEATURE_NAME_CHARS,
+    ) -> None:
         self.max_bytes = max_bytes
+        self.max_features = max_features
+        self.max_name_chars = max_name_chars
+        self._wire_event = _wire_event_decoder(max_features, max_name_chars)
+        self._precise = functools.partial(
+            _event, max_features=max_features, max_name=max_name_chars
+        )
         self._keys: dict[bytes, str] = {}  # message key bytes -> str, bounded
         self._max_keys = max_keys
 
@@ -416,7 +479,7 @@ class RecordDecoder:
     def event(self, value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Event:
         if value is None:
             raise DecodeError("not_json", "the message has no value (a tombstone)")
-        event = _fast_event(value, self.max_bytes)
+        event = _fast_event(value, self.max_bytes, self._precise, self._wire_event)
         declared = event.key
         key = declared if raw_key is None else self._keys.get(raw_key)  # the common case
         if key != declared:

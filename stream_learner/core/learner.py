@@ -44,7 +44,7 @@ from stream_learner.core.retrain import (
     RetrainJob,
     RetrainResult,
 )
-from stream_learner.errors import ConfigError
+from stream_learner.errors import ConfigError, DecodeError
 
 __all__ = ["Learner", "LearnerConfig", "Outcome"]
 
@@ -69,6 +69,7 @@ class LearnerConfig:
     feature_threshold: float = 15.0
     max_features: int = 50
     max_decisions: int = 1000
+    max_feature_names: int = 10_000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "learner") -> LearnerConfig:
@@ -91,6 +92,7 @@ class LearnerConfig:
             "feature_reference",
             "max_features",
             "max_decisions",
+            "max_feature_names",
         ):
             if getattr(self, name) < 1:
                 raise ConfigError(
@@ -202,14 +204,37 @@ class Learner:
         self._race: Race | None = None  # candidates racing the champion, while any are
         self.pool: deque[tuple[int, Any]] = deque(maxlen=self.retrain_config.pool)
         self.race_promotions: Counter[str] = Counter()  # by source (see race.SOURCES)
+        self._names: set[str] = set()  # every feature name this key has admitted
+
+    # The names as a sorted list: a set pickles in hash order, which changes with the
+    # process's hash seed, and a snapshot's bytes should not. A learner pickled before the
+    # names were kept starts counting them when it is restored.
+    def __getstate__(self) -> dict:
+        return {**vars(self), "_names": sorted(self._names)}
 
     def __setstate__(self, state: dict) -> None:
-        # A learner pickled before the race existed has none, an empty pool and no counts.
+        state["_names"] = set(state.get("_names", ()))
         self.__dict__.update(state)
-        if "_race" not in state:
+        if "_race" not in state:  # pickled before the race: none, an empty pool, no counts
             self._race = None
             self.pool = deque(maxlen=self.retrain_config.pool)
             self.race_promotions = Counter()
+
+    def _admit(self, x: dict) -> None:
+        """Remember the feature names of ``x`` new to this key, up to
+        ``learner.max_feature_names``: an input that would pass it is refused whole, as
+        ``too_many_feature_names`` (the service dead-letters it), before it changes anything,
+        so a stream of ever-new names cannot grow a key's model and windows without end. Inputs
+        with names the key knows go on."""
+        new = x.keys() - self._names
+        limit = self.config.max_feature_names
+        if len(self._names) + len(new) > limit:
+            raise DecodeError(
+                "too_many_feature_names",
+                f"key {self.key[:40]!r} has {len(self._names)} feature names; "
+                f"{len(new)} new ones would pass learner.max_feature_names = {limit}",
+            )
+        self._names |= new
 
     # -- inputs ------------------------------------------------------------------------
 
@@ -223,8 +248,10 @@ class Learner:
             if y is None:
                 raise ValueError(f"event {event.id!r} has no label; predict() it instead")
             check_label(y, self._task)
-        self.index = index = self.index + 1
         x = event.x
+        if not self._names.issuperset(x):
+            self._admit(x)
+        self.index = index = self.index + 1
         model = self.model
         if self._classifier:
             proba = model.predict_proba_one(x)
@@ -264,10 +291,12 @@ class Learner:
 
         When the label came first (the joiner parked it), the event is scored and learned at
         once, and the outcome is that of :meth:`learn`."""
+        x = event.x
+        if not self._names.issuperset(x):
+            self._admit(x)
         self.index = index = self.index + 1
         ts = event.ts
         self._ts = t = float(index) if ts is None else ts
-        x = event.x
         y_pred, proba = self._predict(x)
         label = self.joiner.remember(event, (y_pred, proba), t)
         features = self._features

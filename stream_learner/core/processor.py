@@ -36,6 +36,7 @@ from typing import Any, NamedTuple, Protocol
 from stream_learner.core.commands import ALL_KEYS, Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import Event, Label
+from stream_learner.core.keystate import KeyState
 from stream_learner.core.labels import UnseenKeys
 from stream_learner.core.learner import Learner, Outcome
 from stream_learner.core.policy import Decision
@@ -367,14 +368,14 @@ class Processor:
         else:
             self.pending.pop(key, None)
 
-    def state(self, key: str) -> dict[str, Any]:
+    def state(self, key: str) -> KeyState:
         """Everything a snapshot of ``key`` holds: learner, retrain in flight, pause."""
         pending = self.pending.get(key)
-        return {
-            "learner": self.learners[key],
-            "pending": None if pending is None else (pending.job, pending.due),
-            "paused": key in self.paused,
-        }
+        return KeyState(
+            self.learners[key],
+            None if pending is None else (pending.job, pending.due),
+            key in self.paused,
+        )
 
     def drop(self, partitions: Iterable[int]) -> list[str]:
         """Forget every key of ``partitions`` (handed to another instance); returns them."""

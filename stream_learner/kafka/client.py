@@ -14,6 +14,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from stream_learner.errors import BrokerError
+from stream_learner.kafka.health import TransientFilter
 
 BOOTSTRAP_ENV = "STREAM_LEARNER_BOOTSTRAP"
 LOCAL_HOST = "127.0.0.1"
@@ -23,6 +24,7 @@ DEFAULT_LOCAL_PORT = 39092
 # librdkafka logs every failed connection attempt; route them through logging so
 # the CLI stays quiet unless asked (``-v``) and tests are not flooded.
 _RDKAFKA_LOGGER = logging.getLogger("stream_learner.librdkafka")
+_RDKAFKA_LOGGER.addFilter(TransientFilter())  # a refused connection is retried: a WARNING
 
 
 def local_port() -> int:

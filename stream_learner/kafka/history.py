@@ -34,7 +34,6 @@ import re
 import sys
 import time
 import uuid
-from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -43,12 +42,12 @@ from typing import Any
 from confluent_kafka import Consumer, KafkaError, KafkaException
 from confluent_kafka import TopicPartition as KafkaTopicPartition
 
-from stream_learner.core.commands import Command
-from stream_learner.core.events import MAX_EVENT_BYTES, Event, Label, RecordDecoder, check_label
+from stream_learner.core.events import MAX_EVENT_BYTES, MAX_FEATURE_NAME_CHARS, MAX_FEATURES
 from stream_learner.core.ordering import Merger
-from stream_learner.errors import BrokerError, ConfigError, DecodeError
+from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.kafka.client import client_config
 from stream_learner.kafka.source import Record, to_record
+from stream_learner.replay import REPLAYED_COMMANDS, RecordHistory, decode_history
 
 __all__ = [
     "REPLAYED_COMMANDS",
@@ -118,19 +117,11 @@ def parse_bound(text: str | None, option: str = "--start") -> Bound:
 
 
 @dataclass
-class KafkaHistory:
-    """What was read: the history (as :func:`stream_learner.replay.read_history` returns
-    it) and the partition of each of its items, the ``[start, end)`` offsets of each
-    topic-partition, and what was left out: records the service dead-letters (``skipped``,
-    by reason), and ``commands`` read (by name; those in :data:`REPLAYED_COMMANDS` are in
-    ``items`` too)."""
+class KafkaHistory(RecordHistory):
+    """A :class:`~stream_learner.replay.RecordHistory` read from Kafka, with the
+    ``[start, end)`` offsets of each topic-partition it covers."""
 
-    items: list[Event | Label | Command]
-    ranges: dict[TP, tuple[int, int]]
-    partitions: list[int] = field(default_factory=list)
-    records: int = 0
-    skipped: Counter[str] = field(default_factory=Counter)
-    commands: Counter[str] = field(default_factory=Counter)
+    ranges: dict[TP, tuple[int, int]] = field(default_factory=dict)
 
 
 def read_kafka_history(
@@ -141,6 +132,8 @@ def read_kafka_history(
     *,
     task: str | None = None,
     max_bytes: int = MAX_EVENT_BYTES,
+    max_features: int = MAX_FEATURES,
+    max_name_chars: int = MAX_FEATURE_NAME_CHARS,
     client: Mapping[str, Any] | None = None,
     timeout: float = 30.0,
 ) -> KafkaHistory:
@@ -148,9 +141,10 @@ def read_kafka_history(
     :data:`ROLES`; labels and control may be absent) in the order the service learns it.
 
     ``task`` (the model's) leaves out labels that do not fit it (``bad_label``), as the
-    service's processor refuses them; ``max_bytes`` is the service's ``max_event_bytes``.
-    ``timeout`` bounds each broker request and any wait without progress. Reads committed
-    records only."""
+    service's processor refuses them; ``max_bytes``, ``max_features`` and ``max_name_chars``
+    are the service's ``max_event_bytes``, ``max_event_features`` and
+    ``max_feature_name_chars``. ``timeout`` bounds each broker request and any wait without
+    progress. Reads committed records only."""
     names = {role: topics[role] for role in ROLES if topics.get(role)}
     if "events" not in names:
         raise ConfigError("no events topic given")
@@ -160,35 +154,19 @@ def read_kafka_history(
     start, end = start or Bound(), end or Bound()
     if None not in (start.time_ms, end.time_ms) and start.time_ms > end.time_ms:
         raise ConfigError(f"--start {start.text} is after --end {end.text}")
-    events, labels, control = (names.get(role) for role in ROLES)
-    decoder = RecordDecoder(max_bytes)  # the service's rules
     consumer = Consumer(conf)
     try:
         ranges = _resolve(consumer, conf, names, start, end, timeout)
-        history = KafkaHistory(items=[], ranges=ranges)
-        items, partitions = history.items, history.partitions
-        skipped, commands = history.skipped, history.commands
-        for rec in _read(consumer, names, ranges, timeout):  # decoded as they are released
-            history.records += 1
-            try:
-                if rec.topic == events:
-                    item = decoder.event(rec.value, rec.key, rec.timestamp_ms)
-                    if task is not None and item.y is not None:
-                        check_label(item.y, task)
-                elif rec.topic == labels:
-                    item = decoder.label(rec.value, rec.key, rec.timestamp_ms)
-                    if task is not None:
-                        check_label(item.y, task)
-                else:
-                    item = decoder.command(rec.value, rec.key)
-                    commands[item.command] += 1
-                    if item.command not in REPLAYED_COMMANDS:
-                        continue
-            except DecodeError as exc:
-                skipped[exc.reason] += 1
-                continue
-            items.append(item)
-            partitions.append(rec.partition)
+        # Decoded as the merge releases them, so the raw records are never all held.
+        read = decode_history(
+            _read(consumer, names, ranges, timeout),
+            names,
+            task=task,
+            max_bytes=max_bytes,
+            max_features=max_features,
+            max_name_chars=max_name_chars,
+        )
+        history = KafkaHistory(**vars(read), ranges=ranges)
     finally:
         consumer.close()
     return history
@@ -433,12 +411,3 @@ def _call(fn, what: str):
 
 def _broker_error(err: KafkaError, what: str) -> BrokerError:
     return BrokerError(f"could not {what}: {err.str()}", code=err.name(), description=err.str())
-
-
-# -- commands ----------------------------------------------------------------------------
-
-
-#: Commands that change what is learned, replayed as the service carries them out; the
-#: others are counted only (``snapshot`` changes nothing learned; ``rollback`` loads a model
-#: from the checkpoint topic, which a replay of the inputs does not have).
-REPLAYED_COMMANDS = frozenset({"pause", "resume", "retrain"})

@@ -12,10 +12,11 @@ import logging
 from collections.abc import Mapping, Sequence
 from typing import Any
 
-from confluent_kafka import KafkaException, Producer, TopicPartition
+from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
 from stream_learner.errors import BrokerError
 from stream_learner.kafka.client import client_config
+from stream_learner.kafka.health import KafkaHealth
 
 log = logging.getLogger(__name__)
 
@@ -48,6 +49,7 @@ class KafkaSink:
         extra: Mapping[str, Any] | None = None,
         *,
         transactional_id: str | None = None,
+        health: KafkaHealth | None = None,
     ) -> None:
         conf = {**_PRODUCER_DEFAULTS, **(extra or {})}
         if transactional_id:
@@ -57,6 +59,8 @@ class KafkaSink:
             conf.setdefault("transaction.timeout.ms", 10_000)
         self._conf = client_config(bootstrap, conf)
         self._conf["on_delivery"] = self._on_delivery
+        self._conf["error_cb"] = self._on_error
+        self.health = health or KafkaHealth()
         self.transactional = bool(transactional_id)
         self._in_transaction = False
         self._producer = None
@@ -75,6 +79,12 @@ class KafkaSink:
         fences a predecessor with the same transactional id and aborts its open transaction:
         until then, offsets it sent hold back this instance's committed-offset reads."""
         self.producer  # noqa: B018 - the property creates the producer
+
+    def _on_error(self, err) -> None:
+        if err.fatal():
+            log.error("fatal kafka producer error: %s", err.str())
+        elif err.code() != KafkaError._ALL_BROKERS_DOWN:  # undelivered outputs say it better
+            log.warning("kafka producer error: %s", err.str())
 
     def _on_delivery(self, err, msg) -> None:
         if err is not None:
@@ -122,6 +132,10 @@ class KafkaSink:
         if self._producer is None:
             return 0
         remaining = self._producer.flush(timeout)
+        if remaining:
+            self.health.problem("delivery", f"{remaining} output message(s) waiting")
+        else:
+            self.health.resolved("delivery")
         if self._failures:
             failures, self._failures = self._failures, []
             raise BrokerError(f"{len(failures)} output message(s) failed: {failures[0]}")

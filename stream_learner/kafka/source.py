@@ -12,6 +12,7 @@ position after the last message whose outputs were delivered.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any, NamedTuple
 
@@ -21,6 +22,8 @@ from confluent_kafka import TopicPartition as KafkaTopicPartition
 
 from stream_learner.errors import BrokerError
 from stream_learner.kafka.client import client_config
+from stream_learner.kafka.health import KafkaHealth
+from stream_learner.kafka.identity import Identity
 
 log = logging.getLogger(__name__)
 
@@ -35,9 +38,17 @@ _CONSUMER_DEFAULTS = {
     "statistics.interval.ms": 2000,
     "fetch.wait.max.ms": 50,
     "queued.max.messages.kbytes": 65536,
+    # How long a member that stopped heartbeating keeps its partitions. With static
+    # membership (the default, see kafka/identity.py) a restarted instance takes them back
+    # at once whatever this is; it bounds how long the partitions of an instance that does
+    # not come back (a crash without restart, a scale-down: a static member does not leave
+    # the group on close) wait before the others take them over.
     "session.timeout.ms": 30000,
     "max.poll.interval.ms": 300000,
 }
+
+
+_FRESH_STATS_S = 5  # statistics older than this (seconds) say nothing about brokers now
 
 
 class Record(NamedTuple):
@@ -66,6 +77,24 @@ def to_record(msg: Any) -> Record:
     )
 
 
+def partition_lag(pstats: Mapping[str, Any], committed_reads: bool = True) -> int | None:
+    """Messages between the group's committed offset and the partition's end, from one
+    partition's statistics; ``None`` while the end is unknown. The end is the last stable
+    offset under ``read_committed``. A partition the group never committed counts from the
+    log's start, so an empty one is 0 behind, not unknown."""
+    end = pstats.get("ls_offset", -1) if committed_reads else -1
+    if end < 0:
+        end = pstats.get("hi_offset", -1)
+    if end < 0:
+        return None
+    base = pstats.get("committed_offset", -1)
+    if base < 0:
+        base = pstats.get("lo_offset", -1)
+    if base < 0:
+        return None
+    return max(0, end - base)
+
+
 class KafkaSource:
     """A group consumer with explicit commits and per-partition lag from statistics.
 
@@ -85,15 +114,25 @@ class KafkaSource:
         on_assign: Callable[[list[TopicPartition]], Mapping[TopicPartition, int] | None]
         | None = None,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
+        identity: Identity | None = None,
+        health: KafkaHealth | None = None,
     ) -> None:
         conf = {**_CONSUMER_DEFAULTS, "group.id": group_id, **(extra or {})}
+        if identity is not None:  # static membership; the slot is released on close
+            conf["group.instance.id"] = identity.id
+        self.identity = identity
         self._conf = client_config(bootstrap, conf)
         self._conf["stats_cb"] = self._on_stats
         self._conf["error_cb"] = self._on_error
+        self._conf["on_commit"] = self._on_commit
+        self.health = health or KafkaHealth()
+        self.brokers = 0  # brokers the cluster's metadata names (not bootstrap entries)
         self._topics = list(topics)
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._consumer = None
+        # Per assigned partition: its end (the last stable offset under read_committed) minus
+        # the group's committed offset, from the client's statistics every two seconds.
         self.lag: dict[TopicPartition, int] = {}
         self.assignment: set[TopicPartition] = set()
         self.fatal: str | None = None
@@ -109,6 +148,8 @@ class KafkaSource:
         if self._consumer is not None:
             self._consumer.close()  # triggers on_revoke for what is still assigned
             self._consumer = None
+        if self.identity is not None:
+            self.identity.release()  # the next instance here may take this id (and partitions)
 
     # -- callbacks (run inside poll/consume/close) --------------------------
     def _assigned(self, consumer, partitions) -> None:
@@ -132,16 +173,53 @@ class KafkaSource:
 
     def _on_stats(self, raw: str) -> None:
         stats = orjson.loads(raw)
+        # Statistics are handed over in consume(): after the loop waited elsewhere (for
+        # output delivery) they may be old news about the brokers.
+        if time.time() - stats.get("time", 0) <= _FRESH_STATS_S:
+            self._broker_states(stats.get("brokers") or {})
+        committed_reads = self._conf.get("isolation.level") == "read_committed"
         for topic, tstats in stats.get("topics", {}).items():
             for pid, pstats in tstats.get("partitions", {}).items():
                 tp = (topic, int(pid))
-                if tp in self.assignment and pstats.get("consumer_lag", -1) >= 0:
-                    self.lag[tp] = pstats["consumer_lag"]
+                if tp in self.assignment:
+                    lag = partition_lag(pstats, committed_reads)
+                    if lag is not None:
+                        self.lag[tp] = lag
+
+    def _broker_states(self, brokers: Mapping[str, Any]) -> None:
+        """Brokers up or down, from the client's statistics: the cluster's brokers only, not
+        the bootstrap entries or the logical coordinator handle librdkafka lists too."""
+        real = [b for b in brokers.values() if b.get("source") == "learned"] or [
+            b for b in brokers.values() if b.get("source") == "configured"
+        ]
+        if not real:
+            return
+        self.brokers = sum(1 for b in real if b.get("source") == "learned") or self.brokers
+        if any(b.get("state") == "UP" for b in real):
+            self.health.resolved("brokers")
+        else:
+            self.health.problem("brokers", self._down())
+
+    def _down(self) -> str:
+        n = self.brokers
+        return f"all {n} broker{'s' if n != 1 else ''} down" if n else "the bootstrap is down"
 
     def _on_error(self, err) -> None:
         if err.fatal():
             self.fatal = err.str()
-        log.warning("kafka client error: %s", err.str())
+            log.error("fatal kafka consumer error: %s", err.str())
+        elif err.code() == KafkaError._ALL_BROKERS_DOWN:
+            # librdkafka's text counts bootstrap entries as brokers ("2/2 brokers are down"
+            # with one broker); the health line says how many the cluster has.
+            self.health.problem("brokers", self._down())
+        else:
+            log.warning("kafka consumer error: %s", err.str())
+
+    def _on_commit(self, err, partitions) -> None:
+        if err is None:
+            self.health.resolved("commit")
+        elif err.code() != KafkaError._NO_OFFSET:
+            self.health.problem("commit", err.str())
 
     # -- data -----------------------------------------------------------------
     def poll(self, max_messages: int, timeout: float) -> list[Record]:
@@ -172,6 +250,7 @@ class KafkaSource:
             self._consumer.commit(offsets=offsets, asynchronous=not wait)
         except KafkaException as exc:
             err = exc.args[0]
+            self.health.problem("commit", err.str())
             raise BrokerError(
                 f"offset commit failed: {err.str()}", code=err.name(), description=err.str()
             ) from None

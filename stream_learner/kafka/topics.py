@@ -9,9 +9,14 @@ partitions than declared, or another replication factor, becomes a ``warning`` c
 that :func:`apply` skips. Because :func:`apply` waits until the broker shows its
 changes, planning again right after returns no changes.
 
-Only the configs named in the file are managed; anything else set on a topic is left
-alone. The broker validates the declared configs (``validate_only`` requests) while
-planning, so ``--dry-run`` already catches a misspelt config name or a bad value.
+Only the configs named in the file are managed (plus ``min.insync.replicas`` when the
+file sets ``min_insync_replicas``); anything else set on a topic is left alone. The
+replication factor and minimum in-sync replicas are capped at what the cluster can hold:
+the declared 3 / 2 become 1 / 1 on a single broker, so one file serves a laptop and a
+cluster. Topics marked ``event_time`` carry event times as record timestamps; a finite
+``retention.ms`` on them is a ``warning`` (old timestamps would be deleted on arrival).
+The broker validates the declared configs (``validate_only`` requests) while planning,
+so ``--dry-run`` already catches a misspelt config name or a bad value.
 """
 
 from __future__ import annotations
@@ -36,8 +41,12 @@ SCHEMA_SUFFIX = ".schema.json"
 _LEGAL_NAME = re.compile(r"^[A-Za-z0-9._-]*$")
 _MAX_TOPIC_NAME = 249  # Kafka's limit
 _CONFIG_NAME = re.compile(r"^[a-z][a-z0-9]*(\.[a-z0-9]+)*$")
-_TOP_KEYS = ("prefix", "replication_factor", "topics")
-_TOPIC_KEYS = ("message", "partitions", "copartitioned_with", "config")
+_TOP_KEYS = ("prefix", "replication_factor", "min_insync_replicas", "topics")
+_TOPIC_KEYS = ("message", "partitions", "copartitioned_with", "event_time", "config")
+MIN_ISR = "min.insync.replicas"
+RETENTION = "retention.ms"
+TIMESTAMP_TYPE = "message.timestamp.type"
+_BROKER_DEFAULT_RETENTION_MS = 7 * 24 * 3600 * 1000  # log.retention.hours=168
 # Broker error codes that mean "the declaration is wrong", not "the broker failed".
 _DECLARATION_ERRORS = {
     "INVALID_CONFIG",
@@ -65,16 +74,35 @@ class TopicSpec:
     partitions: int
     config: dict[str, str] = field(default_factory=dict)
     copartitioned_with: str | None = None
+    event_time: bool = False  # record timestamps are event times (see retention_warning)
 
 
 @dataclass(frozen=True)
 class TopicsSpec:
-    """The whole topics file: a prefix, an optional replication factor, the topics."""
+    """The whole topics file: a prefix, optional replication settings, the topics."""
 
     prefix: str
     topics: tuple[TopicSpec, ...]
     replication_factor: int | None = None
     source: Path | None = None
+    min_insync_replicas: int | None = None
+
+    def replication_for(self, brokers: int) -> int | None:
+        """The replication factor for a new topic on ``brokers`` brokers (None: the
+        broker's default): the declared one, capped at the brokers there are."""
+        if self.replication_factor is None:
+            return None
+        return max(1, min(self.replication_factor, brokers))
+
+    def effective_config(self, topic: TopicSpec, replication: int | None) -> dict[str, str]:
+        """The configs to hold on the broker: the declared ones, plus the minimum in-sync
+        replicas capped at the topic's replication (a topic of 1 replica with a minimum of
+        2 would refuse every ``acks=all`` write)."""
+        config = dict(topic.config)
+        if self.min_insync_replicas is not None and MIN_ISR not in config:
+            cap = replication or 1
+            config[MIN_ISR] = str(max(1, min(self.min_insync_replicas, cap)))
+        return config
 
     def physical(self, name: str) -> str:
         """The broker-side name of a declared topic: ``prefix + name``."""
@@ -129,6 +157,14 @@ def _parse(raw: Mapping[str, Any], path: Path) -> TopicsSpec:
     replication = raw.get("replication_factor")
     if replication is not None and not _positive_int(replication):
         raise ConfigError(f"replication_factor: must be a positive integer, got {replication!r}")
+    min_isr = raw.get("min_insync_replicas")
+    if min_isr is not None and not _positive_int(min_isr):
+        raise ConfigError(f"min_insync_replicas: must be a positive integer, got {min_isr!r}")
+    if min_isr is not None and replication is not None and min_isr > replication:
+        raise ConfigError(
+            f"min_insync_replicas: {min_isr} is more than replication_factor {replication}: "
+            "no write with acks=all could ever succeed"
+        )
     tables = raw.get("topics")
     if not isinstance(tables, dict) or not tables:
         raise ConfigError("topics: must be a table with at least one [topics.<name>] entry")
@@ -140,7 +176,13 @@ def _parse(raw: Mapping[str, Any], path: Path) -> TopicsSpec:
     for topic in topics:
         _check_topic_name(prefix + topic.name, f"topics.{topic.name}")
         _check_copartitioning(topic, by_name)
-    return TopicsSpec(prefix=prefix, topics=topics, replication_factor=replication, source=path)
+    return TopicsSpec(
+        prefix=prefix,
+        topics=topics,
+        replication_factor=replication,
+        source=path,
+        min_insync_replicas=min_isr,
+    )
 
 
 def _parse_topic(name: str, body: Any, schemas: Path, known: list[str]) -> TopicSpec:
@@ -167,6 +209,9 @@ def _parse_topic(name: str, body: Any, schemas: Path, known: list[str]) -> Topic
     if copartitioned is not None and not isinstance(copartitioned, str):
         raise ConfigError(f"{where}.copartitioned_with: must be the name of another topic")
 
+    event_time = body.get("event_time", False)
+    if not isinstance(event_time, bool):
+        raise ConfigError(f"{where}.event_time: must be true or false, got {event_time!r}")
     config_raw = body.get("config", {})
     if not isinstance(config_raw, dict):
         raise ConfigError(f"{where}.config: must be a table ([{where}.config])")
@@ -176,7 +221,7 @@ def _parse_topic(name: str, body: Any, schemas: Path, known: list[str]) -> Topic
     for key in config:
         if not _CONFIG_NAME.match(key):
             raise ConfigError(f"{where}.config.{key}: not a Kafka config name (e.g. retention.ms)")
-    return TopicSpec(name, message, partitions, config, copartitioned)
+    return TopicSpec(name, message, partitions, config, copartitioned, event_time)
 
 
 def _check_copartitioning(topic: TopicSpec, topics: Mapping[str, TopicSpec]) -> None:
@@ -264,6 +309,11 @@ class TopicState:
     partitions: int | None = None
     replication_factor: int | None = None
     live_config: dict[str, str | None] = field(default_factory=dict)
+    # The replication a new topic gets (declared, capped at the brokers), and the live
+    # timestamp type and retention.ms (declared or broker default) the retention check needs.
+    wanted_replication: int | None = None
+    timestamp_type: str | None = None
+    retention_ms: str | None = None
 
     @property
     def config_drift(self) -> dict[str, str | None]:
@@ -280,8 +330,13 @@ class TopicState:
 
 
 def describe(spec: TopicsSpec, admin: Any, *, timeout: float = 15.0) -> list[TopicState]:
-    """Every declared topic with its partitions and live values of the declared configs."""
+    """Every declared topic with its partitions and live values of the managed configs.
+
+    A state's ``spec`` holds the *effective* configs: the declared ones plus the minimum
+    in-sync replicas capped at this cluster (its brokers, or an existing topic's replicas).
+    """
     metadata = _call("list topics", admin.list_topics, timeout=timeout)
+    wanted_replication = spec.replication_for(len(metadata.brokers))
     present = {
         topic.name: metadata.topics[spec.prefix + topic.name]
         for topic in spec.topics
@@ -293,22 +348,66 @@ def describe(spec: TopicsSpec, admin: Any, *, timeout: float = 15.0) -> list[Top
         physical = spec.prefix + topic.name
         meta = present.get(topic.name)
         if meta is None:
-            states.append(TopicState(topic, physical, exists=False))
+            effective = replace(topic, config=spec.effective_config(topic, wanted_replication or 1))
+            states.append(
+                TopicState(
+                    effective,
+                    physical,
+                    exists=False,
+                    wanted_replication=wanted_replication,
+                    timestamp_type=effective.config.get(TIMESTAMP_TYPE, "CreateTime"),
+                    retention_ms=effective.config.get(RETENTION),
+                )
+            )
             continue
         partitions = meta.partitions
         replicas = {len(p.replicas) for p in partitions.values()}
+        replication = max(replicas) if replicas else None
+        effective = replace(topic, config=spec.effective_config(topic, replication))
         configs = live.get(physical, {})
         states.append(
             TopicState(
-                topic,
+                effective,
                 physical,
                 exists=True,
                 partitions=len(partitions),
-                replication_factor=max(replicas) if replicas else None,
-                live_config={key: configs.get(key) for key in topic.config},
+                replication_factor=replication,
+                live_config={key: configs.get(key) for key in effective.config},
+                wanted_replication=wanted_replication,
+                timestamp_type=configs.get(TIMESTAMP_TYPE),
+                retention_ms=configs.get(RETENTION),
             )
         )
     return states
+
+
+def retention_warning(state: TopicState) -> str | None:
+    """Why an event-time topic's retention may delete history before it is read, or None.
+
+    Time-based retention deletes a segment once its *newest record timestamp* is older
+    than ``retention.ms``. Producers stamp input records with their event time (the
+    service merges by it and ``replay --start TIME`` looks it up in the broker's time
+    index), so a backfill of last month's events under a 7-day retention is deletable the
+    moment its segment rolls, whether or not the service has read it.
+    """
+    if not state.spec.event_time or state.timestamp_type == "LogAppendTime":
+        return None
+    # The value the topic has once applied: the declared one, else the live or default one.
+    declared = state.spec.config.get(RETENTION)
+    raw = declared if declared is not None else state.retention_ms
+    retention = _BROKER_DEFAULT_RETENTION_MS if raw is None else int(float(raw))
+    if retention < 0:
+        return None
+    origin = "declared" if declared is not None else "the broker's" if raw is None else "live"
+    return (
+        f"retention.ms={retention} ({origin}, {_span(retention)}) deletes records "
+        f"by their event-time timestamps: a backfill older than that can be deleted before "
+        f"the service reads it; set retention.ms = -1 and bound the topic by retention.bytes"
+    )
+
+
+def _span(ms: int) -> str:
+    return f"{ms / 86_400_000:g} days" if ms >= 86_400_000 else f"{ms / 3_600_000:g} hours"
 
 
 def _live_configs(admin: Any, topics: list[str], timeout: float) -> dict[str, dict[str, str]]:
@@ -354,7 +453,9 @@ class Change:
         if self.kind == CREATE:
             configs = "".join(f", {k}={v}" for k, v in sorted(self.config.items()))
             plural = "s" * (self.partitions != 1)
-            return f"{self.topic}: {self.partitions} partition{plural}{configs}"
+            rf = self.replication_factor
+            replicas = "" if rf is None else f", replication {rf}"
+            return f"{self.topic}: {self.partitions} partition{plural}{configs}{replicas}"
         if self.kind == ALTER:
             diffs = ", ".join(
                 f"{k} {self.previous.get(k) or '(unset)'} -> {v}"
@@ -387,9 +488,11 @@ def plan(
                     state.topic,
                     partitions=declared.partitions,
                     config=dict(declared.config),
-                    replication_factor=spec.replication_factor,
+                    replication_factor=state.wanted_replication,
                 )
             )
+            if (warning := retention_warning(state)) is not None:
+                changes.append(Change(WARNING, state.topic, note=warning))
             continue
         current = state.partitions or 0
         if current < declared.partitions:
@@ -422,16 +525,18 @@ def plan(
                     previous=drift,
                 )
             )
-        wanted_rf = spec.replication_factor
+        wanted_rf = state.wanted_replication
         if wanted_rf is not None and state.replication_factor not in (None, wanted_rf):
             changes.append(
                 Change(
                     WARNING,
                     state.topic,
                     note=f"replication factor {state.replication_factor} on the broker, "
-                    f"{wanted_rf} declared; left as is (needs a partition reassignment)",
+                    f"{wanted_rf} wanted; left as is (needs a partition reassignment)",
                 )
             )
+        if (warning := retention_warning(state)) is not None:
+            changes.append(Change(WARNING, state.topic, note=warning))
     if validate:
         _execute(admin, changes, timeout=timeout, validate_only=True, logical=_logical(spec))
     return changes
@@ -523,7 +628,14 @@ def _await_visible(admin: Any, done: list[Change], timeout: float) -> None:
             if t not in metadata.topics or len(metadata.topics[t].partitions) < n
         ]
         if not lagging:
-            live = _live_configs(admin, list(want_config), left)
+            try:
+                live = _live_configs(admin, list(want_config), left)
+            except BrokerError as exc:
+                # In a cluster the broker asked may not know a topic created a moment ago
+                # on another one yet: that is lag, not failure.
+                if exc.code != "UNKNOWN_TOPIC_OR_PART":
+                    raise
+                live = {}
             lagging = [
                 t
                 for t, cfg in want_config.items()

@@ -11,14 +11,24 @@ with ingestion and the broker, and ingestion must not slow down because a retrai
 It takes every idle cycle, and gives way when the service or the broker needs the CPU. It
 is started with the service (not at the first job), so the first retrain does not wait for
 a process to start and import River.
+
+Nothing of the worker outlives the service, however it ends. The pool's queues hold five
+POSIX semaphores, which multiprocessing names (so the worker can open them) and leaves to
+its resource tracker to remove at exit; after a SIGKILL that tracker removed them and
+printed a plain-text "leaked semaphore objects" warning into the next instance's JSON log.
+So once the worker has opened them their names are removed at once (the kernel frees the
+semaphores with the last process that holds them), and the tracker is started without that
+warning for the moment before. The worker logs JSON too (``logs.json_stderr``).
 """
 
 from __future__ import annotations
 
+import _multiprocessing
 import contextlib
 import dataclasses
 import multiprocessing
 import os
+import sys
 import threading
 import time
 from concurrent.futures import Future, ProcessPoolExecutor
@@ -27,6 +37,7 @@ from stream_learner.core.events import Event
 from stream_learner.core.models import ModelSpec, build_model
 from stream_learner.core.processor import Pending
 from stream_learner.core.retrain import Example, RetrainJob, RetrainResult
+from stream_learner.logs import configure_logging, json_stderr
 
 #: The worker's niceness (0 is the service's own; 19 the lowest priority).
 WORKER_NICE = 10
@@ -75,8 +86,10 @@ def _examples(rows: list[tuple]) -> tuple[Example, ...]:
 
 
 def _init_worker(nice: int, service_pid: int) -> None:
-    """In the worker: lower its priority, and end it when the service is gone (a killed
-    service cannot shut its pool down, and the worker would wait for jobs forever)."""
+    """In the worker: lower its priority, log JSON, and end it when the service is gone (a
+    killed service cannot shut its pool down, and the worker would wait for jobs forever)."""
+    configure_logging("WARNING")
+    json_stderr("stream_learner.retrain_worker")
     if nice and hasattr(os, "nice"):
         with contextlib.suppress(OSError):  # not permitted: the service's priority it is
             os.nice(nice)
@@ -92,6 +105,41 @@ def _exit_with(pid: int, every_s: float = 1.0) -> None:
             os._exit(0)
         except OSError:  # exists, but not ours to signal: still alive
             pass
+
+
+def _started() -> None:
+    """The first job: once it is done, the worker has opened the pool's semaphores."""
+
+
+def _quiet_tracker() -> None:
+    """Start multiprocessing's resource tracker (if this process has none yet) without its
+    plain-text leak warning: it still removes what a killed service left, silently."""
+    from multiprocessing import resource_tracker
+
+    saved = sys.warnoptions[:]
+    sys.warnoptions.append("ignore:resource_tracker:UserWarning")
+    try:
+        resource_tracker.ensure_running()
+    finally:
+        sys.warnoptions[:] = saved
+
+
+def _unlink_semaphores(pool: ProcessPoolExecutor) -> None:
+    """Remove the names of the pool's semaphores (see the module docstring); the worker and
+    this process keep them open. Best effort: what is left is the tracker's to remove."""
+    from multiprocessing import resource_tracker, synchronize, util
+
+    queues = [getattr(pool, name, None) for name in ("_call_queue", "_result_queue")]
+    for lock in [v for q in queues if q is not None for v in vars(q).values()]:
+        name = getattr(getattr(lock, "_semlock", None), "name", None)
+        if not isinstance(lock, synchronize.SemLock) or not name:
+            continue
+        with contextlib.suppress(OSError):
+            _multiprocessing.sem_unlink(name)
+        resource_tracker.unregister(name, "semaphore")
+        for finalizer in list(getattr(util, "_finalizer_registry", {}).values()):
+            if getattr(finalizer, "_args", None) == (name,):
+                finalizer.cancel()  # it would remove the name again at exit
 
 
 def _warm(spec: ModelSpec | None) -> None:
@@ -123,11 +171,14 @@ class Retrainer:
         first job does not pay for it; returns the warm-up's future (``None`` inline or when
         already started)."""
         if self._workers > 0 and self._pool is None:
-            return self._ensure_pool().submit(_warm, spec)
+            pool = self._ensure_pool()
+            pool.submit(_started).add_done_callback(lambda _: _unlink_semaphores(pool))
+            return pool.submit(_warm, spec)
         return None
 
     def _ensure_pool(self) -> ProcessPoolExecutor:
         if self._pool is None:
+            _quiet_tracker()
             # forkserver: never fork a process that holds librdkafka threads.
             ctx = multiprocessing.get_context("forkserver")
             self._pool = ProcessPoolExecutor(

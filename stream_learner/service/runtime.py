@@ -39,6 +39,7 @@ import orjson
 
 from stream_learner.core.commands import Command
 from stream_learner.core.events import Event, RecordDecoder
+from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.ordering import Merger
@@ -55,6 +56,7 @@ from stream_learner.core.processor import (
     RetrainFailed,
     RetrainStarted,
 )
+from stream_learner.core.restore import partition_record, plan_restore, restore_want
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import BrokerError, DecodeError
@@ -88,6 +90,9 @@ class Record(Protocol):
 
 
 class Source(Protocol):
+    """The inputs (``kafka/source.py``; an in-memory one in the tests). ``start`` joins
+    and, inside ``poll``, calls the service's ``on_assign``/``on_revoke``."""
+
     lag: Mapping[TopicPartition, int]
     assignment: set[TopicPartition]
 
@@ -96,12 +101,23 @@ class Source(Protocol):
     def commit(self, positions: Mapping[TopicPartition, int], *, wait: bool = True) -> None: ...
     def committed(self, tps: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
     def high_watermark(self, tp: TopicPartition) -> int | None: ...
+    def group_metadata(self) -> Any: ...
     def close(self) -> None: ...
 
 
 class Sink(Protocol):
+    """The outputs (``kafka/sink.py``). A ``transactional`` sink commits the input
+    positions with its outputs (``commit_transaction``); ``start`` runs before the first
+    poll (an exactly-once sink fences a crashed predecessor there)."""
+
+    transactional: bool
+
+    def start(self) -> None: ...
     def produce(self, topic: str, value: bytes | None, *, key=None, headers=None) -> None: ...
     def flush(self, timeout: float = 10.0) -> int: ...
+    def commit_transaction(
+        self, positions: Mapping[TopicPartition, int], group_metadata: Any
+    ) -> None: ...
 
 
 class Store(Protocol):
@@ -121,10 +137,6 @@ class CheckpointPolicy:
     every_events: int = 100_000
     every_seconds: float = 60.0
     after_retrain: bool = True
-
-
-def partition_record(topic: str, partition: int) -> str:
-    return f"__partition__\x1f{topic}\x1f{partition}"
 
 
 @dataclass(frozen=True)
@@ -511,7 +523,7 @@ class Service:
         Per batch it does not wait for the broker; on revoke and shutdown it does."""
         if not self.positions:
             return
-        if getattr(self.sink, "transactional", False):
+        if self.sink.transactional:
             # Outputs and input positions in one transaction; a failure is not retried
             # (its outputs are gone): the service stops and a restart replays.
             self.sink.commit_transaction(self.positions, self.source.group_metadata())
@@ -574,7 +586,7 @@ class Service:
         """Publish ``key``'s whole state (learner, retrain in flight, paused) with the input
         positions it reflects."""
         state = self.processor.state(key)
-        learner = state["learner"]
+        learner = state.learner
         partition = self.processor.partitions[key]
         meta = SnapshotMeta(
             key=key,
@@ -654,100 +666,18 @@ class Service:
             return {}
         owned = {p for t, p in partitions if t == self.topics.events}
         events = self.topics.events
-
-        def mine(header: Mapping[str, Any]) -> bool:
-            """The snapshots the loop below may load: only their bytes are held in memory
-            (the catalog still lists every key and the writer learns every slot)."""
-            extra = header.get("extra")
-            try:
-                return (
-                    isinstance(extra, dict)
-                    and extra.get("partition") in owned
-                    and extra.get("events_topic") == events
-                )
-            except TypeError:  # an unhashable partition: not one of ours
-                return False
-
-        catalog = self.store.read(want=mine)  # waits out a new topic without a leader
-        records = catalog.records()
-        starts: dict[TopicPartition, int] = {}
-        for partition in sorted(owned):
-            record = records.get(partition_record(self.topics.events, partition))
-            if record is None:
-                # Never checkpointed: the state is whatever the log holds, from its start
-                # (outputs up to the committed offsets are not emitted again).
-                for topic in self.topics.inputs:
-                    starts[topic, partition] = 0
-                continue
-            for topic, by in record["offsets"].items():
-                for p, off in by.items():
-                    starts[topic, int(p)] = off
-        lost: set[int] = set()
-        for key in catalog.keys():  # noqa: SIM118 - a Catalog, not a dict
-            versions = catalog.versions(key)
-            newest = max(versions, key=lambda v: v.position)
-            partition = newest.extra.get("partition")
-            if partition not in owned or newest.extra.get("events_topic") != self.topics.events:
-                continue
-            configured = self.factory.spec.lineage
-            if newest.lineage != configured:
-                if newest.extra.get("adopted_from") != configured:
-                    # The config's [model] changed: a new model iteration starts fresh.
-                    log_event(
-                        log,
-                        "checkpoint_lineage_changed",
-                        key=key,
-                        old=newest.lineage,
-                        new=configured,
-                        action="starting a new lineage fresh",
-                    )
-                    continue
-                # The key adopted another lineage (replay --rebuild --publish, a rollback)
-                # while the config still names the one it replaced: the adoption stands.
-                log_event(
-                    log,
-                    "adopted_lineage_kept",
-                    level=logging.WARNING,
-                    key=key,
-                    lineage=newest.lineage,
-                    configured=configured,
-                    action="restoring the adopted lineage; put its [model] in the config to "
-                    "make that explicit",
-                )
-            loaded = catalog.load(key)
-            if loaded is None:
-                lost.add(partition)
-                continue
-            header, state = loaded
-            if state["learner"].lineage == configured:
-                state["learner"].adopted_from = None  # the config names it now: its own
-            self._adopt(key, partition, header, state)
-            for topic, by in header["offsets"].items():
-                for p, off in by.items():
-                    tp = (topic, int(p))
-                    starts[tp] = min(starts.get(tp, off), off)
-        for rejection in catalog.rejections:
+        # Only the owned partitions' snapshots are held in memory (restore_want).
+        catalog = self.store.read(want=restore_want(owned, events))  # waits out a new topic
+        plan = plan_restore(catalog, owned, events, self.topics.inputs, self.factory.spec.lineage)
+        for note in plan.notes:
+            level = logging.WARNING if note.warning else logging.INFO
+            log_event(log, note.event, level=level, **note.fields)
+        for rejection in plan.rejections:
             self.metrics.count_checkpoint("rejected")
             self.metrics.count_snapshot_rejection(rejection.reason)
-            log_event(
-                log,
-                "checkpoint_rejected",
-                level=logging.WARNING,
-                key=rejection.key,
-                version=rejection.model_version,
-                reason=rejection.reason,
-                detail=rejection.detail,
-            )
-        for partition in lost:  # no valid snapshot at all: rebuild that key from the start
-            log_event(
-                log,
-                "checkpoint_lost",
-                level=logging.WARNING,
-                partition=partition,
-                action="re-learning the partition from its first retained record",
-            )
-            for topic in self.topics.inputs:
-                starts[topic, partition] = 0
+        for restored in plan.restored:
+            self._adopt(restored.key, restored.partition, restored.header, restored.state)
+        starts = dict(plan.starts)
         for tp, start in starts.items():
             self.consumed[tp] = start
             if committed.get(tp, -1) > start:
@@ -756,11 +686,9 @@ class Service:
             self._round_at[partition] = (self._inputs(partition), time.monotonic())
         return starts
 
-    def _adopt(self, key: str, partition: int, header: dict, state: dict) -> None:
-        learner: Learner = state["learner"]
-        self.processor.adopt(
-            key, learner, partition, paused=bool(state.get("paused")), pending=state.get("pending")
-        )
+    def _adopt(self, key: str, partition: int, header: dict, state: KeyState) -> None:
+        learner = state.learner
+        self.processor.adopt(key, learner, partition, paused=state.paused, pending=state.pending)
         self._skip[key] = {
             (t, int(p)): off for t, by in header["offsets"].items() for p, off in by.items()
         }
@@ -801,8 +729,7 @@ class Service:
         if loaded is None:
             _rollback_failed(key, cmd.version, "no valid snapshot of that version")
             return
-        _, state = loaded
-        restored: Learner = state["learner"]
+        restored = KeyState.of(loaded[1]).learner
         before = learner.lineage
         try:  # a snapshot of another lineage (a rebuild) switches the spec too
             self.processor.rollback(key, restored.model, cmd.version, cmd.reason, restored.spec)
@@ -870,9 +797,7 @@ class Service:
     def run(self, should_stop: Callable[[], bool]) -> None:
         """Consume until ``should_stop()``; then finish the batch, flush, commit, close."""
         self.retrainer.start(self.factory.spec)
-        start_sink = getattr(self.sink, "start", None)
-        if start_sink is not None:
-            start_sink()  # before consuming: see KafkaSink.start (exactly-once restarts)
+        self.sink.start()  # before consuming: see KafkaSink.start (exactly-once restarts)
         self.source.start()
         gc_default = gc.get_threshold()
         gc.set_threshold(*GC_THRESHOLDS)

@@ -14,6 +14,8 @@ from stream_learner.core import events
 from stream_learner.core.events import (
     DEFAULT_KEY,
     MAX_EVENT_BYTES,
+    MAX_FEATURE_NAME_CHARS,
+    MAX_FEATURES,
     MAX_ID_CHARS,
     MAX_KEY_CHARS,
     REASONS,
@@ -156,6 +158,10 @@ BAD = [
     ("x_not_object", decode_event, b'{"id": "a", "x": "f=1"}'),
     ("bad_feature", decode_event, b'{"id": "a", "x": {"f": {"g": 1}}}'),
     ("bad_feature", decode_event, b'{"id": "a", "x": {"f": [1]}}'),
+    ("too_many_features", decode_event,
+     _raw({"id": "a", "x": {f"f{i}": i for i in range(MAX_FEATURES + 1)}})),
+    ("feature_name_too_long", decode_event,
+     _raw({"id": "a", "x": {"f" * (MAX_FEATURE_NAME_CHARS + 1): 1}})),
     ("non_finite", decode_event, b'{"id": "a", "x": {"f": 1e999}}'),
     ("non_finite", decode_event, b'{"id": "a", "x": {"f": -1e999}}'),
     ("non_finite", decode_event, b'{"id": "a", "x": {}, "y": 1e999}'),
@@ -384,6 +390,37 @@ def test_the_fast_path_decodes_every_event_as_the_precise_path_does() -> None:
         assert _outcome(lambda r: RecordDecoder().event(r, None, None), raw) == want, raw
         accepted += want[0] == "accepted"
     assert accepted > 1000  # the corpus exercises acceptance, not only refusals
+
+
+_BOUNDED_XS = [
+    *_XS,
+    {"ab": 1},
+    {"é": 1},
+    {"éé": 1.5},
+    {"a": 1, "b": None, "c": None},
+    {"a": None, "b": None, "c": None, "d": 1},
+    {"a": 1, "bb": None},
+    {"a": 1, "b": 2, "c": "s"},
+]
+
+
+def test_both_paths_bound_features_alike() -> None:
+    """The bounds on features per event and on name lengths, small enough to bite: msgspec
+    refuses what passes them and the precise path has the same verdict (nulls aside)."""
+    bounded = dict(max_features=2, max_name=1)
+    precise = lambda raw: events._event(events._parse(raw, MAX_EVENT_BYTES), **bounded)  # noqa: E731
+    decoder = RecordDecoder(max_features=2, max_name_chars=1)
+    raws = _messages(id=["e1"], key=["k", _MISSING], ts=[_MISSING, 1.5], x=_BOUNDED_XS, y=_YS)
+    raws.append(b'{"id": "e1", "x": {"a": 1, "a": 2, "a": 3}}')  # one feature, three times
+    reasons = set()
+    for raw in raws:
+        want = _outcome(precise, raw)
+        assert _outcome(lambda r: decoder.event(r, None, None), raw) == want, raw
+        reasons.add(want[1] if want[0] == "refused" else "accepted")
+    assert {"accepted", "too_many_features", "feature_name_too_long"} <= reasons
+    three = b'{"id": "e1", "x": {"a": 1, "b": 2, "c": 3}}'
+    assert "the limit is 2" in _reason(lambda r: decoder.event(r, None, None), three).detail
+    assert decode_event(three).x == {"a": 1, "b": 2, "c": 3}  # the defaults: far from it
 
 
 def test_the_fast_path_decodes_every_label_as_the_precise_path_does() -> None:

@@ -415,3 +415,36 @@ def test_labels_are_refused_exactly_as_check_label_refuses_them(spec):
             with pytest.raises(DecodeError, match="bad_label"):
                 learner.on_label(Label(f"none{i}", "k", y))
             assert learner.index == before
+
+
+def test_a_key_admits_a_bounded_number_of_feature_names():
+    """Past ``max_feature_names`` an input with a new name is refused whole, before it
+    changes anything; inputs with known names go on; the names survive a snapshot."""
+    learner = Learner("k", LINEAR, config=LearnerConfig(max_feature_names=3, feature_drift=False))
+    learner.learn(Event("e1", "k", {"a": 1.0, "b": 2.0}, y=True))
+    learner.predict(Event("e2", "k", {"c": 1.0}))
+    before = pickle.dumps(learner)
+    for refused in (
+        lambda: learner.learn(Event("e3", "k", {"a": 1.0, "d": 1.0}, y=False)),
+        lambda: learner.predict(Event("e4", "k", {"e": 1.0})),
+    ):
+        with pytest.raises(DecodeError) as info:
+            refused()
+        assert info.value.reason == "too_many_feature_names"
+    assert pickle.dumps(learner) == before  # nothing changed, not even the input index
+    assert learner.learn(Event("e5", "k", {"c": 2.0, "a": 0.5}, y=False)).index == 3
+    restored = pickle.loads(pickle.dumps(learner))
+    with pytest.raises(DecodeError):
+        restored.learn(Event("e6", "k", {"z": 1.0}, y=True))
+    assert restored.learn(Event("e7", "k", {"b": 1.0}, y=True)).index == 4
+
+
+def test_a_learner_pickled_before_names_were_kept_starts_counting_them():
+    learner = Learner("k", LINEAR, config=LearnerConfig(max_feature_names=2))
+    state = learner.__getstate__()
+    del state["_names"]  # as an older snapshot holds it
+    old = Learner.__new__(Learner)
+    old.__setstate__(state)
+    old.learn(Event("e1", "k", {"a": 1.0, "b": 1.0}, y=True))
+    with pytest.raises(DecodeError):
+        old.learn(Event("e2", "k", {"c": 1.0}, y=True))

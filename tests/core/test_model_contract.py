@@ -1,4 +1,5 @@
-"""The contract every model the factory can build must honour (like River's estimator checks).
+"""The contract every model the factory can build, and every drift detector, must honour
+(like River's estimator checks).
 
 Checkpoints pickle the learner and retrain jobs deepcopy or ship models to a worker, so for
 every allow-listed estimator: a pickle or deepcopy round-trip must continue exactly where the
@@ -11,11 +12,14 @@ from __future__ import annotations
 import copy
 import itertools
 import pickle
+import random
 
 import pytest
 from river import base
 from river.datasets import synth
 
+from stream_learner.core import drift as drift_module
+from stream_learner.core.drift import DETECTORS, ErrorDriftMonitor, FeatureDriftMonitor
 from stream_learner.core.models import ESTIMATORS, ModelSpec, build_model
 
 N_LEARN = 300
@@ -137,3 +141,79 @@ def test_transformer_contract(name: str, spec: ModelSpec) -> None:
 def test_every_estimator_is_covered() -> None:
     covered = {name for name, _ in _last_step_cases()} | {name for name, _ in _transformer_specs()}
     assert covered == set(ESTIMATORS)
+
+
+# --------------------------------------------------------------------------- drift detectors
+# Every learner carries its monitors into its snapshots and retrain jobs, so they honour the
+# same contract: a pickle or deepcopy taken mid-stream goes on exactly like the original.
+
+
+def _losses(n: int, seed: int) -> list[float]:
+    """A 0/1 loss stream whose error rate rises halfway: warnings and drifts happen."""
+    rng = random.Random(seed)
+    return [float(rng.random() < (0.1 if i < n // 2 else 0.35)) for i in range(n)]
+
+
+def _features(n: int, seed: int) -> list[dict]:
+    """Numeric features whose mean shifts halfway, plus a categorical one that is dropped."""
+    rng = random.Random(seed)
+    return [
+        {"a": rng.gauss(0.0 if i < n // 2 else 1.0, 1.0), "b": rng.random(), "c": "x"}
+        for i in range(n)
+    ]
+
+
+def _detector_cases() -> list[tuple[str, object, list, object]]:
+    """(name, build, inputs, feed) for every detector the project offers."""
+    cases = []
+    for detector in DETECTORS:
+        cases.append(
+            (
+                f"error-{detector}",
+                lambda d=detector: ErrorDriftMonitor(d),
+                _losses(6000, 3),
+                lambda m, v, i: m.update(v, i),
+            )
+        )
+    cases.append(
+        (
+            "feature",
+            lambda: FeatureDriftMonitor(block=50, reference=500),
+            _features(6000, 4),
+            lambda m, v, i: m.update(v, i),
+        )
+    )
+    return cases
+
+
+def _feed(monitor, feed, inputs, start: int) -> list:
+    return [repr(feed(monitor, value, start + i)) for i, value in enumerate(inputs)]
+
+
+@pytest.mark.parametrize(
+    ("name", "build", "inputs", "feed"), _detector_cases(), ids=[c[0] for c in _detector_cases()]
+)
+def test_detector_contract(name, build, inputs, feed) -> None:
+    cut = len(inputs) // 2 + 37  # mid-change and, for the feature monitor, mid-block
+    head, tail = inputs[:cut], inputs[cut:]
+    monitor = build()
+    seen = _feed(monitor, feed, head, 0)
+    assert _feed(build(), feed, head, 0) == seen, "two builds diverged"
+    state = pickle.dumps(monitor)
+    assert pickle.dumps(pickle.loads(state)) == state, "a round-trip changed the state"
+    pickled, copied = pickle.loads(state), copy.deepcopy(monitor)
+    expected = _feed(monitor, feed, tail, cut)
+    assert any(s != "None" and s != "()" for s in seen + expected), "the stream never drifted"
+    assert _feed(pickled, feed, tail, cut) == expected, "pickle round-trip changed the signals"
+    assert _feed(copied, feed, tail, cut) == expected, "deepcopy changed the signals"
+
+
+def test_every_detector_is_covered() -> None:
+    names = {name for name, *_ in _detector_cases()}
+    assert names == {f"error-{d}" for d in DETECTORS} | {"feature"}
+    monitors = {
+        name
+        for name, obj in vars(drift_module).items()
+        if isinstance(obj, type) and name.endswith("Monitor") and not name.startswith("_")
+    }
+    assert monitors == {"ErrorDriftMonitor", "FeatureDriftMonitor"}, "a new monitor: add it"

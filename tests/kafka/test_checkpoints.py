@@ -14,16 +14,16 @@ from pathlib import Path
 import orjson
 import pytest
 
-from stream_learner.core.snapshot import SnapshotMeta, encode_snapshot
-from stream_learner.errors import BrokerError, ConfigError
-from stream_learner.kafka.checkpoints import (
+from stream_learner.core.checkpoints import (
     STAGING_SLOT,
     Catalog,
-    CheckpointStore,
     MemoryCheckpointStore,
     chunk_key,
     manifest_key,
 )
+from stream_learner.core.snapshot import SnapshotMeta, encode_snapshot
+from stream_learner.errors import BrokerError, ConfigError
+from stream_learner.kafka.checkpoints import CheckpointStore
 from stream_learner.kafka.topics import load_topics
 
 TOPICS_FILE = Path(__file__).resolve().parents[2] / "topics" / "topics.toml"

@@ -85,6 +85,7 @@ def test_apply_creates_every_declared_topic_then_changes_nothing(admin, spec):
         live = _live(admin, name)
         for key, value in topic.config.items():
             assert live[key] == value, (name, key)
+        assert "min.insync.replicas" in live
 
     assert plan(spec, admin) == []
     assert apply(admin, plan(spec, admin)) == []
@@ -112,12 +113,12 @@ def test_configs_drifted_by_hand_are_reconciled(admin, spec):
 
     changes = plan(spec, admin)
     assert [(c.kind, c.topic) for c in changes] == [(ALTER, events), (ALTER, checkpoints)]
-    assert changes[0].config == {"retention.ms": "604800000"}  # undeclared segment.ms untouched
+    assert changes[0].config == {"retention.ms": "-1"}  # undeclared segment.ms untouched
     assert changes[0].previous == {"retention.ms": "1000"}
     assert changes[1].config == {"cleanup.policy": "compact", "segment.ms": "3600000"}
 
     apply(admin, changes)
-    assert _live(admin, events)["retention.ms"] == "604800000"
+    assert _live(admin, events)["retention.ms"] == "-1"
     assert _live(admin, events)["segment.ms"] == "123456789"
     assert _live(admin, checkpoints)["cleanup.policy"] == "compact"
     assert _live(admin, checkpoints)["segment.ms"] == "3600000"
@@ -170,17 +171,55 @@ def test_a_config_the_broker_rejects_is_a_config_error_even_in_a_plan(admin, spe
 
 
 @pytest.mark.kafka
-def test_replication_factor_is_validated_and_never_changed(admin, spec):
-    with pytest.raises(ConfigError, match=r"topics\.events: the broker rejects it: .*replicat"):
-        plan(dataclasses.replace(spec, replication_factor=1000), admin)
+def test_replication_is_capped_at_the_brokers_and_min_isr_at_the_replicas(admin, spec):
+    # The file asks for 3 replicas, 2 in sync; one broker can hold 1 and 1, and writes with
+    # acks=all must keep working on it. Even an absurd declaration is capped, not refused.
+    assert (spec.replication_factor, spec.min_insync_replicas) == (3, 2)
+    brokers = len(admin.list_topics(timeout=10).brokers)
+    changes = plan(dataclasses.replace(spec, replication_factor=1000), admin)
+    creates = [c for c in changes if c.kind == CREATE]
+    assert {c.replication_factor for c in creates} == {brokers}
+    assert {c.config["min.insync.replicas"] for c in creates} == {str(min(2, brokers))}
 
-    apply(admin, plan(spec, admin))  # the broker's default replication factor
-    live = describe(spec, admin)[0].replication_factor
-    assert live is not None and live >= 1
-    changes = plan(dataclasses.replace(spec, replication_factor=live + 1), admin)
-    assert [c.kind for c in changes] == [WARNING] * len(spec.topics)
-    assert f"replication factor {live} on the broker, {live + 1} declared" in changes[0].describe()
-    assert apply(admin, changes) == []
+    apply(admin, plan(spec, admin))
+    for state in describe(spec, admin):
+        assert state.replication_factor == min(3, brokers)
+        live = _live(admin, state.topic)["min.insync.replicas"]
+        assert live == str(min(2, brokers)), state.topic
+    assert plan(spec, admin) == []  # capped values count as up to date
+
+
+@pytest.mark.kafka
+def test_event_time_topics_with_time_retention_are_a_warning(admin, spec):
+    """A topic stamped with event times under retention.ms would lose an old backfill on
+    arrival: declared, left to the broker's default or set live, `apply` says so."""
+
+    def events_with(config: dict[str, str]) -> TopicsSpec:
+        topics = tuple(
+            dataclasses.replace(t, config=config) if t.name == "events" else t for t in spec.topics
+        )
+        return dataclasses.replace(spec, topics=topics)
+
+    assert not [c for c in plan(spec, admin) if c.kind == WARNING]  # the shipped file: none
+    hourly = events_with({"retention.ms": "3600000"})
+    declared = [c for c in plan(hourly, admin) if c.kind == WARNING]
+    assert [c.topic for c in declared] == [spec.physical("events")]
+    assert "retention.ms=3600000 (declared, 1 hours)" in declared[0].describe()
+    assert "set retention.ms = -1 and bound the topic by retention.bytes" in declared[0].note
+
+    undeclared = events_with({})
+    apply(admin, plan(undeclared, admin))
+    warnings = [c for c in plan(undeclared, admin) if c.kind == WARNING]
+    assert len(warnings) == 1 and "retention.ms=604800000 (live, 7 days)" in warnings[0].note
+    # Not an event-time topic: its retention is its own business.
+    labels_only = dataclasses.replace(
+        undeclared,
+        topics=tuple(
+            dataclasses.replace(t, event_time=False) if t.name == "events" else t
+            for t in undeclared.topics
+        ),
+    )
+    assert not [c for c in plan(labels_only, admin) if c.kind == WARNING]
 
 
 @pytest.mark.kafka
@@ -215,7 +254,7 @@ def test_cli_dry_run_apply_and_apply_again(admin, bootstrap, prefix, capsys):
     _alter_by_hand(admin, prefix + "events", retention_ms="1000")
     assert main(args) == 0
     out = capsys.readouterr().out.splitlines()
-    assert out == [f"altered: {prefix}events: retention.ms 1000 -> 604800000", "1 altered"]
+    assert out == [f"altered: {prefix}events: retention.ms 1000 -> -1", "1 altered"]
 
     assert main(args) == 0
     assert capsys.readouterr().out.splitlines() == ["no changes: 6 topics up to date"]
@@ -243,8 +282,9 @@ def test_cli_list_is_an_aligned_table(admin, bootstrap, prefix, capsys):
     assert all(row[column] != " " for row in rows)
     assert sum(line.split()[0] == prefix + "events" for line in rows) == 1
     start = next(i for i, row in enumerate(rows) if row.startswith(prefix + "checkpoints"))
-    checkpoint = {row[column:].split()[0]: row[column:].split()[1:] for row in rows[start:][:6]}
+    checkpoint = {row[column:].split()[0]: row[column:].split()[1:] for row in rows[start:][:7]}
     assert checkpoint["segment.ms"] == ["3600000", "60000", "differs"]
+    assert checkpoint["min.insync.replicas"] == ["1", "1"]  # 2 declared, capped: 1 broker
     assert checkpoint["cleanup.policy"] == ["compact", "compact"]
     assert out[-1].startswith("1 of 6 topics differ from ")
 

@@ -41,6 +41,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from stream_learner.cli.service_cmd import build_service
 from stream_learner.config import load_config
+from stream_learner.kafka.health import PROBLEMS
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.metrics import (
     CHECKPOINT_RESULTS,
@@ -78,6 +79,7 @@ CLOSED_LABELS = {
     ("stream_learner_retrains_total", "outcome"): RETRAIN_OUTCOMES,
     ("stream_learner_checkpoints_total", "result"): CHECKPOINT_RESULTS,
     ("stream_learner_prequential_metric", "window"): ("cumulative", "rolling"),
+    ("stream_learner_kafka_unavailable_seconds", "what"): tuple(PROBLEMS),
 }
 
 # -- the expressions under test ---------------------------------------------------------------
@@ -662,6 +664,7 @@ def _label_schema() -> dict[str, set[str]]:
     m.set_lag("events", 0, 1)
     m.set_assigned_partitions(1)
     m.set_ready(True)
+    m.watch_kafka(lambda: {"brokers": 0.0})
     schema: dict[str, set[str]] = {}
     for family in m.registry.collect():
         for sample in family.samples:
@@ -769,6 +772,7 @@ def test_dashboard_covers_what_operators_watch():
         "stream_learner_race_candidates",
         "stream_learner_race_lead",
         "stream_learner_race_promotions_total",
+        "stream_learner_kafka_unavailable_seconds",
     ):
         assert metric in text, f"no panel shows {metric}"
     for window in ("cumulative", "rolling"):
@@ -793,6 +797,7 @@ def test_alert_rules_carry_what_on_call_needs():
         "StreamLearnerRetrainStorm",
         "StreamLearnerRetrainFailures",
         "StreamLearnerModelStale",
+        "StreamLearnerKafkaUnavailable",
     }
     for rule in rules:
         assert "for" in rule, f"{rule['alert']}: a single bad scrape must not page"
@@ -837,6 +842,8 @@ _HEALTHY = {
     'stream_learner_consumer_lag{topic="events",partition="0"}': "100x120",
     'stream_learner_checkpoint_age_seconds{key="k"}': "30x120",
     _QUALITY % "k": "0.9+0.0001x120",
+    'stream_learner_kafka_unavailable_seconds{what="brokers"}': "0x120",
+    'stream_learner_kafka_unavailable_seconds{what="delivery"}': "0x120",
 }
 ALERT_SCENARIOS = {
     "healthy": ({}, "120m", {}),
@@ -875,6 +882,16 @@ ALERT_SCENARIOS = {
         {'stream_learner_checkpoints_total{result="rejected"}': "0x10 1x20"},
         "20m",
         {"StreamLearnerCheckpointRejected": 1},
+    ),
+    "kafka outage": (
+        {'stream_learner_kafka_unavailable_seconds{what="brokers"}': "0x5 0+60x10 0x5"},
+        "15m",
+        {"StreamLearnerKafkaUnavailable": 1},
+    ),
+    "a broker restart ridden out": (
+        {'stream_learner_kafka_unavailable_seconds{what="delivery"}': "0x5 30 60 90 0x20"},
+        "20m",
+        {},
     ),
     "no target at all": ({"up": None}, "15m", {"StreamLearnerTargetMissing": 1}),
 }

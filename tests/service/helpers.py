@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterable
 from pathlib import Path
@@ -23,6 +24,7 @@ CONFIG = """
 bootstrap = "{bootstrap}"
 topic_prefix = "{prefix}"
 group_id = "{group}"
+instance_dir = "{instance_dir}"
 
 [service]
 batch_size = {batch_size}
@@ -74,6 +76,7 @@ def write_config(tmp_path: Path, bootstrap: str, prefix: str, **kw) -> Path:
         "worker": "true",
         "every_events": 5000,
         "key_file": key_file,
+        "instance_dir": tmp_path / "instances",
         **kw,
     }
     path = tmp_path / "config.toml"
@@ -100,9 +103,10 @@ def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> int:
 class ServiceProcess:
     """``stream-learner run`` as a child process; finds its metrics URL in its log."""
 
-    def __init__(self, config: Path, log_path: Path) -> None:
+    def __init__(self, config: Path, log_path: Path, *, append: bool = False) -> None:
         self.log_path = log_path
-        self._log = open(log_path, "wb")  # noqa: SIM115 - closed in wait()
+        self._start = log_path.stat().st_size if append and log_path.exists() else 0
+        self._log = open(log_path, "ab" if append else "wb")  # noqa: SIM115 - closed in wait()
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         self.proc = subprocess.Popen(
             [
@@ -124,7 +128,8 @@ class ServiceProcess:
     def _find_url(self, timeout: float) -> str:
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
-            match = re.search(rb'"http":\s*"(http://[^"]+)"', self.log_path.read_bytes())
+            text = self.log_path.read_bytes()[self._start :]
+            match = re.search(rb'"http":\s*"(http://[^"]+)"', text)
             if match:
                 return match.group(1).decode()
             if self.proc.poll() is not None:
@@ -142,6 +147,17 @@ class ServiceProcess:
                 return resp.status == 200
         except OSError:  # 503 (HTTPError) or not listening yet
             return False
+
+    def probe(self, path: str = "/readyz") -> tuple[int, str]:
+        """``(status, body)`` of a GET on the service's HTTP port (0: not answering)."""
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=5) as resp:
+                return resp.status, resp.read().decode()
+        except urllib.error.HTTPError as exc:
+            with exc:
+                return exc.code, exc.read().decode()
+        except OSError:
+            return 0, ""
 
     def sample(self, name: str, **labels: str) -> float:
         return sample(self.metrics(), name, **labels)

@@ -5,13 +5,19 @@ one with the project's launcher on free loopback ports, and stops it by its own 
 must hold: the service waits with backoff while Kafka is away, survives a broker restart
 in the middle of the stream, and ends with every event learned exactly once (the learners'
 own counters, read back from the shutdown checkpoint) and every request predicted once.
+While the broker is away longer than ``service.outage_grace_s``, ``/readyz`` says not ready
+and why (``/healthz`` stays 200), and ready again soon after the broker is back; nothing
+is logged at ERROR before the grace has passed, and afterwards only the one line that says
+the outage outlasted it.
 """
 
 from __future__ import annotations
 
 import signal
 import threading
+import time
 from collections import Counter
+from datetime import datetime
 from pathlib import Path
 
 import orjson
@@ -21,6 +27,7 @@ from confluent_kafka.admin import AdminClient
 from stream_learner.core.snapshot import load_signing_key
 from stream_learner.kafka.checkpoints import CheckpointStore
 from stream_learner.kafka.client import client_config
+from stream_learner.kafka.health import PROBLEMS
 from stream_learner.kafka.local import LocalBroker
 from stream_learner.kafka.topics import apply, default_topics_file, load_topics, plan
 from stream_learner.synth import Message
@@ -54,13 +61,20 @@ def _messages(start: int, n: int) -> list[Message]:
     return out
 
 
-def _waits(log: Path) -> list[dict]:
+GRACE_S = 4.0
+
+
+def _lines(log: Path) -> list[dict]:
     lines = log.read_bytes().splitlines() if log.exists() else []
-    return [
-        rec
-        for rec in (orjson.loads(line) for line in lines if line.startswith(b"{"))
-        if rec.get("event") == "waiting_for_kafka"
-    ]
+    return [orjson.loads(line) for line in lines if line.startswith(b"{")]
+
+
+def _waits(log: Path) -> list[dict]:
+    return [rec for rec in _lines(log) if rec.get("event") == "waiting_for_kafka"]
+
+
+def _epoch(ts: str) -> float:
+    return datetime.fromisoformat(ts.replace("Z", "+00:00")).timestamp()
 
 
 def test_service_waits_for_kafka_and_survives_a_broker_restart(own_broker, tmp_path):
@@ -73,6 +87,9 @@ def test_service_waits_for_kafka_and_survives_a_broker_restart(own_broker, tmp_p
 
     # Down at start: the service waits, with a growing backoff, and says so.
     config = write_config(tmp_path, bootstrap, prefix, batch_size=200)
+    config.write_text(
+        config.read_text().replace("[service]\n", f"[service]\noutage_grace_s = {GRACE_S}\n")
+    )
     log = tmp_path / "service.log"
     started: list = []
     opener = threading.Thread(target=lambda: started.append(ServiceProcess(config, log)))
@@ -94,10 +111,30 @@ def test_service_waits_for_kafka_and_survives_a_broker_restart(own_broker, tmp_p
             60,
             "learning to start",
         )
-        # Broker restart mid-run: the service keeps running while Kafka is away.
+        # Broker restart mid-run: the service keeps running while Kafka is away, and says
+        # it is not ready once the outage outlasts the grace.
+        stopping = time.time()
         own_broker.down(grace=30)
         assert service.proc.poll() is None, log.read_text()[-3000:]
+        wait_until(lambda: service.probe()[0] == 503, 60, "/readyz to say not ready")
+        status, body = service.probe()
+        reason = orjson.loads(body)["reason"] if status == 503 else ""
+        assert any(reason.startswith(what) for what in PROBLEMS.values()), body
+        assert service.probe("/healthz")[0] == 200  # alive all the same
+        assert service.sample("stream_learner_ready") == 0
+        assert max(
+            service.sample("stream_learner_kafka_unavailable_seconds", what=what)
+            for what in PROBLEMS
+        ) >= GRACE_S
+        wait_until(
+            lambda: any(r.get("event") == "kafka_outage" for r in _lines(log)),
+            30,
+            "the outage's ERROR line",
+        )
         own_broker.up(timeout=120)
+        back = time.monotonic()
+        wait_until(service.ready, 60, "/readyz to say ready again")
+        back_s = time.monotonic() - back
         produce(bootstrap, prefix, second)
         requests = sum(1 for m in first + second if "y" not in m.value)
         wait_until(
@@ -119,6 +156,13 @@ def test_service_waits_for_kafka_and_survives_a_broker_restart(own_broker, tmp_p
     finally:
         service.kill()
 
+    # No ERROR before the grace had passed, and then only the one line that says so (the
+    # refused connections librdkafka reports in the meantime are WARNINGs).
+    errors = [r for r in _lines(log) if r["level"] == "ERROR"]
+    assert errors and {r["event"] for r in errors} == {"kafka_outage"}, errors
+    assert all(_epoch(r["ts"]) - stopping >= GRACE_S for r in errors), errors
+    assert any(r.get("event") == "kafka_recovered" for r in _lines(log))
+    assert back_s < 30, f"ready {back_s:.1f} s after the broker was back"
     predictions = Counter(
         orjson.loads(m.value())["id"] for m in drain(bootstrap, prefix + "predictions")
     )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import signal
+import time
 from collections import Counter
 
 import orjson
@@ -281,3 +282,153 @@ def test_labels_for_too_many_unseen_keys_are_dead_lettered_not_given_learners(
     first, [last] = ids & {f"l{i}" for i in range(6)}, ids & {"l6", "l7"}
     assert len(opened) == 3 and opened | {f"u{i[1:]}" for i in first} == {f"u{i}" for i in range(6)}
     assert learners == opened | ({"u6", "u7"} - {f"u{last[1:]}"})
+
+
+def test_what_one_event_may_hold_is_bounded_with_a_reason_per_bound(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    """Features per event, name length, and the distinct names a key gathers: each bound
+    dead-letters with its own reason, and the events around them are predicted. The last
+    bound is per key: another key still takes the names one key may no longer add."""
+    config = load_config(
+        write_config(tmp_path, bootstrap, prefix),
+        env={
+            "STREAM_LEARNER__SERVICE__MAX_EVENT_FEATURES": "4",
+            "STREAM_LEARNER__SERVICE__MAX_FEATURE_NAME_CHARS": "8",
+            "STREAM_LEARNER__LEARNER__MAX_FEATURE_NAMES": "6",
+        },
+    )
+
+    def event(id_: str, key: str, x: dict) -> Message:
+        return Message("events", key, {"id": id_, "key": key, "x": x})
+
+    stream = [
+        event("g0", "k", {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0}),  # 4 names: fine
+        event("b0", "k", {f"f{i}": 1.0 for i in range(5)}),  # 5 features in one event
+        event("b1", "k", {"a" * 9: 1.0}),  # a 9-character name
+        event("g1", "k", {"a": 1.0, "e": 1.0, "f": 1.0}),  # 6 names for k: the limit
+        event("b2", "k", {"a": 1.0, "g": 1.0}),  # a 7th name for k
+        event("g2", "k", {"a": 2.0, "f": 0.5}),  # known names go on
+        event("g3", "other", {"g": 1.0, "h": 1.0}),  # another key, its own names
+    ]
+    produce(bootstrap, prefix, stream)
+    built = build_service(config, bootstrap, http_port=0)
+    stop, thread, errors = run_in_thread(built.service)
+    try:
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.predictions)) >= 4, 60, "4 predictions"
+        )
+        wait_until(
+            lambda: len(drain(bootstrap, service_topics.dead_letters)) >= 3, 60, "3 dead letters"
+        )
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors
+    assert _ids(drain(bootstrap, service_topics.predictions)) == Counter(["g0", "g1", "g2", "g3"])
+    dead = {
+        orjson.loads(m.value())["id"]: dict(m.headers())
+        for m in drain(bootstrap, service_topics.dead_letters)
+    }
+    assert {id_: h["dlq.reason"].decode() for id_, h in dead.items()} == {
+        "b0": "too_many_features",
+        "b1": "feature_name_too_long",
+        "b2": "too_many_feature_names",
+    }
+    assert "max_feature_names = 6" in dead["b2"]["dlq.detail"].decode()
+
+
+def test_the_lag_gauge_reads_zero_on_every_input_partition_once_all_is_committed(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    """The lag is the broker's view (the group's committed offsets against the partitions'
+    ends), refreshed while no batch comes: 0 everywhere once everything is consumed and
+    committed, including partitions that never held a record (the control topic here)."""
+    from confluent_kafka import Consumer
+    from confluent_kafka import TopicPartition as KafkaTopicPartition
+
+    from stream_learner.kafka.client import client_config
+
+    keys = [f"k{i}" for i in range(16)]  # spread over every partition
+    messages = list(
+        demo_messages(300, keys=tuple(keys), unlabelled_share=0.2, label_delay=20,
+                      t0=time.time() - 300 * len(keys))
+    )  # fmt: skip
+    produce(bootstrap, prefix, messages)
+    config = load_config(write_config(tmp_path, bootstrap, prefix, batch_size=500))
+    built = build_service(config, bootstrap, http_port=0)
+    registry = built.service.metrics.registry
+    stop, thread, errors = run_in_thread(built.service)
+    partitions = [
+        (topic, p) for topic in service_topics.inputs for p in range(4)
+    ]  # topics/topics.toml: 4 partitions each
+
+    def lags() -> dict:
+        return {
+            (t, p): registry.get_sample_value(
+                "stream_learner_consumer_lag", {"topic": t, "partition": str(p)}
+            )
+            for t, p in partitions
+        }
+
+    try:
+        wait_until(lambda: built.service.caught_up, 90, "the service to catch up")
+        wait_until(lambda: set(lags().values()) == {0.0}, 30, "lag 0 everywhere", interval=0.5)
+        assert registry.get_sample_value("stream_learner_ready") == 1
+    finally:
+        stop.set()
+        thread.join(30)
+    assert not errors
+    # What the gauge said is what the broker says: the group committed every partition's end.
+    probe = Consumer(client_config(bootstrap, {"group.id": config.kafka.group_id}))
+    try:
+        committed = probe.committed(
+            [KafkaTopicPartition(t, p) for t, p in partitions], timeout=10
+        )
+        for tp in committed:
+            low, high = probe.get_watermark_offsets(tp, timeout=10)
+            assert tp.offset == high or (high == low == 0), (tp, low, high)
+    finally:
+        probe.close()
+
+
+def _semaphores() -> set[str]:
+    from pathlib import Path
+
+    return {p.name for p in Path("/dev/shm").glob("sem.*")}
+
+
+def test_a_killed_instances_successor_logs_only_json_and_nothing_leaks(
+    bootstrap, service_topics, prefix, tmp_path
+):
+    """Two instances one after the other on one log stream, the first killed with SIGKILL
+    while its retrain worker runs: every line of the stream is JSON (Python's warnings and
+    the worker's included), and the first instance's semaphores are gone."""
+    produce(bootstrap, prefix, list(demo_messages(300, keys=("a", "b"), t0=time.time() - 600)))
+    config = write_config(tmp_path, bootstrap, prefix)
+    log = tmp_path / "service.log"
+    before = _semaphores()
+    first = ServiceProcess(config, log, append=True)  # one stream: every writer appends
+    try:
+        wait_until(first.ready, 90, "the first instance to be ready")
+        time.sleep(1.0)  # the worker is up and warmed
+        started = _semaphores() - before
+        first.proc.send_signal(signal.SIGKILL)
+        first.wait(30)
+    finally:
+        first.kill()
+    second = ServiceProcess(config, log, append=True)
+    try:
+        wait_until(second.ready, 90, "the successor to be ready")
+        time.sleep(3.0)  # the first instance's worker and helpers end within a second or two
+        second.proc.send_signal(signal.SIGTERM)
+        assert second.wait(60) == 0
+    finally:
+        second.kill()
+    lines = [orjson.loads(line) for line in log.read_bytes().splitlines()]  # each JSON
+    assert [r["event"] for r in lines if r["event"] in ("started", "stopped")] == [
+        "started",
+        "started",
+        "stopped",
+    ]
+    assert not (started & _semaphores()), "semaphores of the killed instance remain"

@@ -8,7 +8,7 @@ import pytest
 
 from stream_learner.cli.service_cmd import build_service
 from stream_learner.config import load_config
-from stream_learner.kafka.checkpoints import chunk_key
+from stream_learner.core.checkpoints import chunk_key
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.synth import demo_messages
 from tests.conftest import drain

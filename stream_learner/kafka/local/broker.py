@@ -1,8 +1,9 @@
-"""Fetch, format, start, probe and stop a local single-node KRaft broker.
+"""Fetch, format, start, probe and stop a local KRaft broker, or a cluster of them.
 
 State lives under ``$STREAM_LEARNER_HOME`` (default ``~/.cache/stream-learner``):
-``kafka-<version>/libs`` holds the jars (fetched once, reused offline), and
-``broker-<port>/`` the data, log, pid file and generated ``server.properties``.
+``kafka-<version>/libs`` holds the jars (fetched once, reused offline), ``broker-<port>/``
+a single node's data, log, pid file and generated ``server.properties``, and
+``cluster-<port>/node-<id>/`` the same for each node of a :class:`LocalCluster`.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import socket
 import subprocess
 import time
 import uuid
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -60,6 +62,51 @@ log.cleaner.backoff.ms=5000
 auto.create.topics.enable=false
 delete.topic.enable=true
 """
+
+# One node of a local cluster: every node is broker and controller (combined mode), so
+# N JVMs make an N-voter quorum that survives the loss of any minority, controller or not.
+# Replication 3 / min ISR 2 for the internal topics as for the declared ones (capped at
+# the node count); few threads, short failure detection, so a killed node's partitions
+# move within seconds and three nodes fit on a small machine.
+_CLUSTER_PROPERTIES = """\
+process.roles=broker,controller
+node.id={node_id}
+controller.quorum.voters={voters}
+listeners=PLAINTEXT://{host}:{port},CONTROLLER://{host}:{controller_port}
+advertised.listeners=PLAINTEXT://{host}:{port}
+controller.listener.names=CONTROLLER
+inter.broker.listener.name=PLAINTEXT
+listener.security.protocol.map=PLAINTEXT:PLAINTEXT,CONTROLLER:PLAINTEXT
+log.dirs={data}
+num.partitions=1
+default.replication.factor={replication}
+min.insync.replicas={min_isr}
+offsets.topic.replication.factor={replication}
+offsets.topic.num.partitions=4
+transaction.state.log.replication.factor={replication}
+transaction.state.log.min.isr={min_isr}
+transaction.state.log.num.partitions=4
+share.coordinator.state.topic.replication.factor={replication}
+share.coordinator.state.topic.min.isr={min_isr}
+group.initial.rebalance.delay.ms=0
+log.cleaner.dedupe.buffer.size=8388608
+log.cleaner.backoff.ms=5000
+auto.create.topics.enable=false
+delete.topic.enable=true
+num.network.threads=2
+num.io.threads=2
+num.replica.fetchers=1
+background.threads=2
+log.cleaner.threads=1
+broker.heartbeat.interval.ms=1000
+broker.session.timeout.ms=6000
+replica.lag.time.max.ms=10000
+"""
+
+# The single node's JVM, unchanged since the first release; a cluster node gets less:
+# three of them share the machine with the tests and the service.
+_SINGLE_JVM = ("-Xms256m", "-Xmx768m", "-XX:+UseG1GC")
+_NODE_JVM = ("-Xms96m", "-Xmx320m", "-XX:+UseSerialGC", "-XX:TieredStopAtLevel=1")
 
 
 def _home() -> Path:
@@ -105,17 +152,39 @@ class BrokerStatus:
 class LocalBroker:
     """One local broker, identified by its port. Safe to call ``up`` twice."""
 
-    def __init__(self, port: int | None = None, home: Path | None = None) -> None:
+    jvm_options: tuple[str, ...] = _SINGLE_JVM
+
+    def __init__(
+        self,
+        port: int | None = None,
+        home: Path | None = None,
+        *,
+        overrides: Mapping[str, str] | None = None,
+    ) -> None:
+        """``overrides``: extra server properties (tests: e.g. a short retention check);
+        without them the broker's configuration is the one documented above."""
+        self.overrides = dict(overrides or {})
         self.port = port or local_port()
         self.controller_port = self.port + 1
         self.home = home or _home()
         self.version = kafka_version()
         self.libs = self.home / f"kafka-{self.version}" / "libs"
-        self.dir = self.home / f"broker-{self.port}"
+        self.dir = self._state_dir()
         self.data = self.dir / "data"
         self.log = self.dir / "broker.log"
         self.pid_file = self.dir / "broker.pid"
         self.properties = self.dir / "server.properties"
+
+    def _state_dir(self) -> Path:
+        return self.home / f"broker-{self.port}"
+
+    def _server_properties(self) -> str:
+        return _SERVER_PROPERTIES.format(
+            host=LOCAL_HOST, port=self.port, controller_port=self.controller_port, data=self.data
+        )
+
+    def _cluster_id(self) -> str:
+        return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
 
     @property
     def bootstrap(self) -> str:
@@ -178,7 +247,7 @@ class LocalBroker:
     def _format(self, java: str) -> None:
         if (self.data / "meta.properties").exists():
             return
-        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        cluster_id = self._cluster_id()
         cmd = [
             java, "-cp", f"{self.libs}/*", "kafka.tools.StorageTool",
             "format", "-t", cluster_id, "-c", str(self.properties),
@@ -196,6 +265,11 @@ class LocalBroker:
         if current.running:
             # A broker of ours that is still starting: wait for it rather than start another.
             return self._wait_ready(current.pid, timeout), False
+        proc = self._launch()
+        return self._wait_ready(proc.pid, timeout, proc), True
+
+    def _launch(self) -> subprocess.Popen[bytes]:
+        """Write the config, format the storage once and start the JVM; do not wait."""
         java = _require_tool("java", _JAVA_HINT)
         for port in (self.port, self.controller_port):
             if self._port_in_use(port):
@@ -205,17 +279,11 @@ class LocalBroker:
                 )
         self.ensure_jars()
         self.dir.mkdir(parents=True, exist_ok=True)
-        self.properties.write_text(
-            _SERVER_PROPERTIES.format(
-                host=LOCAL_HOST,
-                port=self.port,
-                controller_port=self.controller_port,
-                data=self.data,
-            )
-        )
+        extra = "".join(f"{key}={value}\n" for key, value in sorted(self.overrides.items()))
+        self.properties.write_text(self._server_properties() + extra)
         self._format(java)
         cmd = [
-            java, "-Xms256m", "-Xmx768m", "-XX:+UseG1GC", "-Djava.awt.headless=true",
+            java, *self.jvm_options, "-Djava.awt.headless=true",
             f"-Dlog4j2.configurationFile={LOG4J}", f"-Dstream_learner.log={self.log}",
             "-cp", f"{self.libs}/*", "kafka.Kafka", str(self.properties),
         ]  # fmt: skip
@@ -226,7 +294,7 @@ class LocalBroker:
             )  # fmt: skip
         _CHILDREN[proc.pid] = proc
         self.pid_file.write_text(f"{proc.pid}\n")
-        return self._wait_ready(proc.pid, timeout, proc), True
+        return proc
 
     def _wait_ready(
         self, pid: int | None, timeout: float, proc: subprocess.Popen[bytes] | None = None
@@ -277,6 +345,138 @@ class LocalBroker:
         if purge:
             shutil.rmtree(self.dir, ignore_errors=True)
         return pid is not None
+
+
+class ClusterNode(LocalBroker):
+    """One node of a :class:`LocalCluster`: broker and controller, in ``cluster-<port>/``."""
+
+    jvm_options = _NODE_JVM
+
+    def __init__(self, cluster: LocalCluster, node_id: int) -> None:
+        self.cluster = cluster
+        self.node_id = node_id
+        super().__init__(port=cluster.base_port + 2 * (node_id - 1), home=cluster.home)
+
+    def _state_dir(self) -> Path:
+        return self.cluster.dir / f"node-{self.node_id}"
+
+    def _server_properties(self) -> str:
+        replication = min(3, self.cluster.nodes)
+        return _CLUSTER_PROPERTIES.format(
+            node_id=self.node_id,
+            voters=self.cluster.voters,
+            host=LOCAL_HOST,
+            port=self.port,
+            controller_port=self.controller_port,
+            data=self.data,
+            replication=replication,
+            min_isr=min(2, replication),
+        )
+
+    def _cluster_id(self) -> str:
+        return self.cluster.cluster_id()
+
+
+class LocalCluster:
+    """``nodes`` local brokers from the same jars, identified by the first node's port.
+
+    Node ``i`` (1-based) listens on ``base_port + 2(i-1)`` and runs its controller on the
+    port after it, the single broker's layout repeated. Every node is broker and
+    controller, so a majority of the nodes keeps the cluster running.
+    """
+
+    def __init__(self, nodes: int, base_port: int | None = None, home: Path | None = None):
+        if not 2 <= nodes <= 9:
+            raise LocalBrokerError(f"a local cluster has 2 to 9 nodes, not {nodes}")
+        self.nodes = nodes
+        self.base_port = base_port or default_cluster_port()
+        if self.base_port + 2 * nodes - 1 > 65535:
+            raise LocalBrokerError(f"port {self.base_port} leaves no room for {nodes} nodes")
+        self.home = home or _home()
+        self.dir = self.home / f"cluster-{self.base_port}"
+        self.members = [ClusterNode(self, i) for i in range(1, nodes + 1)]
+
+    @property
+    def voters(self) -> str:
+        return ",".join(f"{n.node_id}@{LOCAL_HOST}:{n.controller_port}" for n in self.members)
+
+    @property
+    def bootstrap(self) -> str:
+        return ",".join(node.bootstrap for node in self.members)
+
+    def cluster_id(self) -> str:
+        """One id for every node's storage, kept so a node formatted later joins the same."""
+        path = self.dir / "cluster.id"
+        if not path.exists():
+            self.dir.mkdir(parents=True, exist_ok=True)
+            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+        return path.read_text().strip()
+
+    def node(self, node_id: int) -> ClusterNode:
+        return self.members[node_id - 1]
+
+    def status(self) -> list[BrokerStatus]:
+        return [node.status() for node in self.members]
+
+    def up(self, timeout: float = 120.0) -> tuple[list[BrokerStatus], bool]:
+        """Start every node that is not running, together (a quorum needs a majority
+        before any node answers), and wait until the metadata shows every broker."""
+        launched: dict[int, subprocess.Popen[bytes]] = {}
+        for node in self.members:
+            if node.status().running:
+                continue
+            try:
+                launched[node.node_id] = node._launch()
+            except LocalBrokerError:
+                for node_id, proc in launched.items():
+                    self.node(node_id)._stop_pid(proc.pid, grace=10.0)
+                raise
+        deadline = time.monotonic() + timeout
+        try:
+            for node in self.members:
+                proc = launched.get(node.node_id)
+                pid = proc.pid if proc else node.status().pid
+                node._wait_ready(pid, max(deadline - time.monotonic(), 1.0), proc)
+        except LocalBrokerError:
+            self.down(grace=10.0)
+            raise
+        while time.monotonic() < deadline:
+            try:
+                if check_reachable(self.bootstrap, timeout=5.0) >= self.nodes:
+                    return self.status(), bool(launched)
+            except BrokerError:
+                pass
+            time.sleep(0.5)
+        self.down(grace=10.0)
+        raise LocalBrokerError(
+            f"the {self.nodes}-node cluster at {self.bootstrap} did not show all its brokers "
+            f"within {timeout:g}s; see the logs under {self.dir}"
+        )
+
+    def down(self, *, purge: bool = False, grace: float = 30.0) -> int:
+        """Stop every node (controlled shutdown, then SIGKILL after ``grace``).
+
+        Returns how many were running. ``purge`` also deletes the cluster's data.
+        """
+        running = [(node, pid) for node in self.members if (pid := node._pid()) is not None]
+        # SIGTERM to all first: a node's controlled shutdown needs the others' quorum, so
+        # stopping them one by one would leave the last waiting for a quorum that is gone.
+        for _, pid in running:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGTERM)
+        for node, pid in running:
+            node._stop_pid(pid, grace)
+        for node in self.members:
+            node.pid_file.unlink(missing_ok=True)
+        if purge:
+            shutil.rmtree(self.dir, ignore_errors=True)
+        return len(running)
+
+
+def default_cluster_port() -> int:
+    """Where a cluster listens unless told: 100 ports above the single broker, so both
+    can run side by side (39192, 39194, 39196 by default)."""
+    return local_port() + 100
 
 
 def _is_zombie(pid: int) -> bool:

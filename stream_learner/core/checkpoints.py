@@ -1,0 +1,706 @@
+"""The checkpoint format: key scheme, catalog and the writer's slot rules, with no broker.
+
+A checkpoint store keeps the last ``keep_versions`` versions of every model key, bounded
+under compaction, and never restores a snapshot that was only partly written. Everything
+here works on a log of ``(record key, value)`` records, in order, the way a compacted topic
+holds them: :class:`LogStore` writes and reads such a log through two transport methods,
+:class:`MemoryCheckpointStore` keeps it in a dict (pure tests, offline tools), and
+:class:`~stream_learner.kafka.checkpoints.CheckpointStore` puts it on partition 0 of the
+checkpoints topic (declared with one partition, so a snapshot's chunks always precede its
+manifest in the log).
+
+Record keys (``\\x1f`` and ``\\x1e`` are not printable, so no model key contains them)::
+
+    {model_key}\\x1f{slot}\\x1f{chunk_index}   a chunk of the snapshot in ``slot``
+                                             (value: header JSON, newline, payload slice)
+    {model_key}\\x1f{slot}\\x1fm               the slot's manifest: the signed header,
+                                             written only after every chunk is delivered
+    {model_key}\\x1f-1\\x1f{chunk_index}, ...\\x1fm  the key's staging slot (see Staging)
+    \\x1e{record_key}                          a JSON record of the service (value: object)
+
+Slots. A model key owns ``keep_versions + 1`` slots. A new snapshot goes to a slot that
+holds neither the newest snapshot of its own version nor one of the ``keep_versions - 1``
+newest other versions (an empty slot if there is one, and after every publish there is).
+Once its manifest is delivered, every slot outside that set is deleted with tombstones
+(manifest first, then chunks): older versions, the version's previous snapshot, and
+broken leftovers. So the topic holds ``keep_versions`` versions per key, and a crash
+mid-write never touches a snapshot that is still wanted, not even the current version's
+previous snapshot. When a slot is reused with fewer chunks than it held, the leftover
+chunk keys get tombstones too.
+
+Reading. A slot is *complete* when its manifest names exactly ``chunk_count`` chunks of
+the same snapshot and their checksum matches, and *valid* (restorable) when, with a
+signing key, its signature verifies too (see :mod:`stream_learner.core.snapshot`).
+After a crash between chunks, a slot may hold the new snapshot's first chunks and the
+old one's manifest and remaining chunks: the old snapshot is ``incomplete``, the new one
+has ``no_manifest``; both are refused and :meth:`Catalog.load` returns the newest valid
+snapshot in another slot. The writer keeps complete snapshots it cannot verify (a
+reader with another key must not wipe them) and deletes only broken ones.
+
+"Newest" means last written (log order), not the highest ``model_version``: a rollback
+that republishes an older version is then what a restart restores.
+
+Staging. Slot ``-1`` (:data:`STAGING_SLOT`) of a key is its staging slot, where another
+program offers a snapshot to the service: ``publish(..., staged=True)`` (``replay
+--rebuild --publish``) writes there with the same chunk, manifest and signature rules,
+and a newer staged snapshot of the key replaces the older one (leftover chunks get
+tombstones). The key's own slots ``0..keep_versions`` have one writer, the service, and
+the staging slot has another, so neither overwrites nor deletes the other's snapshot
+whatever their cached views of the topic: the service's writer never chooses slot -1 and
+never retires it. A staged snapshot is offered, not served: :meth:`Catalog.load` with a
+version finds it like any other snapshot of that version (the service adopts it on a
+``rollback`` command to that version), while :meth:`Catalog.versions`,
+:meth:`Catalog.keys` and ``load(key)`` without a version (what a restart restores) see
+only the key's own slots. So a restart restores what the service last served, never a
+staged snapshot it did not adopt; once adopted, the service's next snapshot of the
+adopted learner is the newest. The staged snapshot stays (at most one per key) until the
+next staged publish of the key replaces it, so a rollback command read again after a
+crash still finds it.
+
+The writer learns which slots are taken from :meth:`read` (done lazily before the first
+publish): call ``read()`` after gaining ownership of a key that another instance wrote.
+
+Memory. :class:`Catalog` takes the log one record at a time and holds only the last value
+of each record key (a tombstone drops it), so a read never holds superseded values.
+``read(want=...)`` keeps less: ``want`` is a predicate over a snapshot header (each chunk's
+and manifest's as they stream by, not yet verified, so it must expect any JSON and not
+raise; ``header["key"]`` is the model key), and payload bytes are kept only of the chunks
+it accepts; the rest are dropped at once, keeping their headers, sizes and positions. A
+model key is *wanted* when ``want`` accepted any of its live records. A snapshot whose
+bytes were dropped is judged all the same (chunk identities, count and total size; the
+signature, which needs only the header; the checksum from a SHA-256 fed chunk by chunk
+as they stream by), so listing and the writer's view of every key's slots are what a full
+read gives. The writer writes a snapshot's chunks in index order, one after the other;
+when a slot's final chunk set did not stream by that way (a chunk rewritten later:
+someone else wrote to the slot), its checksum is unknown: such a snapshot counts as
+``complete`` for the writer (a snapshot that may be good is not overwritten on a guess)
+and is listed as not valid with reason ``unverified``, without a rejection; a full read
+decides it. :meth:`Catalog.load` never returns a snapshot whose bytes were dropped: for a
+key that was not wanted it raises ``LookupError`` (the caller left it out; ``None`` would
+claim nothing is restorable), and for a wanted key it passes over such a snapshot as if
+absent. Without ``want`` every payload is kept and verified.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from types import MappingProxyType
+from typing import Any
+
+import orjson
+
+from stream_learner.core import snapshot
+from stream_learner.core.snapshot import (
+    Chunk,
+    SnapshotMeta,
+    SnapshotRejected,
+    assemble,
+    check_header,
+    decode_snapshot,
+    encode_snapshot,
+    parse_chunk,
+    verify_signature,
+    verify_snapshot,
+)
+from stream_learner.errors import ConfigError
+
+__all__ = [
+    "MAX_CHUNK_BYTES",
+    "REASONS",
+    "STAGING_SLOT",
+    "Catalog",
+    "LogStore",
+    "MemoryCheckpointStore",
+    "Rejection",
+    "VersionInfo",
+    "Want",
+    "chunk_key",
+    "manifest_key",
+    "record_key",
+]
+
+SEP = "\x1f"
+RECORD_PREFIX = "\x1e"
+MANIFEST = "m"
+STAGING_SLOT = -1  # a key's staging slot (see the module docstring); its own are 0..keep
+# A chunk travels as one record: 7 MiB leaves room for its header below the 8 MiB
+# max.message.bytes the checkpoints topic is declared with (topics/topics.toml).
+MAX_CHUNK_BYTES = 7 * 1024 * 1024
+
+REASONS = (
+    *snapshot.REASONS,
+    "no_manifest",  # chunks without a manifest: a write that never finished
+    "key_mismatch",  # the header names another model key than the record key
+    "bad_key",  # a record key that fits none of the forms above
+    "bad_record",  # a service record whose value is not a JSON object
+    "unverified",  # bytes dropped by want, checksum unknown: listed, never a rejection
+)
+
+Want = Callable[[Mapping[str, Any]], bool]  # which snapshots' bytes a read keeps
+
+
+def chunk_key(model_key: str, slot: int, index: int) -> str:
+    return f"{model_key}{SEP}{slot}{SEP}{index}"
+
+
+def manifest_key(model_key: str, slot: int) -> str:
+    return f"{model_key}{SEP}{slot}{SEP}{MANIFEST}"
+
+
+def record_key(key: str) -> str:
+    """The Kafka key of a service record named ``key``."""
+    return RECORD_PREFIX + key
+
+
+# --------------------------------------------------------------------------- catalog
+
+
+@dataclass(frozen=True, slots=True)
+class VersionInfo:
+    """One snapshot found on the topic; ``header`` is its (signed) header."""
+
+    key: str
+    model_version: int
+    valid: bool
+    reason: str | None
+    slot: int
+    position: int  # order of the manifest (or last chunk) in the log: higher is newer
+    header: dict[str, Any] = field(repr=False)
+
+    @property
+    def staged(self) -> bool:
+        """In the key's staging slot: offered to the service, not (yet) served by it."""
+        return self.slot == STAGING_SLOT
+
+    @property
+    def lineage(self) -> str:
+        return self.header.get("lineage", "")
+
+    @property
+    def created(self) -> float | str | None:
+        return self.header.get("created")
+
+    @property
+    def trigger(self) -> str:
+        return self.header.get("trigger", "")
+
+    @property
+    def decision(self) -> str | None:
+        return self.header.get("decision")
+
+    @property
+    def metrics(self) -> dict[str, float | None]:
+        return self.header.get("metrics", {})
+
+    @property
+    def offsets(self) -> dict[str, dict[str, int]]:
+        return self.header.get("offsets", {})
+
+    @property
+    def extra(self) -> dict[str, Any]:
+        return self.header.get("extra", {})
+
+
+@dataclass(frozen=True, slots=True)
+class Rejection:
+    """A snapshot or record refused while reading; log it, count it by ``reason``."""
+
+    reason: str
+    detail: str
+    key: str | None = None
+    model_version: int | None = None
+    slot: int | None = None
+
+
+@dataclass(slots=True)
+class _SlotState:
+    """What the writer needs to know about a slot."""
+
+    version: int | None
+    position: int
+    complete: bool  # manifest + every chunk + checksum (signature aside)
+    indexes: frozenset[int]  # chunk keys present in the slot
+
+
+@dataclass(slots=True)
+class _Entry:
+    """The live value of one record key of a slot, as far as the catalog keeps it."""
+
+    position: int
+    index: str | None  # the record key's chunk index; None for the manifest
+    header: dict[str, Any] | None = None  # a manifest that reads as a header
+    error: SnapshotRejected | None = None  # a manifest that does not
+    chunk: Chunk | None = None  # a parsed chunk (payload b"" when dropped); None: unparseable
+    size: int = 0  # the chunk's payload size, kept or not
+    wanted: bool = True  # ``want`` accepted its header: a chunk's payload is kept
+
+
+@dataclass(slots=True)
+class _Run:
+    """SHA-256 of a slot's chunks fed in index order as they stream by, for snapshots
+    whose bytes are dropped (see want in the module docstring)."""
+
+    identity: tuple
+    digest: Any
+    positions: list[int] = field(default_factory=list)
+
+
+@dataclass(slots=True)
+class _Slot:
+    entries: dict[str, _Entry] = field(default_factory=dict)  # by record key, in log order
+    run: _Run | None = None
+
+
+class Catalog:
+    """Everything restorable from the topic as it was read: snapshots and records.
+
+    Validity is decided here without unpickling; :meth:`load` unpickles one snapshot.
+    The payloads of valid snapshots (those ``want`` accepted, when given) are held in
+    memory until the catalog is dropped.
+    """
+
+    def __init__(
+        self,
+        log: Iterable[tuple[str, bytes | None]],
+        *,
+        signing_key: bytes | None = None,
+        want: Want | None = None,
+    ) -> None:
+        self._signing_key = signing_key
+        self._want = want
+        self._wanted: set[str] = set()
+        self.rejections: list[Rejection] = []
+        self._records: dict[str, dict] = {}
+        self._infos: dict[str, list[VersionInfo]] = {}
+        self._payloads: dict[tuple[str, int], bytes] = {}
+        self._states: dict[str, dict[int, _SlotState]] = {}
+        # Compaction: the last value of a record key wins, a tombstone deletes it. Service
+        # records and bad keys (small) by record key, snapshot records by slot.
+        others: dict[str, tuple[int, dict | Rejection]] = {}
+        slots: dict[tuple[str, int], _Slot] = {}
+        self.records_read = 0  # tombstones and superseded records included
+        for position, (key, value) in enumerate(log):
+            self._take(position, key, value, others, slots)
+            self.records_read = position + 1
+        for key, (_, outcome) in others.items():  # in the order of their last write
+            if isinstance(outcome, Rejection):
+                self.rejections.append(outcome)
+            else:
+                self._records[key[len(RECORD_PREFIX) :]] = outcome
+        # By model key, then slot, in the order their oldest live record was written.
+        first: dict[str, int] = {}
+        for (model_key, _), content in slots.items():
+            start = next(iter(content.entries.values())).position
+            first[model_key] = min(first.get(model_key, start), start)
+        order = sorted(
+            slots,
+            key=lambda s: (first[s[0]], next(iter(slots[s].entries.values())).position),
+        )
+        for model_key, slot in order:
+            self._judge(model_key, slot, slots.pop((model_key, slot)))  # bytes freed per slot
+
+    # -- building ---------------------------------------------------------------
+    def _take(
+        self,
+        position: int,
+        key: str,
+        value: bytes | None,
+        others: dict[str, tuple[int, dict | Rejection]],
+        slots: dict[tuple[str, int], _Slot],
+    ) -> None:
+        """File one log record, replacing what its record key held."""
+        parts = key.rsplit(SEP, 2)
+        if key.startswith(RECORD_PREFIX) or (
+            len(parts) != 3
+            or not (parts[1].isdecimal() or parts[1] == str(STAGING_SLOT))
+            or not (parts[2] == MANIFEST or parts[2].isdecimal())
+        ):
+            others.pop(key, None)
+            if value is not None:
+                others[key] = (position, self._other(key, value))
+            return
+        where = (parts[0], int(parts[1]))
+        content = slots.get(where)
+        if content is not None:
+            content.entries.pop(key, None)
+        if value is None:
+            if content is not None and not content.entries:
+                del slots[where]
+            return
+        if content is None:
+            content = slots[where] = _Slot()
+        content.entries[key] = self._entry(position, parts[2], value, content)
+
+    def _other(self, key: str, value: bytes) -> dict | Rejection:
+        if not key.startswith(RECORD_PREFIX):
+            return Rejection("bad_key", f"unrecognised record key {key!r}")
+        try:
+            record = orjson.loads(value)
+        except orjson.JSONDecodeError:
+            record = None
+        if isinstance(record, dict):
+            return record
+        return Rejection("bad_record", f"{key[1:]!r}: not a JSON object")
+
+    def _entry(self, position: int, tail: str, value: bytes, content: _Slot) -> _Entry:
+        if tail == MANIFEST:
+            try:
+                header = check_header(orjson.loads(value))
+            except orjson.JSONDecodeError:
+                error = SnapshotRejected("bad_header", "manifest is not JSON")
+                return _Entry(position, None, error=error, wanted=False)
+            except SnapshotRejected as exc:
+                return _Entry(position, None, error=exc, wanted=False)
+            return _Entry(position, None, header=header, wanted=self._wants(header))
+        try:
+            chunk = parse_chunk(value)
+        except SnapshotRejected:  # counts as a chunk key present, never as a chunk
+            return _Entry(position, tail, wanted=False)
+        wanted = self._wants(chunk.header)
+        if self._want is not None:
+            self._feed(content, chunk, position)
+        size = len(chunk.payload)
+        if not wanted:
+            chunk = Chunk(chunk.header, b"")  # the bytes go now
+        return _Entry(position, tail, chunk=chunk, size=size, wanted=wanted)
+
+    def _wants(self, header: dict[str, Any]) -> bool:
+        return self._want is None or bool(self._want(MappingProxyType(header)))
+
+    @staticmethod
+    def _feed(content: _Slot, chunk: Chunk, position: int) -> None:
+        """Hash the slot's chunks in index order: a chunk 0 starts over, the next index of
+        the same snapshot goes on, the same snapshot out of order breaks the run."""
+        h = chunk.header
+        identity = (h["key"], h["model_version"], h["sha256"], h["chunk_count"])
+        run = content.run
+        if h["chunk_index"] == 0:
+            run = content.run = _Run(identity, hashlib.sha256())
+        elif run is None or run.identity != identity:
+            return
+        elif h["chunk_index"] != len(run.positions):
+            content.run = None
+            return
+        run.digest.update(chunk.payload)
+        run.positions.append(position)
+
+    def _judge(self, model_key: str, slot: int, content: _Slot) -> None:
+        """Decide a slot. ``complete`` (manifest, all chunks, checksum) is what the writer
+        keeps or reuses; restorable also needs the signature. A reader with the wrong key
+        therefore refuses snapshots without counting them as garbage to overwrite."""
+        entries = list(content.entries.values())  # in log order
+        manifest, manifest_error, chunks, indexes = None, None, [], set()
+        for entry in entries:
+            if entry.index is None:
+                if entry.error is not None:
+                    manifest_error = entry.error
+                else:
+                    manifest = entry.header
+            else:
+                indexes.add(int(entry.index))
+                if entry.chunk is not None:
+                    chunks.append(entry)
+        if any(entry.wanted for entry in entries):
+            self._wanted.add(model_key)
+        position = entries[-1].position
+        header, payload, complete, unverified, rejected = manifest, None, False, False, None
+        try:
+            if manifest_error is not None:
+                raise manifest_error
+            if header is None:
+                if chunks:
+                    header = dict(chunks[0].chunk.header)
+                    del header["chunk_index"]
+                raise SnapshotRejected("no_manifest", "chunks without a manifest (unfinished)")
+            if header["key"] != model_key:
+                raise SnapshotRejected("key_mismatch", f"header is for key {header['key']!r}")
+            wanted = (header["model_version"], header["sha256"])
+            pieces = [
+                e
+                for e in chunks
+                if (e.chunk.header["model_version"], e.chunk.header["sha256"]) == wanted
+            ]
+            _, payload = assemble(e.chunk for e in pieces)
+            if all(e.wanted for e in pieces):
+                verify_snapshot(header, payload, None)
+            else:
+                payload = None
+                unverified = not _streamed_checksum(header, pieces, content.run)
+            complete = True
+            if self._signing_key:
+                verify_signature(header, self._signing_key)
+        except SnapshotRejected as exc:
+            rejected = exc
+        version = header.get("model_version") if isinstance(header, dict) else None
+        self._states.setdefault(model_key, {})[slot] = _SlotState(
+            version if complete else None, position, complete, frozenset(indexes)
+        )
+        if rejected is not None:
+            self.rejections.append(
+                Rejection(rejected.reason, rejected.detail, model_key, version, slot)
+            )
+        elif payload is not None:
+            self._payloads[(model_key, slot)] = payload
+        if isinstance(version, int) and isinstance(header, dict):
+            reason = rejected.reason if rejected is not None else None
+            info = VersionInfo(
+                model_key,
+                version,
+                rejected is None and not unverified,
+                "unverified" if unverified and reason is None else reason,
+                slot,
+                position,
+                dict(header),
+            )
+            self._infos.setdefault(model_key, []).append(info)
+
+    # -- reading ----------------------------------------------------------------
+    def keys(self) -> list[str]:
+        """Model keys with at least one snapshot in their own slots, valid or not (a staged
+        snapshot alone does not make a key: nobody serves it)."""
+        return sorted(k for k, infos in self._infos.items() if any(not i.staged for i in infos))
+
+    def versions(self, key: str) -> list[VersionInfo]:
+        """One entry per model version in the key's own slots, oldest first: its newest
+        valid snapshot, else its newest invalid one (with ``reason``). A staged snapshot
+        is not among them: see :meth:`staged`."""
+        best: dict[int, VersionInfo] = {}
+        for info in self._infos.get(key, []):
+            if info.staged:
+                continue
+            current = best.get(info.model_version)
+            if current is None or (info.valid, info.position) > (current.valid, current.position):
+                best[info.model_version] = info
+        return sorted(best.values(), key=lambda i: i.position)
+
+    def staged(self, key: str) -> VersionInfo | None:
+        """The snapshot in ``key``'s staging slot, valid or not; ``None`` when it is empty."""
+        return next((i for i in self._infos.get(key, []) if i.staged), None)
+
+    def load(
+        self, key: str, version: int | None = None, *, staged: bool = False
+    ) -> tuple[dict[str, Any], object] | None:
+        """The newest valid snapshot of ``key`` (of ``version`` when given), unpickled.
+
+        Without ``version``, only the key's own slots count (what a restart restores);
+        with one, a staged snapshot of that version counts too (the newest wins), and
+        with ``staged`` only the staged one does (its version number may also be one the
+        service wrote after the rebuild was staged).
+        Snapshots that fail are skipped and end up in :attr:`rejections`; ``None`` when
+        nothing restorable is left. A ``version`` that cannot be restored is never
+        replaced by another version.
+
+        After ``read(want=...)``: a key ``want`` did not accept raises ``LookupError``
+        when it has a valid snapshot (read it with a ``want`` that accepts it), and a
+        snapshot whose bytes were dropped is passed over as if absent.
+        """
+        candidates = [
+            info
+            for info in self._infos.get(key, [])
+            if info.valid
+            and (info.model_version == version if version is not None else not info.staged)
+            and (info.staged or not staged)
+        ]
+        if candidates and self._want is not None and key not in self._wanted:
+            raise LookupError(
+                f"checkpoint key {key!r} was not wanted by this read: its snapshots' bytes "
+                "were not kept"
+            )
+        for info in sorted(candidates, key=lambda i: i.position, reverse=True):
+            payload = self._payloads.get((key, info.slot))
+            if payload is None:  # valid, but want dropped its bytes
+                continue
+            try:
+                return dict(info.header), decode_snapshot(info.header, payload, self._signing_key)
+            except SnapshotRejected as exc:
+                self.rejections.append(
+                    Rejection(exc.reason, exc.detail, key, info.model_version, info.slot)
+                )
+        return None
+
+    def records(self) -> dict[str, dict]:
+        """The service's JSON records, by the key given to ``publish_record``."""
+        return dict(self._records)
+
+    @property
+    def payload_bytes(self) -> int:
+        """Snapshot payload bytes this catalog holds (what :meth:`load` can unpickle)."""
+        return sum(len(payload) for payload in self._payloads.values())
+
+    def _slot_states(self) -> dict[str, dict[int, _SlotState]]:
+        return {key: dict(slots) for key, slots in self._states.items()}
+
+
+def _streamed_checksum(header: Mapping[str, Any], pieces: list[_Entry], run: _Run | None) -> bool:
+    """Check size and SHA-256 of a snapshot whose bytes were dropped: ``True`` when they
+    match, ``False`` when the SHA-256 is unknown (the chunks that remain did not stream
+    by in index order); raises ``checksum_mismatch`` like :func:`verify_snapshot`."""
+    size = sum(piece.size for piece in pieces)
+    if size != header["payload_size"]:
+        raise SnapshotRejected(
+            "checksum_mismatch", f"payload is {size} bytes, header says {header['payload_size']}"
+        )
+    at = {p.chunk.header["chunk_index"]: p.position for p in pieces if p.chunk is not None}
+    if run is None or run.positions != [at[i] for i in range(len(at))]:
+        return False
+    if run.digest.hexdigest() != header["sha256"]:
+        raise SnapshotRejected("checksum_mismatch", "payload SHA-256 differs from the header")
+    return True
+
+
+# --------------------------------------------------------------------------- stores
+
+
+def _protected(slots: Mapping[int, _SlotState], version: int, keep: int) -> set[int]:
+    """The newest complete slot of ``version`` and of each of the ``keep - 1`` newest others."""
+    newest: dict[int, int] = {}
+    for slot, state in slots.items():
+        if state.complete and (
+            state.version not in newest or state.position > slots[newest[state.version]].position
+        ):
+            newest[state.version] = slot
+    own = newest.pop(version, None)
+    others = sorted(newest.values(), key=lambda s: slots[s].position, reverse=True)[: keep - 1]
+    return set(others) | ({own} if own is not None else set())
+
+
+def _choose_slot(slots: Mapping[int, _SlotState], version: int, keep: int) -> int:
+    """An unprotected slot: an empty one, else a broken one, else the oldest."""
+    protected = _protected(slots, version, keep)
+
+    def preference(slot: int) -> tuple:
+        state = slots.get(slot)
+        return (state is not None, state is not None and state.complete,
+                state.position if state else -1, slot)  # fmt: skip
+
+    return min((s for s in range(keep + 1) if s not in protected), key=preference)
+
+
+class LogStore:
+    """Snapshot publishing and catalog reading over a log of ``(key, value)`` records.
+
+    The slot rules live here; a subclass is only the transport: ``_write`` delivers
+    records in order (raising ``BrokerError`` when it cannot) and ``_scan`` yields the
+    log as compacted so far, oldest first (a ``None`` value is a tombstone)."""
+
+    def __init__(self, *, signing_key: bytes | None, keep_versions: int, chunk_bytes: int) -> None:
+        if type(keep_versions) is not int or keep_versions < 1:
+            raise ConfigError(f"keep_versions: must be a positive integer, got {keep_versions!r}")
+        if type(chunk_bytes) is not int or not 1024 <= chunk_bytes <= MAX_CHUNK_BYTES:
+            raise ConfigError(
+                f"chunk_bytes: must be an integer from 1024 to {MAX_CHUNK_BYTES}, "
+                f"got {chunk_bytes!r}"
+            )
+        if signing_key is not None and (
+            not isinstance(signing_key, bytes) or len(signing_key) < snapshot.MIN_KEY_BYTES
+        ):
+            raise ConfigError(
+                f"signing_key: must be None or at least {snapshot.MIN_KEY_BYTES} bytes "
+                "(see load_signing_key)"
+            )
+        self._signing_key = signing_key
+        self.keep_versions = keep_versions
+        self.chunk_bytes = chunk_bytes
+        self._slots: dict[str, dict[int, _SlotState]] | None = None
+        self._position = 0
+
+    # transport: subclasses deliver records in order (raising BrokerError) and replay them
+    def _write(self, records: list[tuple[str, bytes | None]]) -> None:
+        raise NotImplementedError
+
+    def _scan(self, timeout: float) -> Iterable[tuple[str, bytes | None]]:
+        raise NotImplementedError
+
+    def read(self, timeout: float = 30.0, *, want: Want | None = None) -> Catalog:
+        """Read the whole topic (as compacted so far) into a :class:`Catalog`, keeping
+        payload bytes only of snapshots whose header ``want`` accepts, when given (see
+        the module docstring); the writer learns every key's slots either way."""
+        catalog = Catalog(self._scan(timeout), signing_key=self._signing_key, want=want)
+        self._slots = catalog._slot_states()
+        self._position = catalog.records_read
+        return catalog
+
+    def publish(self, state: object, meta: SnapshotMeta, *, staged: bool = False) -> dict[str, Any]:
+        """Write a snapshot of ``state``; return its header once every record is delivered.
+
+        With ``staged``, into the key's staging slot, replacing what it held and touching
+        no other slot (see the module docstring); otherwise into one of the key's own
+        slots, retiring the ones no longer kept (never the staging slot)."""
+        key = meta.key
+        if not (isinstance(key, str) and key and key.isprintable()):
+            raise ConfigError(f"model key: {key!r} must be a non-empty printable string")
+        if self._slots is None:
+            self.read()
+        assert self._slots is not None
+        slots = self._slots.setdefault(key, {})
+        chunks = encode_snapshot(state, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
+        header = {k: v for k, v in chunks[0].header.items() if k != "chunk_index"}
+        version = header["model_version"]
+        own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
+        slot = STAGING_SLOT if staged else _choose_slot(own, version, self.keep_versions)
+        written = frozenset(range(len(chunks)))
+        leftovers = sorted(slots[slot].indexes - written) if slot in slots else []
+        slots[slot] = _SlotState(None, self._tick(), False, written | set(leftovers))
+        self._write(
+            [(chunk_key(key, slot, c.header["chunk_index"]), c.to_bytes()) for c in chunks]
+            + [(chunk_key(key, slot, i), None) for i in leftovers]
+        )
+        self._write([(manifest_key(key, slot), orjson.dumps(header))])
+        slots[slot] = own[slot] = _SlotState(version, self._tick(), True, written)
+        if staged:
+            return header
+        kept = _protected(own, version, self.keep_versions)
+        retired = [s for s in own if s not in kept]  # older versions, garbage
+        if retired:
+            tombstones = [(manifest_key(key, s), None) for s in retired]
+            for s in retired:
+                tombstones += [(chunk_key(key, s, i), None) for i in sorted(slots.pop(s).indexes)]
+            self._write(tombstones)
+        return header
+
+    def publish_record(self, key: str, value: dict | None) -> None:
+        """Write (or, with ``None``, delete) a small JSON record next to the snapshots."""
+        if not isinstance(key, str) or not key:
+            raise ConfigError(f"record key: {key!r} must be a non-empty string")
+        if value is not None and not isinstance(value, dict):
+            raise ConfigError(f"record {key!r}: value must be a JSON object or None")
+        self._write([(record_key(key), None if value is None else orjson.dumps(value))])
+
+    def _tick(self) -> int:
+        self._position += 1
+        return self._position
+
+
+class MemoryCheckpointStore(LogStore):
+    """The store without a broker, for pure tests and offline replay.
+
+    ``log`` is what a fully compacted topic would hold: record key → value, in the
+    order of their last write.
+    """
+
+    def __init__(
+        self,
+        *,
+        signing_key: bytes | None = None,
+        keep_versions: int = 3,
+        chunk_bytes: int = 1_048_576,
+    ) -> None:
+        super().__init__(
+            signing_key=signing_key, keep_versions=keep_versions, chunk_bytes=chunk_bytes
+        )
+        self.log: dict[str, bytes] = {}
+
+    def _write(self, records: list[tuple[str, bytes | None]]) -> None:
+        for key, value in records:
+            self.log.pop(key, None)
+            if value is not None:
+                self.log[key] = value
+
+    def _scan(self, timeout: float) -> Iterable[tuple[str, bytes | None]]:
+        return list(self.log.items())
+
+    def __repr__(self) -> str:
+        signed = self._signing_key is not None
+        return f"MemoryCheckpointStore(records={len(self.log)}, signed={signed})"

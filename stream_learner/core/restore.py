@@ -1,0 +1,203 @@
+"""Restore planning: from a checkpoint catalog and the partitions an instance now owns,
+what to load and where each input partition starts.
+
+A checkpoint *round* of events partition *p* snapshots every changed key of *p*, then
+writes *p*'s partition record (:func:`partition_record`) with the input positions the
+round reflects. To take *p* over, an instance loads each key's newest valid snapshot and
+starts every input partition at the partition record's position, moved back to the
+earliest position any restored key reflects (each key then skips what its own snapshot
+already holds). A partition never checkpointed starts at 0, and so does a partition with
+a key whose snapshots are all refused (``lost``): its state is rebuilt from the log.
+
+The plan is plain values and reads nothing but the catalog: the service logs its notes,
+counts its rejections, adopts its keys and seeks to its starts, and moves the starts no
+further back for offsets the consumer group committed (that part is Kafka's).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from stream_learner.core.checkpoints import Catalog, Rejection, Want
+from stream_learner.core.keystate import KeyState
+
+__all__ = ["Note", "RestorePlan", "Restored", "partition_record", "plan_restore", "restore_want"]
+
+TopicPartition = tuple[str, int]
+
+
+def partition_record(topic: str, partition: int) -> str:
+    """The name of the service record holding a round's positions for ``partition`` of the
+    events ``topic`` (``publish_record`` key; a checkpoint-format name, never change it)."""
+    return f"__partition__\x1f{topic}\x1f{partition}"
+
+
+def restore_want(owned: Iterable[int], events_topic: str) -> Want:
+    """The snapshots a restore of ``owned`` may load, for ``store.read(want=...)``: only
+    their bytes are held in memory (the catalog still lists every key and the writer
+    learns every slot). The header is not verified yet, so anything is expected."""
+    mine = frozenset(owned)
+
+    def want(header: Mapping[str, Any]) -> bool:
+        extra = header.get("extra")
+        try:
+            return (
+                isinstance(extra, dict)
+                and extra.get("partition") in mine
+                and extra.get("events_topic") == events_topic
+            )
+        except TypeError:  # an unhashable partition: not one of ours
+            return False
+
+    return want
+
+
+@dataclass(frozen=True, slots=True)
+class Restored:
+    """A key to take over: its snapshot's (verified) header and state, on ``partition``."""
+
+    key: str
+    partition: int
+    header: dict[str, Any]
+    state: KeyState
+
+
+@dataclass(frozen=True, slots=True)
+class Note:
+    """A line for the service's log: ``event`` name, ``fields``, and whether it warns."""
+
+    event: str
+    fields: dict[str, Any]
+    warning: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RestorePlan:
+    """What :func:`plan_restore` decided.
+
+    ``restored`` in the catalog's key order; ``starts`` by (topic, partition) for every
+    input partition of the owned partitions (and any other a partition record or snapshot
+    names); ``lost`` the owned partitions that start over from 0 because a key of theirs
+    has no valid snapshot; ``notes`` the log lines in order (lineage notes, then one per
+    rejection, then one per lost partition); ``rejections`` what the catalog refused,
+    to count by reason.
+    """
+
+    restored: tuple[Restored, ...]
+    starts: dict[TopicPartition, int]
+    lost: frozenset[int] = frozenset()
+    notes: tuple[Note, ...] = ()
+    rejections: tuple[Rejection, ...] = field(default=())
+
+
+def plan_restore(
+    catalog: Catalog,
+    owned: Iterable[int],
+    events_topic: str,
+    inputs: Sequence[str],
+    lineage: str,
+) -> RestorePlan:
+    """Plan taking over the events partitions ``owned`` (``inputs``: the input topics,
+    events first; ``lineage``: the configured model's).
+
+    A key belongs to the plan when its newest snapshot (last written, valid or not) names
+    an owned partition of ``events_topic``. A key whose newest lineage is not the
+    configured one starts fresh, unless that lineage was adopted from the configured one
+    (``replay --rebuild --publish``, a rollback): the adoption stands. A restored learner
+    whose lineage the config names now drops its ``adopted_from`` (it is its own). The
+    catalog's :meth:`~Catalog.load` may add rejections, so they are read last.
+    """
+    owned = sorted(set(owned))
+    records = catalog.records()
+    starts: dict[TopicPartition, int] = {}
+    for partition in owned:
+        record = records.get(partition_record(events_topic, partition))
+        if record is None:
+            # Never checkpointed: the state is whatever the log holds, from its start.
+            for topic in inputs:
+                starts[topic, partition] = 0
+            continue
+        for topic, by in record["offsets"].items():
+            for p, off in by.items():
+                starts[topic, int(p)] = off
+    restored: list[Restored] = []
+    notes: list[Note] = []
+    lost: set[int] = set()
+    for key in catalog.keys():  # noqa: SIM118 - a Catalog, not a dict
+        newest = max(catalog.versions(key), key=lambda v: v.position)
+        partition = newest.extra.get("partition")
+        if partition not in owned or newest.extra.get("events_topic") != events_topic:
+            continue
+        if newest.lineage != lineage:
+            if newest.extra.get("adopted_from") != lineage:
+                # The config's [model] changed: a new model iteration starts fresh.
+                notes.append(
+                    Note(
+                        "checkpoint_lineage_changed",
+                        {
+                            "key": key,
+                            "old": newest.lineage,
+                            "new": lineage,
+                            "action": "starting a new lineage fresh",
+                        },
+                    )
+                )
+                continue
+            # The key adopted another lineage while the config still names the one it
+            # replaced: the adoption stands.
+            notes.append(
+                Note(
+                    "adopted_lineage_kept",
+                    {
+                        "key": key,
+                        "lineage": newest.lineage,
+                        "configured": lineage,
+                        "action": "restoring the adopted lineage; put its [model] in the "
+                        "config to make that explicit",
+                    },
+                    warning=True,
+                )
+            )
+        loaded = catalog.load(key)
+        if loaded is None:
+            lost.add(partition)
+            continue
+        header, raw = loaded
+        state = KeyState.of(raw)
+        if state.learner.lineage == lineage:
+            state.learner.adopted_from = None  # the config names it now: its own
+        restored.append(Restored(key, partition, header, state))
+        for topic, by in header["offsets"].items():
+            for p, off in by.items():
+                tp = (topic, int(p))
+                starts[tp] = min(starts.get(tp, off), off)
+    rejections = tuple(catalog.rejections)
+    for rejection in rejections:
+        notes.append(
+            Note(
+                "checkpoint_rejected",
+                {
+                    "key": rejection.key,
+                    "version": rejection.model_version,
+                    "reason": rejection.reason,
+                    "detail": rejection.detail,
+                },
+                warning=True,
+            )
+        )
+    for partition in sorted(lost):  # no valid snapshot at all: rebuild from the start
+        notes.append(
+            Note(
+                "checkpoint_lost",
+                {
+                    "partition": partition,
+                    "action": "re-learning the partition from its first retained record",
+                },
+                warning=True,
+            )
+        )
+        for topic in inputs:
+            starts[topic, partition] = 0
+    return RestorePlan(tuple(restored), starts, frozenset(lost), tuple(notes), rejections)

@@ -1,0 +1,200 @@
+"""Restore planning on the in-memory checkpoint store: every branch of plan_restore."""
+
+from __future__ import annotations
+
+import pytest
+
+from stream_learner.core.checkpoints import MemoryCheckpointStore, chunk_key
+from stream_learner.core.keystate import KeyState
+from stream_learner.core.learner import Learner
+from stream_learner.core.restore import (
+    Note,
+    partition_record,
+    plan_restore,
+    restore_want,
+)
+from stream_learner.core.snapshot import SnapshotMeta
+from tests.core.specs import LINEAR, TREE
+
+SIGNING = b"restore-plan-test-key-0123"
+EVENTS, LABELS, CONTROL = "p.events", "p.labels", "p.control"
+INPUTS = [EVENTS, LABELS, CONTROL]
+
+
+def _offsets(partition: int, events: int, labels: int = 0, control: int = 0) -> dict:
+    return {EVENTS: {partition: events}, LABELS: {partition: labels}, CONTROL: {partition: control}}
+
+
+def _snapshot(store, key, partition, offsets, *, spec=LINEAR, state=None, events=EVENTS, **extra):
+    learner = Learner(key, spec)
+    meta = SnapshotMeta(
+        key=key,
+        lineage=extra.pop("lineage", spec.lineage),
+        model_version=extra.pop("version", 1),
+        trigger="periodic",
+        offsets=offsets,
+        extra={"partition": partition, "events_topic": events, **extra},
+    )
+    store.publish(KeyState(learner) if state is None else state(learner), meta)
+    return learner
+
+
+def _round(store, partition, offsets):
+    record = {t: {str(p): o for p, o in by.items()} for t, by in offsets.items()}
+    store.publish_record(partition_record(EVENTS, partition), {"offsets": record, "keys": 1})
+
+
+def _plan(store, owned, lineage=LINEAR.lineage):
+    catalog = store.read(want=restore_want(owned, EVENTS))
+    return plan_restore(catalog, owned, EVENTS, INPUTS, lineage)
+
+
+def _store() -> MemoryCheckpointStore:
+    return MemoryCheckpointStore(signing_key=SIGNING)
+
+
+def test_a_partition_never_checkpointed_starts_at_zero():
+    plan = _plan(_store(), [0, 2])
+    assert plan.restored == () and plan.notes == () and plan.lost == frozenset()
+    assert plan.starts == {(t, p): 0 for t in INPUTS for p in (0, 2)}
+
+
+def test_starts_are_the_round_positions_moved_back_to_each_restored_keys_own():
+    store = _store()
+    _snapshot(store, "a", 0, _offsets(0, 40, 10, 1))
+    _snapshot(store, "b", 0, _offsets(0, 70, 30, 2))
+    _round(store, 0, _offsets(0, 70, 30, 2))
+    plan = _plan(store, [0])
+    assert [(r.key, r.partition) for r in plan.restored] == [("a", 0), ("b", 0)]
+    assert plan.starts == {(EVENTS, 0): 40, (LABELS, 0): 10, (CONTROL, 0): 1}
+    restored = plan.restored[0]
+    assert isinstance(restored.state, KeyState) and restored.state.learner.key == "a"
+    assert restored.header["offsets"] == {
+        t: {"0": o} for t, o in zip(INPUTS, (40, 10, 1), strict=True)
+    }
+    assert plan.notes == () and plan.rejections == ()
+
+
+def test_keys_of_other_partitions_or_another_events_topic_are_left_alone():
+    store = _store()
+    _snapshot(store, "mine", 1, _offsets(1, 5))
+    _snapshot(store, "theirs", 0, _offsets(0, 3))
+    _snapshot(store, "elsewhere", 1, _offsets(1, 2), events="other.events")
+    _round(store, 1, _offsets(1, 9, 9, 9))
+    catalog = store.read(want=restore_want([1], EVENTS))
+    plan = plan_restore(catalog, [1], EVENTS, INPUTS, LINEAR.lineage)
+    assert [r.key for r in plan.restored] == ["mine"]
+    assert plan.starts == {(EVENTS, 1): 5, (LABELS, 1): 0, (CONTROL, 1): 0}
+    assert 0 < catalog.payload_bytes < store.read().payload_bytes  # the owned key's only
+    with pytest.raises(LookupError):
+        catalog.load("theirs")
+
+
+def test_a_changed_lineage_starts_fresh_and_says_so():
+    store = _store()
+    _snapshot(store, "a", 0, _offsets(0, 4), spec=TREE)
+    _round(store, 0, _offsets(0, 8, 8, 8))
+    plan = _plan(store, [0])
+    assert plan.restored == ()
+    assert plan.starts == {(EVENTS, 0): 8, (LABELS, 0): 8, (CONTROL, 0): 8}  # not moved back
+    assert plan.notes == (
+        Note(
+            "checkpoint_lineage_changed",
+            {
+                "key": "a",
+                "old": TREE.lineage,
+                "new": LINEAR.lineage,
+                "action": "starting a new lineage fresh",
+            },
+        ),
+    )
+
+
+def test_an_adopted_lineage_is_kept_while_the_config_names_the_one_it_replaced():
+    store = _store()
+    adopted = _snapshot(store, "a", 0, _offsets(0, 4), spec=TREE, adopted_from=LINEAR.lineage)
+    assert adopted.lineage == TREE.lineage
+    plan = _plan(store, [0])
+    (restored,) = plan.restored
+    assert restored.state.learner.lineage == TREE.lineage
+    (note,) = plan.notes
+    assert note.event == "adopted_lineage_kept" and note.warning
+    assert note.fields["lineage"] == TREE.lineage and note.fields["configured"] == LINEAR.lineage
+
+
+def test_a_learner_whose_lineage_the_config_names_now_drops_adopted_from():
+    store = _store()
+
+    def adopted(learner):
+        learner.adopted_from = "the-lineage-it-was-built-with"
+        return KeyState(learner)
+
+    _snapshot(store, "a", 0, _offsets(0, 4), spec=TREE, state=adopted)
+    (restored,) = _plan(store, [0], lineage=TREE.lineage).restored
+    assert restored.state.learner.adopted_from is None
+
+
+def test_a_key_with_no_valid_snapshot_loses_its_partition_and_the_rejection_is_noted():
+    store = _store()
+    _snapshot(store, "a", 0, _offsets(0, 4))
+    _snapshot(store, "b", 0, _offsets(0, 6))
+    _round(store, 0, _offsets(0, 9, 9, 9))
+    chunk = store.log[chunk_key("b", 0, 0)]
+    store.log[chunk_key("b", 0, 0)] = chunk[:-1] + bytes([chunk[-1] ^ 1])  # one bit flipped
+    plan = _plan(store, [0])
+    assert [r.key for r in plan.restored] == ["a"]
+    assert plan.lost == {0}
+    assert plan.starts == {(t, 0): 0 for t in INPUTS}  # rebuilt from the log's start
+    assert [r.reason for r in plan.rejections] == ["checksum_mismatch"]
+    assert [(n.event, n.warning) for n in plan.notes] == [
+        ("checkpoint_rejected", True),
+        ("checkpoint_lost", True),
+    ]
+    assert plan.notes[0].fields["key"] == "b" and plan.notes[0].fields["reason"] == (
+        "checksum_mismatch"
+    )
+    assert plan.notes[1].fields["partition"] == 0
+
+
+def test_an_older_dict_shaped_snapshot_restores_as_a_key_state():
+    store = _store()
+
+    def old(learner):
+        return {"learner": learner, "pending": ("a job", 120), "paused": True}
+
+    _snapshot(store, "a", 0, _offsets(0, 4), state=old)
+    (restored,) = _plan(store, [0]).restored
+    assert restored.state == KeyState(restored.state.learner, ("a job", 120), True)
+
+
+def test_a_staged_snapshot_is_not_restored():
+    store = _store()
+    _snapshot(store, "a", 0, _offsets(0, 4))
+    learner = Learner("a", LINEAR)
+    meta = SnapshotMeta(
+        key="a",
+        lineage=LINEAR.lineage,
+        model_version=2,
+        trigger="rebuild",
+        offsets=_offsets(0, 50),
+        extra={"partition": 0, "events_topic": EVENTS},
+    )
+    store.publish(KeyState(learner), meta, staged=True)
+    (restored,) = _plan(store, [0]).restored
+    assert restored.header["model_version"] == 1
+    assert restored.header["trigger"] == "periodic"
+
+
+@pytest.mark.parametrize(
+    ("header", "wanted"),
+    [
+        ({"extra": {"partition": 1, "events_topic": EVENTS}}, True),
+        ({"extra": {"partition": 2, "events_topic": EVENTS}}, False),
+        ({"extra": {"partition": 1, "events_topic": "x"}}, False),
+        ({"extra": {"partition": [1], "events_topic": EVENTS}}, False),  # unhashable
+        ({"extra": "not a dict"}, False),
+        ({}, False),
+    ],
+)
+def test_restore_want_accepts_the_owned_partitions_snapshots_only(header, wanted):
+    assert restore_want([0, 1], EVENTS)(header) is wanted
