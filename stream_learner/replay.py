@@ -553,6 +553,7 @@ def _replay_one(
                     learners[effect.key] = effect.learner
                 elif what is Drift:
                     log.extend(_decision(d, done) for d in effect.decisions)
+                    promoted += sum(d.action == "promote" for d in effect.decisions)  # the race
                     if effect.signals:
                         timeline.record(effect.signals, effect.key, done)
                 elif what is RetrainApplied:

@@ -444,6 +444,15 @@ class Service:
             if d.action in _NEW_VERSION:
                 learner = self.processor.learners[effect.key]
                 self.metrics.set_model(effect.key, learner.version, learner.lineage)
+                if d.code == "candidate_leads":  # the race promoted: as after a retrain
+                    self._promoted(effect.key, d.values["source"])
+
+    def _promoted(self, key: str, source: str) -> None:
+        """A new model serves ``key`` (from a retrain, or the race's shadow or pool)."""
+        self.metrics.count_promotions(source)
+        self.metrics.mark_retrain(key, time.time())
+        if self.store is not None and self.checkpoint_policy.after_retrain:
+            self._snapshot_soon.add(key)
 
     def _applied(self, effect: RetrainApplied) -> None:
         key, decision, result = effect
@@ -455,9 +464,7 @@ class Service:
         )
         self.metrics.set_model(key, learner.version, learner.lineage)
         if outcome == "promoted":
-            self.metrics.mark_retrain(key, time.time())
-            if self.store is not None and self.checkpoint_policy.after_retrain:
-                self._snapshot_soon.add(key)
+            self._promoted(key, "window")
         log_event(
             log,
             "retrain_" + outcome,
@@ -559,6 +566,8 @@ class Service:
                 if a > b:
                     m.count_labels(result, a - b)
             self._joins[key] = now
+            alive, lead = learner.race_status()  # the race (core/race.py)
+            m.set_race(key, alive, lead)
         self._touched.clear()
         for (topic, partition), lag in list(self.source.lag.items()):
             m.set_lag(topic, partition, lag)
