@@ -38,7 +38,13 @@ from typing import Any, Protocol
 import orjson
 
 from stream_learner.core.commands import Command
-from stream_learner.core.events import Event, RecordDecoder
+from stream_learner.core.events import (
+    MAX_EVENT_BYTES,
+    MAX_FEATURE_NAME_CHARS,
+    MAX_FEATURES,
+    Event,
+    RecordDecoder,
+)
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
@@ -207,7 +213,9 @@ class Service:
         retrainer: Retrainer,
         batch_size: int = 500,
         poll_timeout_s: float = 0.02,
-        max_event_bytes: int = 1_048_576,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_event_features: int = MAX_FEATURES,
+        max_feature_name_chars: int = MAX_FEATURE_NAME_CHARS,
         max_unseen_keys: int = 1000,
         store: Store | None = None,
         checkpoint_policy: CheckpointPolicy | None = None,
@@ -225,7 +233,11 @@ class Service:
         self.positions: dict[TopicPartition, int] = {}
         self.caught_up = False
         self.batches = 0
-        self.decoder = RecordDecoder(max_event_bytes)  # the same rules as a replay's
+        self.decoder = RecordDecoder(  # the same rules and bounds as a replay's
+            max_event_bytes,
+            max_features=max_event_features,
+            max_name_chars=max_feature_name_chars,
+        )
         self._touched: set[str] = set()
         self._counts: Counter[str] = Counter()
         self._learned = 0  # events learned in this batch (the hot path's own counter)
