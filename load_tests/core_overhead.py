@@ -11,7 +11,11 @@ the same load from the rest of the machine; the figures are totals over all chun
 ``--rounds`` rounds. Events are built before timing and frozen out of the garbage collector's
 reach (``gc.freeze``), as a service would not hold them all in memory.
 
-    .venv/bin/python load_tests/core_overhead.py [--events 50000] [--rounds 3]
+    .venv/bin/python load_tests/core_overhead.py [--events 50000] [--rounds 3] [--against REF]
+
+``--against REF`` adds, interleaved in the same chunks, the ``Learner`` of ``learner.py`` as it
+was at git revision ``REF`` (on today's other core modules): a before/after ratio of a change
+to the learner measured in one run, on one machine load.
 
 Prints events/s and the ratio learner/bare, and writes load_tests/results/core_overhead.json.
 Then, as a floor under the learner's cost, the per-event time of its drift monitors alone on
@@ -24,10 +28,13 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import itertools
 import json
 import math
 import platform
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -58,13 +65,35 @@ def sea_events(n: int, seed: int = 1) -> list[Event]:
     ]
 
 
-def one_round(spec: ModelSpec, events: list[Event]) -> tuple[float, float, float]:
-    """Seconds spent by the bare loop, the learner, and the learner without feature drift."""
+def learner_at(ref: str) -> type:
+    """The ``Learner`` class of ``stream_learner/core/learner.py`` at git revision ``ref``."""
+    root = Path(__file__).resolve().parent.parent
+    source = subprocess.run(
+        ["git", "show", f"{ref}:stream_learner/core/learner.py"],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout
+    name = "stream_learner.core._learner_before"
+    spec = importlib.util.spec_from_loader(name, loader=None)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    exec(compile(source, f"{ref}:learner.py", "exec"), module.__dict__)  # noqa: S102
+    return module.Learner
+
+
+def one_round(
+    spec: ModelSpec, events: list[Event], before: type | None = None
+) -> tuple[float, float, float, float]:
+    """Seconds spent by the bare loop, the learner, the learner without feature drift, and
+    the learner of the ``--against`` revision (0 without one)."""
     model = build_model(spec)
     accuracy = metrics.Accuracy()
     learner = Learner("default", spec)
     lean = Learner("default", spec, config=LearnerConfig(feature_drift=False))
-    bare = core = core_lean = 0.0
+    old = before("default", spec) if before is not None else None
+    bare = core = core_lean = core_before = 0.0
     clock = time.perf_counter
     for start in range(0, len(events), CHUNK):
         chunk = events[start : start + CHUNK]
@@ -80,10 +109,14 @@ def one_round(spec: ModelSpec, events: list[Event]) -> tuple[float, float, float
         for e in chunk:
             lean.learn(e)
         t3 = clock()
+        if old is not None:
+            for e in chunk:
+                old.learn(e)
+            core_before += clock() - t3
         bare += t1 - t0
         core += t2 - t1
         core_lean += t3 - t2
-    return bare, core, core_lean
+    return bare, core, core_lean, core_before
 
 
 def monitor_parts(spec: ModelSpec, events: list[Event], rounds: int) -> dict[str, float]:
@@ -124,7 +157,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--events", type=int, default=50_000)
     parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--against", metavar="REF", help="git revision of learner.py to compare")
     args = parser.parse_args()
+    before = learner_at(args.against) if args.against else None
 
     events = sea_events(args.events)
     gc.collect()
@@ -132,8 +167,8 @@ def main() -> None:
     results = {}
     for name, pipeline in MODELS.items():
         spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline})
-        rounds = [one_round(spec, events) for _ in range(args.rounds)]
-        bare, core, lean = (min(r[i] for r in rounds) for i in range(3))
+        rounds = [one_round(spec, events, before) for _ in range(args.rounds)]
+        bare, core, lean, old = (min(r[i] for r in rounds) for i in range(4))
         n = len(events)
         results[name] = {
             "bare_events_per_s": round(n / bare),
@@ -144,6 +179,14 @@ def main() -> None:
             "no_feature_drift_ratio": round(bare / lean, 3),
         }
         r = results[name]
+        if before is not None:
+            r["against"] = args.against
+            r["before_events_per_s"] = round(n / old)
+            r["before_over_now"] = round(old / core, 3)  # > 1: now is faster
+            print(
+                f"{name:28s} learner at {args.against}: {r['before_events_per_s']:>7}/s; "
+                f"now takes {core / old:.3f}x its time per event"
+            )
         print(
             f"{name:28s} bare {r['bare_events_per_s']:>7}/s  learner "
             f"{r['learner_events_per_s']:>7}/s  ratio {r['ratio']:.3f} "

@@ -1,14 +1,17 @@
 """The core's acceptance suite at full size, as a Markdown report.
 
-Runs every stream of ``tests/core/test_suite.py`` (abrupt and gradual changes at event 10,000)
-for each model and seed, with the default retrain policy and with retraining off, and reports
-the detection delay, the retrains, and the accuracy over the 5,000 events after the change.
-For the Hoeffding tree it also runs River's own drift-adaptive tree
-(``HoeffdingAdaptiveTreeClassifier``, no retraining), the bar a user can reach without us.
-Then it runs stationary streams (no change at all) and counts what fired.
+Runs every stream of ``tests/core/test_suite.py`` (abrupt and gradual changes at event 10,000,
+and a recurring SEA stream whose first concept comes back twice) for each seed, through the
+learner with the default policy and with every trigger off, for each model of the suite. In
+the same run, on the same events, it runs the anchors a user can reach without us: River's
+``HoeffdingAdaptiveTreeClassifier`` (the suite's ``hoeffding_adaptive_tree`` without the
+policy) and ``DriftRetrainingClassifier(HoeffdingTreeClassifier(), DDM())``; the linear
+pipeline's anchor is the same pipeline without retraining. Then it runs stationary streams (no
+change at all) and counts what fired.
 
     .venv/bin/python scripts/core_report.py                  # print the report
     .venv/bin/python scripts/core_report.py --write-readme   # and put it into README.md
+    .venv/bin/python scripts/core_report.py --seeds 1 --streams sine --stationary-streams ""
 
 ``--write-readme`` replaces what is between ``<!-- core-report:start -->`` and
 ``<!-- core-report:end -->`` in README.md, and nothing else; without both markers it changes
@@ -29,58 +32,152 @@ sys.path.insert(0, str(ROOT))
 
 import river  # noqa: E402
 from readme_section import markers, write_section  # noqa: E402
+from river import drift, tree  # noqa: E402
 
-from stream_learner.core.learner import Learner  # noqa: E402
-from stream_learner.core.models import ModelSpec  # noqa: E402
 from tests.core.test_suite import (  # noqa: E402
     AFTER,
     CHANGE,
     MODELS,
-    NO_RETRAIN,
+    RECURRING_SEGMENTS,
     STREAMS,
     events,
     run,
 )
 
 START, END = markers("core-report")
-HAT = [{"estimator": "tree.HoeffdingAdaptiveTreeClassifier"}]
+#: The level a model recovers to: its accuracy over these events after the change.
+LEVEL = (10_000, 15_000)
+ROLLING = 500  # the rolling window of the time to recover
+RECOVERED = 0.98  # ... recovered at 98 % of the level
+FIRST = 100  # the rolling accuracy is read from this many post-change events on
+TREE, LINEAR, HAT = "hoeffding_tree", "logistic_regression", "hoeffding_adaptive_tree"
 
 
-def change_row(stream: str, model: str, seed: int) -> dict:
-    with_retrain = run(stream, model, seed)
-    without = run(stream, model, seed, retrain=False)
-    row = {
-        "stream": stream,
-        "kind": STREAMS[stream][0],
-        "model": model,
-        "seed": seed,
-        "delay": with_retrain.delay,
-        "drifts_before": with_retrain.drifts_before,
-        "retrains": with_retrain.retrains,
-        "promotions": with_retrain.promotions,
-        "with": with_retrain.accuracy_after,
-        "without": without.accuracy_after,
-        "hat": None,
+def changes_of(stream: str) -> list[int]:
+    if STREAMS[stream][0] == "recurring":
+        return [CHANGE * k for k in range(1, RECURRING_SEGMENTS)]
+    return [CHANGE]
+
+
+def length(stream: str) -> int:
+    if STREAMS[stream][0] == "recurring":
+        return CHANGE * (RECURRING_SEGMENTS + 1)
+    return CHANGE + LEVEL[1]
+
+
+def accuracy(right: bytes, start: int, end: int) -> float:
+    return sum(right[start:end]) / (end - start)
+
+
+def recover(right: bytes, change: int, level: float, limit: int) -> int | None:
+    """Events from ``change`` until the accuracy over the post-change events among the last
+    ``ROLLING`` first reaches ``RECOVERED`` x ``level`` (read from ``FIRST`` events on);
+    ``None`` if not before ``limit``."""
+    target = RECOVERED * level
+    total = sum(right[change : change + FIRST])
+    for t in range(FIRST, min(limit, len(right)) - change):
+        n = min(t, ROLLING)
+        if total / n >= target:
+            return t
+        total += right[change + t]
+        if t >= ROLLING:
+            total -= right[change + t - ROLLING]
+    return None
+
+
+def served(right: bytes, change: int, level: float, limit: int) -> int | None:
+    """Events from ``change`` until the model serves at ``RECOVERED`` x ``level``: the first
+    ``t`` from which the accuracy over the next ``ROLLING`` events reaches it."""
+    target = RECOVERED * level * ROLLING
+    total = sum(right[change : change + ROLLING])
+    for t in range(0, limit - change - ROLLING):
+        if total >= target:
+            return t
+        total += right[change + t + ROLLING] - right[change + t]
+    return None
+
+
+def drt_right(stream: str, seed: int) -> bytes:
+    """River's DriftRetrainingClassifier(HoeffdingTree, DDM) on the same events."""
+    model = drift.DriftRetrainingClassifier(tree.HoeffdingTreeClassifier(), drift.binary.DDM())
+    right = bytearray()
+    for event in events(stream, seed, length(stream)):
+        right.append(model.predict_one(event.x) == event.y)
+        model.learn_one(event.x, event.y)
+    return bytes(right)
+
+
+def measure(right: bytes, stream: str) -> dict:
+    """Accuracy after each change, time to recover, and accuracy over the whole run."""
+    out = {
+        "overall": accuracy(right, 0, len(right)),
+        "after": [],
+        "recover": [],
+        "served": [],
+        "hurt": [],
     }
-    if model == "hoeffding_tree":
-        row["hat"] = hat_accuracy(stream, seed)
-    return row
+    changes = changes_of(stream)
+    for k, at in enumerate(changes):
+        out["after"].append(accuracy(right, at, at + AFTER))
+        out["hurt"].append(accuracy(right, at - AFTER, at) - accuracy(right, at, at + AFTER))
+        limit = changes[k + 1] if k + 1 < len(changes) else len(right)
+        if STREAMS[stream][0] == "recurring":
+            # The concept served before the previous change: recovering is serving it as
+            # well as then (its accuracy over the 5,000 events before it left).
+            left = changes[k - 1] if k else None
+            level = accuracy(right, left - AFTER, left) if left else None
+        else:
+            level = accuracy(right, at + LEVEL[0], at + LEVEL[1])
+        out["recover"].append(None if level is None else recover(right, at, level, limit))
+        out["served"].append(None if level is None else served(right, at, level, limit))
+    return out
 
 
-def hat_accuracy(stream: str, seed: int) -> float:
-    """River's Hoeffding Adaptive Tree through the same learner, every trigger off."""
-    spec = ModelSpec.from_dict({"task": "binary", "pipeline": HAT, "seed": seed})
-    learner = Learner("default", spec, policy=NO_RETRAIN)
-    correct = 0
-    for i, event in enumerate(events(stream, seed, CHANGE + AFTER)):
-        out = learner.learn(event)
-        correct += i >= CHANGE and out.loss == 0.0
-    return correct / AFTER
+def stream_rows(stream: str, seed: int, models: tuple[str, ...]) -> list[dict]:
+    """Every model with and without the policy on one stream and seed, and the anchors."""
+    n = length(stream)
+    rows = []
+    anchors: dict[str, dict] = {}
+    if TREE in models:
+        anchors["drt"] = measure(drt_right(stream, seed), stream)
+    runs = {}
+    for model in dict.fromkeys((*models, HAT) if TREE in models else models):
+        runs[model] = (
+            run(stream, model, seed, n=n, change=CHANGE),
+            run(stream, model, seed, n=n, change=CHANGE, retrain=False),
+        )
+    anchors["hat"] = measure(runs[HAT][1].right, stream) if HAT in runs else None
+    for model in models:
+        with_run, without_run = runs[model]
+        counts = with_run.learner.decision_counts
+        promoted = with_run.learner.race_promotions
+        rows.append(
+            {
+                "stream": stream,
+                "kind": STREAMS[stream][0],
+                "model": model,
+                "seed": seed,
+                "delay": with_run.delay,
+                "response": with_run.response,
+                "retrains": with_run.retrains,
+                "promotions": with_run.promotions,
+                "by_source": dict(promoted),
+                "races": sum(n for (_, a), n in counts.items() if a == "race"),
+                "with": measure(with_run.right, stream),
+                "without": measure(without_run.right, stream),
+                "hat": anchors.get("hat") if model == TREE else None,
+                "drt": anchors.get("drt") if model == TREE else None,
+            }
+        )
+    return rows
 
 
 def stationary_row(stream: str, model: str, seed: int, n: int) -> dict:
     result = run(stream, model, seed, n=n, change=None)
-    counts = result.learner.decision_counts
+    learner = result.learner
+    counts = learner.decision_counts
+    warmup = learner.policy.config.warmup
+    late = [d for d in learner.decisions if d.action == "promote" and d.index > warmup]
     return {
         "stream": stream,
         "model": model,
@@ -88,6 +185,11 @@ def stationary_row(stream: str, model: str, seed: int, n: int) -> dict:
         "events": n,
         "retrains": result.retrains,
         "promotions": result.promotions,
+        "late_promotions": len(late),
+        "races": counts["performance", "race"] + counts["data_drift", "race"],
+        "abandoned": sum(
+            d.code in ("candidate_cannot_lead", "candidate_behind") for d in learner.decisions
+        ),
         "drifts": result.drifts_before,
         "warnings": counts["performance", "warn"],
         "data_warnings": counts["data_drift", "warn"],
@@ -98,64 +200,196 @@ def pct(x: float | None) -> str:
     return "—" if x is None else f"{100 * x:.2f}"
 
 
-def markdown(changes: list[dict], stationary: list[dict], args: argparse.Namespace) -> str:
+def mean(values: list) -> float | None:
+    values = [v for v in values if v is not None]
+    return statistics.mean(values) if values else None
+
+
+def overall(rows: list[dict], setting: str) -> float:
+    """Mean over the seeds of the accuracy over the whole run (before the change too)."""
+    return mean([r[setting]["overall"] for r in rows])
+
+
+def events_text(values: list) -> str:
+    """Mean time to recover over the seeds; a seed that never recovered is counted."""
+    got = [v for v in values if v is not None]
+    text = "—" if not got else f"{statistics.mean(got):,.0f}"
+    missing = len(values) - len(got)
+    return text + (f" ({missing} never)" if missing else "")
+
+
+def markdown(rows: list[dict], stationary: list[dict], args: argparse.Namespace) -> str:
     lines = [
         f"Generated by `scripts/core_report.py` (seeds {args.seeds}; River {river.__version__}); "
-        "default learner, policy and retrain settings.",
+        "default learner, policy, retrain and race settings.",
         "",
         f"**Changes.** The concept changes at event {CHANGE:,} (gradual: a sigmoid 2,000 events "
-        f"wide around it). Accuracy is over the {AFTER:,} events after the change, in %; "
-        "*without* is the same model learning online with every trigger off; *River HAT* is "
-        "River's drift-adaptive Hoeffding tree, for comparison. Detection delay counts events "
-        "from the change to the first performance drift (— : none after the change; a gradual "
-        "change is often caught before its midpoint, see *early*).",
+        f"wide around it; *sea_recurring*: SEA 3, 2, 3, 2, 3, a change every {CHANGE:,} "
+        f"events). Accuracy over the {AFTER:,} events after the change, in %, mean over the "
+        "seeds. *with*: the model with the default policy and race; *without*: the same model "
+        "learning online, every trigger off; *HAT*: River's `HoeffdingAdaptiveTreeClassifier`; "
+        "*DRT*: River's `DriftRetrainingClassifier(HoeffdingTreeClassifier(), DDM())`, on "
+        "the same events. *vs best anchor*: *with* minus the better of HAT and DRT (tree), or "
+        "minus *without* (the other models). *Overall*: the difference over the whole run, "
+        "before the change included. *Recover*: events from the change until the "
+        f"accuracy over the last {ROLLING} post-change events first reaches "
+        f"{RECOVERED:.0%} of the model's own level over events {LEVEL[0]:,}–{LEVEL[1]:,} "
+        f"after the change (read from the {FIRST}th event on). *Response*: events from the "
+        "change to the first performance drift or promotion.",
         "",
-        "| stream | model | seed | detection delay | early | retrains | promoted "
-        "| with retraining | without | delta | River HAT |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    for r in changes:
-        delta = 100 * (r["with"] - r["without"])
-        lines.append(
-            f"| {r['stream']} | {r['model']} | {r['seed']} | "
-            f"{'—' if r['delay'] is None else r['delay']} | {r['drifts_before']} | "
-            f"{r['retrains']} | {r['promotions']} | {pct(r['with'])} | {pct(r['without'])} | "
-            f"{delta:+.2f} | {pct(r['hat'])} |"
-        )
-    lines += [
-        "",
-        "Per stream and model, over the seeds:",
-        "",
-        "| stream | model | mean delta | worst delta | worst detection delay |",
-        "| --- | --- | ---: | ---: | ---: |",
+        "| stream | model | response | promoted (shadow/window/pool) | with | without | HAT "
+        "| DRT | vs best anchor | overall: with − without | recover: with | without | HAT "
+        "| DRT |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: | ---: |",
     ]
     groups: dict[tuple[str, str], list[dict]] = {}
-    for r in changes:
-        groups.setdefault((r["stream"], r["model"]), []).append(r)
-    for (stream, model), rows in groups.items():
-        deltas = [100 * (r["with"] - r["without"]) for r in rows]
-        delays = [r["delay"] for r in rows]
-        worst = "—" if None in delays else max(delays)
+    for r in rows:
+        if r["kind"] != "recurring":
+            groups.setdefault((r["stream"], r["model"]), []).append(r)
+    verdicts = []
+    for (stream, model), rs in groups.items():
+        w = mean([r["with"]["after"][0] for r in rs])
+        wo = mean([r["without"]["after"][0] for r in rs])
+        hat = mean([r["hat"]["after"][0] for r in rs if r["hat"]])
+        drt = mean([r["drt"]["after"][0] for r in rs if r["drt"]])
+        best = max(hat, drt) if model == TREE and hat is not None and drt is not None else wo
+        src = [sum(r["by_source"].get(s, 0) for r in rs) for s in ("shadow", "window", "pool")]
         lines.append(
-            f"| {stream} | {model} | {statistics.mean(deltas):+.2f} | {min(deltas):+.2f} "
-            f"| {worst} |"
+            f"| {stream} | {model} | {events_text([r['response'] for r in rs])} "
+            f"| {sum(r['promotions'] for r in rs)} ({'/'.join(map(str, src))}) "
+            f"| {pct(w)} | {pct(wo)} | {pct(hat)} | {pct(drt)} | {100 * (w - best):+.2f} "
+            f"| {100 * (overall(rs, 'with') - overall(rs, 'without')):+.2f} "
+            f"| {events_text([r['with']['recover'][0] for r in rs])} "
+            f"| {events_text([r['without']['recover'][0] for r in rs])} "
+            f"| {events_text([r['hat']['recover'][0] for r in rs if r['hat']])} "
+            f"| {events_text([r['drt']['recover'][0] for r in rs if r['drt']])} |"
         )
+        verdicts.append((stream, model, rs, w, wo, hat, drt))
+    lines += recurring_lines(rows)
+    lines += target_lines(verdicts)
     lines += [
         "",
+        "<details><summary>Per seed</summary>",
+        "",
+        "| stream | model | seed | detection delay | response | retrains | promoted "
+        "| with | without | HAT | DRT | recover: with |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        if r["kind"] == "recurring":
+            continue
+        lines.append(
+            f"| {r['stream']} | {r['model']} | {r['seed']} "
+            f"| {'—' if r['delay'] is None else r['delay']} "
+            f"| {'—' if r['response'] is None else r['response']} | {r['retrains']} "
+            f"| {r['promotions']} | {pct(r['with']['after'][0])} "
+            f"| {pct(r['without']['after'][0])} "
+            f"| {pct(r['hat']['after'][0] if r['hat'] else None)} "
+            f"| {pct(r['drt']['after'][0] if r['drt'] else None)} "
+            f"| {'—' if r['with']['recover'][0] is None else r['with']['recover'][0]} |"
+        )
+    lines += ["", "</details>"]
+    lines += stationary_lines(stationary)
+    return "\n".join(lines) + "\n"
+
+
+def recurring_lines(rows: list[dict]) -> list[str]:
+    rec = [r for r in rows if r["kind"] == "recurring"]
+    if not rec:
+        return []
+    lines = [
+        "",
+        "**Recurring concept** (*sea_recurring*): accuracy over the 5,000 events after each "
+        "change, mean over the seeds. For the returns (events 20,000 and 40,000), the level "
+        "is the concept's accuracy over the 5,000 events before it left; *served from*: "
+        f"events from the return until the accuracy over the *next* {ROLLING} events first "
+        f"reaches {RECOVERED:.0%} of that level (the model serving from then on is as good "
+        f"as before); *recover*: as above, over the *last* {ROLLING} post-return events, so "
+        "it includes the events served before the detection (— : never within the segment).",
+        "",
+        "| model | setting | after 10k | after 20k (return) | after 30k | after 40k (return) "
+        "| served from: 20k | 40k | recover: 20k | 40k | promoted from the pool |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    models = dict.fromkeys(r["model"] for r in rec)
+    for model in models:
+        rs = [r for r in rec if r["model"] == model]
+        settings = [("with", "with"), ("without", "without")]
+        if model == TREE:
+            settings += [("HAT", "hat"), ("DRT", "drt")]
+        for name, field in settings:
+            after = [mean([r[field]["after"][k] for r in rs]) for k in range(4)]
+            back = [events_text([r[field]["served"][k] for r in rs]) for k in (1, 3)]
+            back += [events_text([r[field]["recover"][k] for r in rs]) for k in (1, 3)]
+            pool = sum(r["by_source"].get("pool", 0) for r in rs) if field == "with" else "—"
+            lines.append(
+                f"| {model} | {name} | {' | '.join(pct(a) for a in after)} "
+                f"| {' | '.join(back)} | {pool} |"
+            )
+    return lines
+
+
+def target_lines(verdicts: list) -> list[str]:
+    """The issue's acceptance targets, checked on the numbers above."""
+    lines = ["", "**Against the targets** (means over the seeds):", ""]
+    tree = [v for v in verdicts if v[1] == TREE and v[2][0]["kind"] == "abrupt"]
+    if tree:
+        met = [s for s, _, _, w, _, h, d in tree if w >= max(h, d)]
+        ahead = [s for s, _, _, w, _, h, d in tree if w >= max(h, d) + 0.01]
+        lines.append(
+            f"- Tree, abrupt streams: at least the better River anchor on {len(met)} of "
+            f"{len(tree)} ({', '.join(met) or 'none'}); at least 1 point ahead of both on "
+            f"{len(ahead)} ({', '.join(ahead) or 'none'})."
+        )
+    for model, name in ((LINEAR, "Linear pipeline"), (HAT, "HAT inside the learner")):
+        mine = [v for v in verdicts if v[1] == model]
+        if not mine:
+            continue
+        after = min((100 * (w - wo), s) for s, _, _, w, wo, _, _ in mine)
+        whole = min(
+            (100 * (overall(rs, "with") - overall(rs, "without")), s)
+            for s, _, rs, _, _, _, _ in mine
+        )
+        text = (
+            f"- {name}: worst difference to the same model without the policy "
+            f"{after[0]:+.2f} points after a change ({after[1]}), {whole[0]:+.2f} over the "
+            f"whole run ({whole[1]})"
+        )
+        if model == LINEAR:
+            hurt = [
+                (s, w - wo)
+                for s, _, rs, w, wo, _, _ in mine
+                if mean([r["without"]["hurt"][0] for r in rs]) > 0.02
+            ]
+            text += "; where the change costs it more than 2 points: " + (
+                ", ".join(f"{s} {100 * d:+.2f}" for s, d in hurt) or "none"
+            )
+        lines.append(text + ".")
+    return lines
+
+
+def stationary_lines(stationary: list[dict]) -> list[str]:
+    if not stationary:
+        return []
+    lines = [
+        "",
         "**Stationary streams** (the first concept only, no change): what fired over the "
-        "whole stream. No retrain can start during the 1,000-label warm-up; a tree that is "
-        "still growing may raise warnings and drifts there.",
+        "whole stream. No retrain can start and no race begins during the 1,000-label "
+        "warm-up; *late promotions* are those after it.",
         "",
         "| stream | model | seed | events | performance drifts | warnings "
-        "| data-drift warnings | retrains | promoted |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| data-drift warnings | retrains | races | candidates given up | promoted "
+        "| late promotions |",
+        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in stationary:
         lines.append(
             f"| {r['stream']} | {r['model']} | {r['seed']} | {r['events']:,} | {r['drifts']} "
-            f"| {r['warnings']} | {r['data_warnings']} | {r['retrains']} | {r['promotions']} |"
+            f"| {r['warnings']} | {r['data_warnings']} | {r['retrains']} | {r['races']} "
+            f"| {r['abandoned']} | {r['promotions']} | {r['late_promotions']} |"
         )
-    return "\n".join(lines) + "\n"
+    return lines
 
 
 def main() -> int:
@@ -164,6 +398,7 @@ def main() -> int:
     parser.add_argument("--streams", default=",".join(STREAMS))
     parser.add_argument("--models", default=",".join(MODELS))
     parser.add_argument("--stationary-streams", default="sea,agrawal,hyperplane,stagger")
+    parser.add_argument("--stationary-models", default=f"{TREE},{LINEAR}")
     parser.add_argument("--stationary-seeds", default="1,2")
     parser.add_argument("--stationary-events", type=int, default=200_000)
     parser.add_argument("--jobs", type=int, default=os.cpu_count() or 1)
@@ -171,18 +406,29 @@ def main() -> int:
     args = parser.parse_args()
 
     seeds = [int(s) for s in args.seeds.split(",")]
-    models = args.models.split(",")
-    change_args = [(s, m, seed) for s in args.streams.split(",") for m in models for seed in seeds]
+    models = tuple(args.models.split(","))
+    for name in (*models, *args.stationary_models.split(",")):
+        if name not in MODELS:
+            parser.error(f"unknown model {name!r}; choose from {', '.join(MODELS)}")
+    streams = [s for s in args.streams.split(",") if s]
     stationary_args = [
         (s, m, seed, args.stationary_events)
         for s in args.stationary_streams.split(",")
-        for m in models
+        if s
+        for m in args.stationary_models.split(",")
         for seed in (int(x) for x in args.stationary_seeds.split(","))
     ]
     with concurrent.futures.ProcessPoolExecutor(args.jobs) as pool:
-        changes = list(pool.map(change_row, *zip(*change_args, strict=True)))
-        stationary = list(pool.map(stationary_row, *zip(*stationary_args, strict=True)))
-    text = markdown(changes, stationary, args)
+        futures = [pool.submit(stream_rows, s, seed, models) for s in streams for seed in seeds]
+        stationary = (
+            list(pool.map(stationary_row, *zip(*stationary_args, strict=True)))
+            if (stationary_args)
+            else []
+        )
+        rows = [r for f in futures for r in f.result()]
+    order = {m: i for i, m in enumerate(models)}
+    rows.sort(key=lambda r: (streams.index(r["stream"]), order[r["model"]], r["seed"]))
+    text = markdown(rows, stationary, args)
     print(text)
     if args.write_readme:
         readme = ROOT / "README.md"

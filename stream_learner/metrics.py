@@ -38,6 +38,7 @@ __all__ = [
     "DRIFT_SIGNALS",
     "EVENT_OUTCOMES",
     "LABEL_RESULTS",
+    "PROMOTION_SOURCES",
     "MAX_LABEL_CHARS",
     "OTHER_KEY",
     "RETRAIN_OUTCOMES",
@@ -51,6 +52,9 @@ EVENT_OUTCOMES = ("learned", "predicted", "dead_lettered", "replayed", "paused")
 LABEL_RESULTS = ("joined", "unmatched", "expired")
 DRIFT_SIGNALS = ("performance", "data")
 RETRAIN_OUTCOMES = ("promoted", "kept", "failed")
+#: Where a promoted model came from (the core's race.SOURCES): a shadow trained since the
+#: change, a window retrain, or a retired model from the key's pool.
+PROMOTION_SOURCES = ("shadow", "window", "pool")
 CHECKPOINT_RESULTS = ("written", "restored", "rejected")
 
 _ROLLING_SUFFIX = "_rolling"
@@ -300,6 +304,27 @@ class ServiceMetrics:
             buckets=RETRAIN_DURATION_BUCKETS,
             registry=reg,
         )
+        self._race_candidates = Gauge(
+            "stream_learner_race_candidates",
+            "Candidate models racing the key's champion (0: no race).",
+            ["key"],
+            registry=reg,
+        )
+        self._race_lead = Gauge(
+            "stream_learner_race_lead",
+            "The leading candidate's mean paired lead over the champion, in loss per event "
+            "(accuracy / 100 for a classifier; 0 without a race).",
+            ["key"],
+            registry=reg,
+        )
+        self._race_promotions = Counter(
+            "stream_learner_race_promotions_total",
+            "Models promoted, by source: shadow, window (a retrain) or pool (a retired model).",
+            ["source"],
+            registry=reg,
+        )
+        for source in PROMOTION_SOURCES:  # every source has a series from the start
+            self._race_promotions.labels(source)
         self._model_version = Gauge(
             "stream_learner_model_version",
             "Version of the key's serving model within its lineage.",
@@ -430,6 +455,8 @@ class ServiceMetrics:
         for metric, window in self._quality_series.pop(label, ()):
             self._quality.remove(label, metric, window)
         self._model_version.remove(label)
+        self._race_candidates.remove(label)
+        self._race_lead.remove(label)
         lineage = self._lineage.pop(label, None)
         if lineage is not None:
             self._model_info.remove(label, lineage)
@@ -501,6 +528,15 @@ class ServiceMetrics:
                 self._model_info.remove(label, old)
             self._lineage[label] = lineage
             self._model_info.labels(label, lineage).set(1)
+
+    def set_race(self, key: str, candidates: int, lead: float) -> None:
+        """Export the key's race: candidates alive and the best one's lead."""
+        label = self._key(key)
+        self._race_candidates.labels(label).set(candidates)
+        self._race_lead.labels(label).set(lead)
+
+    def count_promotions(self, source: str, n: int = 1) -> None:
+        self._race_promotions.labels(_check("source", source, PROMOTION_SOURCES)).inc(n)
 
     def mark_retrain(self, key: str, ts: float) -> None:
         """Remember when ``key`` was last retrained (Unix seconds); the age is scrape-time."""

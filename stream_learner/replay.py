@@ -27,6 +27,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import repeat
 from pathlib import Path
 from typing import Any
 
@@ -52,6 +53,7 @@ from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy
 from stream_learner.core.processor import (
     Drift,
     InlineRunner,
+    KeyOpened,
     Processor,
     RetrainApplied,
     RetrainFailed,
@@ -523,8 +525,10 @@ def _replay_one(
     rejections: dict[str, int] = {}
     effects = processor.effects
     event, label, command = processor.event, processor.label, processor.command
-    for done, item in enumerate(history, 1):
-        partition = 0 if partitions is None else partitions[done - 1]
+    parts = repeat(0) if partitions is None else partitions
+    adopted = set(processor.learners)  # restored keys: reported from their first input on
+    # strict=False: without partitions, parts is an endless repeat(0)
+    for done, (item, partition) in enumerate(zip(history, parts, strict=False), 1):
         kind = type(item)
         try:
             if kind is Event:
@@ -539,16 +543,17 @@ def _replay_one(
             # What the service dead-letters (unseen_key, bad_label, model_rejected): skipped.
             rejected += 1
             rejections[exc.reason] = rejections.get(exc.reason, 0) + 1
-        key = item.key
-        if key not in learners and kind is not Command:
-            learner = processor.learners.get(key)
-            if learner is not None:
-                learners[key] = learner
+        if adopted and kind is not Command and item.key in adopted:
+            adopted.discard(item.key)
+            learners[item.key] = processor.learners[item.key]
         if effects:
             for effect in effects:
                 what = type(effect)
-                if what is Drift:
+                if what is KeyOpened:
+                    learners[effect.key] = effect.learner
+                elif what is Drift:
                     log.extend(_decision(d, done) for d in effect.decisions)
+                    promoted += sum(d.action == "promote" for d in effect.decisions)  # the race
                     if effect.signals:
                         timeline.record(effect.signals, effect.key, done)
                 elif what is RetrainApplied:

@@ -94,13 +94,15 @@ def test_performance_policy_beats_never_with_fewer_retrains_than_an_interval(rep
     )
     assert never.retrains == 0 and never.promoted == 0
     assert performance.metric > never.metric
-    assert 1 <= performance.retrains < interval.retrains
+    assert performance.retrains < interval.retrains
     assert performance.promoted >= 1
-    # The drift was detected after the change, and its retrain promoted.
+    # The drift was detected after the change, and a model trained since was promoted: the
+    # race's shadow, which supersedes the window retrain decided at the detection.
     retrains = [d for d in performance.decisions if d["action"] == "retrain"]
     assert retrains and retrains[0]["trigger"] == "performance"
     assert retrains[0]["index"] > CHANGE_AT
-    assert any(d["action"] == "promote" for d in performance.decisions)
+    promoted = [d for d in performance.decisions if d["action"] == "promote"]
+    assert promoted and promoted[0]["index"] > retrains[0]["index"]
 
 
 def test_results_are_applied_apply_after_inputs_after_the_decision(reports):

@@ -24,7 +24,6 @@ from stream_learner.config import (
     resolve_secret,
 )
 from stream_learner.core.commands import ALL_KEYS, Command
-from stream_learner.core.events import RecordDecoder
 from stream_learner.core.learner import LearnerConfig
 from stream_learner.core.models import ModelSpec
 from stream_learner.core.policy import PolicyConfig
@@ -200,12 +199,9 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         batch_size=settings.batch_size,
         poll_timeout_s=settings.poll_timeout_s,
         max_event_bytes=settings.max_event_bytes,
+        max_event_features=settings.max_event_features,
+        max_feature_name_chars=settings.max_feature_name_chars,
         max_unseen_keys=settings.label_max_unseen_keys,
-    )
-    service.decoder = RecordDecoder(  # the service's bounds on what one event may hold
-        settings.max_event_bytes,
-        max_features=settings.max_event_features,
-        max_name_chars=settings.max_feature_name_chars,
     )
     port = settings.http_port if http_port is None else http_port
     if config.checkpoints.enabled:

@@ -37,6 +37,7 @@ from stream_learner.core.events import Event, Label, check_label
 from stream_learner.core.labels import LabelJoiner
 from stream_learner.core.models import ModelSpec, build_model
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy, config_from_dict
+from stream_learner.core.race import Candidate, Race
 from stream_learner.core.retrain import (
     RecentWindow,
     RetrainConfig,
@@ -200,6 +201,9 @@ class Learner:
         self._pending: Decision | None = None  # a retrain decided, waiting for examples
         self._waiting = 0  # examples usable by the pending retrain
         self._running: int | None = None  # number of the job handed out, not yet applied
+        self._race: Race | None = None  # candidates racing the champion, while any are
+        self.pool: deque[tuple[int, Any]] = deque(maxlen=self.retrain_config.pool)
+        self.race_promotions: Counter[str] = Counter()  # by source (see race.SOURCES)
         self._names: set[str] = set()  # every feature name this key has admitted
 
     # The names as a sorted list: a set pickles in hash order, which changes with the
@@ -211,6 +215,10 @@ class Learner:
     def __setstate__(self, state: dict) -> None:
         state["_names"] = set(state.get("_names", ()))
         self.__dict__.update(state)
+        if "_race" not in state:  # pickled before the race: none, an empty pool, no counts
+            self._race = None
+            self.pool = deque(maxlen=self.retrain_config.pool)
+            self.race_promotions = Counter()
 
     def _admit(self, x: dict) -> None:
         """Remember the feature names of ``x`` new to this key, up to
@@ -269,6 +277,8 @@ class Learner:
         decision = policy.due(index, t) if policy.scheduled else None
         model.learn_one(x, y)
         self.learned += 1
+        if self._race is not None:
+            return self._raced(index, t, x, y, y_pred, proba, loss, signals, decision)
         if self._pending is None and decision is None and not signals:
             return _new(
                 Outcome,
@@ -348,6 +358,8 @@ class Learner:
         decision = self.policy.observe(index, t, True)
         self.model.learn_one(event.x, event.y)
         self.learned += 1
+        if self._race is not None:
+            return self._raced(index, t, event.x, event.y, y_pred, proba, loss, signals, decision)
         if self._pending is None and decision is None and not signals:
             return _new(
                 Outcome,
@@ -364,15 +376,171 @@ class Learner:
         loss: float,
         signals: tuple[DriftSignal, ...],
         decision: Decision | None,
+        raced: tuple[Decision, ...] = _NONE,
     ) -> Outcome:
         """The outcome of a learned event on which something fired or a retrain waits."""
         self._waiting += 1  # counted before deciding: a new retrain uses later examples only
         decisions = self._decide(decision, signals, index, t)
+        if decisions and self.retrain_config.shadow:
+            started = self._maybe_race(decisions)
+            if started is not None:
+                decisions += (started,)
+        if raced:
+            decisions = raced + decisions
         job = self._start() if self._pending is not None else None
         return _new(
             Outcome,
             (index, y_pred, proba, loss, self.version, self.lineage, signals, decisions, job),
         )
+
+    # -- the race (see stream_learner.core.race) --------------------------------------------
+
+    def _raced(
+        self,
+        index: int,
+        t: float,
+        x: dict,
+        y: Any,
+        y_pred: Any,
+        proba: dict | None,
+        loss: float,
+        signals: tuple[DriftSignal, ...],
+        decision: Decision | None,
+    ) -> Outcome:
+        """The rest of a labelled event while a race is on: the candidates race it too."""
+        raced = self._race_step(x, y, loss)
+        if self._pending is None and decision is None and not signals and not raced:
+            return _new(
+                Outcome,
+                (index, y_pred, proba, loss, self.version, self.lineage, _NONE, _NONE, None),
+            )
+        return self._conclude(index, t, y_pred, proba, loss, signals, decision, raced)
+
+    def _maybe_race(self, decisions: tuple[Decision, ...]) -> Decision | None:
+        """Start a race on a sign of change: a performance warning or drift, or a
+        change-triggered retrain decision; not during warm-up, nor with the trigger off."""
+        policy = self.policy
+        if policy.labels < policy.config.warmup:
+            return None
+        for d in decisions:
+            if (d.trigger == "performance" and policy.config.performance) or (
+                d.action == "retrain" and d.trigger in CHANGE_TRIGGERS
+            ):
+                if self._race is None:
+                    return self._start_race(d.trigger, d.code)
+                if d.signal is not None and d.signal.level == "drift":
+                    return self._restart_shadow(d.code)
+        return None
+
+    def _restart_shadow(self, why: str) -> Decision | None:
+        """A drift during a race: a shadow without a sound lead learned from before this
+        change, so a fresh one replaces it (ARF restarts its background trees likewise)."""
+        race = self._race
+        rc = self.retrain_config
+        for i, c in enumerate(race.candidates):
+            if c.source == "shadow":
+                if c.n < rc.race_min_events or c.lead - rc.race_z * c.error >= 0.0:
+                    return None
+                race.candidates[i] = Candidate(build_model(self.spec), "shadow", self.index)
+                reason = f"shadow restarted on {why}: the previous one was not ahead"
+                values = {"previous": c.describe()}
+                return self._log(race.trigger, "race", "shadow_restarted", reason, None, values)
+        race.candidates.append(Candidate(build_model(self.spec), "shadow", self.index))
+        reason = f"shadow started on {why}, joining the race"
+        return self._log(race.trigger, "race", "shadow_started", reason, None)
+
+    def _start_race(self, trigger: str, why: str) -> Decision:
+        race = self._race = Race(trigger, self.index)
+        race.candidates.append(Candidate(build_model(self.spec), "shadow", self.index))
+        for version, model in self.pool:
+            race.candidates.append(Candidate(model, "pool", self.index, version))
+        pooled = [version for version, _ in self.pool]
+        self.pool.clear()
+        reason = f"race started on {why}: a shadow model" + (
+            f" and the retired versions {', '.join(map(str, pooled))}" if pooled else ""
+        )
+        values = {"candidates": len(race.candidates), "pool_versions": pooled}
+        return self._log(trigger, "race", "race_started", reason, None, values)
+
+    def _race_step(self, x: dict, y: Any, loss: float) -> tuple[Decision, ...]:
+        rc = self.retrain_config
+        race = self._race
+        winner, dropped = race.step(
+            x,
+            y,
+            loss,
+            self._classifier,
+            rc.race_z,
+            rc.race_margin,
+            rc.race_min_events,
+            rc.race_max_events,
+        )
+        if winner is None and not dropped:
+            return _NONE
+        decided = []
+        for c in dropped:
+            if c.source == "pool":
+                self.pool.append((c.version, c.model))
+            if c.n >= rc.race_max_events:
+                code = "candidate_cannot_lead"
+                why = f"no sound lead within {rc.race_max_events} events"
+            else:
+                code = "candidate_behind"
+                why = f"{-c.z:.1f} standard errors behind the champion"
+            reason = f"{c.source} candidate given up: {why} (lead {c.lead:+.4f})"
+            decided.append(self._log(race.trigger, "abandon", code, reason, None, c.describe()))
+        if winner is not None:
+            decided += self._promote_candidate(winner)
+        elif not race.candidates:
+            self._race = None
+        return tuple(decided)
+
+    def _promote_candidate(self, winner: Candidate) -> list[Decision]:
+        """The winner serves as the next version; the race ends and the champion retires to
+        the pool. A change-triggered retrain still in flight is abandoned: it was decided
+        against the champion just replaced."""
+        race = self._race
+        self._race = None
+        for c in race.candidates:
+            if c.source == "pool":  # back to the pool, unchanged in rank
+                self.pool.append((c.version, c.model))
+        self._retire()
+        self.model = winner.model
+        self.version += 1
+        self._errors.reset()  # the new model's error level is a new baseline
+        self.race_promotions[winner.source] += 1
+        values = winner.describe()
+        values["version"] = self.version
+        reason = (
+            f"{winner.source} candidate promoted: v{self.version}, lead {winner.lead:+.4f} "
+            f"({winner.z:.1f} standard errors) over {winner.n} events"
+        )
+        decided = [self._log(race.trigger, "promote", "candidate_leads", reason, None, values)]
+        cause = self.policy.in_flight
+        if cause is not None and cause.trigger in CHANGE_TRIGGERS:
+            # As abandon(), but logged as the race's: no retrain result was judged and kept.
+            self._pending = None
+            self._running = None
+            self.policy.finished()
+            reason = f"the {cause.trigger} retrain decided at {cause.index} is superseded: "
+            reason += f"the {winner.source} candidate was promoted"
+            decided.append(
+                self._log(cause.trigger, "abandon", "retrain_superseded", reason, cause.kind)
+            )
+        return decided
+
+    def _retire(self) -> None:
+        """Keep the serving model in the pool (the oldest there goes when it is full)."""
+        if self.pool.maxlen:
+            self.pool.append((self.version, self.model))
+
+    def race_status(self) -> tuple[int, float]:
+        """Candidates alive, and the best one's lead (loss per event; 0 without a race)."""
+        race = self._race
+        if race is None:
+            return 0, 0.0
+        best = race.best()
+        return len(race.candidates), best.lead if best is not None else 0.0
 
     # -- retrains ------------------------------------------------------------------------
 
@@ -418,9 +586,22 @@ class Learner:
         for ex in newer:
             candidate.learn_one(ex.event.x, ex.event.y)
         values["n_caught_up"] = len(newer)
+        if trigger in CHANGE_TRIGGERS and self.retrain_config.shadow:
+            # After a change the holdout is short and noisy: the candidate earns its place
+            # in the race, event by event, like the shadow.
+            if self._race is None:
+                self._race = Race(trigger, self.index)
+            self._race.candidates.append(Candidate(candidate, "window", self.index))
+            reason = f"{kind} retrain #{result.number} passed its holdout and races: {scores}"
+            return self._log(trigger, "race", "candidate_races", reason, kind, values)
+        self._retire()
         self.model = candidate
         self.version += 1
         self._errors.reset()  # the new model's error level is a new baseline
+        self.race_promotions["window"] += 1
+        if self._race is not None:  # they raced the model just replaced
+            for c in self._race.candidates:
+                c.reset()
         reason = f"{kind} retrain #{result.number} promoted: v{self.version}, {scores}"
         return self._log(trigger, "promote", "challenger_better", reason, kind, values)
 
@@ -464,6 +645,14 @@ class Learner:
         self._pending = None
         self._running = None
         self.policy.finished()
+        race = self._race
+        if race is not None:  # the candidates raced the model being replaced
+            self._race = None
+            self.pool.extend((c.version, c.model) for c in race.candidates if c.source == "pool")
+        if switch:
+            self.pool.clear()  # another lineage's models
+        else:
+            self._retire()
         self.model = model
         self.version += 1
         self._errors.reset()

@@ -61,8 +61,10 @@ __all__ = [
 #: should reflect was deleted from the log before it was learned (``input_lost``).
 TRIGGERS = ("on_demand", "label_volume", "interval", "performance", "data_drift", "retention")
 #: ``promote`` and ``keep`` are the learner's, when a retrain's result is applied, and
-#: ``rollback`` when an earlier version is served again.
-ACTIONS = ("retrain", "skip", "warn", "promote", "keep", "rollback")
+#: ``rollback`` when an earlier version is served again; ``race`` (a race starts, or a
+#: candidate enters it), ``abandon`` (a candidate is given up) and ``promote`` are also the
+#: race's (see :mod:`stream_learner.core.race`).
+ACTIONS = ("retrain", "skip", "warn", "promote", "keep", "rollback", "race", "abandon")
 KINDS = ("stateful", "stateless")
 
 _HOUR = 3600.0

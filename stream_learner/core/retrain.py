@@ -109,13 +109,33 @@ class RetrainConfig:
       on the acceptance suite smaller margins promoted models that then did worse. For a
       regression metric (MAE, RMSE) it is in the target's units: set it per model.
 
-    The defaults were chosen on the acceptance suite (``tests/core/test_suite.py``).
+    The race (:mod:`stream_learner.core.race`) after a sign of change:
+
+    - ``shadow``: start a fresh candidate at the first performance warning or drift, and let
+      retired models (the pool) and change-triggered window candidates race the champion.
+      ``false``: change-triggered retrains are judged on their holdout alone, as before.
+    - ``pool``: retired models kept per key, so that a concept that comes back is served by
+      the model that knows it (0: none).
+    - ``race_z`` and ``race_margin``: a candidate is promoted when its lead (mean paired
+      loss difference per event: accuracy points / 100 for a classifier, the target's units
+      for regression) minus ``race_z`` standard errors is at least ``race_margin``.
+    - ``race_min_events``: events raced before a candidate can be promoted or dropped;
+      ``race_max_events``: a candidate that has not led by then is given up.
+
+    The defaults were chosen on the acceptance suite (``tests/core/test_suite.py``) and the
+    core report (``scripts/core_report.py``).
     """
 
     window: int = 5000
     holdout: int = 200
     min_train: int = 300
     margin: float = 0.02
+    shadow: bool = True
+    pool: int = 3
+    race_z: float = 3.0
+    race_margin: float = 0.01
+    race_min_events: int = 50
+    race_max_events: int = 2000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "retrain") -> RetrainConfig:
@@ -128,6 +148,11 @@ class RetrainConfig:
             raise ConfigError(
                 f"retrain.window: {self.window} is smaller than min_train + holdout "
                 f"({self.min_train} + {self.holdout}); a retrain could never start"
+            )
+        if self.race_min_events < 1 or self.race_max_events < self.race_min_events:
+            raise ConfigError(
+                "retrain: race_min_events must be at least 1 and race_max_events at least "
+                f"race_min_events (got {self.race_min_events} and {self.race_max_events})"
             )
 
 

@@ -38,7 +38,13 @@ from typing import Any, Protocol
 import orjson
 
 from stream_learner.core.commands import Command
-from stream_learner.core.events import Event, RecordDecoder
+from stream_learner.core.events import (
+    MAX_EVENT_BYTES,
+    MAX_FEATURE_NAME_CHARS,
+    MAX_FEATURES,
+    Event,
+    RecordDecoder,
+)
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner, LearnerConfig, Outcome
 from stream_learner.core.models import ModelSpec
@@ -214,7 +220,9 @@ class Service:
         retrainer: Retrainer,
         batch_size: int = 500,
         poll_timeout_s: float = 0.02,
-        max_event_bytes: int = 1_048_576,
+        max_event_bytes: int = MAX_EVENT_BYTES,
+        max_event_features: int = MAX_FEATURES,
+        max_feature_name_chars: int = MAX_FEATURE_NAME_CHARS,
         max_unseen_keys: int = 1000,
         store: Store | None = None,
         checkpoint_policy: CheckpointPolicy | None = None,
@@ -232,7 +240,11 @@ class Service:
         self.positions: dict[TopicPartition, int] = {}
         self.caught_up = False
         self.batches = 0
-        self.decoder = RecordDecoder(max_event_bytes)  # the same rules as a replay's
+        self.decoder = RecordDecoder(  # the same rules and bounds as a replay's
+            max_event_bytes,
+            max_features=max_event_features,
+            max_name_chars=max_feature_name_chars,
+        )
         self._touched: set[str] = set()
         self._counts: Counter[str] = Counter()
         self._learned = 0  # events learned in this batch (the hot path's own counter)
@@ -451,6 +463,15 @@ class Service:
             if d.action in _NEW_VERSION:
                 learner = self.processor.learners[effect.key]
                 self.metrics.set_model(effect.key, learner.version, learner.lineage)
+                if d.code == "candidate_leads":  # the race promoted: as after a retrain
+                    self._promoted(effect.key, d.values["source"])
+
+    def _promoted(self, key: str, source: str) -> None:
+        """A new model serves ``key`` (from a retrain, or the race's shadow or pool)."""
+        self.metrics.count_promotions(source)
+        self.metrics.mark_retrain(key, time.time())
+        if self.store is not None and self.checkpoint_policy.after_retrain:
+            self._snapshot_soon.add(key)
 
     def _applied(self, effect: RetrainApplied) -> None:
         key, decision, result = effect
@@ -462,9 +483,7 @@ class Service:
         )
         self.metrics.set_model(key, learner.version, learner.lineage)
         if outcome == "promoted":
-            self.metrics.mark_retrain(key, time.time())
-            if self.store is not None and self.checkpoint_policy.after_retrain:
-                self._snapshot_soon.add(key)
+            self._promoted(key, "window")
         log_event(
             log,
             "retrain_" + outcome,
@@ -566,6 +585,8 @@ class Service:
                 if a > b:
                     m.count_labels(result, a - b)
             self._joins[key] = now
+            alive, lead = learner.race_status()  # the race (core/race.py)
+            m.set_race(key, alive, lead)
         self._touched.clear()
         for (topic, partition), lag in list(self.source.lag.items()):
             m.set_lag(topic, partition, lag)

@@ -25,6 +25,10 @@ MULTICLASS = ModelSpec.from_dict(
 
 CHANGE = 3000
 
+#: Change-triggered retrains judged on their holdout alone, without the race (which
+#: tests/core/test_race.py covers): the tests below are about the window retrains.
+WINDOW_ONLY = RetrainConfig(shadow=False)
+
 
 def sea_change(n: int, seed: int = 1, change: int = CHANGE) -> list[Event]:
     """SEA concept 3, then concept 2 from ``change``: a fifth of the labels flip."""
@@ -163,7 +167,7 @@ def test_a_regression_learner_scores_absolute_error():
 
 
 def test_after_a_detected_change_the_retrain_waits_for_post_detection_examples():
-    learner = Learner("k", TREE)
+    learner = Learner("k", TREE, retrain=WINDOW_ONLY)
     evts = sea_change(6000)
     at, job = first_job(learner, evts)
     decision = job.decision
@@ -182,7 +186,7 @@ def test_after_a_detected_change_the_retrain_waits_for_post_detection_examples()
 
 
 def test_while_a_retrain_is_in_flight_the_learner_keeps_learning_and_the_candidate_catches_up():
-    learner = Learner("k", TREE)
+    learner = Learner("k", TREE, retrain=WINDOW_ONLY)
     evts = sea_change(8000)
     at, job = first_job(learner, evts)
     meanwhile = feed(learner, evts[at + 1 : at + 301], run_jobs=False)  # the job runs elsewhere
@@ -211,7 +215,7 @@ def test_while_a_retrain_is_in_flight_the_learner_keeps_learning_and_the_candida
 
 
 def test_a_result_that_is_not_in_flight_is_ignored():
-    learner = Learner("k", TREE)
+    learner = Learner("k", TREE, retrain=WINDOW_ONLY)
     evts = sea_change(6000)
     _, job = first_job(learner, evts)
     result = job.run()
@@ -225,7 +229,7 @@ def test_a_result_that_is_not_in_flight_is_ignored():
 
 
 def test_abandon_frees_the_policy_and_a_late_result_is_ignored():
-    learner = Learner("k", TREE)
+    learner = Learner("k", TREE, retrain=WINDOW_ONLY)
     _, job = first_job(learner, sea_change(6000))
     d = learner.abandon("worker died")
     assert (d.action, d.code, d.reason, d.trigger) == (
@@ -241,7 +245,7 @@ def test_abandon_frees_the_policy_and_a_late_result_is_ignored():
 
 
 def test_rollback_serves_an_earlier_model_as_a_new_version_and_drops_a_retrain_in_flight():
-    learner = Learner("k", TREE)
+    learner = Learner("k", TREE, retrain=WINDOW_ONLY)
     _, job = first_job(learner, sea_change(6000))
     old = copy.deepcopy(learner.model)
     learner.apply(job.run())
@@ -306,7 +310,7 @@ def test_memory_is_bounded_by_the_window():
 
 def test_same_events_give_the_same_outcomes_and_state():
     def go() -> tuple[list, Learner]:
-        learner = Learner("k", LINEAR)
+        learner = Learner("k", LINEAR, retrain=WINDOW_ONLY)
         outs = feed(learner, sea_change(6000))
         return [(o.y_pred, o.loss, o.decisions, o.version) for o in outs], learner
 
@@ -318,7 +322,7 @@ def test_same_events_give_the_same_outcomes_and_state():
 
 @pytest.mark.parametrize("clone", [copy.deepcopy, lambda x: pickle.loads(pickle.dumps(x))])
 def test_a_copy_taken_mid_stream_continues_exactly_like_the_original(clone):
-    learner = Learner("k", LINEAR)
+    learner = Learner("k", LINEAR, retrain=WINDOW_ONLY)
     evts = sea_change(6000)
     feed(learner, evts[: CHANGE + 100])
     learner.predict(Event("pending", "k", evts[0].x))  # a prediction waiting for its label
@@ -335,6 +339,12 @@ def test_a_copy_taken_mid_stream_continues_exactly_like_the_original(clone):
     for name, value in vars(learner).items():
         if name == "window":
             assert list(value) == list(twin.window)
+        elif name == "pool":  # retired models, compared by what they predict
+            assert [v for v, _ in value] == [v for v, _ in twin.pool]
+            for (_, m), (_, t) in zip(value, twin.pool, strict=True):
+                assert [m.predict_proba_one(e.x) for e in rest[:50]] == [
+                    t.predict_proba_one(e.x) for e in rest[:50]
+                ]
         elif name == "joiner":
             assert vars(value) == vars(twin.joiner)
         else:
@@ -365,6 +375,8 @@ def test_the_inlined_learn_is_the_step_by_step_path(spec):
     fast, reference = Learner("k", spec, **kwargs), _StepByStep("k", spec, **kwargs)
     evts = sea_change(7000)
     evts[4000:] = [Event(e.id, e.key, {**e.x, "x1": e.x["x1"] + 2.0}, e.y) for e in evts[4000:]]
+    # Labels flip at 5500: a change the race (shadow candidate, then the pool) must handle.
+    evts[5500:] = [Event(e.id, e.key, e.x, not e.y) for e in evts[5500:]]
 
     def outcomes(learner: Learner) -> list[tuple]:
         return [(*o[:-1], o.job is not None) for o in feed(learner, evts)]
@@ -373,6 +385,7 @@ def test_the_inlined_learn_is_the_step_by_step_path(spec):
     assert a == b
     triggers = {d.trigger for out in a for d in out[7]}
     assert {"performance", "data_drift", "interval"} <= triggers and fast.version > 1
+    assert fast.race_promotions["shadow"] >= 1
     assert list(fast.decisions) == list(reference.decisions)
     assert fast.evaluator.values() == reference.evaluator.values()
     assert list(fast.window) == list(reference.window)

@@ -609,11 +609,17 @@ def test_panels_show_what_the_service_did(live):
     """Data is not enough: the numbers must be the service's. The first retrain of a kind, for
     one, is born as a series already at 1, which rate()-based panels would not show."""
     learner = live.service.learners["default"]
-    retrains = sum(1 for d in learner.decisions if d.action in ("promote", "keep"))
+    # Retrain results applied: promoted, kept, or racing (the race's own promotions and
+    # abandonments are decisions too, but no retrain's).
+    applied = ("challenger_better", "champion_better", "candidate_races", "stale_result")
+    retrains = sum(1 for d in learner.decisions if d.code in applied)
     assert learner.version >= 2 and retrains >= 1, "the stream should have caused a retrain"
+    promotions = sum(1 for d in learner.decisions if d.action == "promote")
+    assert sum(learner.race_promotions.values()) == promotions >= 1
     expected = {
         ("Retrains by trigger, kind and outcome (since start)", "A"): retrains,
         ("Model version per key", "A"): learner.version,
+        ("Promotions by source (since start)", "A"): promotions,
         ("Readiness", "A"): 1,
         ("Active keys", "A"): len(live.service.learners),
     }
@@ -649,6 +655,8 @@ def _label_schema() -> dict[str, set[str]]:
     m.count_decision("performance", "retrain")
     m.record_retrain("performance", "stateless", "promoted", 1.0)
     m.set_model("k", 2, "lineage")
+    m.set_race("k", 2, 0.05)
+    m.count_promotions("shadow")
     m.mark_retrain("k", 0.0)
     m.record_checkpoint("k", 100, 0.0)
     m.count_checkpoint("written")
@@ -761,6 +769,9 @@ def test_dashboard_covers_what_operators_watch():
         "stream_learner_dead_letters_total",
         "stream_learner_labels_total",
         "stream_learner_ready",
+        "stream_learner_race_candidates",
+        "stream_learner_race_lead",
+        "stream_learner_race_promotions_total",
         "stream_learner_kafka_unavailable_seconds",
     ):
         assert metric in text, f"no panel shows {metric}"

@@ -91,8 +91,15 @@ def _run(tmp_path, bootstrap, prefix, admin, kills: int, rng: random.Random, t0)
 def _fingerprint(learner) -> tuple:
     probe = [Event(f"p{i}", learner.key, {"x0": (i * 3.7) % 10, "x1": (i * 1.3) % 10,
                                            "x2": (i * 7.1) % 10}) for i in range(200)]  # fmt: skip
+    race = learner._race.candidates if learner._race is not None else []
     return (
         [learner.model.predict_proba_one(e.x) for e in probe],
+        # The race and the pool: what each candidate and retired model predicts, and the
+        # candidates' paired records.
+        [(c.source, c.started, c.n, c.total, c.squares) for c in race],
+        [[m.predict_proba_one(e.x) for e in probe] for m in [c.model for c in race]],
+        [(v, [m.predict_proba_one(e.x) for e in probe]) for v, m in learner.pool],
+        dict(learner.race_promotions),
         learner.evaluator.values(),
         learner.index, learner.learned, learner.predicted, learner.version,
         [(d.index, d.trigger, d.action, d.code) for d in learner.decisions],
@@ -117,6 +124,10 @@ def test_sigkill_at_random_moments_equals_an_uninterrupted_run(
                 admin.delete_topics(mine, operation_timeout=30)
     for key in KEYS:
         assert _fingerprint(killed["learners"][key]) == _fingerprint(calm["learners"][key]), key
+    # Races ran for hundreds of inputs per key (candidates alive across checkpoints and,
+    # likely, kills) and ended in promotions, leaving the retired model in the pool.
+    for learner in calm["learners"].values():
+        assert sum(learner.race_promotions.values()) >= 1 and learner.pool, learner.key
         assert killed["learners"][key].learned > 0.9 * N
     # Nothing lost: every request got a prediction. Outputs are at-least-once without
     # transactions: a copy re-emitted after a kill is identical to the first (same model).

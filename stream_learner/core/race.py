@@ -1,0 +1,175 @@
+"""The prequential race: candidates that earn the champion's place event by event.
+
+After a sign of change, a learner keeps a :class:`Race`: a few candidate models that see
+every labelled event the champion sees. Each candidate predicts the event *before* learning
+it, as the champion did, so champion and candidate are compared on the same events, each
+prediction made blind (a paired, prequential comparison). Candidates come from three
+sources:
+
+- ``shadow``: a fresh model, started at the first performance warning or drift, learning
+  online from there (River's ARF background trees and ``DriftRetrainingClassifier`` do the
+  same). By the time it leads, it has learned every event since the warning.
+- ``pool``: a model the key retired earlier. A concept that comes back is already known to
+  one of them, which then leads at once.
+- ``window``: the candidate of a change-triggered window retrain that passed its holdout
+  gate; it must still earn its place here, which protects a champion that adapts on its
+  own (a Hoeffding adaptive tree, a forest) from a worse cold model.
+
+The decision rests on the paired per-event difference ``d = champion loss - candidate loss``
+(0/1 errors, or absolute errors for regression): its mean is the candidate's lead, and the
+candidate is promoted when the lead is at least ``race_margin`` and ``race_z`` standard
+errors above zero, over at least ``race_min_events`` events. A 200-event holdout has a
+standard error of 2-3 accuracy points; here the standard error shrinks as the race goes on
+and disagreements are what count (McNemar's idea: events both get right or both get wrong
+say nothing about which is better). A candidate is given up when it has not led within
+``race_max_events`` events, or, if it came trained (pool, window), when it is ``race_z``
+standard errors *behind* after ``race_min_events``: it is not the concept now served.
+
+Everything here is plain data, pickled with the learner: candidates, their paired sums and
+the pool survive snapshots, restarts and rebalances, and the same events give the same
+decisions at the same input indexes.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+__all__ = ["SOURCES", "Candidate", "Race"]
+
+#: Where a candidate came from; promotions are counted by source.
+SOURCES = ("shadow", "window", "pool")
+
+
+class Candidate:
+    """One model in the race and its paired record against the champion.
+
+    ``n`` events raced, ``total`` the sum of ``d`` and ``squares`` the sum of ``d * d``
+    (for 0/1 losses: wins minus losses, and disagreements). ``version`` is the version the
+    model served as, for a pooled one."""
+
+    __slots__ = ("model", "source", "started", "version", "n", "total", "squares")
+
+    def __init__(self, model: Any, source: str, started: int, version: int | None = None):
+        self.model = model
+        self.source = source
+        self.started = started  # input index at which it entered the race
+        self.version = version
+        self.n = 0
+        self.total = 0.0
+        self.squares = 0.0
+
+    def __getstate__(self) -> tuple:
+        return tuple(getattr(self, name) for name in self.__slots__)
+
+    def __setstate__(self, state: tuple) -> None:
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+    @property
+    def lead(self) -> float:
+        """Mean paired difference: how much less loss per event than the champion."""
+        return self.total / self.n if self.n else 0.0
+
+    @property
+    def error(self) -> float:
+        """The standard error of :attr:`lead` (the variance has a floor of one
+        disagreement in ``n``: a candidate that has never disagreed is not infinitely sure)."""
+        n = self.n
+        if n < 2:
+            return math.inf
+        spread = (self.squares - self.total * self.total / n) / (n - 1)
+        return math.sqrt(max(spread, 1.0 / n) / n)
+
+    @property
+    def z(self) -> float:
+        """The lead in standard errors of the mean paired difference (0 before two events).
+
+        The variance has a floor of one disagreement, so a candidate that has never
+        disagreed has no z, and one that always won is not infinitely sure."""
+        n = self.n
+        if n < 2:
+            return 0.0
+        spread = (self.squares - self.total * self.total / n) * n / (n - 1)
+        return self.total / math.sqrt(max(spread, 1.0))
+
+    def reset(self) -> None:
+        """Forget the paired record (the champion it was compared with has changed)."""
+        self.n = 0
+        self.total = self.squares = 0.0
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": self.source,
+            "started": self.started,
+            "events": self.n,
+            "lead": round(self.lead, 6),
+            "z": round(self.z, 3),
+            **({"pool_version": self.version} if self.version is not None else {}),
+        }
+
+
+class Race:
+    """The candidates racing one champion, and why the race began.
+
+    :meth:`step` is called once per labelled event, after the champion has predicted and
+    learned it; it returns what the race decided on that event: a candidate to promote
+    (first), and the candidates given up."""
+
+    __slots__ = ("trigger", "started", "candidates")
+
+    def __init__(self, trigger: str, started: int) -> None:
+        self.trigger = trigger
+        self.started = started
+        self.candidates: list[Candidate] = []
+
+    def __getstate__(self) -> tuple:
+        return (self.trigger, self.started, self.candidates)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.trigger, self.started, self.candidates = state
+
+    def step(
+        self,
+        x: dict,
+        y: Any,
+        champion_loss: float,
+        classifier: bool,
+        z: float,
+        margin: float,
+        min_events: int,
+        max_events: int,
+    ) -> tuple[Candidate | None, list[Candidate]]:
+        """Race one labelled event: each candidate predicts it, is scored, then learns it."""
+        winner = None
+        dropped = []
+        for c in self.candidates:
+            model = c.model
+            if classifier:
+                proba = model.predict_proba_one(x)
+                loss = 0.0 if proba and max(proba, key=proba.get) == y else 1.0
+            else:
+                loss = abs(y - (model.predict_one(x) or 0.0))
+            model.learn_one(x, y)
+            d = champion_loss - loss
+            c.n += 1
+            if d:
+                c.total += d
+                c.squares += d * d
+            if c.n < min_events:
+                continue
+            lead, error = c.lead, c.error
+            if lead - z * error >= margin:
+                if winner is None or lead - z * error > winner.lead - z * winner.error:
+                    winner = c
+            elif c.n >= max_events or (c.source != "shadow" and lead + z * error < 0.0):
+                dropped.append(c)
+        if winner is not None:
+            self.candidates.remove(winner)
+        for c in dropped:
+            self.candidates.remove(c)
+        return winner, dropped
+
+    def best(self) -> Candidate | None:
+        """The candidate with the largest z (the one closest to promotion)."""
+        return max(self.candidates, key=lambda c: c.z, default=None)

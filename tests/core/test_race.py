@@ -1,0 +1,237 @@
+"""The prequential race: shadow candidates, the pool of retired models, promotion and
+abandonment at deterministic input indexes, and everything surviving a snapshot."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+
+from river.datasets import synth
+
+from stream_learner.core.events import Event
+from stream_learner.core.learner import Learner
+from stream_learner.core.race import Candidate, Race
+from stream_learner.core.retrain import RetrainConfig
+from stream_learner.core.snapshot import SnapshotMeta, assemble, decode_snapshot, encode_snapshot
+from tests.core.specs import LINEAR, TREE
+
+KEY = b"race-test-signing-key-0123456789"
+
+
+def concepts(*segments: tuple[bool, int], seed: int = 1) -> list[Event]:
+    """SEA concept 3; a segment ``(True, n)`` serves its ``n`` events with labels flipped
+    (another concept), ``(False, n)`` the original one."""
+    source = synth.SEA(3, noise=0.05, seed=seed)
+    out = []
+    i = 0
+    for flipped, n in segments:
+        for x, y in itertools.islice(source, n):
+            out.append(Event(f"e{i}", "k", {f"x{j}": v for j, v in x.items()}, y != flipped))
+            i += 1
+    return out
+
+
+def feed(learner: Learner, evts: list[Event]) -> list:
+    outs = []
+    for e in evts:
+        out = learner.learn(e)
+        outs.append(out)
+        if out.job is not None:
+            learner.apply(out.job.run())
+    return outs
+
+
+def decisions(outs: list, action: str) -> list:
+    return [d for o in outs for d in o.decisions if d.action == action]
+
+
+# -- the paired statistic ----------------------------------------------------------------
+
+
+def test_a_candidate_that_wins_every_disagreement_leads_by_the_rate_of_them():
+    c = Candidate(None, "shadow", 0)
+    for i in range(400):
+        d = 1.0 if i % 4 == 0 else 0.0  # wins one event in four, never loses
+        c.n += 1
+        c.total += d
+        c.squares += d * d
+    assert c.lead == 0.25
+    assert 0.02 < c.error < 0.025  # sqrt(0.25 * 0.75 / 400) ~ 0.0217
+    assert c.z > 10
+
+
+def test_the_race_promotes_only_a_sound_lead():
+    class Always:  # predicts one class, learns nothing: a fixed competitor
+        def __init__(self, y):
+            self.y = y
+
+        def predict_proba_one(self, x):
+            return {self.y: 1.0}
+
+        def learn_one(self, x, y):
+            pass
+
+    race = Race("performance", 0)
+    race.candidates = [Candidate(Always(True), "shadow", 0), Candidate(Always(False), "pool", 0)]
+    winner = None
+    for i in range(1000):
+        y = i % 10 != 0  # 90 % True; the champion is right half the time
+        champion_loss = float(i % 2)
+        winner, dropped = race.step({}, y, champion_loss, True, 3.0, 0.02, 50, 5000)
+        if dropped:
+            assert [c.model.y for c in dropped] == [False]  # trained, and soundly behind
+        if winner is not None:
+            break
+    assert winner is not None and winner.model.y is True
+    assert 50 <= winner.n < 200 and winner.lead - 3.0 * winner.error >= 0.02
+
+
+# -- through the learner -------------------------------------------------------------------
+
+
+def test_a_leading_shadow_is_promoted_at_a_deterministic_index_and_reported():
+    evts = concepts((False, 3000), (True, 3000))
+
+    def go():
+        learner = Learner("k", LINEAR)
+        return learner, feed(learner, evts)
+
+    (learner, outs), (twin, twin_outs) = go(), go()
+    promoted = decisions(outs, "promote")
+    assert len(promoted) == 1
+    d = promoted[0]
+    assert (d.trigger, d.code, d.values["source"]) == ("performance", "candidate_leads", "shadow")
+    assert 3000 < d.index < 3500  # well before a window retrain could have been applied
+    assert d.values["version"] == 2 and "standard errors" in d.reason
+    at = d.index - 1  # outcomes are 0-based, input indexes 1-based
+    assert outs[at].version == 2 and outs[at - 1].version == 1  # callers see the new version
+    assert learner.race_promotions == {"shadow": 1}
+    assert [v for v, _ in learner.pool] == [1]  # the champion retired to the pool
+    assert decisions(twin_outs, "promote") == promoted
+    assert [o.y_pred for o in outs] == [o.y_pred for o in twin_outs]
+    assert pickle.dumps(learner) == pickle.dumps(twin)
+    started = decisions(outs, "race")
+    assert started[0].code == "race_started" and started[0].index < d.index
+    # The retrain decided at the detection was superseded, and the outcome says so.
+    assert [(x.action, x.code) for x in outs[at].decisions] == [
+        ("promote", "candidate_leads"),
+        ("abandon", "retrain_superseded"),
+    ]
+
+
+def test_a_candidate_that_cannot_lead_is_abandoned_with_a_logged_decision():
+    # Labels flip for a fifth of the space only (SEA 3 -> 2): the linear model adapts by
+    # itself, and a fresh one never leads it soundly.
+    pairs = itertools.chain(
+        itertools.islice(synth.SEA(3, noise=0.1, seed=1), 3000), synth.SEA(2, noise=0.1, seed=2)
+    )
+    evts = [
+        Event(f"e{i}", "k", {f"x{j}": v for j, v in x.items()}, y)
+        for i, (x, y) in enumerate(itertools.islice(pairs, 6000))
+    ]
+    learner = Learner("k", LINEAR, retrain=RetrainConfig(race_max_events=800))
+    outs = feed(learner, evts)
+    abandoned = decisions(outs, "abandon")
+    assert abandoned and not decisions(outs, "promote")
+    shadow = [d for d in abandoned if d.values["source"] == "shadow"][0]
+    assert shadow.code == "candidate_cannot_lead" and shadow.values["events"] == 800
+    assert "no sound lead within 800 events" in shadow.reason
+    assert learner.version == 1 and learner.race_status() == (0, 0.0)
+
+
+def test_a_returning_concept_is_served_from_the_pool():
+    evts = concepts((False, 4000), (True, 4000), (False, 4000))
+    learner = Learner("k", LINEAR)
+    outs = feed(learner, evts)
+    promoted = decisions(outs, "promote")
+    sources = [(d.values["source"], d.values.get("pool_version")) for d in promoted]
+    assert sources[:2] == [("shadow", None), ("pool", 1)], sources
+    back = promoted[1]
+    assert 8000 < back.index <= 8500  # within 500 events of the return
+    before = [o.loss for o in outs[3000:4000]]
+    after = [o.loss for o in outs[back.index : back.index + 1000]]
+    assert sum(after) <= sum(before) + 20  # served at its pre-change accuracy (within 2 %)
+    assert learner.race_promotions == {"shadow": 1, "pool": 1}
+    assert [v for v, _ in learner.pool] == [2]  # the concept that left waits in the pool
+
+
+def test_a_snapshot_with_candidates_and_pool_alive_continues_exactly_like_the_original():
+    evts = concepts((False, 3000), (True, 3000), (False, 3000))
+    learner = Learner("k", LINEAR)
+    feed(learner, evts[:6050])
+    alive, _ = learner.race_status()
+    sources = sorted(c.source for c in learner._race.candidates)
+    assert alive == 2 and sources == ["pool", "shadow"]  # v1 races from the pool; v2 serves
+    meta = SnapshotMeta("k", learner.lineage, learner.version, trigger="test")
+    header, payload = assemble(encode_snapshot(learner, meta, KEY, chunk_bytes=1 << 20))
+    restored = decode_snapshot(header, payload, KEY)
+    rest = evts[6050:]
+    a = [(o.y_pred, o.decisions, o.version) for o in feed(learner, rest)]
+    b = [(o.y_pred, o.decisions, o.version) for o in feed(restored, rest)]
+    assert a == b
+    assert learner.race_promotions == restored.race_promotions
+    assert learner.race_promotions["pool"] == 1
+
+
+def test_a_stationary_stream_promotes_nothing():
+    evts = concepts((False, 30_000), seed=3)
+    for spec in (LINEAR, TREE):
+        learner = Learner("k", spec)
+        outs = feed(learner, evts)
+        assert not decisions(outs, "promote"), spec.lineage
+        assert learner.version == 1 and not learner.race_promotions
+
+
+def test_a_window_candidate_after_a_change_races_instead_of_replacing_the_champion():
+    evts = concepts((False, 3000), (True, 3000))
+    # At z = 50 nothing wins, and within 10,000 events nothing is given up.
+    learner = Learner("k", TREE, retrain=RetrainConfig(race_z=50.0, race_max_events=10_000))
+    applied = []
+    for e in evts:
+        out = learner.learn(e)
+        if out.job is not None:
+            applied.append(learner.apply(out.job.run()))
+    assert [(d.trigger, d.action, d.code) for d in applied] == [
+        ("performance", "race", "candidate_races")
+    ]
+    assert learner.version == 1  # no sound lead at z = 50: the champion serves on
+    assert sorted(c.source for c in learner._race.candidates) == ["shadow", "window"]
+
+
+def test_without_the_shadow_a_change_triggered_retrain_is_promoted_on_its_holdout():
+    evts = concepts((False, 3000), (True, 3000))
+    learner = Learner("k", LINEAR, retrain=RetrainConfig(shadow=False))
+    outs = []
+    for e in evts:
+        out = learner.learn(e)
+        if out.job is not None:
+            outs.append(out._replace(decisions=(learner.apply(out.job.run()),)))
+    promoted = decisions(outs, "promote")
+    assert [d.code for d in promoted] == ["challenger_better"]
+    assert not decisions(outs, "race") and learner.race_promotions == {"window": 1}
+
+
+def test_a_learner_pickled_before_the_race_loads_without_one():
+    learner = Learner("k", LINEAR)
+    feed(learner, concepts((False, 100)))
+    state = vars(learner)
+    for name in ("_race", "pool", "race_promotions"):
+        del state[name]
+    old = pickle.loads(pickle.dumps(learner))
+    assert old._race is None and not old.pool and old.pool.maxlen == 3
+    assert not old.race_promotions
+    feed(old, concepts((False, 3000), (True, 1000))[100:])
+    assert old.race_promotions == {"shadow": 1}
+
+
+def test_a_rollback_during_a_race_ends_it_and_keeps_the_pool():
+    evts = concepts((False, 3000), (True, 3000), (False, 3000))
+    learner = Learner("k", LINEAR)
+    feed(learner, evts[:6050])  # v2 serves; v1 races it from the pool, with a shadow
+    assert learner.race_status()[0] == 2 and not learner.pool
+    old = learner.model
+    decision = learner.rollback(learner.model.clone(), 1, "operator")
+    assert decision.action == "rollback" and learner.version == 3
+    assert learner.race_status() == (0, 0.0)  # they raced the model just replaced
+    assert [v for v, _ in learner.pool] == [1, 2]  # the pooled one is back, v2 retired
+    assert learner.pool[-1][1] is old
