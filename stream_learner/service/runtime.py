@@ -3,11 +3,13 @@
 It receives its adapters (a record source, an output sink, metrics) through small
 interfaces and imports no Kafka itself. One batch at a time:
 
-1. every record is decoded and routed to its key's :class:`Learner` (events: learn or
-   predict; labels: join and learn; control: commands); anything that does not fit the
-   contract goes to the dead-letter topic with its reason, and the batch goes on;
-2. a retrain result whose apply point was reached is applied (see ``retrainer.py``);
-3. outputs are flushed, *then* the input positions are committed: an event whose
+1. every record is decoded and handed to the core's
+   :class:`~stream_learner.core.processor.Processor`, the one engine the replay drives too
+   (events: learn or predict; labels: join and learn; control: commands; a retrain result
+   whose apply point was reached is applied, run by the worker in ``retrainer.py``); what
+   does not fit the contract or the model goes to the dead-letter topic with its reason,
+   and the batch goes on; the processor's effects become logs and metrics here;
+2. outputs are flushed, *then* the input positions are committed: an event whose
    prediction was not delivered is never marked done.
 
 One key is one sequential learner; keys scale out over partitions and instances. A key
