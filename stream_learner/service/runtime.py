@@ -25,6 +25,9 @@ and re-learns the rest; records before the group's committed offsets (outputs al
 delivered) are re-learned *without* re-emitting their outputs. So a crash at any
 instant loses nothing and learns nothing twice, and restart time depends on the
 snapshot sizes and the records since the last round, not on the stream's history.
+What the log no longer holds cannot be re-learned: a start below a partition's log start
+(retention deleted records not learned yet) is moved up to it and reported once
+(:meth:`Service.lost`: ``input_lost``), never reset silently.
 """
 
 from __future__ import annotations
