@@ -56,6 +56,19 @@ _CONSUMER_DEFAULTS = {
 }
 
 
+# Answers worth asking again for: the broker is slow, or leadership is still settling.
+_TRANSIENT = frozenset(
+    {
+        KafkaError._TIMED_OUT,
+        KafkaError.LEADER_NOT_AVAILABLE,
+        KafkaError.NOT_LEADER_FOR_PARTITION,
+        KafkaError.COORDINATOR_LOAD_IN_PROGRESS,
+        KafkaError.COORDINATOR_NOT_AVAILABLE,
+        KafkaError.NOT_COORDINATOR,
+        KafkaError.UNKNOWN_TOPIC_OR_PART,
+    }
+)
+
 _FRESH_STATS_S = 5  # statistics older than this (seconds) say nothing about brokers now
 
 
@@ -329,39 +342,49 @@ class KafkaSource:
         below it were deleted by retention or by an operator)."""
         out = {}
         for t, p in tps:
-            try:
-                low, _ = self._consumer.get_watermark_offsets(
-                    KafkaTopicPartition(t, p), timeout=timeout, cached=False
-                )
-            except KafkaException as exc:
-                raise BrokerError(f"reading the log start of {t}[{p}] failed: {exc}") from None
+            tp = KafkaTopicPartition(t, p)
+            low, _ = self._asked(
+                f"the log start of {t}[{p}]",
+                lambda tp=tp: self._consumer.get_watermark_offsets(
+                    tp, timeout=timeout, cached=False
+                ),
+            )
             out[t, p] = low
         return out
 
     def seek(self, topic: str, partition: int, offset: int) -> None:
         self._consumer.seek(KafkaTopicPartition(topic, partition, offset))
 
-    def committed(
-        self, tps: Sequence[TopicPartition], timeout: float = 10.0, attempts: int = 6
-    ) -> dict:
+    def committed(self, tps: Sequence[TopicPartition], timeout: float = 10.0) -> dict:
         """The group's committed offsets. Under ``read_committed`` the broker holds the answer
         back while a transaction with offsets for these partitions is open (a crashed
-        exactly-once instance's, until it is aborted), so a timeout is retried a few times."""
+        exactly-once instance's, until it is aborted): :meth:`_asked` retries that."""
+        parts = [KafkaTopicPartition(t, p) for t, p in tps]
+        result = self._asked(
+            "committed offsets", lambda: self._consumer.committed(parts, timeout=timeout)
+        )
+        return {(tp.topic, tp.partition): tp.offset for tp in result}
+
+    @staticmethod
+    def _asked(what: str, ask: Callable[[], Any], attempts: int = 6) -> Any:
+        """``ask()`` the broker, again after a timeout or a transient error (a topic created
+        moments ago has no leader yet; a coordinator is moving): up to ``attempts`` times,
+        then one BrokerError naming ``what``."""
+        delay = 0.2
         for attempt in range(attempts):
             try:
-                result = self._consumer.committed(
-                    [KafkaTopicPartition(t, p) for t, p in tps], timeout=timeout
-                )
-                return {(tp.topic, tp.partition): tp.offset for tp in result}
+                return ask()
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None
-                timed_out = err is not None and err.code() == KafkaError._TIMED_OUT
-                if not timed_out or attempt == attempts - 1:
+                transient = err is not None and (
+                    err.code() in _TRANSIENT or (hasattr(err, "retriable") and err.retriable())
+                )
+                if not transient or attempt == attempts - 1:
                     raise BrokerError(
-                        f"reading committed offsets failed: {err}",
+                        f"reading {what} failed: {err}",
                         code=getattr(err, "name", lambda: None)(),
                     ) from None
-                log.warning(
-                    "committed offsets not available yet (attempt %d): %s", attempt + 1, err
-                )
+                log.warning("%s not available yet (attempt %d): %s", what, attempt + 1, err)
+                time.sleep(delay)
+                delay = min(delay * 2, 2.0)
         raise AssertionError("unreachable")

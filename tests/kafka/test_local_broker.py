@@ -93,3 +93,16 @@ def test_bad_cli_usage_is_one_line(capsys):
     assert exc.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "invalid choice" in err[0]
+
+
+def test_cluster_ids_are_kafka_uuids_that_never_read_as_an_option():
+    # One in 64 url-safe base64 ids starts with '-', which kafka-storage's argument parser
+    # takes for an option (CI once failed formatting a cluster on exactly that).
+    import base64
+
+    from stream_learner.kafka.local.broker import new_cluster_id
+
+    ids = [new_cluster_id() for _ in range(5000)]
+    assert not [i for i in ids if i.startswith("-")]
+    assert all(len(base64.urlsafe_b64decode(i + "==")) == 16 for i in ids)
+    assert len(set(ids)) == len(ids)

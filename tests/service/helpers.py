@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+import traceback
 import urllib.error
 import urllib.request
 from collections.abc import Iterable
@@ -204,6 +205,9 @@ def run_in_thread(service) -> tuple[threading.Event, threading.Thread, list]:
             service.run(stop.is_set)
         except BaseException as exc:  # noqa: BLE001 - surfaced by the test
             errors.append(exc)
+            # A test waiting on the service's output times out instead of seeing this;
+            # printed, it shows under the failure's captured stderr.
+            traceback.print_exc()
 
     thread = threading.Thread(target=target, daemon=True)
     thread.start()

@@ -123,6 +123,15 @@ def kafka_version() -> str:
 _JAVA_HINT = "a Java 17+ runtime (e.g. 'apt-get install openjdk-17-jre-headless')"
 
 
+def new_cluster_id() -> str:
+    """A random KRaft cluster id. Like Kafka's own ``Uuid.randomUuid``, never one that
+    starts with '-': ``kafka-storage format -t -abc`` reads it as an option and fails."""
+    while True:
+        cluster_id = base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        if not cluster_id.startswith("-"):
+            return cluster_id
+
+
 def _require_tool(name: str, what: str) -> str:
     path = shutil.which(name)
     if path is None:
@@ -184,7 +193,7 @@ class LocalBroker:
         )
 
     def _cluster_id(self) -> str:
-        return base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode()
+        return new_cluster_id()
 
     @property
     def bootstrap(self) -> str:
@@ -409,7 +418,7 @@ class LocalCluster:
         path = self.dir / "cluster.id"
         if not path.exists():
             self.dir.mkdir(parents=True, exist_ok=True)
-            path.write_text(base64.urlsafe_b64encode(uuid.uuid4().bytes).rstrip(b"=").decode())
+            path.write_text(new_cluster_id())
         return path.read_text().strip()
 
     def node(self, node_id: int) -> ClusterNode:
