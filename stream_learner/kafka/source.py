@@ -283,7 +283,9 @@ class KafkaSource:
         for msg in messages:
             err = msg.error()
             if err is not None:
-                if err.fatal():
+                # A fatal error reaches a consumer as a message error with code _FATAL
+                # (the flag may be unset on it): nothing more can be consumed.
+                if err.fatal() or err.code() == KafkaError._FATAL:
                     raise BrokerError(f"fatal Kafka consumer error: {err.str()}", code=err.name())
                 if err.code() == KafkaError._AUTO_OFFSET_RESET:
                     self._out_of_range(msg.topic(), msg.partition(), msg.offset())
