@@ -147,7 +147,13 @@ def stall_limit_s(client: dict) -> float:
     """How long the process may stand still before it gives up its partitions' unpublished
     state (service/stall.py): half the group session, so it always fences itself before
     the group could have given its partitions to another member."""
-    session_ms = int(client.get("session.timeout.ms", SESSION_TIMEOUT_MS))
+    value = client.get("session.timeout.ms", SESSION_TIMEOUT_MS)
+    try:
+        session_ms = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(
+            f'kafka.client."session.timeout.ms": must be a whole number of ms, got {value!r}'
+        ) from None
     return session_ms / 2000
 
 
