@@ -16,6 +16,11 @@ cannot afford that. :class:`Rows` keeps one row per event in flat arrays:
   probability that is not a float, more than :data:`MAX_KINDS` kinds) is kept as its Python
   objects, as before.
 
+Rows are pushed on the hot path (one per labelled event), so a push only appends the row to
+a short list; every :data:`BATCH` rows the list is encoded at once, with one pass of C loops
+over the batch when its rows have the same features, all floats (the common case), and row by
+row otherwise. Reads encode what is left first.
+
 A row comes back equal to what was put in: the same keys in the same order, the same types,
 the same floats bit for bit. Rows leave in the order they came (first in, first out).
 Pure and picklable: a snapshot holds the arrays' bytes and the kinds.
@@ -34,34 +39,41 @@ from __future__ import annotations
 import sys
 from array import array
 from collections.abc import Iterator
+from itertools import chain
 from typing import Any, NamedTuple
 
-__all__ = ["MAX_KINDS", "Rows"]
+__all__ = ["BATCH", "MAX_KINDS", "Rows"]
 
 #: Distinct row kinds one store interns; rows of further kinds are kept as objects.
 MAX_KINDS = 4096
+#: Rows pushed before they are encoded together.
+BATCH = 16
 #: The largest int a float64 holds exactly (and every smaller one).
 _EXACT = 2**53
+_NAN = float("nan")
 
 _float = float
 _str = str
 _NUMERIC = frozenset((float, int, bool))
+_FLOATS = frozenset((float,))
+_TIMES = frozenset((float, type(None)))
 
 
 class _Kind(NamedTuple):
-    """What the rows of one kind share. ``width`` numbers per row: the features' (string
-    values aside), then the label's and the prediction's when they are floats (``y_num``,
-    ``p_num``; otherwise ``y`` and ``p`` are the values), then the probabilities."""
+    """What the rows of one kind share: feature names, the types of their values (``xw``
+    of them numbers, the strings aside), the label and the prediction unless they are
+    floats (``y_num``, ``p_num``: then they are numbers of the row), and the classes of the
+    probabilities (``None``: no probabilities)."""
 
     names: tuple[str, ...]
-    types: tuple[type, ...]  # of each feature value, in order
+    types: tuple[type, ...]
     y_num: bool
     y: Any
     p_num: bool
     p: Any
-    classes: tuple | None  # the probability dict's keys, in order (None: no probabilities)
-    width: int
-    plain: bool  # every feature value a float: the values are the numbers, in order
+    classes: tuple | None
+    xw: int
+    plain: bool  # every feature value a float
     strings: bool  # some feature values are strings (kept in the row's tuple)
 
 
@@ -89,27 +101,32 @@ def _key(kind: _Kind) -> tuple:
 class Rows:
     """Rows of ``(a, t, x, y, p, proba)``: an int (an input index), a float or ``None`` (a
     time), a feature dict, a label, a prediction and its class probabilities (or ``None``),
-    first in, first out. See the module docstring."""
+    first in, first out; at most ``maxlen`` (the oldest go). See the module docstring."""
 
     def __init__(self, maxlen: int | None = None) -> None:
-        self.maxlen = maxlen  # the oldest row goes when a push would pass it
+        self.maxlen = maxlen
         self.kinds: list[_Kind] = []
         self._ids: dict[tuple, int] = {}
         self._a = array("q")
         self._t = array("d")  # NaN for None (a time is finite or absent)
-        self._k = array("i")  # kind numbers
-        self._v = array("d")  # the numbers of every row, in order
+        self._k = array("h")  # kind numbers (MAX_KINDS fits)
+        self._v = array("d")  # feature values
+        self._w = array("d")  # float labels and predictions
+        self._q = array("d")  # probabilities
         self._s: dict[int, tuple] = {}  # row number -> its strings, or its objects
         self._head = 0  # rows at the front already gone (removed in bulk, amortised)
-        self._vhead = 0  # their numbers
+        self._vh = self._wh = self._qh = 0  # their numbers in _v, _w, _q
         self._base = 0  # the row number of self._a[0]
+        self._tail: list[tuple] = []  # rows pushed, not encoded yet
+        self._combos: dict[tuple, dict] = {}  # batch signature -> (label, prediction) -> kind
 
     # -- pickling: the live rows' arrays and the kinds, not the interning dict -------------
 
     def __getstate__(self) -> dict:
+        self._flush()
         self._compact()
         state = dict(vars(self))
-        del state["_ids"]
+        del state["_ids"], state["_combos"]
         state["kinds"] = [tuple(k) for k in self.kinds]
         return state
 
@@ -117,9 +134,11 @@ class Rows:
         self.__dict__.update(state)
         self.kinds = [_Kind(*k) for k in state["kinds"]]
         self._ids = {_key(k): i for i, k in enumerate(self.kinds)}
+        self._combos = {}
 
     def __len__(self) -> int:
-        return len(self._k) - self._head
+        n = len(self._k) - self._head + len(self._tail)
+        return n if self.maxlen is None or n <= self.maxlen else self.maxlen
 
     def __eq__(self, other: object) -> bool:
         return isinstance(other, Rows) and list(self) == list(other)
@@ -129,15 +148,99 @@ class Rows:
     # -- writing ---------------------------------------------------------------------------
 
     def push(self, a: int, t: float | None, x: dict, y: Any, p: Any, proba: dict | None) -> None:
-        """Add a row at the end (and drop the oldest when ``maxlen`` is passed)."""
+        """Add a row at the end (the oldest goes when ``maxlen`` is passed)."""
+        tail = self._tail
+        tail.append((a, t, x, y, p, proba))
+        if len(tail) >= BATCH:
+            self._flush()
+
+    def clear(self) -> None:
+        Rows.__init__(self, self.maxlen)
+
+    def _flush(self) -> None:
+        """Encode the rows pushed since the last time, then drop the rows past ``maxlen``."""
+        tail = self._tail
+        if tail:
+            self._tail = []
+            if not self._batch(tail):
+                for row in tail:
+                    self._encode(*row)
+            maxlen = self.maxlen
+            if maxlen is not None and len(self._k) - self._head > maxlen:
+                self._drop(len(self._k) - self._head - maxlen)
+
+    def _batch(self, tail: list[tuple]) -> bool:
+        """Encode rows that share their features, all floats, and their types of label,
+        prediction and probabilities, in one pass; ``False`` (nothing done) otherwise."""
+        n = len(tail)
+        a_s, t_s, xs, ys, ps, probas = zip(*tail, strict=True)
+        names = tuple(xs[0])
+        if list(map(tuple, xs)).count(names) != n:
+            return False
+        values = list(chain.from_iterable(map(dict.values, xs)))
+        if not set(map(type, values)) <= _FLOATS or not set(map(type, t_s)) <= _TIMES:
+            return False
+        first = probas[0]
+        if first is None:
+            if probas.count(None) != n:
+                return False
+            classes = ctypes = None
+            probs: list = []
+        else:
+            if None in probas:
+                return False
+            classes = tuple(first)
+            if list(map(tuple, probas)).count(classes) != n:
+                return False
+            probs = list(chain.from_iterable(map(dict.values, probas)))
+            if not set(map(type, probs)) <= _FLOATS:
+                return False
+            ctypes = tuple(map(type, classes))
+        ty, tp = set(map(type, ys)), set(map(type, ps))
+        if len(ty) != 1 or len(tp) != 1:
+            return False
+        (ty,), (tp,) = ty, tp
+        y_num, p_num = ty is _float, tp is _float
+        # The kind of each row by its (label, prediction): one type each in the batch, so
+        # equal values are the same label.
+        signature = (names, y_num, ty, p_num, tp, classes, ctypes)
+        combos = self._combos.get(signature)
+        if combos is None:
+            combos = self._combos[signature] = {}
+        pairs = list(zip((None,) * n if y_num else ys, (None,) * n if p_num else ps, strict=True))
+        for y, p in set(pairs).difference(combos):
+            key = (names, (_float,) * len(names), y_num, ty, y, p_num, tp, p, classes, ctypes)
+            k = self._ids.get(key)
+            if k is None:
+                k = self._intern(key)
+                if k < 0:
+                    return False
+            combos[y, p] = k
+        self._k.extend(array("h", map(combos.__getitem__, pairs)))
+        self._v.extend(array("d", values))
+        if y_num and p_num:
+            self._w.extend(array("d", chain.from_iterable(zip(ys, ps, strict=True))))
+        elif y_num:
+            self._w.extend(array("d", ys))
+        elif p_num:
+            self._w.extend(array("d", ps))
+        if probs:
+            self._q.extend(array("d", probs))
+        self._a.extend(array("q", a_s))
+        self._t.extend(
+            array("d", t_s if None not in t_s else [_NAN if t is None else t for t in t_s])
+        )
+        return True
+
+    def _encode(self, a: int, t: float | None, x: dict, y: Any, p: Any, proba: dict | None) -> None:
+        """Encode one row (any row: the batch path takes the common ones)."""
         values = x.values()
-        types = tuple(map(type, values))
         y_num = type(y) is _float
         p_num = type(p) is _float
         classes = None if proba is None else tuple(proba)
         key = (
             tuple(x),
-            types,
+            tuple(map(type, values)),
             y_num,
             type(y),
             None if y_num else y,
@@ -149,8 +252,9 @@ class Rows:
         )
         k = self._ids.get(key)
         if k is None:
-            k = self._intern(key, x, y, p, proba)
-        if k >= 0:
+            k = self._intern(key)
+        row = self._base + len(self._k)
+        if k >= 0 and (t is None or type(t) is _float):
             kind = self.kinds[k]
             v = self._v
             n = len(v)
@@ -166,39 +270,39 @@ class Rows:
                             v.append(value)
                         else:
                             raise OverflowError
-                    self._s[self._base + len(self._k)] = tuple(strings)
+                    self._s[row] = tuple(strings)
                 else:
                     for value in values:
                         if not -_EXACT <= value <= _EXACT:
                             raise OverflowError
                     v.extend(values)
-                if y_num:
-                    v.append(y)
-                if p_num:
-                    v.append(p)
                 if classes is not None:
-                    probs = proba.values()
-                    for prob in probs:
-                        if type(prob) is not _float:
-                            raise TypeError
-                    v.extend(probs)
+                    probs = list(proba.values())
+                    if not set(map(type, probs)) <= _FLOATS:
+                        raise TypeError
+                    self._q.extend(probs)
             except (OverflowError, TypeError):  # an int too large for a float64, and so on
                 del v[n:]
-                self._s.pop(self._base + len(self._k), None)
+                self._s.pop(row, None)
                 k = _OBJECT
+            else:
+                if y_num:
+                    self._w.append(y)
+                if p_num:
+                    self._w.append(p)
+        else:
+            k = _OBJECT
         if k < 0:
-            self._s[self._base + len(self._k)] = (x, y, p, proba)
+            self._s[row] = (t, x, y, p, proba)
+            t = None
         self._a.append(a)
         self._t.append(_NAN if t is None else t)
         self._k.append(k)
-        if self.maxlen is not None and len(self._k) - self._head > self.maxlen:
-            self.popleft()
 
-    def _intern(self, key: tuple, x: dict, y: Any, p: Any, proba: dict | None) -> int:
+    def _intern(self, key: tuple) -> int:
         types = key[1]
         if len(self.kinds) >= MAX_KINDS or not all(t in _NUMERIC or t is _str for t in types):
             return _OBJECT
-        numbers = sum(t is not _str for t in types)
         kind = _Kind(
             names=key[0],
             types=types,
@@ -207,7 +311,7 @@ class Rows:
             p_num=key[5],
             p=key[7],
             classes=key[8],
-            width=numbers + key[2] + key[5] + (0 if proba is None else len(proba)),
+            xw=sum(t is not _str for t in types),
             plain=all(t is _float for t in types),
             strings=_str in types,
         )
@@ -217,21 +321,31 @@ class Rows:
 
     def popleft(self) -> None:
         """Drop the oldest row."""
-        head = self._head
-        k = self._k[head]
-        if k >= 0:
-            kind = self.kinds[k]
-            self._vhead += kind.width
-            if kind.strings:
-                del self._s[self._base + head]
-        else:
-            del self._s[self._base + head]
-        self._head = head = head + 1
-        if head >= 256 and head * 4 >= len(self._k):
-            self._compact()
+        self._flush()
+        if len(self._k) > self._head:
+            self._drop(1)
 
-    def clear(self) -> None:
-        Rows.__init__(self, self.maxlen)
+    def _drop(self, n: int) -> None:
+        """Drop the ``n`` oldest encoded rows."""
+        k, kinds, s = self._k, self.kinds, self._s
+        head, base = self._head, self._base
+        vh, wh, qh = self._vh, self._wh, self._qh
+        for i in range(head, head + n):
+            j = k[i]
+            if j < 0:
+                del s[base + i]
+                continue
+            kind = kinds[j]
+            vh += kind.xw
+            wh += kind.y_num + kind.p_num
+            if kind.classes is not None:
+                qh += len(kind.classes)
+            if kind.strings:
+                del s[base + i]
+        self._vh, self._wh, self._qh = vh, wh, qh
+        self._head = head = head + n
+        if head >= 64 and head * 8 >= len(k):  # at most 1/8 of the arrays is gone rows
+            self._compact()
 
     def _compact(self) -> None:
         """Free the rows already gone from the front of the arrays."""
@@ -240,55 +354,62 @@ class Rows:
             del self._a[:head]
             del self._t[:head]
             del self._k[:head]
-            del self._v[: self._vhead]
+            del self._v[: self._vh]
+            del self._w[: self._wh]
+            del self._q[: self._qh]
             self._base += head
-            self._head = self._vhead = 0
+            self._head = self._vh = self._wh = self._qh = 0
 
     # -- reading -----------------------------------------------------------------------------
 
     def __iter__(self) -> Iterator[tuple]:
-        return self._rows(self._head, self._vhead)
+        self._flush()
+        return self._rows(self._head, self._vh, self._wh, self._qh)
 
     def newest(self, since: int) -> list[tuple]:
         """The rows whose ``a`` is greater than ``since``, oldest first (``a`` is assumed
         to grow from row to row)."""
+        self._flush()
         a, k, kinds = self._a, self._k, self.kinds
         i = len(k)
-        start = self._vhead + sum(kinds[j].width for j in k[self._head :] if j >= 0)
+        vo, wo, qo = len(self._v), len(self._w), len(self._q)
         while i > self._head and a[i - 1] > since:
             i -= 1
             j = k[i]
             if j >= 0:
-                start -= kinds[j].width
-        return list(self._rows(i, start))
+                kind = kinds[j]
+                vo -= kind.xw
+                wo -= kind.y_num + kind.p_num
+                if kind.classes is not None:
+                    qo -= len(kind.classes)
+        return list(self._rows(i, vo, wo, qo))
 
-    def _rows(self, first: int, o: int) -> Iterator[tuple]:
-        a, t, k, v, s, kinds = self._a, self._t, self._k, self._v, self._s, self.kinds
+    def _rows(self, first: int, vo: int, wo: int, qo: int) -> Iterator[tuple]:
+        a, t, k, kinds = self._a, self._t, self._k, self.kinds
+        v, w, q, s = self._v, self._w, self._q, self._s
         base = self._base
         for i in range(first, len(k)):
             j = k[i]
-            ts = t[i]
-            ts = None if ts != ts else ts
             if j < 0:
-                x, y, p, proba = s[base + i]
-                yield a[i], ts, x, y, p, proba
+                yield (a[i], *s[base + i])
                 continue
+            ts = t[i]
             kind = kinds[j]
             names = kind.names
-            n = len(names)
             if kind.plain:
-                x = dict(zip(names, v[o : o + n], strict=True))
-                o += n
+                n = len(names)
+                x = dict(zip(names, v[vo : vo + n], strict=True))
+                vo += n
             else:
-                x, o = _features(kind, v, o, s.get(base + i))
+                x, vo = _features(kind, v, vo, s.get(base + i))
             if kind.y_num:
-                y = v[o]
-                o += 1
+                y = w[wo]
+                wo += 1
             else:
                 y = kind.y
             if kind.p_num:
-                p = v[o]
-                o += 1
+                p = w[wo]
+                wo += 1
             else:
                 p = kind.p
             classes = kind.classes
@@ -296,24 +417,20 @@ class Rows:
                 proba = None
             else:
                 m = len(classes)
-                proba = dict(zip(classes, v[o : o + m], strict=True))
-                o += m
-            yield a[i], ts, x, y, p, proba
+                proba = dict(zip(classes, q[qo : qo + m], strict=True))
+                qo += m
+            yield a[i], (None if ts != ts else ts), x, y, p, proba
 
 
 def _features(kind: _Kind, v: array, o: int, strings: tuple | None) -> tuple[dict, int]:
     """The feature dict of a row whose values are not all floats, and the next offset."""
     x = {}
     texts = iter(strings or ())
-    numbers = iter(v[o : o + len(kind.names)])
+    numbers = iter(v[o : o + kind.xw])
     for name, t in zip(kind.names, kind.types, strict=True):
         if t is _str:
             x[name] = next(texts)
             continue
         value = next(numbers)
-        o += 1
         x[name] = value if t is _float else t(value)
-    return x, o
-
-
-_NAN = float("nan")
+    return x, o + kind.xw
