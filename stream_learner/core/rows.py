@@ -42,7 +42,7 @@ from collections.abc import Iterator
 from itertools import chain
 from typing import Any, NamedTuple
 
-__all__ = ["BATCH", "MAX_KINDS", "Rows"]
+__all__ = ["BATCH", "MAX_KINDS", "Packer", "Rows"]
 
 #: Distinct row kinds one store interns; rows of further kinds are kept as objects.
 MAX_KINDS = 4096
@@ -434,3 +434,72 @@ def _features(kind: _Kind, v: array, o: int, strings: tuple | None) -> tuple[dic
         value = next(numbers)
         x[name] = value if t is _float else t(value)
     return x, o + kind.xw
+
+
+class Packer:
+    """Single rows ``(x, p, proba)`` packed into bytes, for a store that takes rows out in
+    any order (the label joiner): the feature names, the prediction (unless a float) and the
+    classes are interned as a kind, the floats are the bytes. Rows whose feature values or
+    probabilities are not all floats are not packed (``None``): the caller keeps them as
+    they are.
+
+    >>> packer = Packer()
+    >>> kind, data = packer.pack({"a": 0.5, "b": -1.0}, True, {False: 0.25, True: 0.75})
+    >>> packer.unpack(kind, data), len(data)
+    (({'a': 0.5, 'b': -1.0}, True, {False: 0.25, True: 0.75}), 32)
+    """
+
+    def __init__(self) -> None:
+        self.kinds: list[tuple] = []  # (names, p_num, p, classes)
+        self._ids: dict[tuple, int] = {}
+
+    def __getstate__(self) -> dict:
+        return {"kinds": self.kinds}
+
+    def __setstate__(self, state: dict) -> None:
+        self.kinds = state["kinds"]
+        self._ids = {}
+        for k, (names, p_num, p, classes) in enumerate(self.kinds):
+            ctypes = None if classes is None else tuple(map(type, classes))
+            self._ids[names, p_num, type(p), p, classes, ctypes] = k
+
+    def __eq__(self, other: object) -> bool:
+        return isinstance(other, Packer) and self.kinds == other.kinds
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def pack(self, x: dict, p: Any, proba: dict | None) -> tuple[int, bytes] | None:
+        if not set(map(type, x.values())) <= _FLOATS:
+            return None
+        numbers = array("d", x.values())
+        p_num = type(p) is _float
+        if p_num:
+            numbers.append(p)
+        if proba is None:
+            classes = ctypes = None
+        else:
+            if not set(map(type, proba.values())) <= _FLOATS:
+                return None
+            numbers.extend(proba.values())
+            classes = tuple(proba)
+            ctypes = tuple(map(type, classes))
+        key = (tuple(x), p_num, type(p), None if p_num else p, classes, ctypes)
+        k = self._ids.get(key)
+        if k is None:
+            if len(self.kinds) >= MAX_KINDS:
+                return None
+            self.kinds.append((key[0], p_num, key[3], classes))
+            k = self._ids[key] = len(self.kinds) - 1
+        return k, numbers.tobytes()
+
+    def unpack(self, k: int, data: bytes) -> tuple[dict, Any, dict | None]:
+        names, p_num, p, classes = self.kinds[k]
+        numbers = array("d")
+        numbers.frombytes(data)
+        n = len(names)
+        x = dict(zip(names, numbers[:n], strict=True))
+        if p_num:
+            p = numbers[n]
+            n += 1
+        proba = None if classes is None else dict(zip(classes, numbers[n:], strict=True))
+        return x, p, proba
