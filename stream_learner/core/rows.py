@@ -119,6 +119,7 @@ class Rows:
         self._base = 0  # the row number of self._a[0]
         self._tail: list[tuple] = []  # rows pushed, not encoded yet
         self._combos: dict[tuple, dict] = {}  # batch signature -> (label, prediction) -> kind
+        self._widths: tuple[list, list, list] = ([], [], [])  # per kind: in _v, _w, _q
 
     # -- pickling: the live rows' arrays and the kinds, not the interning dict -------------
 
@@ -126,7 +127,7 @@ class Rows:
         self._flush()
         self._compact()
         state = dict(vars(self))
-        del state["_ids"], state["_combos"]
+        del state["_ids"], state["_combos"], state["_widths"]
         state["kinds"] = [tuple(k) for k in self.kinds]
         return state
 
@@ -135,6 +136,7 @@ class Rows:
         self.kinds = [_Kind(*k) for k in state["kinds"]]
         self._ids = {_key(k): i for i, k in enumerate(self.kinds)}
         self._combos = {}
+        self._widths = ([], [], [])
 
     def __len__(self) -> int:
         n = len(self._k) - self._head + len(self._tail)
@@ -178,8 +180,6 @@ class Rows:
         if list(map(tuple, xs)).count(names) != n:
             return False
         values = list(chain.from_iterable(map(dict.values, xs)))
-        if not set(map(type, values)) <= _FLOATS or not set(map(type, t_s)) <= _TIMES:
-            return False
         first = probas[0]
         if first is None:
             if probas.count(None) != n:
@@ -193,9 +193,16 @@ class Rows:
             if list(map(tuple, probas)).count(classes) != n:
                 return False
             probs = list(chain.from_iterable(map(dict.values, probas)))
-            if not set(map(type, probs)) <= _FLOATS:
-                return False
             ctypes = tuple(map(type, classes))
+        if None in t_s:  # one pass checks that every number is a float
+            if not set(map(type, t_s)) <= _TIMES:
+                return False
+            t_s = [_NAN if t is None else t for t in t_s]
+            numbers = chain(values, probs)
+        else:
+            numbers = chain(values, probs, t_s)
+        if not set(map(type, numbers)) <= _FLOATS:
+            return False
         ty, tp = set(map(type, ys)), set(map(type, ps))
         if len(ty) != 1 or len(tp) != 1:
             return False
@@ -227,9 +234,7 @@ class Rows:
         if probs:
             self._q.extend(array("d", probs))
         self._a.extend(array("q", a_s))
-        self._t.extend(
-            array("d", t_s if None not in t_s else [_NAN if t is None else t for t in t_s])
-        )
+        self._t.extend(array("d", t_s))
         return True
 
     def _encode(self, a: int, t: float | None, x: dict, y: Any, p: Any, proba: dict | None) -> None:
@@ -329,20 +334,29 @@ class Rows:
         """Drop the ``n`` oldest encoded rows."""
         k, kinds, s = self._k, self.kinds, self._s
         head, base = self._head, self._base
-        vh, wh, qh = self._vh, self._wh, self._qh
-        for i in range(head, head + n):
-            j = k[i]
-            if j < 0:
-                del s[base + i]
-                continue
-            kind = kinds[j]
-            vh += kind.xw
-            wh += kind.y_num + kind.p_num
-            if kind.classes is not None:
-                qh += len(kind.classes)
-            if kind.strings:
-                del s[base + i]
-        self._vh, self._wh, self._qh = vh, wh, qh
+        if s:  # rows with strings or kept as objects: row by row
+            vh, wh, qh = self._vh, self._wh, self._qh
+            for i in range(head, head + n):
+                j = k[i]
+                if j < 0:
+                    del s[base + i]
+                    continue
+                kind = kinds[j]
+                vh += kind.xw
+                wh += kind.y_num + kind.p_num
+                if kind.classes is not None:
+                    qh += len(kind.classes)
+                if kind.strings:
+                    del s[base + i]
+            self._vh, self._wh, self._qh = vh, wh, qh
+        else:  # every row has a kind: sums over the kinds' widths, in C loops
+            widths = self._widths
+            if len(widths[0]) != len(kinds):
+                widths = self._widths = _widths(kinds)
+            gone = k[head : head + n]
+            self._vh += sum(map(widths[0].__getitem__, gone))
+            self._wh += sum(map(widths[1].__getitem__, gone))
+            self._qh += sum(map(widths[2].__getitem__, gone))
         self._head = head = head + n
         if head >= 64 and head * 8 >= len(k):  # at most 1/8 of the arrays is gone rows
             self._compact()
@@ -420,6 +434,15 @@ class Rows:
                 proba = dict(zip(classes, q[qo : qo + m], strict=True))
                 qo += m
             yield a[i], (None if ts != ts else ts), x, y, p, proba
+
+
+def _widths(kinds: list[_Kind]) -> tuple[list, list, list]:
+    """How many numbers a row of each kind has in each of the three value arrays."""
+    return (
+        [kind.xw for kind in kinds],
+        [kind.y_num + kind.p_num for kind in kinds],
+        [0 if kind.classes is None else len(kind.classes) for kind in kinds],
+    )
 
 
 def _features(kind: _Kind, v: array, o: int, strings: tuple | None) -> tuple[dict, int]:
