@@ -38,9 +38,9 @@ from __future__ import annotations
 
 import sys
 from array import array
-from struct import pack as _pack
 from collections.abc import Iterator
 from itertools import chain
+from struct import pack as _pack
 from typing import Any, NamedTuple
 
 __all__ = ["BATCH", "MAX_KINDS", "Packer", "Rows"]
