@@ -2,7 +2,7 @@
 
 One command, one run, on a live broker (the local one unless STREAM_LEARNER_BOOTSTRAP):
 
-    .venv/bin/python load_tests/service_throughput.py [--events 100000] [--part models]
+    .venv/bin/python load_tests/service_throughput.py [--events 100000] [--part models] [--rounds 5]
 
 For each model (StandardScaler | LogisticRegression, and a Hoeffding tree) it measures:
 
@@ -26,7 +26,9 @@ the events are produced; aggregate events/s from the group's committed offsets, 
 the broker, from the moment the last event is in Kafka), and, for the Hoeffding tree,
 ingestion speed while a stateless retrain runs in the worker vs while none does. Prints
 each figure and writes load_tests/results/service_throughput.json (or
-service_<part>.json for one ``--part``).
+service_<part>.json for one ``--part``). ``--rounds N`` repeats the per-model figures N
+times, the models alternating, and reports the medians of the ratios (the latency is
+measured in the first round).
 """
 
 from __future__ import annotations
@@ -37,6 +39,7 @@ import json
 import os
 import platform
 import secrets
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -439,40 +442,70 @@ def main() -> None:
     )
     parser.add_argument("--bootstrap")
     parser.add_argument("--part", choices=("all", "models", "scale", "retrain"), default="all")
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=1,
+        help="rounds of the models part, interleaved; ratios are their medians",
+    )
     args = parser.parse_args()
+    if args.rounds < 1:
+        parser.error("--rounds must be at least 1")
     bootstrap = resolve_bootstrap(args.bootstrap)
     os.environ["STREAM_LEARNER_BENCH_KEY"] = secrets.token_hex(32)  # inherited by subprocesses
     admin = AdminClient(client_config(bootstrap))
     n = args.events
     data = events(n)
     results: dict = {"events": n, "python": platform.python_version(), "models": {}}
-    for name, pipeline in MODELS.items() if args.part in ("all", "models") else ():
-        spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline, "seed": 1})
-        prefix = make_topics(admin, bootstrap, 1)
-        produce(bootstrap, prefix + "events", data)
-        raw = consume_decode(bootstrap, prefix + "events", n)
-        paced = events(n + 20_000)[n:]  # new ids, same stream, at half the sustained rate
-        # The bare loop runs right before and right after the service: their mean is the
-        # limit, and their spread shows how noisy the machine was meanwhile.
-        before = bare(spec, data)
-        least = least_loop(bootstrap, prefix + "events", spec, n)
-        run = service_run(bootstrap, prefix, pipeline, n, paced=paced, retrain_in_worker=True)
-        after = bare(spec, data)
-        limit = (before + after) / 2
-        results["models"][name] = {
-            "bare_river_events_per_s": round(limit),
-            "bare_river_before_after": [round(before), round(after)],
-            "consume_decode_events_per_s": round(raw),
-            "least_kafka_loop_events_per_s": round(least),
-            "least_over_bare": round(least / limit, 3),
-            "service_events_per_s": round(run["events_per_s"]),
-            "service_over_bare": round(run["events_per_s"] / limit, 3),
-            "service_over_least": round(run["events_per_s"] / least, 3),
-            "latency_at_events_per_s": round(run["paced_events_per_s"]),
-            "latency_ms_p50": round(run["latency_ms_p50"], 1),
-            "latency_ms_p99": round(run["latency_ms_p99"], 1),
-        }
-        print(f"{name}: {results['models'][name]}", flush=True)
+    rounds: dict[str, list[dict]] = {name: [] for name in MODELS}
+    # Rounds alternate the models (and, within a model, the least loop and the service), so
+    # every figure of a round sees the same load from the rest of the machine.
+    for r in range(args.rounds if args.part in ("all", "models") else 0):
+        for name, pipeline in MODELS.items():
+            spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline, "seed": 1})
+            prefix = make_topics(admin, bootstrap, 1)
+            produce(bootstrap, prefix + "events", data)
+            raw = consume_decode(bootstrap, prefix + "events", n)
+            paced = events(n + 20_000)[n:] if r == 0 else None  # latency: the first round
+            # The bare loop runs right before and right after the service: their mean is
+            # the limit, and their spread shows how noisy the machine was meanwhile.
+            before = bare(spec, data)
+            least = least_loop(bootstrap, prefix + "events", spec, n)
+            run = service_run(bootstrap, prefix, pipeline, n, paced=paced, retrain_in_worker=True)
+            after = bare(spec, data)
+            limit = (before + after) / 2
+            figures = {
+                "bare_river_events_per_s": round(limit),
+                "bare_river_before_after": [round(before), round(after)],
+                "consume_decode_events_per_s": round(raw),
+                "least_kafka_loop_events_per_s": round(least),
+                "least_over_bare": round(least / limit, 3),
+                "service_events_per_s": round(run["events_per_s"]),
+                "service_over_bare": round(run["events_per_s"] / limit, 3),
+                "service_over_least": round(run["events_per_s"] / least, 3),
+            }
+            if paced:
+                figures.update(
+                    latency_at_events_per_s=round(run["paced_events_per_s"]),
+                    latency_ms_p50=round(run["latency_ms_p50"], 1),
+                    latency_ms_p99=round(run["latency_ms_p99"], 1),
+                )
+            rounds[name].append(figures)
+            print(f"{name} round {r + 1}: {figures}", flush=True)
+    for name, runs in rounds.items():
+        if not runs:
+            continue
+        summary = dict(runs[0])  # the first round's figures (and its latency) ...
+        for figure in ("least_over_bare", "service_over_bare", "service_over_least"):
+            summary[figure] = statistics.median(run[figure] for run in runs)  # ... medians
+        summary["rounds"] = runs
+        results["models"][name] = summary
+        print(
+            f"{name}: median of {len(runs)} rounds: service / least "
+            f"{summary['service_over_least']:.3f}, service / bare "
+            f"{summary['service_over_bare']:.3f}, least / bare {summary['least_over_bare']:.3f}",
+            flush=True,
+        )
 
     if args.part in ("all", "scale"):
         scale_out(admin, bootstrap, args.scale_events, results)

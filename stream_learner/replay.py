@@ -58,7 +58,7 @@ from stream_learner.core.processor import (
     RetrainApplied,
     RetrainFailed,
 )
-from stream_learner.core.retrain import RecentWindow, RetrainConfig
+from stream_learner.core.retrain import RetrainConfig
 from stream_learner.errors import ConfigError, DecodeError
 
 __all__ = [
@@ -409,9 +409,7 @@ def replay(
             processor.adopt(key, learner, where.get(key, 0), pending=copy.deepcopy(pending))
         made: dict[str, Learner] = {}
         served: list[tuple[Event, Outcome]] | None = None if predictions is None else []
-        reports.append(
-            _replay_one(history, partitions, named, processor, made, progress, served)
-        )
+        reports.append(_replay_one(history, partitions, named, processor, made, progress, served))
         if learners is not None:
             learners.append(made)
         if predictions is not None:
@@ -453,9 +451,7 @@ def continued(base: Learner, named: NamedPolicy) -> Learner:
     if learner.retrain_config != named.retrain:
         learner.retrain_config = named.retrain
         if learner.window.maxlen != named.retrain.window:
-            window = RecentWindow(named.retrain.window)
-            window.items.extend(learner.window.items)
-            learner.window = window
+            learner.window = learner.window.resized(named.retrain.window)
     return learner
 
 

@@ -13,6 +13,7 @@ error. Probability metrics (logloss, crossentropy) are updated only when a proba
 from __future__ import annotations
 
 import math
+from array import array
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -64,7 +65,10 @@ _MEANS = {
 
 
 class _MeanTracker:
-    """Mean of a per-event value since the start and over the last ``window`` events."""
+    """Mean of a per-event value since the start and over the last ``window`` events.
+
+    The last ``window`` values are a ring of float64 (8 bytes each, not a float object and
+    a pointer): a key keeps one per metric."""
 
     def __init__(self, name: str, window: int) -> None:
         self.name = name
@@ -72,21 +76,34 @@ class _MeanTracker:
         self._root = name == "rmse"
         self._total = 0.0
         self._n = 0
-        self._ring: deque[float] = deque(maxlen=window)
+        self._ring = array("d")  # the last `window` values; once full, _pos is the oldest
+        self._pos = 0
+        self._size = window
         self._ring_sum = 0.0
         self._since_resum = 0
+
+    def __setstate__(self, state: dict) -> None:
+        ring = state["_ring"]
+        if isinstance(ring, deque):  # pickled when the ring was a deque, oldest first
+            state.update(_ring=array("d", ring), _pos=0, _size=ring.maxlen)
+        self.__dict__.update(state)
 
     def update(self, y_true: Any, y: Any, loss: float) -> None:
         v = self._value(y_true, y, loss)
         self._total += v
         self._n += 1
         ring = self._ring
-        if len(ring) == ring.maxlen:
-            self._ring_sum -= ring[0]
-        ring.append(v)
+        size = self._size
+        if len(ring) == size:
+            pos = self._pos
+            self._ring_sum -= ring[pos]
+            ring[pos] = v
+            self._pos = pos + 1 if pos + 1 < size else 0
+        else:
+            ring.append(v)
         self._ring_sum += v
         self._since_resum += 1
-        if self._since_resum == ring.maxlen:  # stop rounding errors piling up
+        if self._since_resum == size:  # stop rounding errors piling up (fsum is exact)
             self._ring_sum = math.fsum(ring)
             self._since_resum = 0
 
@@ -102,22 +119,41 @@ class _Accuracy:
     exactly, and equal integer quotients are equal floats). Right predictions are the common
     case, so counting the wrong ones leaves most events with no arithmetic at all (an int
     past 256 is a new object per increment). The evaluator updates it inline and passes its
-    count of scored predictions to :meth:`get`."""
+    count of scored predictions to :meth:`get`. The last ``window`` outcomes are a ring of
+    bytes (1 if wrong), one byte each."""
 
-    __slots__ = ("name", "wrong", "ring", "recent")
+    __slots__ = ("name", "wrong", "ring", "recent", "pos", "size")
 
     def __init__(self, name: str, window: int) -> None:
         self.name = name
         self.wrong = 0  # wrong predictions since the start
-        self.ring: deque[bool] = deque(maxlen=window)  # the last `window`: True if wrong
+        self.ring = bytearray()  # the last `window`; once full, `pos` is the oldest
+        self.pos = 0
+        self.size = window
         self.recent = 0  # wrong predictions in the ring
+
+    def __getstate__(self) -> tuple[None, dict]:
+        return None, {name: getattr(self, name) for name in self.__slots__}
+
+    def __setstate__(self, state: tuple[None, dict]) -> None:
+        slots = state[1]
+        ring = slots["ring"]
+        if isinstance(ring, deque):  # pickled when the ring was a deque of bools, oldest first
+            slots.update(ring=bytearray(ring), pos=0, size=ring.maxlen)
+        for name, value in slots.items():
+            setattr(self, name, value)
 
     def update(self, y_true: Any, y: Any, loss: float) -> None:
         wrong = loss != 0.0
         ring = self.ring
-        if len(ring) == ring.maxlen and ring[0]:
-            self.recent -= 1
-        ring.append(wrong)
+        if len(ring) == self.size:
+            pos = self.pos
+            if ring[pos]:
+                self.recent -= 1
+            ring[pos] = wrong
+            self.pos = pos + 1 if pos + 1 < self.size else 0
+        else:
+            ring.append(wrong)
         if wrong:
             self.wrong += 1
             self.recent += 1
@@ -246,9 +282,14 @@ class PrequentialEvaluator:
             accuracy = self._accuracy
             if accuracy is not None:  # accuracy.update(y_true, y_pred, loss)
                 ring = accuracy.ring
-                if len(ring) == ring.maxlen and ring[0]:
-                    accuracy.recent -= 1
-                ring.append(wrong)
+                if len(ring) == accuracy.size:
+                    pos = accuracy.pos
+                    if ring[pos]:
+                        accuracy.recent -= 1
+                    ring[pos] = wrong
+                    accuracy.pos = pos + 1 if pos + 1 < accuracy.size else 0
+                else:
+                    ring.append(wrong)
                 if wrong:
                     accuracy.wrong += 1
                     accuracy.recent += 1

@@ -8,6 +8,12 @@ A label may also come *before* its prediction: the events and labels topics are 
 side, and after a restart with a backlog the consumer may reach a label ahead of its event.
 Such a label is *parked* and joined the moment its event is predicted, instead of being lost.
 
+A pending prediction is held compactly: its features and probabilities packed into bytes,
+its feature names, prediction and classes interned once per joiner
+(:class:`~stream_learner.core.rows.Packer`); the event's id is the key it waits under. A
+prediction that is not a ``(label, probabilities)`` pair, or with values that are not all
+floats, is held as it came.
+
 Memory is bounded twice: by count (the oldest pending prediction is evicted when full) and by
 age (entries older than ``max_age_s`` are dropped). Both count as ``expired``. Parked labels
 have the same bounds; one that never meets its prediction counts as ``unmatched``. Nothing reads
@@ -21,6 +27,7 @@ from collections import OrderedDict
 from typing import Any
 
 from stream_learner.core.events import Event, Label
+from stream_learner.core.rows import Packer
 from stream_learner.errors import DecodeError
 
 __all__ = ["LabelJoiner", "UnseenKeys"]
@@ -67,10 +74,18 @@ class LabelJoiner:
         self.joined = 0
         self.unmatched = 0
         self.expired = 0
-        # id -> (event, prediction, time remembered); insertion order is age order.
-        self._pending: OrderedDict[str, tuple[Event, Any, float]] = OrderedDict()
+        # id -> (kind, packed numbers, time remembered, event time), or (event, prediction,
+        # time remembered) for what is not packed; insertion order is age order.
+        self._pending: OrderedDict[str, tuple] = OrderedDict()
+        self._packer = Packer()
+        self._key: str | None = None  # the key of the packed events (a learner's: one)
         # id -> (label, time parked): labels that came before their prediction.
         self._parked: OrderedDict[str, tuple[Label, float]] = OrderedDict()
+
+    def __setstate__(self, state: dict) -> None:
+        state.setdefault("_packer", Packer())  # pickled before pending predictions were packed
+        state.setdefault("_key", None)
+        self.__dict__.update(state)
 
     @property
     def parked(self) -> int:
@@ -100,7 +115,14 @@ class LabelJoiner:
         elif len(pending) >= self.max_pending:
             pending.popitem(last=False)
             self.expired += 1
-        pending[event.id] = (event, y_pred, now)
+        packed = None
+        if type(y_pred) is tuple and len(y_pred) == 2 and event.key == (self._key or event.key):
+            packed = self._packer.pack(event.x, *y_pred)
+        if packed is None:
+            pending[event.id] = (event, y_pred, now)
+        else:
+            self._key = event.key
+            pending[event.id] = (*packed, now, event.ts)
         return None
 
     def join(self, label: Label, now: float) -> tuple[Event, Any] | None:
@@ -117,7 +139,11 @@ class LabelJoiner:
             parked[label.id] = (label, now)
             return None
         self.joined += 1
-        return entry[0], entry[1]
+        if len(entry) == 3:
+            return entry[0], entry[1]
+        kind, data, _, ts = entry
+        x, p, proba = self._packer.unpack(kind, data)
+        return Event(label.id, self._key, x, None, ts), (p, proba)
 
     def expire(self, now: float) -> int:
         """Drop predictions (and parked labels) older than ``max_age_s``; returns how many

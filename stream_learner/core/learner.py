@@ -185,7 +185,7 @@ class Learner:
         self.version = 1
         self.evaluator = PrequentialEvaluator(spec.task, spec.metrics, window=config.eval_window)
         self.policy = TriggerPolicy(policy, key)
-        self.window = RecentWindow(self.retrain_config.window)
+        self.window = RecentWindow(self.retrain_config.window, key)
         self.joiner = LabelJoiner(max_pending, max_age_s)
         self.decisions: deque[Decision] = deque(maxlen=config.max_decisions)
         self.decision_counts: Counter[tuple[str, str]] = Counter()  # (trigger, action)
@@ -268,7 +268,7 @@ class Learner:
         ts = event.ts
         self._ts = t = float(index) if ts is None else ts
         loss = self.evaluator.update(y, y_pred, proba)
-        self.window.items.append((index, event, y_pred, proba))  # an Example's fields
+        self.window.push(index, ts, x, y, y_pred, proba)  # an Example's fields
         signal = self._errors.update(loss, index)
         if signal is not None:
             signals = (signal, *signals)
@@ -351,7 +351,7 @@ class Learner:
         # skips the NamedTuple's Python-level constructor (several times faster, same object).
         self._ts = t
         loss = self.evaluator.update(event.y, y_pred, proba)
-        self.window.items.append((index, event, y_pred, proba))  # an Example's fields
+        self.window.push(index, event.ts, event.x, event.y, y_pred, proba)
         signal = self._errors.update(loss, index)
         if signal is not None:
             signals = (signal, *signals)

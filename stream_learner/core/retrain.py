@@ -38,7 +38,6 @@ from __future__ import annotations
 
 import copy
 import time
-from collections import deque
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
@@ -47,6 +46,7 @@ from stream_learner.core.evaluation import PrequentialEvaluator, score
 from stream_learner.core.events import Event
 from stream_learner.core.models import ModelSpec, build_model, metric_better
 from stream_learner.core.policy import KINDS, Decision, config_from_dict
+from stream_learner.core.rows import Rows
 from stream_learner.errors import ConfigError
 
 __all__ = ["Example", "RecentWindow", "RetrainConfig", "RetrainJob", "RetrainResult"]
@@ -54,7 +54,9 @@ __all__ = ["Example", "RecentWindow", "RetrainConfig", "RetrainJob", "RetrainRes
 
 class Example(NamedTuple):
     """A labelled event as the learner saw it: its input index and the champion's prequential
-    prediction (made before the champion learned it)."""
+    prediction (made before the champion learned it). An example read back from a
+    :class:`RecentWindow` has the event's features, label and time; not its id, which the
+    window does not keep (nothing reads it)."""
 
     index: int
     event: Event
@@ -65,36 +67,54 @@ class Example(NamedTuple):
 _new = tuple.__new__
 
 
-class RecentWindow:
+class RecentWindow(Rows):
     """The most recent labelled examples, oldest first; memory is bounded by ``maxlen``.
 
-    ``items`` holds each example as a plain ``(index, event, y_pred, proba)`` tuple (or an
-    :class:`Example`, which is one): the learner appends one per event, and building a
-    NamedTuple costs four times as much as the tuple. Reading gives :class:`Example` objects.
+    The examples are held as compact rows (:class:`~stream_learner.core.rows.Rows`: a few
+    typed numbers per example, not an object graph), and read back as :class:`Example`
+    objects equal to those appended, but for the event's id. The learner pushes the fields
+    of each example itself (:meth:`Rows.push`), which skips building one.
     """
 
-    def __init__(self, maxlen: int) -> None:
-        self.maxlen = maxlen
-        self.items: deque[tuple[int, Event, Any, dict | None]] = deque(maxlen=maxlen)
+    def __init__(self, maxlen: int, key: str = "") -> None:
+        super().__init__(maxlen)
+        self.key = key  # the key of the events given back
+
+    def __setstate__(self, state: dict) -> None:
+        if "items" in state:  # pickled before the window was compact: a deque of tuples
+            self.__init__(state["maxlen"])
+            for item in state["items"]:
+                self.append(item)
+            return
+        super().__setstate__(state)
 
     def append(self, example: Example | tuple[int, Event, Any, dict | None]) -> None:
-        self.items.append(example)
+        index, event, y_pred, proba = example
+        if not self.key:
+            self.key = event.key
+        self.push(index, event.ts, event.x, event.y, y_pred, proba)
+
+    def resized(self, maxlen: int) -> RecentWindow:
+        """A window of another size holding the newest of these examples."""
+        window = RecentWindow(maxlen, self.key)
+        for row in self:
+            window.append(row)
+        return window
 
     def after(self, index: int) -> list[Example]:
         """The examples with an index greater than ``index``, oldest first."""
-        newer = []
-        for item in reversed(self.items):
-            if item[0] <= index:
-                break
-            newer.append(_new(Example, item))
-        newer.reverse()
-        return newer
-
-    def __len__(self) -> int:
-        return len(self.items)
+        key = self.key
+        return [
+            _new(Example, (a, Event("", key, x, y, t), p, proba))
+            for a, t, x, y, p, proba in self.newest(index)
+        ]
 
     def __iter__(self) -> Iterator[Example]:
-        return (_new(Example, item) for item in self.items)
+        key = self.key
+        return (
+            _new(Example, (a, Event("", key, x, y, t), p, proba))
+            for a, t, x, y, p, proba in super().__iter__()
+        )
 
 
 @dataclass(frozen=True)

@@ -260,3 +260,37 @@ def test_score_regression_and_unknown_metric() -> None:
 def test_doctests() -> None:
     result = doctest.testmod(evaluation, raise_on_error=False)
     assert result.attempted >= 5 and result.failed == 0
+
+
+def test_rolling_rings_pickled_as_deques_restore_and_go_on_identically():
+    """Snapshots written when the rolling rings were deques of Python objects still load."""
+    from collections import deque
+
+    from stream_learner.core.evaluation import _Accuracy, _MeanTracker
+
+    rng = random.Random(5)
+    stream = [(rng.random() < 0.5, rng.random()) for _ in range(40)]
+
+    def feed(trackers, items):
+        for y, p in items:
+            proba = {False: 1 - p, True: p}
+            loss = 0.0 if (p >= 0.5) == y else 1.0
+            for t in trackers:
+                t.update(y, proba, loss)
+
+    acc, mean = _Accuracy("accuracy", 7), _MeanTracker("logloss", 7)
+    feed([acc, mean], stream[:17])
+    oldest_first = acc.ring[acc.pos :] + acc.ring[: acc.pos]
+    acc_old = _Accuracy.__new__(_Accuracy)
+    acc_old.__setstate__(
+        (None, {"name": "accuracy", "wrong": acc.wrong, "recent": acc.recent,
+                "ring": deque(map(bool, oldest_first), maxlen=7)})
+    )  # fmt: skip
+    values = list(mean._ring[mean._pos :]) + list(mean._ring[: mean._pos])
+    state = {k: v for k, v in vars(mean).items() if k not in ("_pos", "_size")}
+    mean_old = _MeanTracker.__new__(_MeanTracker)
+    mean_old.__setstate__({**state, "_ring": deque(values, maxlen=7)})
+    feed([acc, mean, acc_old, mean_old], stream[17:])
+    for rolling in (True, False):
+        assert acc_old.get(rolling, 40) == acc.get(rolling, 40)
+        assert mean_old.get(rolling) == mean.get(rolling)

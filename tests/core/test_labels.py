@@ -135,3 +135,38 @@ def test_rejects_bad_bounds() -> None:
 def test_doctests() -> None:
     result = doctest.testmod(labels, raise_on_error=False)
     assert result.attempted >= 4 and result.failed == 0
+
+
+def test_pending_predictions_come_back_exactly_whether_packed_or_not():
+    joiner = LabelJoiner(max_pending=100, max_age_s=None)
+    cases = [
+        (Event("a", "k", {"b": 0.1, "a": -0.0}, ts=1.5), (True, {False: 0.3, True: 0.7})),
+        (Event("b", "k", {"b": 5e-324}), (None, {})),
+        (Event("c", "k", {"n": 3, "s": "FR"}, ts=2.0), ("x", None)),  # not packed: kept
+        (Event("d", "k", {}), (2.5, None)),
+        (Event("e", "k", {"f": 1.0}), "any prediction"),
+    ]
+    for i, (event, prediction) in enumerate(cases):
+        joiner.remember(event, prediction, now=float(i))
+    joiner = pickle.loads(pickle.dumps(joiner))
+    for event, prediction in reversed(cases):
+        got_event, got_prediction = joiner.join(Label(event.id, "k", True), now=9.0)
+        assert got_event == event and list(got_event.x) == list(event.x)
+        assert [type(v) for v in got_event.x.values()] == [type(v) for v in event.x.values()]
+        assert got_prediction == prediction
+    assert joiner.join(Label("a", "k", True), now=9.0) is None  # joined once only: parked
+
+
+def test_a_joiner_pickled_before_packing_restores():
+    joiner = LabelJoiner()
+    state = dict(vars(joiner))
+    del state["_packer"], state["_key"]
+    state["_pending"]["e1"] = (Event("e1", "k", {"f": 1.0}), True, 0.0)
+    old = LabelJoiner.__new__(LabelJoiner)
+    old.__setstate__(state)
+    assert old.join(Label("e1", "k", False), now=1.0) == (Event("e1", "k", {"f": 1.0}), True)
+    old.remember(Event("e2", "k", {"f": 2.0}), (True, None), now=2.0)
+    assert old.join(Label("e2", "k", False), now=3.0) == (
+        Event("e2", "k", {"f": 2.0}),
+        (True, None),
+    )

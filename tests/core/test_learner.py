@@ -127,7 +127,8 @@ def test_a_delayed_label_is_scored_against_the_served_prediction_with_the_origin
     assert out.y_pred is True and out.loss == 1.0  # the prediction that was served
     assert out.index == 102
     last = learner.window.after(101)[0]
-    assert (last.index, last.event.id, last.event.x, last.event.y) == (102, "p", {"x": 1.0}, False)
+    # the window keeps what a retrain reads: features, label, time (not the event's id)
+    assert (last.index, last.event.x, last.event.y, last.event.ts) == (102, {"x": 1.0}, False, 5.0)
     assert learner.joiner.joined == 1
     with pytest.raises(DecodeError, match="bad_label"):
         learner.on_label(Label("p", "k", 0.5))
@@ -140,7 +141,7 @@ def test_a_label_that_comes_before_its_event_is_learned_when_the_event_is_predic
     out = learner.predict(Event("early", "k", {"x": 2.0}, ts=2.0))
     assert (out.index, out.loss) == (2, 1.0)  # scored (50/50 picks False) and learned
     assert learner.learned == 1 and learner.predicted == 0
-    assert learner.window.after(1)[0].event == Event("early", "k", {"x": 2.0}, True, 2.0)
+    assert learner.window.after(1)[0].event == Event("", "k", {"x": 2.0}, True, 2.0)  # no id kept
 
 
 def test_prediction_requests_feed_the_data_drift_monitor():

@@ -1,0 +1,120 @@
+"""Compact rows give back exactly what was put in: values, types, key order, row order."""
+
+from __future__ import annotations
+
+import copy
+import math
+import pickle
+import random
+import struct
+from collections import deque
+
+import numpy as np
+
+from stream_learner.core import rows as rows_module
+from stream_learner.core.events import Event
+from stream_learner.core.retrain import Example, RecentWindow
+from stream_learner.core.rows import Rows
+
+
+def exact(a, b) -> bool:
+    """Equal, with the same types all the way down and floats equal bit for bit."""
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(
+            exact(k, kb) and exact(a[k], b[kb]) for k, kb in zip(a, b, strict=True)
+        )
+    if isinstance(a, tuple | list):
+        return len(a) == len(b) and all(exact(u, v) for u, v in zip(a, b, strict=True))
+    return a == b
+
+
+def random_row(rng: random.Random, i: int) -> tuple:
+    values = [
+        lambda: rng.uniform(-1e6, 1e6),
+        lambda: -0.0,
+        lambda: 5e-324,
+        lambda: 1.7976931348623157e308,
+        lambda: rng.randint(-1000, 1000),
+        lambda: 2**53 + rng.randint(1, 9),  # too large for a float64: kept as an object
+        lambda: rng.random() < 0.5,
+        lambda: rng.choice(["FR", "DE", "x" * 30]),
+    ]
+    names = rng.sample(["a", "b", "c", "d", "e"], rng.randint(0, 5))
+    x = {n: rng.choice(values)() for n in names}
+    y = rng.choice([True, False, 1, 0, "cat", rng.uniform(-5, 5), 3])
+    p = rng.choice([True, False, None, "dog", rng.uniform(-5, 5)])
+    proba = rng.choice(
+        [
+            None,
+            {False: rng.random(), True: rng.random()},
+            {"cat": rng.random(), "dog": 0.25, 1: 0.0},
+            {True: np.float64(0.5)},  # not a float: kept as an object
+            {},
+        ]
+    )
+    t = rng.choice([None, rng.uniform(0, 2e9)])
+    return i, t, x, y, p, proba
+
+
+def test_rows_come_back_exactly_and_in_order_through_evictions_pickles_and_copies():
+    rng = random.Random(3)
+    rows = Rows(maxlen=300)
+    reference: deque = deque(maxlen=300)
+    for i in range(2000):
+        row = random_row(rng, i)
+        rows.push(*row)
+        reference.append(row)
+        if i % 397 == 0:
+            rows = pickle.loads(pickle.dumps(rows))
+        if i % 501 == 0:
+            rows = copy.deepcopy(rows)
+    assert len(rows) == 300
+    got = list(rows)
+    assert all(exact(a, b) for a, b in zip(got, reference, strict=True))
+    assert exact(rows.newest(1899), list(reference)[-100:])
+    assert rows.newest(1999) == [] and len(rows.newest(-1)) == 300
+
+
+def test_a_key_with_one_shape_of_event_interns_a_handful_of_kinds():
+    rows = Rows(maxlen=1000)
+    rng = random.Random(1)
+    for i in range(5000):
+        x = {"x0": rng.random(), "x1": rng.random(), "x2": rng.random()}
+        y, p = rng.random() < 0.5, rng.random() < 0.5
+        rows.push(i, float(i), x, y, p, {False: 1 - 0.3, True: 0.3})
+    assert len(rows.kinds) == 4  # (y, prediction) in {True, False}^2
+    assert len(rows._v) <= 1.25 * 1000 * 5  # 3 features and 2 probabilities per row
+
+
+def test_past_the_kind_limit_rows_are_kept_as_objects(monkeypatch):
+    monkeypatch.setattr(rows_module, "MAX_KINDS", 3)
+    rows = Rows()
+    for i in range(10):
+        rows.push(i, None, {f"f{i}": 1.0}, True, True, None)
+    assert [r[2] for r in rows] == [{f"f{i}": 1.0} for i in range(10)]
+    assert len(rows.kinds) == 3
+
+
+def test_the_window_gives_examples_and_restores_from_a_pickle_of_the_old_deque_form():
+    events = [Event(f"e{i}", "k", {"a": i / 7, "n": i}, i % 2 == 0, float(i)) for i in range(10)]
+    old = RecentWindow(5)
+    state = {"maxlen": 5, "items": deque(((i, e, True, None) for i, e in enumerate(events)), 5)}
+    old.__setstate__(state)  # what unpickling a snapshot written before compact rows does
+    assert [ex.index for ex in old] == [5, 6, 7, 8, 9]
+    ex = old.after(8)[0]
+    assert ex == Example(9, Event("", "k", {"a": 9 / 7, "n": 9}, False, 9.0), True, None)
+    assert type(ex.event.x["n"]) is int
+    bigger = old.resized(8)
+    assert bigger.maxlen == 8 and list(bigger) == list(old)
+
+
+def test_nan_never_stands_for_a_time_that_was_given():
+    rows = Rows()
+    rows.push(1, 0.0, {}, True, True, None)
+    rows.push(2, None, {}, True, True, None)
+    (_, t0, *_), (_, t1, *_) = rows
+    assert t0 == 0.0 and t1 is None and not math.isnan(t0)
