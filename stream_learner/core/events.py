@@ -248,15 +248,12 @@ def _x(
     for name in nulls:
         del x[name]
     if len(x) > max_features:
-        raise DecodeError(
-            "too_many_features", f"x: {len(x)} features; the limit is {max_features}"
-        )
+        raise DecodeError("too_many_features", f"x: {len(x)} features; the limit is {max_features}")
     for name in x:
         if len(name) > max_name:
             raise DecodeError(
                 "feature_name_too_long",
-                f"x: the name {name[:40]!r}... has {len(name)} characters; the limit is "
-                f"{max_name}",
+                f"x: the name {name[:40]!r}... has {len(name)} characters; the limit is {max_name}",
             )
     return x
 

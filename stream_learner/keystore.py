@@ -1,0 +1,248 @@
+"""Where evicted keys wait: a bounded local cache of their encoded snapshots in front of a
+second tier — the checkpoint topic in the service, a spill file in a replay.
+
+The core's :class:`~stream_learner.core.processor.Processor` decides which key leaves
+memory and when it comes back (``service.max_keys``); :class:`EvictedKeys` is the
+:class:`~stream_learner.core.processor.KeyStore` it hands them to. An evicted key's whole
+:class:`~stream_learner.core.keystate.KeyState` is encoded in the snapshot format
+(``core/snapshot.py``: pickled, compressed, checksummed, signed with the checkpoint key)
+and kept in the cache, most recently evicted last. The cache is bounded in bytes
+(``service.evicted_cache_mb``): past it, the oldest entries go to the second tier —
+written there first if they were not yet — and leave memory. A reload takes the entry
+from the cache when it is there (``source="cache"``), else reads it from the tier
+(``"topic"`` / ``"disk"``).
+
+The service writes behind: an eviction only encodes into the cache, and
+:meth:`EvictedKeys.flush` writes the partition's not-yet-written entries to the topic
+in one go before a checkpoint round's partition record (the record says every key of the
+partition is on the topic as of its positions). A crash loses at most what the last
+round did not write, which a restart re-learns from the log, as for resident keys.
+"""
+
+from __future__ import annotations
+
+import os
+import pickle
+import tempfile
+import time
+import zlib
+from collections import OrderedDict
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Protocol
+
+from stream_learner.core.keystate import KeyState
+from stream_learner.core.snapshot import Chunk, SnapshotMeta, assemble, decode_snapshot
+
+__all__ = ["CheckpointTier", "Entry", "EvictedKeys", "Observer", "SpillFile", "Tier"]
+
+_OVERHEAD = 512  # bytes an entry costs beside its payload (header dict, bookkeeping)
+
+
+@dataclass(slots=True)
+class Entry:
+    """One evicted key's snapshot, as encoded; ``written``: already in the second tier."""
+
+    key: str
+    partition: int
+    chunks: list[Chunk]
+    size: int  # payload bytes
+    written: bool = False
+
+
+class Tier(Protocol):
+    """The second tier: ``put`` writes entries (all at once), ``get`` returns a key's
+    decoded state (``LookupError`` when it holds none), ``discard`` forgets keys."""
+
+    name: str
+
+    def put(self, entries: list[Entry]) -> None: ...
+    def get(self, key: str) -> object: ...
+    def discard(self, keys: Iterable[str]) -> None: ...
+
+
+class Observer(Protocol):
+    """Metrics: ``evicted(bytes)`` per eviction, ``reloaded(source, seconds)`` per reload,
+    ``written(bytes)`` per entry written to the tier, ``cached(bytes, entries)`` after
+    each change of the cache."""
+
+    def evicted(self, size: int) -> None: ...
+    def reloaded(self, source: str, seconds: float) -> None: ...
+    def written(self, size: int) -> None: ...
+    def cached(self, size: int, entries: int) -> None: ...
+
+
+class EvictedKeys:
+    """The :class:`~stream_learner.core.processor.KeyStore` of a runtime; see the module
+    docstring. ``encode(state, meta)`` encodes a snapshot (a checkpoint store's
+    :meth:`~stream_learner.core.checkpoints.LogStore.encode`, signed); ``meta(key,
+    partition, state)`` says what the snapshot's header holds (input positions, trigger
+    ``evict``)."""
+
+    def __init__(
+        self,
+        tier: Tier,
+        encode: Callable[[object, SnapshotMeta], list[Chunk]],
+        meta: Callable[[str, int, KeyState], SnapshotMeta],
+        *,
+        cache_bytes: int,
+        signing_key: bytes | None,
+        observer: Observer | None = None,
+    ) -> None:
+        self.tier = tier
+        self.encode = encode
+        self.meta = meta
+        self.cache_bytes = cache_bytes
+        self.signing_key = signing_key
+        self.observer = observer
+        self.cache: OrderedDict[str, Entry] = OrderedDict()
+        self.bytes = 0  # held by the cache, overhead included
+        self.written_bytes = 0  # snapshot bytes written to the tier
+        self.evicted_bytes = 0  # snapshot bytes encoded
+        self.reloads: dict[str, int] = {"cache": 0, tier.name: 0}
+
+    # -- the KeyStore protocol -----------------------------------------------------------
+    def save(self, key: str, partition: int, state: KeyState) -> None:
+        chunks = self.encode(state, self.meta(key, partition, state))
+        size = chunks[0].header["payload_size"]
+        old = self.cache.pop(key, None)
+        if old is not None:
+            self.bytes -= old.size + _OVERHEAD
+        self.cache[key] = Entry(key, partition, chunks, size)
+        self.bytes += size + _OVERHEAD
+        self.evicted_bytes += size
+        if self.observer is not None:
+            self.observer.evicted(size)
+        if self.bytes > self.cache_bytes:
+            self._spill()
+        elif self.observer is not None:
+            self.observer.cached(self.bytes, len(self.cache))
+
+    def load(self, key: str) -> KeyState:
+        started = time.perf_counter()
+        entry = self.cache.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size + _OVERHEAD
+            header, payload = assemble(entry.chunks)
+            state, source = decode_snapshot(header, payload, self.signing_key), "cache"
+        else:
+            state, source = self.tier.get(key), self.tier.name
+        self.reloads[source] += 1
+        if self.observer is not None:
+            self.observer.reloaded(source, time.perf_counter() - started)
+            self.observer.cached(self.bytes, len(self.cache))
+        return KeyState.of(state)
+
+    def discard(self, keys: Iterable[str]) -> None:
+        keys = list(keys)
+        for key in keys:
+            entry = self.cache.pop(key, None)
+            if entry is not None:
+                self.bytes -= entry.size + _OVERHEAD
+        self.tier.discard(keys)
+        if self.observer is not None:
+            self.observer.cached(self.bytes, len(self.cache))
+
+    # -- the tiers -----------------------------------------------------------------------
+    def flush(self, partition: int | None = None) -> int:
+        """Write the entries not yet in the tier (of ``partition``, or all); how many."""
+        todo = [
+            e
+            for e in self.cache.values()
+            if not e.written and (partition is None or e.partition == partition)
+        ]
+        self._write(todo)
+        return len(todo)
+
+    def unwritten(self, partition: int) -> bool:
+        """Whether an entry of ``partition`` is not in the tier yet."""
+        return any(not e.written and e.partition == partition for e in self.cache.values())
+
+    def _write(self, entries: list[Entry]) -> None:
+        if not entries:
+            return
+        self.tier.put(entries)
+        for entry in entries:
+            entry.written = True
+            self.written_bytes += entry.size
+            if self.observer is not None:
+                self.observer.written(entry.size)
+
+    def _spill(self) -> None:
+        """Move the oldest entries out until the cache is within its bound (writing the
+        ones not written yet, together)."""
+        out, freed = [], 0
+        for entry in self.cache.values():
+            if self.bytes - freed <= self.cache_bytes:
+                break
+            out.append(entry)
+            freed += entry.size + _OVERHEAD
+        self._write([e for e in out if not e.written])
+        for entry in out:
+            del self.cache[entry.key]
+        self.bytes -= freed
+        if self.observer is not None:
+            self.observer.cached(self.bytes, len(self.cache))
+
+
+class CheckpointTier:
+    """The checkpoint topic as the second tier (the service): entries are published with
+    the slot rules of any snapshot (trigger ``evict``), so a restart restores an evicted
+    key's newest state like any other; a reload reads the topic keeping only that key's
+    bytes (a read of the topic's compacted size: the cache is what keeps this rare)."""
+
+    name = "topic"
+
+    def __init__(self, store: Any) -> None:
+        self.store = store  # a LogStore: publish_encoded, read
+
+    def put(self, entries: list[Entry]) -> None:
+        self.store.publish_encoded([e.chunks for e in entries])
+
+    def get(self, key: str) -> object:
+        catalog = self.store.read(want=lambda header: header.get("key") == key)
+        loaded = catalog.load(key)
+        if loaded is None:
+            raise LookupError(f"key {key!r}: no valid snapshot on the checkpoint topic")
+        return loaded[1]
+
+    def discard(self, keys: Iterable[str]) -> None:
+        pass  # the topic keeps them: the next owner restores them
+
+
+class SpillFile:
+    """A local file as the second tier (a replay, which has no topic): payloads appended,
+    an index of (offset, length) per key; the file is removed on :meth:`close`. It holds
+    only what this process wrote, so entries are read back without a signature check."""
+
+    name = "disk"
+
+    def __init__(self, directory: str | None = None) -> None:
+        fd, self.path = tempfile.mkstemp(prefix="stream-learner-evicted-", dir=directory)
+        self._file = os.fdopen(fd, "w+b")
+        self.index: dict[str, tuple[int, int]] = {}
+        self.size = 0
+
+    def put(self, entries: list[Entry]) -> None:
+        f = self._file
+        f.seek(0, os.SEEK_END)
+        for entry in entries:
+            payload = b"".join(c.payload for c in entry.chunks)
+            self.index[entry.key] = (f.tell(), len(payload))
+            f.write(payload)
+        self.size = f.tell()
+
+    def get(self, key: str) -> object:
+        at, length = self.index.pop(key)  # KeyError is a LookupError
+        f = self._file
+        f.flush()
+        f.seek(at)
+        return pickle.loads(zlib.decompress(f.read(length)))
+
+    def discard(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            self.index.pop(key, None)
+
+    def close(self) -> None:
+        self._file.close()
+        os.unlink(self.path)
