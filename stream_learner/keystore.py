@@ -100,6 +100,9 @@ class EvictedKeys:
         self.written_bytes = 0  # snapshot bytes written to the tier
         self.evicted_bytes = 0  # snapshot bytes encoded
         self.reloads: dict[str, int] = {"cache": 0, tier.name: 0}
+        # While set, saved states are copies of what the tier holds (a restore that
+        # evicts restored keys to keep the budget): they are never written again.
+        self.restoring = False
 
     # -- the KeyStore protocol -----------------------------------------------------------
     def save(self, key: str, partition: int, state: KeyState) -> None:
@@ -108,7 +111,7 @@ class EvictedKeys:
         old = self.cache.pop(key, None)
         if old is not None:
             self.bytes -= old.size + _OVERHEAD
-        self.cache[key] = Entry(key, partition, chunks, size)
+        self.cache[key] = Entry(key, partition, chunks, size, written=self.restoring)
         self.bytes += size + _OVERHEAD
         self.evicted_bytes += size
         if self.observer is not None:

@@ -310,6 +310,7 @@ class Processor:
         self._recent: OrderedDict[str, None] | None = OrderedDict() if max_keys else None
         self.evictions = 0
         self.reloads = 0
+        self._waiting: set[str] = set()  # keys a command to every key has not reached yet
         self.paused: set[str] = set()
         self.pending: dict[str, Pending] = {}
         self.unseen = UnseenKeys(max_unseen_keys)  # keys only labels have opened, bounded
@@ -378,11 +379,18 @@ class Processor:
         keys whose state already reflects this command (a restore's catch-up)."""
         if cmd.key == ALL_KEYS:
             keys: Iterable[str] = [k for k, p in self.partitions.items() if p == partition]
+            # Keys still waiting for this command are never evicted meanwhile: an eviction
+            # snapshot is taken as of the input being processed, which it must reflect.
+            self._waiting = set(keys)
         else:
             keys = (cmd.key,)
-        for key in keys:
-            if skip is None or not skip(key):
-                self._command(cmd, key)
+        try:
+            for key in keys:
+                if skip is None or not skip(key):
+                    self._command(cmd, key)
+                self._waiting.discard(key)
+        finally:
+            self._waiting = set()
 
     def _command(self, cmd: Command, key: str) -> None:
         if key in self.evicted:  # its state is the store's: back in memory first
@@ -481,8 +489,9 @@ class Processor:
         if over <= 0:
             return
         victims = []
+        waiting = self._waiting
         for key in recent:
-            if key != keep and key not in self.pending:
+            if key != keep and key not in self.pending and key not in waiting:
                 victims.append(key)
                 if len(victims) == over:
                     break
@@ -504,6 +513,22 @@ class Processor:
         self.evicted.add(key)
         self.evictions += 1
         self.effects.append(KeyEvicted(key, learner))
+
+    def limit(self, max_keys: int, store: KeyStore) -> None:
+        """Set the key budget (see the constructor) before the first input."""
+        if self.learners or self.evicted:
+            raise ValueError("the key budget is set before any key is held")
+        self.max_keys, self.store = max_keys, store
+        self._recent = OrderedDict() if max_keys else None
+
+    def resident(self, key: str) -> Learner:
+        """``key``'s learner, reloaded first if it was evicted (``KeyError``: not held)."""
+        learner = self.learners.get(key)
+        if learner is not None:
+            return learner
+        if key not in self.evicted:
+            raise KeyError(key)
+        return self._reload(key)
 
     def hold_evicted(self, key: str, partition: int) -> None:
         """Hold a key whose state is already in the store (a restore that keeps only part
