@@ -445,7 +445,7 @@ def _evicted_keys(service: Any) -> EvictedKeys:
         SpillFile(),
         lambda state, meta: encode_snapshot(state, meta, None, chunk_bytes=1 << 40),
         meta,
-        cache_bytes=service.evicted_cache_mb * 1024 * 1024,
+        cache_bytes=int(service.evicted_cache_mb * 1024 * 1024),
         signing_key=None,
     )
 
