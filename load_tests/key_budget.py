@@ -184,7 +184,8 @@ def main() -> None:
         ratio = statistics.median(r["ratio"] for r in rounds)
         last = rounds[-1]["tail"]
         print(
-            f"long tail / hot keys throughput: {ratio:.3f} (median of {len(rounds)}; target >= 0.2)\n"
+            f"long tail / hot keys throughput: {ratio:.3f} (median of {len(rounds)}; "
+            "target >= 0.2)\n"
             f"  peak resident memory {last['peak_rss_mb']:.0f} MB (hot: "
             f"{rounds[-1]['hot']['peak_rss_mb']:.0f} MB), evictions {last['evictions']:,}, "
             f"reloads {last['reloads']:,} {last.get('reloads_by_source')}, snapshot bytes "

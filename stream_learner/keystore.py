@@ -4,13 +4,15 @@ second tier — the checkpoint topic in the service, a spill file in a replay.
 The core's :class:`~stream_learner.core.processor.Processor` decides which key leaves
 memory and when it comes back (``service.max_keys``); :class:`EvictedKeys` is the
 :class:`~stream_learner.core.processor.KeyStore` it hands them to. An evicted key's whole
-:class:`~stream_learner.core.keystate.KeyState` is encoded in the snapshot format
-(``core/snapshot.py``: pickled, compressed, checksummed, signed with the checkpoint key)
-and kept in the cache, most recently evicted last. The cache is bounded in bytes
-(``service.evicted_cache_mb``): past it, the oldest entries go to the second tier —
-written there first if they were not yet — and leave memory. A reload takes the entry
-from the cache when it is there (``source="cache"``), else reads it from the tier
-(``"topic"`` / ``"disk"``).
+:class:`~stream_learner.core.keystate.KeyState` is pickled, with the snapshot header it
+will have (input positions as of the eviction), and kept in the cache, most recently
+evicted last: a pickle and an unpickle are all an eviction and a reload from the cache
+cost (compressing, checksumming and signing are for what leaves the process). The cache
+is bounded in bytes (``service.evicted_cache_mb``): past it, the oldest entries go to the
+second tier — written there first if they were not yet — and leave memory. The topic
+tier writes them in the signed snapshot format (``core/snapshot.py``), so a restart
+restores them as any snapshot. A reload takes the entry from the cache when it is there
+(``source="cache"``), else reads it from the tier (``"topic"`` / ``"disk"``).
 
 The service writes behind: an eviction only encodes into the cache, and
 :meth:`EvictedKeys.flush` writes the partition's not-yet-written entries to the topic
@@ -32,7 +34,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from stream_learner.core.keystate import KeyState
-from stream_learner.core.snapshot import Chunk, SnapshotMeta, assemble, decode_snapshot
+from stream_learner.core.snapshot import PICKLE_PROTOCOL, SnapshotMeta
 
 __all__ = ["CheckpointTier", "Entry", "EvictedKeys", "Observer", "SpillFile", "Tier"]
 
@@ -41,13 +43,18 @@ _OVERHEAD = 512  # bytes an entry costs beside its payload (header dict, bookkee
 
 @dataclass(slots=True)
 class Entry:
-    """One evicted key's snapshot, as encoded; ``written``: already in the second tier."""
+    """One evicted key's state, pickled, and what its snapshot's header will say;
+    ``written``: already in the second tier."""
 
     key: str
     partition: int
-    chunks: list[Chunk]
-    size: int  # payload bytes
+    pickled: bytes
+    meta: SnapshotMeta
     written: bool = False
+
+    @property
+    def size(self) -> int:
+        return len(self.pickled)
 
 
 class Tier(Protocol):
@@ -74,26 +81,20 @@ class Observer(Protocol):
 
 class EvictedKeys:
     """The :class:`~stream_learner.core.processor.KeyStore` of a runtime; see the module
-    docstring. ``encode(state, meta)`` encodes a snapshot (a checkpoint store's
-    :meth:`~stream_learner.core.checkpoints.LogStore.encode`, signed); ``meta(key,
-    partition, state)`` says what the snapshot's header holds (input positions, trigger
-    ``evict``)."""
+    docstring. ``meta(key, partition, state)`` says what the key's snapshot header holds
+    (input positions as of the eviction, trigger ``evict``)."""
 
     def __init__(
         self,
         tier: Tier,
-        encode: Callable[[object, SnapshotMeta], list[Chunk]],
         meta: Callable[[str, int, KeyState], SnapshotMeta],
         *,
         cache_bytes: int,
-        signing_key: bytes | None,
         observer: Observer | None = None,
     ) -> None:
         self.tier = tier
-        self.encode = encode
         self.meta = meta
         self.cache_bytes = cache_bytes
-        self.signing_key = signing_key
         self.observer = observer
         self.cache: OrderedDict[str, Entry] = OrderedDict()
         self.bytes = 0  # held by the cache, overhead included
@@ -106,12 +107,13 @@ class EvictedKeys:
 
     # -- the KeyStore protocol -----------------------------------------------------------
     def save(self, key: str, partition: int, state: KeyState) -> None:
-        chunks = self.encode(state, self.meta(key, partition, state))
-        size = chunks[0].header["payload_size"]
+        pickled = pickle.dumps(state, protocol=PICKLE_PROTOCOL)
+        size = len(pickled)
         old = self.cache.pop(key, None)
         if old is not None:
             self.bytes -= old.size + _OVERHEAD
-        self.cache[key] = Entry(key, partition, chunks, size, written=self.restoring)
+        meta = self.meta(key, partition, state)
+        self.cache[key] = Entry(key, partition, pickled, meta, written=self.restoring)
         self.bytes += size + _OVERHEAD
         self.evicted_bytes += size
         if self.observer is not None:
@@ -126,8 +128,7 @@ class EvictedKeys:
         entry = self.cache.pop(key, None)
         if entry is not None:
             self.bytes -= entry.size + _OVERHEAD
-            header, payload = assemble(entry.chunks)
-            state, source = decode_snapshot(header, payload, self.signing_key), "cache"
+            state, source = pickle.loads(entry.pickled), "cache"
         else:
             state, source = self.tier.get(key), self.tier.name
         self.reloads[source] += 1
@@ -197,10 +198,11 @@ class CheckpointTier:
     name = "topic"
 
     def __init__(self, store: Any) -> None:
-        self.store = store  # a LogStore: publish_encoded, read
+        self.store = store  # a LogStore: encode_pickled, publish_encoded, read
 
     def put(self, entries: list[Entry]) -> None:
-        self.store.publish_encoded([e.chunks for e in entries])
+        encode = self.store.encode_pickled
+        self.store.publish_encoded([encode(e.pickled, e.meta) for e in entries])
 
     def get(self, key: str) -> object:
         catalog = self.store.read(want=lambda header: header.get("key") == key)
@@ -214,9 +216,10 @@ class CheckpointTier:
 
 
 class SpillFile:
-    """A local file as the second tier (a replay, which has no topic): payloads appended,
-    an index of (offset, length) per key; the file is removed on :meth:`close`. It holds
-    only what this process wrote, so entries are read back without a signature check."""
+    """A local file as the second tier (a replay, which has no topic): pickles appended,
+    compressed, with an index of (offset, length) per key; the file is removed on
+    :meth:`close`. It holds only what this process wrote, so entries are read back without
+    a signature check. Space is not reused: the file grows by every entry spilled."""
 
     name = "disk"
 
@@ -230,7 +233,7 @@ class SpillFile:
         f = self._file
         f.seek(0, os.SEEK_END)
         for entry in entries:
-            payload = b"".join(c.payload for c in entry.chunks)
+            payload = zlib.compress(entry.pickled, 1)
             self.index[entry.key] = (f.tell(), len(payload))
             f.write(payload)
         self.size = f.tell()

@@ -61,7 +61,7 @@ from stream_learner.core.processor import (
     RetrainFailed,
 )
 from stream_learner.core.retrain import RecentWindow, RetrainConfig
-from stream_learner.core.snapshot import SnapshotMeta, encode_snapshot
+from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import ConfigError, DecodeError
 from stream_learner.keystore import EvictedKeys, SpillFile
 
@@ -435,19 +435,13 @@ def replay(
 def _evicted_keys(service: Any) -> EvictedKeys:
     """Where a replay under a key budget (``service.max_keys``) puts evicted keys: the
     same cache as the service's (``service.evicted_cache_mb``), then a local spill file
-    instead of the checkpoint topic. Unsigned: the states never leave this process."""
+    instead of the checkpoint topic (the states never leave this process)."""
 
     def meta(key: str, partition: int, state: KeyState) -> SnapshotMeta:
         learner = state.learner
         return SnapshotMeta(key, learner.lineage, learner.version, "evict", created=0.0)
 
-    return EvictedKeys(
-        SpillFile(),
-        lambda state, meta: encode_snapshot(state, meta, None, chunk_bytes=1 << 40),
-        meta,
-        cache_bytes=int(service.evicted_cache_mb * 1024 * 1024),
-        signing_key=None,
-    )
+    return EvictedKeys(SpillFile(), meta, cache_bytes=int(service.evicted_cache_mb * 1024 * 1024))
 
 
 class _Evicted:

@@ -4,6 +4,8 @@ replay without one reports."""
 
 from __future__ import annotations
 
+import pickle
+
 import orjson
 import pytest
 
@@ -12,7 +14,7 @@ from stream_learner.core.checkpoints import MemoryCheckpointStore
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.retrain import RetrainConfig
-from stream_learner.core.snapshot import SnapshotMeta, SnapshotRejected
+from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import ConfigError
 from stream_learner.keystore import CheckpointTier, EvictedKeys, SpillFile
 from stream_learner.replay import read_history, replay, resolve_policy
@@ -45,20 +47,18 @@ def _meta(key, partition, state):
     )  # fmt: skip
 
 
-def _keys(tier, cache_bytes, observer=None, store=None):
-    store = store or MemoryCheckpointStore(signing_key=KEY)
-    return EvictedKeys(
-        tier, store.encode, _meta, cache_bytes=cache_bytes, signing_key=KEY, observer=observer
-    )
+def _keys(tier, cache_bytes, observer=None):
+    return EvictedKeys(tier, _meta, cache_bytes=cache_bytes, observer=observer)
 
 
 def test_the_cache_holds_the_newest_and_spills_the_oldest_to_the_topic():
     store = MemoryCheckpointStore(signing_key=KEY)
     seen = _Seen()
-    keys = _keys(CheckpointTier(store), cache_bytes=1300, observer=seen, store=store)
+    one = len(pickle.dumps(KeyState({"weights": [0.0] * 50}), protocol=5)) + 512
+    keys = _keys(CheckpointTier(store), cache_bytes=2 * one + 100, observer=seen)  # two fit
     for i in range(4):
         keys.save(f"k{i}", 0, KeyState({"weights": [float(i)] * 50}, paused=i == 2))
-    assert len(keys.cache) < 4  # the oldest went to the topic, written first
+    assert list(keys.cache) == ["k2", "k3"]  # the oldest went to the topic, written first
     on_topic = store.read().keys()
     assert on_topic == [f"k{i}" for i in range(4 - len(keys.cache))]
     assert keys.load("k0") == KeyState({"weights": [0.0] * 50})  # from the topic
@@ -75,14 +75,16 @@ def test_the_cache_holds_the_newest_and_spills_the_oldest_to_the_topic():
     assert keys.load("k2").paused
 
 
-def test_a_snapshot_altered_in_the_cache_is_refused():
-    keys = _keys(SpillFile(), cache_bytes=1 << 20)
+def test_what_goes_to_the_topic_is_signed_and_refused_under_another_key():
+    store = MemoryCheckpointStore(signing_key=KEY)
+    keys = _keys(CheckpointTier(store), cache_bytes=0)  # straight to the topic
     keys.save("k", 0, KeyState("state"))
-    chunk = keys.cache["k"].chunks[0]
-    keys.cache["k"].chunks[0] = type(chunk)(chunk.header, chunk.payload[:-1] + b"x")
-    with pytest.raises(SnapshotRejected):
-        keys.load("k")
-    keys.tier.close()
+    assert store.read().versions("k")[-1].header["signature"]
+    other = MemoryCheckpointStore(signing_key=b"x" * 32)
+    other.log = store.log
+    with pytest.raises(LookupError):
+        CheckpointTier(other).get("k")
+    assert [r.reason for r in other.read().rejections] == ["bad_signature"]
 
 
 def test_the_spill_file_reads_back_what_left_the_cache_and_forgets_discarded_keys():

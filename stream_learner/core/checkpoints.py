@@ -99,6 +99,7 @@ from stream_learner.core.snapshot import (
     assemble,
     check_header,
     decode_snapshot,
+    encode_pickled,
     encode_snapshot,
     parse_chunk,
     verify_signature,
@@ -634,10 +635,10 @@ class LogStore:
         chunks = encode_snapshot(state, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
         return self.publish_encoded([chunks], staged=staged)[0]
 
-    def encode(self, state: object, meta: SnapshotMeta) -> list[Chunk]:
-        """``state`` as the chunks :meth:`publish` would write (signed with this store's
-        key): for a caller that holds a snapshot a while before publishing it."""
-        return encode_snapshot(state, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
+    def encode_pickled(self, pickled: bytes, meta: SnapshotMeta) -> list[Chunk]:
+        """A state pickled already, as the chunks :meth:`publish` would write (signed with
+        this store's key), for :meth:`publish_encoded`."""
+        return encode_pickled(pickled, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
 
     def publish_encoded(
         self, snapshots: list[list[Chunk]], *, staged: bool = False

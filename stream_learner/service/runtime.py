@@ -287,10 +287,8 @@ class Service:
             raise ValueError("a key budget needs the checkpoint store (checkpoints.enabled)")
         self.evicted = EvictedKeys(
             CheckpointTier(self.store),
-            self.store.encode,
             self._eviction_meta,
             cache_bytes=cache_bytes,
-            signing_key=self.store._signing_key,
             observer=self.metrics,
         )
         self.processor.limit(max_keys, self.evicted)

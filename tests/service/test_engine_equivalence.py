@@ -11,6 +11,8 @@ records as the Kafka history reader does (merged, then :func:`decode_history`).
 
 from __future__ import annotations
 
+import pickle
+
 import orjson
 import pytest
 
@@ -19,7 +21,6 @@ from stream_learner.config import load_config
 from stream_learner.core.checkpoints import MemoryCheckpointStore
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.ordering import Merger
-from stream_learner.core.snapshot import assemble, decode_snapshot
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.replay import decode_history, replay, resolve_policy
 from stream_learner.service import Retrainer, Service, Topics
@@ -169,7 +170,7 @@ def _final(service: Service) -> dict:
     for key in service.processor.evicted:
         entry = evicted.cache.get(key)
         if entry is not None:
-            state = decode_snapshot(*assemble(entry.chunks), KEY)
+            state = pickle.loads(entry.pickled)
         else:
             state = evicted.tier.get(key)
         learners[key] = KeyState.of(state).learner
