@@ -169,10 +169,7 @@ def _final(service: Service) -> dict:
     evicted = service.evicted
     for key in service.processor.evicted:
         entry = evicted.cache.get(key)
-        if entry is not None:
-            state = pickle.loads(entry.pickled)
-        else:
-            state = evicted.tier.get(key)
+        state = pickle.loads(entry.pickled) if entry is not None else evicted.tier.get(key)
         learners[key] = KeyState.of(state).learner
     return learners
 

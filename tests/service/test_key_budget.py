@@ -5,9 +5,10 @@ requests whose labels come 40 inputs later (so a key is evicted, with its parked
 predictions, before most of its labels arrive). The same stream is learned three times:
 without a budget, under a budget of three resident keys (``service.max_keys``) with a
 cache of a few keys' states (reloads from the cache and from the checkpoint topic), and
-under that budget killed with SIGKILL at random moments and restarted each time. Every request is predicted
-once, delayed labels of evicted keys are joined, and the final learners (decision logs,
-metrics, predictions on a probe set) are the same in the three runs; the budgeted
+under that budget killed with SIGKILL at random moments and restarted each time. Every
+request is predicted once, delayed labels of evicted keys are joined, and the final
+learners (decision logs, metrics, predictions on a probe set) are the same in the three
+runs; the budgeted
 uninterrupted run ends with the same counters as the unbudgeted one.
 """
 
@@ -110,7 +111,6 @@ def _run(tmp_path, bootstrap, prefix, admin, messages, kills, rng, monkeypatch, 
     for name, labels in COUNTERS:
         value = sample(text, name, **labels)
         counters[name, tuple(labels.items())] = None if value != value else value  # NaN: none
-    }
     return {
         "learners": learners,
         "predictions": predictions,
