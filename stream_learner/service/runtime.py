@@ -639,8 +639,7 @@ class Service:
             if learner is not None:
                 self._report_key(key, learner)
         self._touched.clear()
-        if self.evicted is not None:
-            m.set_keys(len(self.learners), len(self.processor.evicted))
+        m.set_keys(len(self.learners), len(self.processor.evicted))
         for (topic, partition), lag in list(self.source.lag.items()):
             m.set_lag(topic, partition, lag)
         m.set_assigned_partitions(len(self.source.assignment))
