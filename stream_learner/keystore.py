@@ -91,11 +91,16 @@ class EvictedKeys:
         *,
         cache_bytes: int,
         observer: Observer | None = None,
+        trim_on_save: bool = True,
     ) -> None:
         self.tier = tier
         self.meta = meta
         self.cache_bytes = cache_bytes
         self.observer = observer
+        # False: the caller calls trim() when writing to the tier is safe (the service:
+        # after a batch's outputs are delivered and its offsets committed, as for any
+        # snapshot); until then the cache may pass its bound by that batch's evictions.
+        self.trim_on_save = trim_on_save
         self.cache: OrderedDict[str, Entry] = OrderedDict()
         self.bytes = 0  # held by the cache, overhead included
         self.written_bytes = 0  # snapshot bytes written to the tier
@@ -118,8 +123,8 @@ class EvictedKeys:
         self.evicted_bytes += size
         if self.observer is not None:
             self.observer.evicted(size)
-        if self.bytes > self.cache_bytes:
-            self._spill()
+        if self.trim_on_save and self.bytes > self.cache_bytes:
+            self.trim()
         elif self.observer is not None:
             self.observer.cached(self.bytes, len(self.cache))
 
@@ -172,9 +177,11 @@ class EvictedKeys:
             if self.observer is not None:
                 self.observer.written(entry.size)
 
-    def _spill(self) -> None:
+    def trim(self) -> None:
         """Move the oldest entries out until the cache is within its bound (writing the
         ones not written yet, together)."""
+        if self.bytes <= self.cache_bytes:
+            return
         out, freed = [], 0
         for entry in self.cache.values():
             if self.bytes - freed <= self.cache_bytes:

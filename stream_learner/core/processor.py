@@ -530,13 +530,6 @@ class Processor:
             raise KeyError(key)
         return self._reload(key)
 
-    def hold_evicted(self, key: str, partition: int) -> None:
-        """Hold a key whose state is already in the store (a restore that keeps only part
-        of the keys in memory): its next input reloads it."""
-        self.partitions[key] = partition
-        self.evicted.add(key)
-        self.unseen.seen(key)
-
     def adopt(
         self,
         key: str,

@@ -290,6 +290,7 @@ class Service:
             self._eviction_meta,
             cache_bytes=cache_bytes,
             observer=self.metrics,
+            trim_on_save=False,  # end_batch trims: a snapshot never precedes its outputs
         )
         self.processor.limit(max_keys, self.evicted)
 
@@ -582,6 +583,10 @@ class Service:
         self._report()
         if self.store is not None:
             self._checkpoints()
+        if self.evicted is not None:
+            # Evicted keys' snapshots reflect this batch's inputs: written to the topic
+            # only now that its outputs are delivered and its offsets committed.
+            self.evicted.trim()
 
     def flush(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         waited = 0.0

@@ -32,7 +32,7 @@ from tests.service.test_crash_equivalence import _fingerprint
 pytestmark = pytest.mark.kafka
 
 KEYS = tuple(f"k{i}" for i in range(8))
-N = 600  # per key
+N = 400  # per key
 
 
 def _stream(t0: float) -> list[Message]:
@@ -73,8 +73,10 @@ def _run(tmp_path, bootstrap, prefix, admin, messages, kills, rng, monkeypatch, 
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__WINDOW", "300")
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__HOLDOUT", "50")
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__MIN_TRAIN", "100")
-    monkeypatch.setenv("STREAM_LEARNER__POLICY__WARMUP", "100")  # decisions after the change
+    # Scheduled retrains: decisions and retrains in flight (a key with one stays resident).
+    monkeypatch.setenv("STREAM_LEARNER__POLICY__WARMUP", "100")
     monkeypatch.setenv("STREAM_LEARNER__POLICY__COOLDOWN_EVENTS", "100")
+    monkeypatch.setenv("STREAM_LEARNER__POLICY__INTERVAL_EVENTS", "150")
     produce(bootstrap, prefix, messages)
     for k in range(kills):
         proc = ServiceProcess(config, tmp_path / f"run{k}.log")
@@ -133,7 +135,7 @@ def test_a_budget_forcing_evictions_changes_nothing_even_through_sigkills(
     prefixes = {name: unique_name(name) + "." for name in names}
     runs = {}
     try:
-        for name, kills, budget in (("plain", 0, 0), ("budget", 0, 3), ("killed", 3, 3)):
+        for name, kills, budget in (("plain", 0, 0), ("budget", 0, 3), ("killed", 2, 3)):
             (tmp_path / name).mkdir()
             runs[name] = _run(
                 tmp_path / name, bootstrap, prefixes[name], admin, messages, kills, rng,
@@ -147,7 +149,7 @@ def test_a_budget_forcing_evictions_changes_nothing_even_through_sigkills(
     plain, budget, killed = runs["plain"], runs["budget"], runs["killed"]
     # Evictions happened, and reloads from the cache and the topic.
     text = budget["metrics"]
-    assert sample(text, "stream_learner_key_evictions_total") > 500
+    assert sample(text, "stream_learner_key_evictions_total") > 300
     assert sample(text, "stream_learner_key_reloads_total", source="cache") > 100
     assert sample(text, "stream_learner_key_reloads_total", source="topic") > 0
     assert sample(text, "stream_learner_keys_resident") <= 3 + 1
