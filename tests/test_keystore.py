@@ -173,3 +173,13 @@ def _toml(text: str) -> dict:
 def test_a_negative_budget_is_one_config_error_line():
     with pytest.raises(ConfigError, match=r"service.max_keys: -1; expected an integer >= 0"):
         parse_config({"service": {"max_keys": -1}})
+
+
+def test_a_budget_without_checkpoints_is_one_config_error_line():
+    from stream_learner.cli.service_cmd import build_service
+
+    config = parse_config(
+        _toml(CONFIG.format(budget="max_keys = 5") + "\n[checkpoints]\nenabled = false\n")
+    )
+    with pytest.raises(ConfigError, match=r"^service.max_keys: .* checkpoints.enabled = true"):
+        build_service(config, "127.0.0.1:1")
