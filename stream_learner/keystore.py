@@ -28,7 +28,7 @@ import pickle
 import tempfile
 import time
 import zlib
-from collections import OrderedDict
+from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -106,6 +106,7 @@ class EvictedKeys:
         self.written_bytes = 0  # snapshot bytes written to the tier
         self.evicted_bytes = 0  # snapshot bytes encoded
         self.reloads: dict[str, int] = {"cache": 0, tier.name: 0}
+        self._unwritten: Counter[int] = Counter()  # entries not in the tier, by partition
         # While set, saved states are copies of what the tier holds (a restore that
         # evicts restored keys to keep the budget): they are never written again.
         self.restoring = False
@@ -114,11 +115,11 @@ class EvictedKeys:
     def save(self, key: str, partition: int, state: KeyState) -> None:
         pickled = pickle.dumps(state, protocol=PICKLE_PROTOCOL)
         size = len(pickled)
-        old = self.cache.pop(key, None)
-        if old is not None:
-            self.bytes -= old.size + _OVERHEAD
+        self._drop(key)
         meta = self.meta(key, partition, state)
         self.cache[key] = Entry(key, partition, pickled, meta, written=self.restoring)
+        if not self.restoring:
+            self._unwritten[partition] += 1
         self.bytes += size + _OVERHEAD
         self.evicted_bytes += size
         if self.observer is not None:
@@ -130,9 +131,8 @@ class EvictedKeys:
 
     def load(self, key: str) -> KeyState:
         started = time.perf_counter()
-        entry = self.cache.pop(key, None)
+        entry = self._drop(key)
         if entry is not None:
-            self.bytes -= entry.size + _OVERHEAD
             state, source = pickle.loads(entry.pickled), "cache"
         else:
             state, source = self.tier.get(key), self.tier.name
@@ -145,16 +145,25 @@ class EvictedKeys:
     def discard(self, keys: Iterable[str]) -> None:
         keys = list(keys)
         for key in keys:
-            entry = self.cache.pop(key, None)
-            if entry is not None:
-                self.bytes -= entry.size + _OVERHEAD
+            self._drop(key)
         self.tier.discard(keys)
         if self.observer is not None:
             self.observer.cached(self.bytes, len(self.cache))
 
+    def _drop(self, key: str) -> Entry | None:
+        """Take ``key``'s entry out of the cache (``None`` when it holds none)."""
+        entry = self.cache.pop(key, None)
+        if entry is not None:
+            self.bytes -= entry.size + _OVERHEAD
+            if not entry.written:
+                self._unwritten[entry.partition] -= 1
+        return entry
+
     # -- the tiers -----------------------------------------------------------------------
     def flush(self, partition: int | None = None) -> int:
         """Write the entries not yet in the tier (of ``partition``, or all); how many."""
+        if partition is not None and not self._unwritten[partition]:
+            return 0
         todo = [
             e
             for e in self.cache.values()
@@ -165,7 +174,7 @@ class EvictedKeys:
 
     def unwritten(self, partition: int) -> bool:
         """Whether an entry of ``partition`` is not in the tier yet."""
-        return any(not e.written and e.partition == partition for e in self.cache.values())
+        return self._unwritten[partition] > 0
 
     def _write(self, entries: list[Entry]) -> None:
         if not entries:
@@ -173,6 +182,7 @@ class EvictedKeys:
         self.tier.put(entries)
         for entry in entries:
             entry.written = True
+            self._unwritten[entry.partition] -= 1
             self.written_bytes += entry.size
             if self.observer is not None:
                 self.observer.written(entry.size)
