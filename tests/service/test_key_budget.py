@@ -69,7 +69,7 @@ def _run(tmp_path, bootstrap, prefix, admin, messages, kills, rng, monkeypatch, 
     monkeypatch.setenv("STREAM_LEARNER__SERVICE__MAX_KEYS", str(budget))
     # A cache of a few keys' states: reloads come from the cache and from the topic. A
     # short retrain window keeps the states (and each eviction's pickling) small.
-    monkeypatch.setenv("STREAM_LEARNER__SERVICE__EVICTED_CACHE_MB", "0.15")
+    monkeypatch.setenv("STREAM_LEARNER__SERVICE__EVICTED_CACHE_MB", "0.05")
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__WINDOW", "300")
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__HOLDOUT", "50")
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__MIN_TRAIN", "100")
