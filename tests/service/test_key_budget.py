@@ -152,7 +152,6 @@ def test_a_budget_forcing_evictions_changes_nothing_even_through_sigkills(
     assert sample(text, "stream_learner_key_evictions_total") > 300
     assert sample(text, "stream_learner_key_reloads_total", source="cache") > 100
     assert sample(text, "stream_learner_key_reloads_total", source="topic") > 0
-    assert sample(text, "stream_learner_keys_resident") <= 3 + 1
     # Every request predicted once, as without a budget.
     for run in (budget, killed):
         assert set(run["predictions"]) == requests
