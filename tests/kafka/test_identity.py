@@ -59,3 +59,40 @@ def test_an_unusable_directory_is_a_config_error(tmp_path):
     blocker.write_text("")
     with pytest.raises(ConfigError, match="instance_dir"):
         claim_instance_id("g", blocker / "sub")
+
+
+@pytest.mark.kafka
+def test_a_consumer_fenced_by_its_own_static_id_stops_with_a_broker_error(
+    bootstrap, topic_factory, unique_name
+):
+    """Two members with one group.instance.id: the broker fences the older, a fatal error
+    for it. The source must raise it, so the service exits (and a supervisor restarts it
+    from its checkpoints) instead of running on without consuming."""
+    import contextlib
+    import time
+
+    from confluent_kafka import Consumer
+
+    from stream_learner.errors import BrokerError
+    from stream_learner.kafka.client import client_config
+    from stream_learner.kafka.source import KafkaSource
+
+    topic, group = topic_factory("fenced"), unique_name("group")
+    source = KafkaSource(bootstrap, group, [topic], extra={"group.instance.id": "same"})
+    source.start()
+    rival = Consumer(client_config(bootstrap, {"group.id": group, "group.instance.id": "same"}))
+    try:
+        deadline = time.monotonic() + 30
+        while not source.assignment and time.monotonic() < deadline:
+            source.poll(10, 0.2)
+        assert source.assignment, "never assigned"
+        rival.subscribe([topic])
+        with pytest.raises(BrokerError, match="fatal"):
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                rival.poll(0.1)
+                source.poll(10, 0.2)
+    finally:
+        rival.close()
+        with contextlib.suppress(Exception):  # closing a fenced consumer may complain
+            source.close()

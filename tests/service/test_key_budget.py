@@ -26,8 +26,14 @@ from stream_learner.kafka.topics import apply, default_topics_file, load_topics,
 from stream_learner.service import Topics
 from stream_learner.synth import Message, demo_messages
 from tests.conftest import drain
-from tests.service.helpers import ServiceProcess, produce, sample, wait_until, write_config
-from tests.service.test_crash_equivalence import _fingerprint
+from tests.service.helpers import (
+    ServiceProcess,
+    fingerprint,
+    produce,
+    sample,
+    wait_until,
+    write_config,
+)
 
 pytestmark = pytest.mark.kafka
 
@@ -164,7 +170,7 @@ def test_a_budget_forcing_evictions_changes_nothing_even_through_sigkills(
     assert budget["counters"] == plain["counters"]
     # The same final learners: models, races, metrics, counts and decision logs.
     for key in KEYS:
-        fingerprint = _fingerprint(plain["learners"][key])
-        assert _fingerprint(budget["learners"][key]) == fingerprint, key
-        assert _fingerprint(killed["learners"][key]) == fingerprint, key
+        fingerprint = fingerprint(plain["learners"][key])
+        assert fingerprint(budget["learners"][key]) == fingerprint, key
+        assert fingerprint(killed["learners"][key]) == fingerprint, key
         assert plain["learners"][key].joiner.joined == budget["learners"][key].joiner.joined
