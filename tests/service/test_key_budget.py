@@ -170,7 +170,7 @@ def test_a_budget_forcing_evictions_changes_nothing_even_through_sigkills(
     assert budget["counters"] == plain["counters"]
     # The same final learners: models, races, metrics, counts and decision logs.
     for key in KEYS:
-        fingerprint = fingerprint(plain["learners"][key])
-        assert fingerprint(budget["learners"][key]) == fingerprint, key
-        assert fingerprint(killed["learners"][key]) == fingerprint, key
+        expected = fingerprint(plain["learners"][key])
+        assert fingerprint(budget["learners"][key]) == expected, key
+        assert fingerprint(killed["learners"][key]) == expected, key
         assert plain["learners"][key].joiner.joined == budget["learners"][key].joiner.joined
