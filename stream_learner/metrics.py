@@ -39,6 +39,7 @@ __all__ = [
     "EVENT_OUTCOMES",
     "LABEL_RESULTS",
     "PROMOTION_SOURCES",
+    "RELOAD_SOURCES",
     "MAX_LABEL_CHARS",
     "OTHER_KEY",
     "RETRAIN_OUTCOMES",
@@ -56,6 +57,8 @@ RETRAIN_OUTCOMES = ("promoted", "kept", "failed")
 #: change, a window retrain, or a retired model from the key's pool.
 PROMOTION_SOURCES = ("shadow", "window", "pool")
 CHECKPOINT_RESULTS = ("written", "restored", "rejected")
+#: Where an evicted key was reloaded from (``keystore.py``): the local cache or the topic.
+RELOAD_SOURCES = ("cache", "topic")
 #: Why an instance gave up state it could no longer publish (see service/stall.py).
 FENCED_WHY = ("stall", "partitions_lost")
 
@@ -404,6 +407,49 @@ class ServiceMetrics:
             "Model keys currently held, including those folded into __other__.",
             registry=reg,
         )
+        # The key budget (service.max_keys): resident and evicted keys, reloads.
+        self._keys_resident = Gauge(
+            "stream_learner_keys_resident",
+            "Model keys whose learner is in memory.",
+            registry=reg,
+        )
+        self._keys_evicted = Gauge(
+            "stream_learner_keys_evicted",
+            "Model keys held evicted: their state waits in the cache or on the topic.",
+            registry=reg,
+        )
+        self._evictions = Counter(
+            "stream_learner_key_evictions_total",
+            "Keys evicted (snapshotted and dropped from memory) to keep the key budget.",
+            registry=reg,
+        )
+        self._reloads = Counter(
+            "stream_learner_key_reloads_total",
+            "Evicted keys loaded back before their input, by source (cache, topic).",
+            ["source"],
+            registry=reg,
+        )
+        for source in RELOAD_SOURCES:
+            self._reloads.labels(source)
+        self._reload_seconds = Histogram(
+            "stream_learner_key_reload_seconds",
+            "Time to load an evicted key back (decode; a topic read for source=topic).",
+            buckets=(0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1, 5, 30),
+            registry=reg,
+        )
+        self._state_bytes = Gauge(
+            "stream_learner_evicted_state_bytes",
+            "Bytes of evicted keys' encoded state held in the local cache.",
+            registry=reg,
+        )
+        self._eviction_bytes = Counter(
+            "stream_learner_eviction_bytes_total",
+            "Snapshot bytes of evicted keys: encoded (into the cache), or written to the topic.",
+            ["to"],
+            registry=reg,
+        )
+        for to in ("cache", "topic"):
+            self._eviction_bytes.labels(to)
         self._keys_overflow = Counter(
             "stream_learner_keys_overflow_total",
             "Keys that found no free label slot and were folded into key=__other__.",
@@ -570,6 +616,28 @@ class ServiceMetrics:
 
     def count_snapshot_rejection(self, reason: str) -> None:
         self._snapshot_rejections.labels(_bounded(reason)).inc()
+
+    # -- the key budget ------------------------------------------------------------------------
+
+    def set_keys(self, resident: int, evicted: int) -> None:
+        self._keys_resident.set(resident)
+        self._keys_evicted.set(evicted)
+
+    def evicted(self, size: int) -> None:
+        """One key evicted; ``size``: its encoded snapshot's bytes (into the cache)."""
+        self._evictions.inc()
+        self._eviction_bytes.labels("cache").inc(size)
+
+    def reloaded(self, source: str, seconds: float) -> None:
+        self._reloads.labels(_check("source", source, RELOAD_SOURCES)).inc()
+        self._reload_seconds.observe(seconds)
+
+    def written(self, size: int) -> None:
+        """An evicted key's snapshot of ``size`` bytes was written to the topic."""
+        self._eviction_bytes.labels("topic").inc(size)
+
+    def cached(self, size: int, entries: int) -> None:
+        self._state_bytes.set(size)
 
     # -- consumer and readiness ----------------------------------------------------------------
 

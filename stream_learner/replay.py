@@ -53,13 +53,17 @@ from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy
 from stream_learner.core.processor import (
     Drift,
     InlineRunner,
+    KeyEvicted,
     KeyOpened,
+    KeyReloaded,
     Processor,
     RetrainApplied,
     RetrainFailed,
 )
 from stream_learner.core.retrain import RetrainConfig
+from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import ConfigError, DecodeError
+from stream_learner.keystore import EvictedKeys, SpillFile
 
 __all__ = [
     "BUILTIN_POLICIES",
@@ -397,10 +401,13 @@ def replay(
                 max_age_s=service.label_max_age_s or None,
             )
 
+        store = _evicted_keys(service) if service.max_keys else None
         processor = Processor(
             fresh,
             InlineRunner(service.retrain_apply_after),
             max_unseen_keys=service.label_max_unseen_keys,
+            max_keys=service.max_keys,
+            store=store,
         )
         for key, base in initial.items():
             state = base if isinstance(base, KeyState) else KeyState(base)
@@ -409,12 +416,54 @@ def replay(
             processor.adopt(key, learner, where.get(key, 0), pending=copy.deepcopy(pending))
         made: dict[str, Learner] = {}
         served: list[tuple[Event, Outcome]] | None = None if predictions is None else []
-        reports.append(_replay_one(history, partitions, named, processor, made, progress, served))
-        if learners is not None:
-            learners.append(made)
+        try:
+            reports.append(
+                _replay_one(history, partitions, named, processor, made, progress, served)
+            )
+            if learners is not None:
+                for key in processor.evicted & made.keys():  # the caller wants them all
+                    made[key] = store.load(key).learner
+                learners.append(made)
+        finally:
+            if store is not None:
+                store.tier.close()
         if predictions is not None:
             predictions.append(served)
     return reports
+
+
+def _evicted_keys(service: Any) -> EvictedKeys:
+    """Where a replay under a key budget (``service.max_keys``) puts evicted keys: the
+    same cache as the service's (``service.evicted_cache_mb``), then a local spill file
+    instead of the checkpoint topic (the states never leave this process)."""
+
+    def meta(key: str, partition: int, state: KeyState) -> SnapshotMeta:
+        learner = state.learner
+        return SnapshotMeta(key, learner.lineage, learner.version, "evict", created=0.0)
+
+    return EvictedKeys(SpillFile(), meta, cache_bytes=int(service.evicted_cache_mb * 1024 * 1024))
+
+
+class _Evicted:
+    """What a report keeps of an evicted key: its metric's figures, not its learner."""
+
+    __slots__ = ("evaluator", "retrains")
+
+    def __init__(self, learner: Learner) -> None:
+        self.evaluator = _Figures(learner.evaluator)
+        self.retrains = learner.retrains
+
+
+class _Figures:
+    __slots__ = ("n", "primary", "_values")
+
+    def __init__(self, evaluator: Any) -> None:
+        self.n = evaluator.n
+        self.primary = evaluator.primary
+        self._values = (evaluator.primary_value(False), evaluator.primary_value(True))
+
+    def primary_value(self, rolling: bool = False) -> float:
+        return self._values[rolling]
 
 
 def restored_learner(state: object) -> Learner:
@@ -545,8 +594,10 @@ def _replay_one(
         if effects:
             for effect in effects:
                 what = type(effect)
-                if what is KeyOpened:
+                if what is KeyOpened or what is KeyReloaded:
                     learners[effect.key] = effect.learner
+                elif what is KeyEvicted:
+                    learners[effect.key] = _Evicted(effect.learner)
                 elif what is Drift:
                     log.extend(_decision(d, done) for d in effect.decisions)
                     promoted += sum(d.action == "promote" for d in effect.decisions)  # the race

@@ -238,6 +238,12 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         service.checkpoint_policy = CheckpointPolicy(
             cp.every_events, cp.every_seconds, cp.after_retrain
         )
+        service.limit_keys(settings.max_keys, int(settings.evicted_cache_mb * 1024 * 1024))
+    elif settings.max_keys:
+        raise ConfigError(
+            "service.max_keys: a key budget keeps evicted keys on the checkpoint topic; "
+            "set checkpoints.enabled = true (or max_keys = 0)"
+        )
 
     def ready() -> tuple[bool, str]:
         """Doing its job: Kafka usable (problems within the grace ridden out), then the

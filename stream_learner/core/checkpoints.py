@@ -99,6 +99,7 @@ from stream_learner.core.snapshot import (
     assemble,
     check_header,
     decode_snapshot,
+    encode_pickled,
     encode_snapshot,
     parse_chunk,
     verify_signature,
@@ -659,34 +660,59 @@ class LogStore:
         key = meta.key
         if not (isinstance(key, str) and key and key.isprintable()):
             raise ConfigError(f"model key: {key!r} must be a non-empty printable string")
+        chunks = encode_snapshot(state, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
+        return self.publish_encoded([chunks], staged=staged)[0]
+
+    def encode_pickled(self, pickled: bytes, meta: SnapshotMeta) -> list[Chunk]:
+        """A state pickled already, as the chunks :meth:`publish` would write (signed with
+        this store's key), for :meth:`publish_encoded`."""
+        return encode_pickled(pickled, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
+
+    def publish_encoded(
+        self, snapshots: list[list[Chunk]], *, staged: bool = False
+    ) -> list[dict[str, Any]]:
+        """Write snapshots already encoded (by :meth:`encode`), at most one per model key,
+        with the slot rules of :meth:`publish`, in three deliveries whatever their number:
+        every chunk, then every manifest, then the retired slots' tombstones. A crash
+        between them leaves each key's previous snapshots intact (chunks without a
+        manifest are refused). Returns the headers, in order."""
         if self._slots is None:
             self.read()
         assert self._slots is not None
-        slots = self._slots.setdefault(key, {})
-        chunks = encode_snapshot(state, meta, self._signing_key, chunk_bytes=self.chunk_bytes)
-        header = {k: v for k, v in chunks[0].header.items() if k != "chunk_index"}
-        version = header["model_version"]
-        own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
-        slot = STAGING_SLOT if staged else _choose_slot(own, version, self.keep_versions)
-        written = frozenset(range(len(chunks)))
-        leftovers = sorted(slots[slot].indexes - written) if slot in slots else []
-        slots[slot] = _SlotState(None, self._tick(), False, written | set(leftovers))
-        self._guarded(
-            [(chunk_key(key, slot, c.header["chunk_index"]), c.to_bytes()) for c in chunks]
-            + [(chunk_key(key, slot, i), None) for i in leftovers]
-        )
-        self._guarded([(manifest_key(key, slot), orjson.dumps(header))])
-        slots[slot] = own[slot] = _SlotState(version, self._tick(), True, written)
-        if staged:
-            return header
-        kept = _protected(own, version, self.keep_versions)
-        retired = [s for s in own if s not in kept]  # older versions, garbage
-        if retired:
-            tombstones = [(manifest_key(key, s), None) for s in retired]
+        chunk_records: list[tuple[str, bytes | None]] = []
+        placed = []
+        for chunks in snapshots:
+            header = {k: v for k, v in chunks[0].header.items() if k != "chunk_index"}
+            key, version = header["key"], header["model_version"]
+            slots = self._slots.setdefault(key, {})
+            own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
+            slot = STAGING_SLOT if staged else _choose_slot(own, version, self.keep_versions)
+            written = frozenset(range(len(chunks)))
+            leftovers = sorted(slots[slot].indexes - written) if slot in slots else []
+            slots[slot] = _SlotState(None, self._tick(), False, written | set(leftovers))
+            chunk_records += [
+                (chunk_key(key, slot, c.header["chunk_index"]), c.to_bytes()) for c in chunks
+            ]
+            chunk_records += [(chunk_key(key, slot, i), None) for i in leftovers]
+            placed.append((key, slot, header, written))
+        self._guarded(chunk_records)
+        self._guarded([(manifest_key(key, slot), orjson.dumps(h)) for key, slot, h, _ in placed])
+        tombstones: list[tuple[str, bytes | None]] = []
+        for key, slot, header, written in placed:
+            slots = self._slots[key]
+            version = header["model_version"]
+            slots[slot] = _SlotState(version, self._tick(), True, written)
+            if staged:
+                continue
+            own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
+            kept = _protected(own, version, self.keep_versions)
+            retired = [s for s in own if s not in kept]  # older versions, garbage
+            tombstones += [(manifest_key(key, s), None) for s in retired]
             for s in retired:
                 tombstones += [(chunk_key(key, s, i), None) for i in sorted(slots.pop(s).indexes)]
+        if tombstones:
             self._guarded(tombstones)
-        return header
+        return [header for _, _, header, _ in placed]
 
     def publish_record(self, key: str, value: dict | None) -> None:
         """Write (or, with ``None``, delete) a small JSON record next to the snapshots."""

@@ -25,10 +25,25 @@ started — so every runtime promotes the same model at the same event.
 Pure: no Kafka, no clock, no logging, no metrics. Commands that need a checkpoint store
 (``snapshot``, ``rollback``) are handed back to the caller as :class:`CommandTaken`
 effects; a rollback then comes back through :meth:`Processor.rollback`.
+
+**A key budget.** With ``max_keys`` (and a :class:`KeyStore`), at most that many keys are
+resident: when a key's input would make one too many, the least recently used key —
+never the one being processed, never one with a retrain in flight — is *evicted*: its
+whole :class:`~stream_learner.core.keystate.KeyState` (learner with its parked
+predictions and race, pause flag) goes to the store and leaves memory (:class:`KeyEvicted`).
+The key's next input (or a command naming it) *reloads* it from the store before it is
+processed (:class:`KeyReloaded`). "Recently used" is the order of the inputs this
+processor was handed, so which keys are evicted when is a function of the input
+sequence alone, and a key's learner sees the same inputs in the same order whether it
+was evicted or not: predictions and decisions are those of a processor without a budget.
+The store is the caller's (a local cache, then the checkpoint topic, in the service;
+:class:`MemoryKeyStore` here).
 """
 
 from __future__ import annotations
 
+import pickle
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
@@ -49,7 +64,11 @@ __all__ = [
     "CommandTaken",
     "Drift",
     "InlineRunner",
+    "KeyEvicted",
     "KeyOpened",
+    "KeyReloaded",
+    "KeyStore",
+    "MemoryKeyStore",
     "Pending",
     "Processor",
     "RetrainApplied",
@@ -79,6 +98,21 @@ PAUSED: Any = _Paused()
 
 class KeyOpened(NamedTuple):
     """A key's learner was created by its first input."""
+
+    key: str
+    learner: Learner
+
+
+class KeyEvicted(NamedTuple):
+    """A key left memory for the store (the budget); ``learner`` is its last state, for
+    the caller's last look (metrics), not to be kept."""
+
+    key: str
+    learner: Learner
+
+
+class KeyReloaded(NamedTuple):
+    """An evicted key was loaded back from the store, before its input is processed."""
 
     key: str
     learner: Learner
@@ -179,6 +213,54 @@ class InlineRunner:
         return Pending(job, index + self.apply_after if due is None else due)
 
 
+# -- where evicted keys go ---------------------------------------------------------------
+
+
+class KeyStore(Protocol):
+    """Where evicted keys' states wait (see the module docstring). ``save`` takes a key's
+    whole state (it is dropped from memory next); ``load`` gives it back — the same state,
+    as if never evicted — and raises ``LookupError`` when the store cannot (a bug or a lost
+    store: the caller's to report); ``discard`` forgets keys handed to another instance."""
+
+    def save(self, key: str, partition: int, state: KeyState) -> None: ...
+    def load(self, key: str) -> KeyState: ...
+    def discard(self, keys: Iterable[str]) -> None: ...
+
+
+class MemoryKeyStore:
+    """Evicted states pickled in a dict: pure tests and small replays. ``bytes`` is what it
+    holds, ``written`` what it was given in all.
+
+    >>> store = MemoryKeyStore()
+    >>> store.save("k", 0, KeyState("a learner"))
+    >>> store.load("k")
+    KeyState(learner='a learner', pending=None, paused=False)
+    >>> store.bytes
+    0
+    """
+
+    def __init__(self) -> None:
+        self.states: dict[str, bytes] = {}
+        self.bytes = 0
+        self.written = 0
+
+    def save(self, key: str, partition: int, state: KeyState) -> None:
+        raw = self.states[key] = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        self.bytes += len(raw)
+        self.written += len(raw)
+
+    def load(self, key: str) -> KeyState:
+        raw = self.states.pop(key)
+        self.bytes -= len(raw)
+        return pickle.loads(raw)
+
+    def discard(self, keys: Iterable[str]) -> None:
+        for key in keys:
+            raw = self.states.pop(key, None)
+            if raw is not None:
+                self.bytes -= len(raw)
+
+
 # -- the processor ---------------------------------------------------------------------
 
 
@@ -186,7 +268,8 @@ class Processor:
     """The keys of one runtime and the per-record steps; see the module docstring.
 
     ``factory(key)`` builds a fresh learner for a key's first input; ``max_unseen_keys``
-    bounds the keys a label may open before their first event.
+    bounds the keys a label may open before their first event; ``max_keys`` (0: no bound)
+    the keys resident at once, the others evicted to ``store``.
 
     >>> from stream_learner.core.models import ModelSpec
     >>> spec = ModelSpec.from_dict({"task": "binary", "pipeline": [
@@ -210,11 +293,24 @@ class Processor:
         runner: Runner,
         *,
         max_unseen_keys: int = 1000,
+        max_keys: int = 0,
+        store: KeyStore | None = None,
     ) -> None:
+        if max_keys and store is None:
+            raise ValueError("a key budget (max_keys) needs a store for the evicted keys")
         self.factory = factory
         self.runner = runner
         self.learners: dict[str, Learner] = {}
-        self.partitions: dict[str, int] = {}  # key -> the partition it lives on
+        # key -> the partition it lives on, for every key held: resident or evicted
+        self.partitions: dict[str, int] = {}
+        self.max_keys = max_keys
+        self.store = store
+        self.evicted: set[str] = set()  # keys whose state is in the store
+        # Resident keys, least recently used first (only with a budget).
+        self._recent: OrderedDict[str, None] | None = OrderedDict() if max_keys else None
+        self.evictions = 0
+        self.reloads = 0
+        self._waiting: set[str] = set()  # keys a command to every key has not reached yet
         self.paused: set[str] = set()
         self.pending: dict[str, Pending] = {}
         self.unseen = UnseenKeys(max_unseen_keys)  # keys only labels have opened, bounded
@@ -227,9 +323,14 @@ class Processor:
         key = event.key
         learner = self.learners.get(key)
         if learner is None:
-            learner = self._open(key, partition)
-        elif self.unseen.keys:
-            self.unseen.seen(key)
+            learner = self._reload(key) if key in self.evicted else self._open(key, partition)
+            if self.unseen.keys:
+                self.unseen.seen(key)
+        else:
+            if self.unseen.keys:
+                self.unseen.seen(key)
+            if self._recent is not None:
+                self._recent.move_to_end(key)
         try:
             if event.y is None:
                 out = learner.predict(event)
@@ -248,9 +349,14 @@ class Processor:
         (no prediction yet) or its prediction had expired."""
         key = label.key
         learner = self.learners.get(key)
-        if learner is None:  # a label may come first: its learner parks it
-            self.unseen.open(key)  # or unseen_key, past max_unseen_keys
-            learner = self._open(key, partition)
+        if learner is None:
+            if key in self.evicted:
+                learner = self._reload(key)
+            else:  # a label may come first: its learner parks it
+                self.unseen.open(key)  # or unseen_key, past max_unseen_keys
+                learner = self._open(key, partition)
+        elif self._recent is not None:
+            self._recent.move_to_end(key)
         if self.paused and key in self.paused:
             return PAUSED
         try:
@@ -273,13 +379,24 @@ class Processor:
         keys whose state already reflects this command (a restore's catch-up)."""
         if cmd.key == ALL_KEYS:
             keys: Iterable[str] = [k for k, p in self.partitions.items() if p == partition]
+            # Keys still waiting for this command are never evicted meanwhile: an eviction
+            # snapshot is taken as of the input being processed, which it must reflect.
+            self._waiting = set(keys)
         else:
             keys = (cmd.key,)
-        for key in keys:
-            if skip is None or not skip(key):
-                self._command(cmd, key)
+        try:
+            for key in keys:
+                if skip is None or not skip(key):
+                    self._command(cmd, key)
+                self._waiting.discard(key)
+        finally:
+            self._waiting = set()
 
     def _command(self, cmd: Command, key: str) -> None:
+        if key in self.evicted:  # its state is the store's: back in memory first
+            self._reload(key)
+        elif self._recent is not None and key in self._recent:
+            self._recent.move_to_end(key)
         self.effects.append(CommandTaken(key, cmd))
         name = cmd.command
         if name == "pause":
@@ -342,7 +459,76 @@ class Processor:
         learner = self.learners[key] = self.factory(key)
         self.partitions[key] = partition
         self.effects.append(KeyOpened(key, learner))
+        if self._recent is not None:
+            self._recent[key] = None
+            self._fit(key)
         return learner
+
+    def _reload(self, key: str) -> Learner:
+        """Bring an evicted key back from the store, as it was when it left."""
+        assert self.store is not None
+        state = self.store.load(key)
+        self.evicted.discard(key)
+        self.reloads += 1
+        learner = self.learners[key] = state.learner
+        if state.paused:
+            self.paused.add(key)
+        self.effects.append(KeyReloaded(key, learner))
+        if self._recent is not None:
+            self._recent[key] = None
+            self._fit(key)
+        return learner
+
+    def _fit(self, keep: str) -> None:
+        """Evict least recently used keys until the budget holds; ``keep`` (the key being
+        processed) and keys with a retrain in flight stay (its result is applied at a
+        fixed input index, in memory): the budget may then be exceeded for a while."""
+        recent, learners = self._recent, self.learners
+        assert recent is not None
+        over = len(learners) - self.max_keys
+        if over <= 0:
+            return
+        victims = []
+        waiting = self._waiting
+        for key in recent:
+            if key != keep and key not in self.pending and key not in waiting:
+                victims.append(key)
+                if len(victims) == over:
+                    break
+        for key in victims:
+            self.evict(key)
+
+    def evict(self, key: str) -> None:
+        """Hand ``key``'s whole state to the store and drop it from memory (the budget
+        calls this; a caller may too). A key with a retrain in flight is refused."""
+        if key in self.pending:
+            raise ValueError(f"key {key!r} has a retrain in flight: it stays in memory")
+        assert self.store is not None
+        state = self.state(key)
+        self.store.save(key, self.partitions[key], state)
+        learner = self.learners.pop(key)
+        self.paused.discard(key)
+        if self._recent is not None:
+            self._recent.pop(key, None)
+        self.evicted.add(key)
+        self.evictions += 1
+        self.effects.append(KeyEvicted(key, learner))
+
+    def limit(self, max_keys: int, store: KeyStore) -> None:
+        """Set the key budget (see the constructor) before the first input."""
+        if self.learners or self.evicted:
+            raise ValueError("the key budget is set before any key is held")
+        self.max_keys, self.store = max_keys, store
+        self._recent = OrderedDict() if max_keys else None
+
+    def resident(self, key: str) -> Learner:
+        """``key``'s learner, reloaded first if it was evicted (``KeyError``: not held)."""
+        learner = self.learners.get(key)
+        if learner is not None:
+            return learner
+        if key not in self.evicted:
+            raise KeyError(key)
+        return self._reload(key)
 
     def adopt(
         self,
@@ -357,6 +543,7 @@ class Processor:
         in flight (resubmitted, due at the same input index as before)."""
         self.learners[key] = learner
         self.partitions[key] = partition
+        self.evicted.discard(key)
         self.unseen.seen(key)
         if paused:
             self.paused.add(key)
@@ -367,6 +554,10 @@ class Processor:
             self.pending[key] = self.runner.submit(job, learner.index, due=due)
         else:
             self.pending.pop(key, None)
+        if self._recent is not None:
+            self._recent[key] = None
+            self._recent.move_to_end(key)
+            self._fit(key)
 
     def state(self, key: str) -> KeyState:
         """Everything a snapshot of ``key`` holds: learner, retrain in flight, pause."""
@@ -378,11 +569,18 @@ class Processor:
         )
 
     def drop(self, partitions: Iterable[int]) -> list[str]:
-        """Forget every key of ``partitions`` (handed to another instance); returns them."""
+        """Forget every key of ``partitions`` (handed to another instance), evicted ones
+        included (the store forgets them too); returns them."""
         gone = set(partitions)
         keys = [k for k, p in self.partitions.items() if p in gone]
+        evicted = [k for k in keys if k in self.evicted]
+        if evicted and self.store is not None:
+            self.store.discard(evicted)
         for key in keys:
-            del self.learners[key]
+            self.learners.pop(key, None)
+            self.evicted.discard(key)
+            if self._recent is not None:
+                self._recent.pop(key, None)
             del self.partitions[key]
             self.pending.pop(key, None)
             self.paused.discard(key)

@@ -61,6 +61,7 @@ __all__ = [
     "KEY_ENV",
     "KEY_FILE_ENV",
     "MIN_KEY_BYTES",
+    "PICKLE_PROTOCOL",
     "REASONS",
     "Chunk",
     "SigningKey",
@@ -69,6 +70,7 @@ __all__ = [
     "assemble",
     "check_header",
     "decode_snapshot",
+    "encode_pickled",
     "encode_snapshot",
     "load_signing_key",
     "parse_chunk",
@@ -198,12 +200,21 @@ def encode_snapshot(
 ) -> list[Chunk]:
     """Pickle, compress, checksum and sign ``state``; split it into chunks whose payload
     slices are at most ``chunk_bytes`` each."""
-    if chunk_bytes < 1:
-        raise ValueError("chunk_bytes must be positive")
     try:
         pickled = pickle.dumps(state, protocol=PICKLE_PROTOCOL)
     except Exception as exc:  # a lambda, lock or open file somewhere in the state
         raise SnapshotError(f"state cannot be pickled: {type(exc).__name__}: {exc}") from None
+    return encode_pickled(pickled, meta, signing_key, chunk_bytes=chunk_bytes)
+
+
+def encode_pickled(
+    pickled: bytes, meta: SnapshotMeta, signing_key: bytes | None, *, chunk_bytes: int
+) -> list[Chunk]:
+    """:func:`encode_snapshot` of a state pickled already (``pickle.dumps`` with
+    :data:`PICKLE_PROTOCOL`): for a caller that held the pickle a while before publishing
+    it (an evicted key's state in the cache)."""
+    if chunk_bytes < 1:
+        raise ValueError("chunk_bytes must be positive")
     payload = zlib.compress(pickled, ZLIB_LEVEL)
     count = max(1, -(-len(payload) // chunk_bytes))
     header = _normalised(

@@ -25,6 +25,12 @@ and re-learns the rest; records before the group's committed offsets (outputs al
 delivered) are re-learned *without* re-emitting their outputs. So a crash at any
 instant loses nothing and learns nothing twice, and restart time depends on the
 snapshot sizes and the records since the last round, not on the stream's history.
+With a key budget (:meth:`Service.limit_keys`, ``service.max_keys``) the processor evicts
+the least recently used keys to :class:`~stream_learner.keystore.EvictedKeys`: a cache
+of their signed snapshots (trigger ``evict``, with the positions they reflect) that a
+round writes to the checkpoint topic before its partition record, so the record's promise
+— every key of the partition is on the topic as of its positions — holds for evicted keys
+too, and a restart restores their newest snapshot like any other.
 What the log no longer holds cannot be re-learned: a start below a partition's log start
 (retention deleted records not learned yet) is moved up to it and reported once
 (:meth:`Service.lost`: ``input_lost``), never reset silently.
@@ -60,7 +66,9 @@ from stream_learner.core.processor import (
     CommandIgnored,
     CommandTaken,
     Drift,
+    KeyEvicted,
     KeyOpened,
+    KeyReloaded,
     Pending,
     Processor,
     RetrainApplied,
@@ -77,6 +85,7 @@ from stream_learner.core.restore import (
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import BrokerError, DecodeError, FencedError
+from stream_learner.keystore import CheckpointTier, EvictedKeys
 from stream_learner.logs import log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
@@ -270,12 +279,44 @@ class Service:
         self._emit = True
         self._snapshot_soon: set[str] = set()
         self.merger = Merger(topics.inputs)
+        self.evicted: EvictedKeys | None = None  # with a key budget: see limit_keys
         # Fencing (service/stall.py): a batch's outputs are held until its end, and given up
         # with the state of every partition if the process stood still for stall_limit_s.
         self._held: list[tuple[str, bytes | None, Any, Any]] = []
         self.stall = stall
         self.stall_limit_s = stall_limit_s
         self._fenced = False  # state given up; the next assignment restores it afresh
+
+    def limit_keys(self, max_keys: int, cache_bytes: int) -> None:
+        """Keep at most ``max_keys`` keys in memory (0: no bound), evicting the least
+        recently used ones to a cache of ``cache_bytes`` in front of the checkpoint topic
+        (so a store is needed). Call before :meth:`run`."""
+        if not max_keys:
+            return
+        if self.store is None:
+            raise ValueError("a key budget needs the checkpoint store (checkpoints.enabled)")
+        self.evicted = EvictedKeys(
+            CheckpointTier(self.store),
+            self._eviction_meta,
+            cache_bytes=cache_bytes,
+            observer=self.metrics,
+            trim_on_save=False,  # end_batch trims: a snapshot never precedes its outputs
+        )
+        self.processor.limit(max_keys, self.evicted)
+
+    def _eviction_meta(self, key: str, partition: int, state: KeyState) -> SnapshotMeta:
+        """An evicted key's snapshot reflects every input of its partition processed so far
+        (the one in hand included: it is another key's, or a command the key already
+        carried out) and, for a key still catching up, what its restored snapshot held."""
+        offsets = self._positions(partition)
+        for topic, by in offsets.items():
+            now = self.positions.get((topic, partition))
+            if now is not None and now > by[partition]:
+                by[partition] = now
+        for (topic, p), off in self._skip.get(key, {}).items():
+            if p == partition and off > offsets.get(topic, {}).get(p, 0):
+                offsets.setdefault(topic, {})[p] = off
+        return self._meta(key, state.learner, partition, "evict", offsets)
 
     @property
     def learners(self) -> dict[str, Learner]:
@@ -445,7 +486,23 @@ class Service:
                 self._command_taken(effect.key, effect.command)
             elif kind is CommandIgnored:
                 log_event(log, "command_ignored", key=effect.key, why=effect.why)
+            elif kind is KeyEvicted:
+                self._evicted_key(effect.key, effect.learner)
+            elif kind is KeyReloaded:
+                # Its state may be newer than its snapshot on the topic: the next round
+                # writes it (or its next eviction does).
+                self.dirty.add(effect.key)
+                j = effect.learner.joiner
+                self._joins.setdefault(effect.key, (j.joined, j.unmatched, j.expired))
         effects.clear()
+
+    def _evicted_key(self, key: str, learner: Learner) -> None:
+        """A key left memory: its metrics as it left (the batch's report cannot see it),
+        and its state is the evicted-key store's to write now, not a round's."""
+        if key in self._touched:
+            self._report_key(key, learner)
+            self._touched.discard(key)
+        self.dirty.discard(key)
 
     def _drift(self, effect: Drift) -> None:
         for s in effect.signals:
@@ -541,6 +598,10 @@ class Service:
         self._report()
         if self.store is not None:
             self._checkpoints()  # FencedError if it stood still meanwhile: see run()
+        if self.evicted is not None:
+            # Evicted keys' snapshots reflect this batch's inputs: written to the topic
+            # only now that its outputs are delivered and its offsets committed.
+            self.evicted.trim()
 
     def flush(self, should_stop: Callable[[], bool] = lambda: False) -> None:
         """Hand the held outputs to the sink and wait until every one is delivered."""
@@ -600,24 +661,28 @@ class Service:
         self._dead.clear()
         for key in self._touched:
             learner = self.learners.get(key)
-            if learner is None:
-                continue
-            m.set_key_metrics(key, learner.evaluator.values())
-            j = learner.joiner
-            before = self._joins.get(key, (0, 0, 0))
-            now = (j.joined, j.unmatched, j.expired)
-            for result, b, a in zip(("joined", "unmatched", "expired"), before, now, strict=True):
-                if a > b:
-                    m.count_labels(result, a - b)
-            self._joins[key] = now
-            alive, lead = learner.race_status()  # the race (core/race.py)
-            m.set_race(key, alive, lead)
+            if learner is not None:
+                self._report_key(key, learner)
         self._touched.clear()
+        m.set_keys(len(self.learners), len(self.processor.evicted))
         for (topic, partition), lag in list(self.source.lag.items()):
             m.set_lag(topic, partition, lag)
         m.set_assigned_partitions(len(self.source.assignment))
         ready, _ = self.readiness()
         m.set_ready(ready)
+
+    def _report_key(self, key: str, learner: Learner) -> None:
+        m = self.metrics
+        m.set_key_metrics(key, learner.evaluator.values())
+        j = learner.joiner
+        before = self._joins.get(key, (0, 0, 0))
+        now = (j.joined, j.unmatched, j.expired)
+        for result, b, a in zip(("joined", "unmatched", "expired"), before, now, strict=True):
+            if a > b:
+                m.count_labels(result, a - b)
+        self._joins[key] = now
+        alive, lead = learner.race_status()  # the race (core/race.py)
+        m.set_race(key, alive, lead)
 
     # -- checkpoints --------------------------------------------------------------------
     def _positions(self, partition: int) -> dict[str, dict[int, int]]:
@@ -632,21 +697,7 @@ class Service:
         state = self.processor.state(key)
         learner = state.learner
         partition = self.processor.partitions[key]
-        meta = SnapshotMeta(
-            key=key,
-            lineage=learner.lineage,
-            model_version=learner.version,
-            trigger=trigger,
-            decision=learner.decisions[-1].reason if learner.decisions else None,
-            metrics=learner.evaluator.values(),
-            offsets=self._positions(partition),
-            extra={
-                "partition": partition,
-                "events_topic": self.topics.events,
-                # An adopted lineage says which one it replaced (see restore()).
-                **({"adopted_from": learner.adopted_from} if learner.adopted_from else {}),
-            },
-        )
+        meta = self._meta(key, learner, partition, trigger, self._positions(partition))
         started = time.perf_counter()
         header = self.store.publish(state, meta)
         self.dirty.discard(key)
@@ -663,12 +714,35 @@ class Service:
         )
         return header
 
+    def _meta(
+        self, key: str, learner: Learner, partition: int, trigger: str, offsets: dict
+    ) -> SnapshotMeta:
+        return SnapshotMeta(
+            key=key,
+            lineage=learner.lineage,
+            model_version=learner.version,
+            trigger=trigger,
+            decision=learner.decisions[-1].reason if learner.decisions else None,
+            metrics=learner.evaluator.values(),
+            offsets=offsets,
+            extra={
+                "partition": partition,
+                "events_topic": self.topics.events,
+                # An adopted lineage says which one it replaced (see restore()).
+                **({"adopted_from": learner.adopted_from} if learner.adopted_from else {}),
+            },
+        )
+
     def checkpoint_round(self, partition: int, trigger: str) -> int:
         """Snapshot every changed key of ``partition``, then record the round's positions."""
-        partitions = self.processor.partitions
-        keys = sorted(k for k in self.dirty if partitions.get(k) == partition)
+        partitions, learners = self.processor.partitions, self.processor.learners
+        keys = sorted(k for k in self.dirty if partitions.get(k) == partition and k in learners)
         for key in keys:
             self.snapshot(key, trigger)
+        if self.evicted is not None:  # evicted keys' snapshots not on the topic yet
+            written = self.evicted.flush(partition)
+            if written:
+                log_event(log, "evicted_written", partition=partition, keys=written)
         offsets = {
             t: {str(p): o for p, o in by.items()} for t, by in self._positions(partition).items()
         }
@@ -691,7 +765,9 @@ class Service:
         partitions = self.processor.partitions
         for partition in self._owned():
             inputs_at, time_at = self._round_at.setdefault(partition, (0, now))
-            if not any(partitions.get(k) == partition for k in self.dirty):
+            if not any(partitions.get(k) == partition for k in self.dirty) and not (
+                self.evicted is not None and self.evicted.unwritten(partition)
+            ):
                 continue
             by_count = (
                 policy.every_events and self._inputs(partition) - inputs_at >= policy.every_events
@@ -722,8 +798,16 @@ class Service:
             for rejection in plan.rejections:
                 self.metrics.count_checkpoint("rejected")
                 self.metrics.count_snapshot_rejection(rejection.reason)
-            for restored in plan.restored:
-                self._adopt(restored.key, restored.partition, restored.header, restored.state)
+            if self.evicted is not None:  # what restored keys evict is on the topic already
+                self.evicted.restoring = True
+            try:
+                for restored in plan.restored:
+                    self._adopt(restored.key, restored.partition, restored.header, restored.state)
+            finally:
+                if self.evicted is not None:
+                    self.evicted.restoring = False
+                    if self.processor.effects:
+                        self._effects(self.processor.effects)
             starts.update(plan.starts)
             # Restored state needs input from its own positions; a partition rebuilt from
             # its log needs none, but its outputs need it from the committed offset on.
@@ -762,7 +846,9 @@ class Service:
             self.consumed[tp] = gap.log_start
         partitions = self.processor.partitions
         for key in sorted(k for k, p in partitions.items() if p == gap.partition):
-            learner = self.learners[key]
+            learner = self.processor.resident(key)  # an evicted key is reloaded for it
+            if self.processor.effects:
+                self._effects(self.processor.effects)
             d = learner.input_lost(gap.topic, gap.partition, gap.first_lost, gap.log_start)
             self.metrics.count_decision(d.trigger, d.action)
             self.dirty.add(key)  # the next round keeps the record

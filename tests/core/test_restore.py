@@ -198,3 +198,29 @@ def test_a_staged_snapshot_is_not_restored():
 )
 def test_restore_want_accepts_the_owned_partitions_snapshots_only(header, wanted):
     assert restore_want([0, 1], EVENTS)(header) is wanted
+
+
+def test_an_eviction_snapshot_newer_than_the_round_is_what_a_restart_restores():
+    """A key evicted after a round (its snapshot written by the evicted-key store, trigger
+    ``evict``) restores from that snapshot, at the positions of its eviction."""
+    from stream_learner.keystore import CheckpointTier, EvictedKeys
+
+    store = _store()
+    first = _snapshot(store, "k", 0, _offsets(0, 100))
+    _round(store, 0, _offsets(0, 100))
+    first.index = 41  # what the key learned after the round, before it was evicted
+
+    def meta(key, partition, state):
+        return SnapshotMeta(
+            key=key, lineage=LINEAR.lineage, model_version=1, trigger="evict",
+            offsets=_offsets(partition, 150),
+            extra={"partition": partition, "events_topic": EVENTS},
+        )  # fmt: skip
+
+    evicted = EvictedKeys(CheckpointTier(store), meta, cache_bytes=0)
+    evicted.save("k", 0, KeyState(first))
+    plan = _plan(store, [0])
+    [restored] = plan.restored
+    assert restored.header["trigger"] == "evict" and restored.state.learner.index == 41
+    assert restored.header["offsets"][EVENTS] == {"0": 150}
+    assert plan.starts[EVENTS, 0] == 100  # the round's record: no key needs less

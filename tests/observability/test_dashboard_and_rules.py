@@ -48,6 +48,7 @@ from stream_learner.metrics import (
     DRIFT_SIGNALS,
     EVENT_OUTCOMES,
     LABEL_RESULTS,
+    RELOAD_SOURCES,
     RETRAIN_OUTCOMES,
     ServiceMetrics,
 )
@@ -78,6 +79,8 @@ CLOSED_LABELS = {
     ("stream_learner_drift_detections_total", "signal"): DRIFT_SIGNALS,
     ("stream_learner_retrains_total", "outcome"): RETRAIN_OUTCOMES,
     ("stream_learner_checkpoints_total", "result"): CHECKPOINT_RESULTS,
+    ("stream_learner_key_reloads_total", "source"): RELOAD_SOURCES,
+    ("stream_learner_eviction_bytes_total", "to"): ("cache", "topic"),
     ("stream_learner_prequential_metric", "window"): ("cumulative", "rolling"),
     ("stream_learner_kafka_unavailable_seconds", "what"): tuple(PROBLEMS),
 }
@@ -665,6 +668,11 @@ def _label_schema() -> dict[str, set[str]]:
     m.set_assigned_partitions(1)
     m.set_ready(True)
     m.watch_kafka(lambda: {"brokers": 0.0})
+    m.set_keys(1, 1)
+    m.evicted(100)
+    m.reloaded("cache", 0.001)
+    m.written(100)
+    m.cached(100, 1)
     schema: dict[str, set[str]] = {}
     for family in m.registry.collect():
         for sample in family.samples:
@@ -798,6 +806,7 @@ def test_alert_rules_carry_what_on_call_needs():
         "StreamLearnerRetrainFailures",
         "StreamLearnerModelStale",
         "StreamLearnerKafkaUnavailable",
+        "StreamLearnerReloadStorm",
     }
     for rule in rules:
         assert "for" in rule, f"{rule['alert']}: a single bad scrape must not page"
@@ -840,6 +849,8 @@ _HEALTHY = {
     _RETRAINS % "promoted": "_x60 1x60",  # "_": no sample; a child is born at its first event
     'stream_learner_checkpoints_total{result="rejected"}': "0x120",
     "stream_learner_input_lost_total": "0x120",
+    'stream_learner_key_reloads_total{source="cache"}': "0+600x120",  # 10/s of 100 inputs/s
+    'stream_learner_key_reloads_total{source="topic"}': "0+6x120",
     'stream_learner_consumer_lag{topic="events",partition="0"}': "100x120",
     'stream_learner_checkpoint_age_seconds{key="k"}': "30x120",
     _QUALITY % "k": "0.9+0.0001x120",
@@ -888,6 +899,16 @@ ALERT_SCENARIOS = {
         {"stream_learner_input_lost_total": "0x10 1500x20"},
         "20m",
         {"StreamLearnerInputLost": 1},
+    ),
+    "reload storm: the key budget below the working set": (
+        {'stream_learner_key_reloads_total{source="cache"}': "0+600x10 3600+4000x30"},
+        "40m",
+        {"StreamLearnerReloadStorm": 1},
+    ),
+    "reload storm: reloads from the topic": (
+        {'stream_learner_key_reloads_total{source="topic"}': "0+6x10 60+600x30"},
+        "40m",
+        {"StreamLearnerReloadStorm": 1},
     ),
     "kafka outage": (
         {'stream_learner_kafka_unavailable_seconds{what="brokers"}': "0x5 0+60x10 0x5"},

@@ -122,10 +122,13 @@ def test_service_waits_for_kafka_and_survives_a_broker_restart(own_broker, tmp_p
         assert any(reason.startswith(what) for what in PROBLEMS.values()), body
         assert service.probe("/healthz")[0] == 200  # alive all the same
         assert service.sample("stream_learner_ready") == 0
-        assert max(
-            service.sample("stream_learner_kafka_unavailable_seconds", what=what)
-            for what in PROBLEMS
-        ) >= GRACE_S
+        assert (
+            max(
+                service.sample("stream_learner_kafka_unavailable_seconds", what=what)
+                for what in PROBLEMS
+            )
+            >= GRACE_S
+        )
         wait_until(
             lambda: any(r.get("event") == "kafka_outage" for r in _lines(log)),
             30,

@@ -11,6 +11,8 @@ records as the Kafka history reader does (merged, then :func:`decode_history`).
 
 from __future__ import annotations
 
+import pickle
+
 import orjson
 import pytest
 
@@ -76,8 +78,15 @@ def _messages() -> tuple[list[Message], list[Message]]:
     streams = {
         key: list(
             demo_messages(
-                N, generator="stagger", change_at=N // 2, keys=(key,), unlabelled_share=0.2,
-                label_delay=40, seed=11 + i, id_prefix=f"{key}-", t0=1_700_000_000.0,
+                N,
+                generator="stagger",
+                change_at=N // 2,
+                keys=(key,),
+                unlabelled_share=0.2,
+                label_delay=40,
+                seed=11 + i,
+                id_prefix=f"{key}-",
+                t0=1_700_000_000.0,
             )
         )  # fmt: skip
         for i, key in enumerate(KEYS)
@@ -115,7 +124,7 @@ class _Run:
     """One service instance over the logs, with the checkpoint store and group offsets
     of the instance before it."""
 
-    def __init__(self, config, logs, store, committed=None) -> None:
+    def __init__(self, config, logs, store, committed=None, max_keys=0) -> None:
         self.sink = MemorySink()
         self.service: Service
         self.source = MemorySource(
@@ -137,11 +146,13 @@ class _Run:
             store=store,
             checkpoint_policy=CheckpointPolicy(every_events=700, every_seconds=0),
         )
+        # A tiny cache: evicted keys go to the checkpoint store too, and come back from it.
+        self.service.limit_keys(max_keys, cache_bytes=60_000)
         # Until everything is consumed: a bounded loop (the logs are finite).
         self.service.run(lambda: self.service.caught_up)
 
     def _revoked(self, tps) -> None:
-        self.learners = dict(self.service.learners)  # as they were when the run ended
+        self.learners = _final(self.service)  # as they were when the run ended
         self.service.on_revoke(tps)
 
     def predictions(self) -> dict[str, tuple]:
@@ -150,6 +161,40 @@ class _Run:
             body = orjson.loads(value)
             out[body["id"]] = (body["y_pred"], body["model_version"], body.get("proba"))
         return out
+
+
+def _final(service: Service) -> dict:
+    """Every key's learner, evicted ones too (read without disturbing the service)."""
+    learners = dict(service.learners)
+    evicted = service.evicted
+    for key in service.processor.evicted:
+        entry = evicted.cache.get(key)
+        state = pickle.loads(entry.pickled) if entry is not None else evicted.tier.get(key)
+        learners[key] = KeyState.of(state).learner
+    return learners
+
+
+def _samples(metrics: ServiceMetrics) -> dict:
+    """The metrics a budget must not change: all but timings, sizes, the budget's own, the
+    count of checkpoints written (evicted keys are written by their store instead) and of
+    records re-read without outputs after the restart (an evicted key's snapshot reflects
+    the positions of its eviction, later than its last round's, so less is re-read)."""
+    skip = ("seconds", "duration", "bytes", "size", "batch", "evict", "reload", "resident")
+    skip += ("stream_learner_checkpoints",)
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in metrics.registry.collect()
+        if not any(word in family.name for word in skip)
+        for sample in family.samples
+        if not sample.name.endswith("_created") and sample.labels.get("outcome") != "replayed"
+    }
+
+
+def _dead(run) -> list:
+    return [
+        (value, key, [h for h in headers if h[0] != "dlq.timestamp"])
+        for value, key, headers in run.sink.on(TOPICS.dead_letters)
+    ]
 
 
 def _merged(*logs: dict) -> list:
@@ -264,3 +309,46 @@ def test_a_replay_from_the_checkpoints_continues_as_the_restarted_service(runs):
     assert [(d["index"], d["trigger"], d["action"], d["code"], d["reason"]) for d in replayed] == [
         gamma[-1]
     ]
+
+
+@pytest.fixture(scope="module")
+def budget_runs(runs, tmp_path_factory):
+    """The same two runs under a budget of one resident key (evictions at almost every
+    input, through the cache and the checkpoint store)."""
+    config, before, whole, _, _, _ = runs
+    store = MemoryCheckpointStore(signing_key=KEY)
+    one = _Run(config, before, store, max_keys=1)
+    two = _Run(config, whole, store, committed=one.source.offsets, max_keys=1)
+    return one, two
+
+
+def test_a_key_budget_serves_decides_and_counts_as_no_budget(runs, budget_runs):
+    _, _, _, _, one, two = runs
+    b_one, b_two = budget_runs
+    for plain, budget in ((one, b_one), (two, b_two)):
+        assert plain.predictions() == budget.predictions()
+        assert set(plain.learners) == set(budget.learners) == set(KEYS)
+        for key in KEYS:
+            mine, theirs = budget.learners[key], plain.learners[key]
+            assert _decisions(mine) == _decisions(theirs), key
+            assert mine.evaluator.values() == theirs.evaluator.values(), key
+            assert (mine.index, mine.version, mine.retrains, mine.joiner.joined) == (
+                theirs.index, theirs.version, theirs.retrains, theirs.joiner.joined
+            ), key  # fmt: skip
+        assert _samples(budget.service.metrics) == _samples(plain.service.metrics)
+        assert _dead(plain) == _dead(budget)
+    # Not vacuous: keys were evicted and reloaded from the cache and from the store, before
+    # and after the restart.
+    evictions = [run.service.processor.evictions for run in (b_one, b_two)]
+    assert sum(evictions) > 20 and min(evictions) >= 1
+    reloads = [run.service.evicted.reloads for run in (b_one, b_two)]
+    assert sum(r["cache"] for r in reloads) > 20 and sum(r["topic"] for r in reloads) >= 1
+    for run in (b_one, b_two):
+        reg = run.service.metrics.registry
+        assert reg.get_sample_value("stream_learner_key_evictions_total") == (
+            run.service.processor.evictions
+        )
+        assert (
+            reg.get_sample_value("stream_learner_key_reloads_total", {"source": "topic"})
+            == (run.service.evicted.reloads["topic"])
+        )

@@ -53,9 +53,11 @@ def test_restart_over_a_retention_gap_says_so_and_becomes_ready(
     first = ServiceProcess(config, tmp_path / "first.log")
     try:
         wait_until(
-            lambda: first.sample("stream_learner_events_total", outcome="learned")
-            + first.sample("stream_learner_events_total", outcome="predicted")
-            >= CHECKPOINTED,
+            lambda: (
+                first.sample("stream_learner_events_total", outcome="learned")
+                + first.sample("stream_learner_events_total", outcome="predicted")
+                >= CHECKPOINTED
+            ),
             90,
             "the first events",
         )
@@ -82,9 +84,11 @@ def test_restart_over_a_retention_gap_says_so_and_becomes_ready(
         wait_until(second.ready, 30 - (time.monotonic() - started), "ready after the gap")
         to_ready = time.monotonic() - started
         wait_until(
-            lambda: second.sample("stream_learner_events_total", outcome="learned")
-            + second.sample("stream_learner_events_total", outcome="predicted")
-            >= END - LOG_START,
+            lambda: (
+                second.sample("stream_learner_events_total", outcome="learned")
+                + second.sample("stream_learner_events_total", outcome="predicted")
+                >= END - LOG_START
+            ),
             60,
             "the retained events",
         )

@@ -1,0 +1,185 @@
+"""The store of evicted keys (``stream_learner/keystore.py``): a bounded cache of encoded
+snapshots in front of a second tier, and a replay under a key budget that reports what a
+replay without one reports."""
+
+from __future__ import annotations
+
+import pickle
+
+import orjson
+import pytest
+
+from stream_learner.config import parse_config
+from stream_learner.core.checkpoints import MemoryCheckpointStore
+from stream_learner.core.keystate import KeyState
+from stream_learner.core.policy import PolicyConfig
+from stream_learner.core.retrain import RetrainConfig
+from stream_learner.core.snapshot import SnapshotMeta
+from stream_learner.errors import ConfigError
+from stream_learner.keystore import CheckpointTier, EvictedKeys, SpillFile
+from stream_learner.replay import read_history, replay, resolve_policy
+from stream_learner.synth import demo_messages
+
+KEY = b"k" * 32
+
+
+class _Seen:
+    def __init__(self) -> None:
+        self.events: list[tuple] = []
+
+    def evicted(self, size):
+        self.events.append(("evicted", size > 0))
+
+    def reloaded(self, source, seconds):
+        self.events.append(("reloaded", source, seconds >= 0))
+
+    def written(self, size):
+        self.events.append(("written", size > 0))
+
+    def cached(self, size, entries):
+        self.events.append(("cached", entries))
+
+
+def _meta(key, partition, state):
+    return SnapshotMeta(
+        key, "l1", 1, "evict", offsets={"events": {partition: 7}},
+        extra={"partition": partition, "events_topic": "events"},
+    )  # fmt: skip
+
+
+def _keys(tier, cache_bytes, observer=None):
+    return EvictedKeys(tier, _meta, cache_bytes=cache_bytes, observer=observer)
+
+
+def test_the_cache_holds_the_newest_and_spills_the_oldest_to_the_topic():
+    store = MemoryCheckpointStore(signing_key=KEY)
+    seen = _Seen()
+    one = len(pickle.dumps(KeyState({"weights": [0.0] * 50}), protocol=5)) + 512
+    keys = _keys(CheckpointTier(store), cache_bytes=2 * one + 100, observer=seen)  # two fit
+    for i in range(4):
+        keys.save(f"k{i}", 0, KeyState({"weights": [float(i)] * 50}, paused=i == 2))
+    assert list(keys.cache) == ["k2", "k3"]  # the oldest went to the topic, written first
+    on_topic = store.read().keys()
+    assert on_topic == [f"k{i}" for i in range(4 - len(keys.cache))]
+    assert keys.load("k0") == KeyState({"weights": [0.0] * 50})  # from the topic
+    assert keys.load("k3") == KeyState({"weights": [3.0] * 50})  # from the cache
+    assert keys.reloads == {"cache": 1, "topic": 1}
+    assert ("reloaded", "topic", True) in seen.events and ("reloaded", "cache", True) in seen.events
+    # A round writes what the cache has not written yet, for its partition.
+    assert keys.unwritten(0) and not keys.unwritten(1)
+    assert keys.flush(0) == len(keys.cache)
+    assert not keys.unwritten(0)
+    assert "k2" in store.read().keys()  # noqa: SIM118 - a Catalog, not a dict
+    header = store.read().versions("k2")[-1].header
+    assert header["trigger"] == "evict" and header["offsets"] == {"events": {"0": 7}}
+    assert keys.load("k2").paused
+
+
+def test_what_goes_to_the_topic_is_signed_and_refused_under_another_key():
+    store = MemoryCheckpointStore(signing_key=KEY)
+    keys = _keys(CheckpointTier(store), cache_bytes=0)  # straight to the topic
+    keys.save("k", 0, KeyState("state"))
+    assert store.read().versions("k")[-1].header["signature"]
+    other = MemoryCheckpointStore(signing_key=b"x" * 32)
+    other.log = store.log
+    with pytest.raises(LookupError):
+        CheckpointTier(other).get("k")
+    assert [r.reason for r in other.read().rejections] == ["bad_signature"]
+
+
+def test_the_spill_file_reads_back_what_left_the_cache_and_forgets_discarded_keys():
+    tier = SpillFile()
+    keys = _keys(tier, cache_bytes=0)  # everything goes to the file at once
+    keys.save("a", 0, KeyState("A"))
+    keys.save("b", 1, KeyState("B"))
+    assert not keys.cache and set(tier.index) == {"a", "b"}
+    assert keys.load("b").learner == "B" and keys.reloads["disk"] == 1
+    keys.discard(["a"])
+    with pytest.raises(LookupError):
+        keys.load("a")
+    tier.close()
+
+
+CONFIG = """
+[service]
+retrain_apply_after = 50
+{budget}
+
+[model]
+task = "binary"
+pipeline = [
+  {{ estimator = "preprocessing.StandardScaler" }},
+  {{ estimator = "linear_model.LogisticRegression" }},
+]
+
+[policy]
+warmup = 100
+cooldown_events = 100
+
+[retrain]
+window = 200
+holdout = 30
+min_train = 60
+margin = 0.0
+"""
+
+
+def test_a_replay_under_a_key_budget_reports_what_one_without_it_reports(tmp_path):
+    keys = tuple(f"k{i}" for i in range(4))
+    history = []
+    for i, key in enumerate(keys):
+        for m in demo_messages(
+            400, change_at=200, keys=(key,), unlabelled_share=0.2, label_delay=25,
+            seed=i, id_prefix=f"{key}-", t0=1_700_000_000.0,
+        ):  # fmt: skip
+            history.append(m)
+    history.sort(key=lambda m: (m.value["ts"], m.value.get("key", ""), m.value["id"]))
+    path = tmp_path / "history.jsonl"
+    path.write_bytes(b"".join(orjson.dumps(m.value) + b"\n" for m in history))
+    items = read_history(path)
+    runs = {}
+    for budget in ("", "max_keys = 2\nevicted_cache_mb = 0"):
+        config = parse_config(_toml(CONFIG.format(budget=budget)))
+        retrain = RetrainConfig.from_dict(config.retrain)
+        policies = [
+            resolve_policy("config", retrain, config=PolicyConfig.from_dict(config.policy)),
+            resolve_policy("interval:150", retrain),
+        ]
+        out, served = [], []
+        reports = replay(items, config, policies, learners=out, predictions=served)
+        runs[budget] = (
+            [r.to_dict() for r in reports],
+            [{k: (lr.evaluator.values(), lr.index) for k, lr in o.items()} for o in out],
+            served,
+        )
+    plain, budgeted = runs[""], runs["max_keys = 2\nevicted_cache_mb = 0"]
+    for a, b in zip(plain[0], budgeted[0], strict=True):
+        for timing in ("retrain_s", "events_per_s"):
+            a.pop(timing), b.pop(timing)
+        assert a == b
+    assert sum(len(r["decisions"]) for r in plain[0]) > 5
+    assert plain[1] == budgeted[1]
+    assert [[(e.id, o.y_pred, o.proba) for e, o in s] for s in plain[2]] == [
+        [(e.id, o.y_pred, o.proba) for e, o in s] for s in budgeted[2]
+    ]
+
+
+def _toml(text: str) -> dict:
+    import tomllib
+
+    return tomllib.loads(text)
+
+
+def test_a_negative_budget_is_one_config_error_line():
+    with pytest.raises(ConfigError, match=r"service.max_keys: -1; expected an integer >= 0"):
+        parse_config({"service": {"max_keys": -1}})
+
+
+def test_a_budget_without_checkpoints_is_one_config_error_line():
+    from stream_learner.cli.service_cmd import build_service
+
+    config = parse_config(
+        _toml(CONFIG.format(budget="max_keys = 5") + "\n[checkpoints]\nenabled = false\n")
+    )
+    with pytest.raises(ConfigError, match=r"^service.max_keys: .* checkpoints.enabled = true"):
+        build_service(config, "127.0.0.1:1")
