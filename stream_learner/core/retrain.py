@@ -136,6 +136,11 @@ class RetrainConfig:
     race_margin: float = 0.01
     race_min_events: int = 50
     race_max_events: int = 2000
+    race_serve: bool = True
+    race_serve_window: int = 100
+    race_serve_margin: float = 0.02
+    race_young_grace: int = 20
+    race_young_events: int = 5000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "retrain") -> RetrainConfig:
