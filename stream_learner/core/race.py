@@ -25,6 +25,14 @@ say nothing about which is better). A candidate is given up when it has not led 
 ``race_max_events`` events, or, if it came trained (pool, window), when it is ``race_z``
 standard errors *behind* after ``race_min_events``: it is not the concept now served.
 
+While the race is on, the candidate with the best *recent* lead (``d`` averaged with
+exponentially fading weights over about ``race_serve_window`` events) serves the predictions,
+once that lead passes ``race_serve_margin``, and keeps serving while it stays positive: right
+after a change the champion is often the worst of them, and a statistically sound lead takes
+hundreds of events to build. Serving is on trial: promotion (a new version, the champion
+retired) still needs the sound lead above, and the race still runs on the champion's own
+losses.
+
 Everything here is plain data, pickled with the learner: candidates, their paired sums and
 the pool survive snapshots, restarts and rebalances, and the same events give the same
 decisions at the same input indexes.
