@@ -589,8 +589,8 @@ class Learner:
         self._retire()
         self.model = winner.model
         self._grown = winner.started + self.retrain_config.race_young_events
-        if winner.source == "pool" or self.index >= self._grown:
-            self._grow_up()  # a pooled model has grown up already
+        if winner.source != "shadow" or self.index >= self._grown:
+            self._grow_up()  # only a shadow was quickened
         self.version += 1
         self._errors.reset()  # the new model's error level is a new baseline
         self.race_promotions[winner.source] += 1
@@ -682,8 +682,6 @@ class Learner:
             # in the race, event by event, like the shadow.
             if self._race is None:
                 self._race = Race(trigger, self.index)
-            if self.retrain_config.race_young_grace:  # young, like a shadow
-                quicken(candidate, self.retrain_config.race_young_grace)
             self._race.candidates.append(Candidate(candidate, "window", self.index))
             reason = f"{kind} retrain #{result.number} passed its holdout and races: {scores}"
             return self._log(trigger, "race", "candidate_races", reason, kind, values)

@@ -126,7 +126,7 @@ class RetrainConfig:
       events, raced at least half as many), once that lead passes ``race_serve_margin``;
       it serves while the lead stays positive, and the champion serves otherwise. A sound
       lead is still what promotes: serving is on trial and changes no version.
-    - ``race_young_grace``: a shadow or window candidate's Hoeffding trees attempt a split
+    - ``race_young_grace``: a shadow candidate's Hoeffding trees attempt a split
       every this many examples per leaf (River's default is 200; 0: the spec's) until
       ``race_young_events`` after the candidate started; then the spec's grace period.
 
