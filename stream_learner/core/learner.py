@@ -35,7 +35,7 @@ from stream_learner.core.drift import DETECTORS, DriftSignal, ErrorDriftMonitor,
 from stream_learner.core.evaluation import PrequentialEvaluator
 from stream_learner.core.events import Event, Label, check_label
 from stream_learner.core.labels import LabelJoiner
-from stream_learner.core.models import ModelSpec, build_model
+from stream_learner.core.models import ModelSpec, build_model, quicken, settle
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy, config_from_dict
 from stream_learner.core.race import Candidate, Race
 from stream_learner.core.retrain import (
@@ -204,6 +204,7 @@ class Learner:
         self._race: Race | None = None  # candidates racing the champion, while any are
         self.pool: deque[tuple[int, Any]] = deque(maxlen=self.retrain_config.pool)
         self.race_promotions: Counter[str] = Counter()  # by source (see race.SOURCES)
+        self._grown: int | None = None  # index at which a quickened champion settles
         self._names: set[str] = set()  # every feature name this key has admitted
 
     # The names as a sorted list: a set pickles in hash order, which changes with the
@@ -219,6 +220,7 @@ class Learner:
             self._race = None
             self.pool = deque(maxlen=self.retrain_config.pool)
             self.race_promotions = Counter()
+        self.__dict__.setdefault("_grown", None)
 
     def _admit(self, x: dict) -> None:
         """Remember the feature names of ``x`` new to this key, up to
@@ -267,6 +269,12 @@ class Learner:
                 signals = features.flush(index)
         ts = event.ts
         self._ts = t = float(index) if ts is None else ts
+        race = self._race
+        if race is not None:  # a candidate may serve: _learn() has the race's steps
+            champion = (y_pred, proba)
+            if race.serving is not None:
+                y_pred, proba = race.predict(x, self._classifier)
+            return self._learn(index, t, event, y_pred, proba, signals, champion)
         loss = self.evaluator.update(y, y_pred, proba)
         self.window.push(index, ts, x, y, y_pred, proba)  # an Example's fields
         signal = self._errors.update(loss, index)
@@ -277,8 +285,8 @@ class Learner:
         decision = policy.due(index, t) if policy.scheduled else None
         model.learn_one(x, y)
         self.learned += 1
-        if self._race is not None:
-            return self._raced(index, t, x, y, y_pred, proba, loss, signals, decision)
+        if self._grown is not None and index >= self._grown:
+            self._grow_up()
         if self._pending is None and decision is None and not signals:
             return _new(
                 Outcome,
@@ -297,13 +305,16 @@ class Learner:
         self.index = index = self.index + 1
         ts = event.ts
         self._ts = t = float(index) if ts is None else ts
-        y_pred, proba = self._predict(x)
+        champion = y_pred, proba = self._predict(x)
+        race = self._race
+        if race is not None and race.serving is not None:  # a candidate leads: it serves
+            y_pred, proba = race.predict(x, self._classifier)
         label = self.joiner.remember(event, (y_pred, proba), t)
         features = self._features
         signals = _NONE if features is None else features.update(x, index)
         if label is not None:
             labelled = Event(event.id, event.key, x, label.y, ts)
-            return self._learn(index, t, labelled, y_pred, proba, signals)
+            return self._learn(index, t, labelled, y_pred, proba, signals, champion)
         self.predicted += 1
         decision = self.policy.observe(index, t, False)
         decisions = self._decide(decision, signals, index, t) if decision or signals else _NONE
@@ -346,10 +357,17 @@ class Learner:
         y_pred: Any,
         proba: dict | None,
         signals: tuple[DriftSignal, ...],
+        champion: tuple[Any, dict | None] | None = None,
     ) -> Outcome:
+        """Score, watch, decide and learn one labelled event whose prediction was served.
+
+        ``champion`` is the champion's own prediction of it, when known (``learn()`` and a
+        parked label); it matters during a race only, where a candidate may have served."""
         # learn() runs these same steps inline. The Outcome is built with tuple.__new__, which
         # skips the NamedTuple's Python-level constructor (several times faster, same object).
         self._ts = t
+        if self._race is not None:
+            return self._raced(index, t, event, y_pred, proba, signals, champion)
         loss = self.evaluator.update(event.y, y_pred, proba)
         self.window.push(index, event.ts, event.x, event.y, y_pred, proba)
         signal = self._errors.update(loss, index)
@@ -358,8 +376,8 @@ class Learner:
         decision = self.policy.observe(index, t, True)
         self.model.learn_one(event.x, event.y)
         self.learned += 1
-        if self._race is not None:
-            return self._raced(index, t, event.x, event.y, y_pred, proba, loss, signals, decision)
+        if self._grown is not None and index >= self._grown:
+            self._grow_up()
         if self._pending is None and decision is None and not signals:
             return _new(
                 Outcome,
@@ -399,16 +417,42 @@ class Learner:
         self,
         index: int,
         t: float,
-        x: dict,
-        y: Any,
+        event: Event,
         y_pred: Any,
         proba: dict | None,
-        loss: float,
         signals: tuple[DriftSignal, ...],
-        decision: Decision | None,
+        champion: tuple[Any, dict | None] | None,
     ) -> Outcome:
-        """The rest of a labelled event while a race is on: the candidates race it too."""
-        raced = self._race_step(x, y, loss)
+        """A labelled event while a race is on: the steps of :meth:`_learn`, where the
+        served prediction may be a candidate's, and the candidates race the event too.
+
+        The evaluator scores what was served (what users got); the error detector, the
+        recent window (a retrain's record of the champion) and the race take the champion's
+        own loss. When the champion's prediction is not known (a joined label: the
+        remembered prediction is the one served), the champion predicts the event now, as
+        the candidates do: it has not learned it yet."""
+        x, y = event.x, event.y
+        loss = self.evaluator.update(y, y_pred, proba)
+        known = None  # the serving candidate's loss, when it served this very prediction
+        if champion is None:
+            champion = self._predict(x)
+        elif self._race.serving is not None:
+            known = loss
+        c_pred, c_proba = champion
+        if self._classifier:
+            champion_loss = 0.0 if c_pred == y else 1.0
+        else:
+            champion_loss = abs(y - (c_pred or 0.0))
+        self.window.items.append((index, event, c_pred, c_proba))  # an Example's fields
+        signal = self._errors.update(champion_loss, index)
+        if signal is not None:
+            signals = (signal, *signals)
+        decision = self.policy.observe(index, t, True)
+        self.model.learn_one(x, y)
+        self.learned += 1
+        if self._grown is not None and index >= self._grown:
+            self._grow_up()
+        raced = self._race_step(x, y, champion_loss, known)
         if self._pending is None and decision is None and not signals and not raced:
             return _new(
                 Outcome,
@@ -441,17 +485,28 @@ class Learner:
             if c.source == "shadow":
                 if c.n < rc.race_min_events or c.lead - rc.race_z * c.error >= 0.0:
                     return None
-                race.candidates[i] = Candidate(build_model(self.spec), "shadow", self.index)
+                race.candidates[i] = Candidate(self._fresh(), "shadow", self.index)
+                if race.serving is c:  # the champion serves until the new one leads
+                    race.serving = None
                 reason = f"shadow restarted on {why}: the previous one was not ahead"
                 values = {"previous": c.describe()}
                 return self._log(race.trigger, "race", "shadow_restarted", reason, None, values)
-        race.candidates.append(Candidate(build_model(self.spec), "shadow", self.index))
+        race.candidates.append(Candidate(self._fresh(), "shadow", self.index))
         reason = f"shadow started on {why}, joining the race"
         return self._log(race.trigger, "race", "shadow_started", reason, None)
 
+    def _fresh(self) -> Any:
+        """A shadow: a fresh model of the spec whose Hoeffding trees split sooner while
+        young (``retrain.race_young_grace``; see :func:`models.quicken`)."""
+        model = build_model(self.spec)
+        grace = self.retrain_config.race_young_grace
+        if grace:
+            quicken(model, grace)
+        return model
+
     def _start_race(self, trigger: str, why: str) -> Decision:
         race = self._race = Race(trigger, self.index)
-        race.candidates.append(Candidate(build_model(self.spec), "shadow", self.index))
+        race.candidates.append(Candidate(self._fresh(), "shadow", self.index))
         for version, model in self.pool:
             race.candidates.append(Candidate(model, "pool", self.index, version))
         pooled = [version for version, _ in self.pool]
@@ -462,9 +517,12 @@ class Learner:
         values = {"candidates": len(race.candidates), "pool_versions": pooled}
         return self._log(trigger, "race", "race_started", reason, None, values)
 
-    def _race_step(self, x: dict, y: Any, loss: float) -> tuple[Decision, ...]:
+    def _race_step(
+        self, x: dict, y: Any, loss: float, known: float | None = None
+    ) -> tuple[Decision, ...]:
         rc = self.retrain_config
         race = self._race
+        serve = rc.race_serve_window if rc.race_serve else 0
         winner, dropped = race.step(
             x,
             y,
@@ -474,9 +532,16 @@ class Learner:
             rc.race_margin,
             rc.race_min_events,
             rc.race_max_events,
+            1.0 / serve if serve else 0.0,
+            known,
         )
+        served = None
+        if serve and winner is None:
+            serving, changed = race.choose(serve // 2, rc.race_serve_margin)
+            if changed:
+                served = self._served(serving)
         if winner is None and not dropped:
-            return _NONE
+            return _NONE if served is None else (served,)
         decided = []
         for c in dropped:
             if c.source == "pool":
@@ -493,7 +558,24 @@ class Learner:
             decided += self._promote_candidate(winner)
         elif not race.candidates:
             self._race = None
+        if served is not None:
+            decided.append(served)
         return tuple(decided)
+
+    def _served(self, serving: Candidate | None) -> Decision:
+        """Log a change of the model serving during the race (the version stays the
+        champion's: a candidate serves on trial, until it is promoted or given up)."""
+        race = self._race
+        rc = self.retrain_config
+        if serving is None:
+            reason = "the champion serves again: no candidate leads over the recent events"
+            values = {"candidates": [c.describe() for c in race.candidates]}
+            return self._log(race.trigger, "race", "champion_serves", reason, None, values)
+        reason = (
+            f"{serving.source} candidate serves on trial: recent lead {serving.recent:+.4f} "
+            f"(over about {rc.race_serve_window} events), not yet a sound lead"
+        )
+        return self._log(race.trigger, "race", "candidate_serves", reason, None, serving.describe())
 
     def _promote_candidate(self, winner: Candidate) -> list[Decision]:
         """The winner serves as the next version; the race ends and the champion retires to
@@ -506,6 +588,9 @@ class Learner:
                 self.pool.append((c.version, c.model))
         self._retire()
         self.model = winner.model
+        self._grown = winner.started + self.retrain_config.race_young_events
+        if winner.source != "shadow" or self.index >= self._grown:
+            self._grow_up()  # only a shadow was quickened
         self.version += 1
         self._errors.reset()  # the new model's error level is a new baseline
         self.race_promotions[winner.source] += 1
@@ -528,6 +613,12 @@ class Learner:
                 self._log(cause.trigger, "abandon", "retrain_superseded", reason, cause.kind)
             )
         return decided
+
+    def _grow_up(self) -> None:
+        """The serving model, promoted from a quickened shadow, has learned
+        ``race_young_events`` since it started: its trees get the spec's grace period back."""
+        self._grown = None
+        settle(self.model, self.spec)
 
     def _retire(self) -> None:
         """Keep the serving model in the pool (the oldest there goes when it is full)."""
@@ -596,10 +687,12 @@ class Learner:
             return self._log(trigger, "race", "candidate_races", reason, kind, values)
         self._retire()
         self.model = candidate
+        self._grown = None
         self.version += 1
         self._errors.reset()  # the new model's error level is a new baseline
         self.race_promotions["window"] += 1
         if self._race is not None:  # they raced the model just replaced
+            self._race.serving = None
             for c in self._race.candidates:
                 c.reset()
         reason = f"{kind} retrain #{result.number} promoted: v{self.version}, {scores}"
@@ -654,6 +747,7 @@ class Learner:
         else:
             self._retire()
         self.model = model
+        self._grown = None
         self.version += 1
         self._errors.reset()
         values: dict[str, Any] = {"restored_version": version}

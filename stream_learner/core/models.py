@@ -46,6 +46,7 @@ from river import (
     preprocessing,
     tree,
 )
+from river.tree.hoeffding_tree import HoeffdingTree
 
 from stream_learner.core.events import TASKS
 from stream_learner.errors import ConfigError
@@ -381,6 +382,26 @@ def build_model(spec: ModelSpec) -> compose.Pipeline:
             )
         steps.append(estimator)
     return compose.Pipeline(*steps)
+
+
+def quicken(model: compose.Pipeline, grace_period: int) -> bool:
+    """Let the Hoeffding trees of ``model`` attempt a split every ``grace_period`` examples
+    per leaf (River's default is 200): a fresh tree needs that many per split, and splits
+    stay statistically sound (the Hoeffding bound decides, not the grace period). Whether
+    ``model`` has such a tree."""
+    trees = [step for step in model.steps.values() if isinstance(step, HoeffdingTree)]
+    for step in trees:
+        step.grace_period = min(step.grace_period, grace_period)
+    return bool(trees)
+
+
+def settle(model: compose.Pipeline, spec: ModelSpec) -> None:
+    """Give the Hoeffding trees of ``model`` their ``spec``'s grace period again (undoes
+    :func:`quicken`, so that a grown tree costs what the spec's does)."""
+    built = build_model(spec).steps.values()
+    for step, fresh in zip(model.steps.values(), built, strict=False):
+        if isinstance(step, HoeffdingTree) and isinstance(fresh, HoeffdingTree):
+            step.grace_period = fresh.grace_period
 
 
 def make_metric(name: str) -> metrics.base.Metric:

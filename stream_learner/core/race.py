@@ -25,6 +25,14 @@ say nothing about which is better). A candidate is given up when it has not led 
 ``race_max_events`` events, or, if it came trained (pool, window), when it is ``race_z``
 standard errors *behind* after ``race_min_events``: it is not the concept now served.
 
+While the race is on, the candidate with the best *recent* lead (``d`` averaged with
+exponentially fading weights over about ``race_serve_window`` events) serves the predictions,
+once that lead passes ``race_serve_margin``, and keeps serving while it stays positive: right
+after a change the champion is often the worst of them, and a statistically sound lead takes
+hundreds of events to build. Serving is on trial: promotion (a new version, the champion
+retired) still needs the sound lead above, and the race still runs on the champion's own
+losses.
+
 Everything here is plain data, pickled with the learner: candidates, their paired sums and
 the pool survive snapshots, restarts and rebalances, and the same events give the same
 decisions at the same input indexes.
@@ -48,7 +56,7 @@ class Candidate:
     (for 0/1 losses: wins minus losses, and disagreements). ``version`` is the version the
     model served as, for a pooled one."""
 
-    __slots__ = ("model", "source", "started", "version", "n", "total", "squares")
+    __slots__ = ("model", "source", "started", "version", "n", "total", "squares", "recent")
 
     def __init__(self, model: Any, source: str, started: int, version: int | None = None):
         self.model = model
@@ -58,11 +66,14 @@ class Candidate:
         self.n = 0
         self.total = 0.0
         self.squares = 0.0
+        self.recent = 0.0  # the recent lead: d averaged with exponentially fading weights
 
     def __getstate__(self) -> tuple:
         return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:
+        # A candidate pickled before the recent lead was kept has none yet: 0.0.
+        state = (*state, 0.0) if len(state) == len(self.__slots__) - 1 else state
         for name, value in zip(self.__slots__, state, strict=True):
             setattr(self, name, value)
 
@@ -96,7 +107,7 @@ class Candidate:
     def reset(self) -> None:
         """Forget the paired record (the champion it was compared with has changed)."""
         self.n = 0
-        self.total = self.squares = 0.0
+        self.total = self.squares = self.recent = 0.0
 
     def describe(self) -> dict[str, Any]:
         return {
@@ -105,29 +116,42 @@ class Candidate:
             "events": self.n,
             "lead": round(self.lead, 6),
             "z": round(self.z, 3),
+            "recent_lead": round(self.recent, 6),
             **({"pool_version": self.version} if self.version is not None else {}),
         }
 
 
 class Race:
-    """The candidates racing one champion, and why the race began.
+    """The candidates racing one champion, why the race began, and which of them serves.
 
     :meth:`step` is called once per labelled event, after the champion has predicted and
     learned it; it returns what the race decided on that event: a candidate to promote
-    (first), and the candidates given up."""
+    (first), and the candidates given up. ``serving`` is the candidate whose predictions are
+    served meanwhile (``None``: the champion's), chosen by :meth:`choose` after each step."""
 
-    __slots__ = ("trigger", "started", "candidates")
+    __slots__ = ("trigger", "started", "candidates", "serving")
 
     def __init__(self, trigger: str, started: int) -> None:
         self.trigger = trigger
         self.started = started
         self.candidates: list[Candidate] = []
+        self.serving: Candidate | None = None
 
     def __getstate__(self) -> tuple:
-        return (self.trigger, self.started, self.candidates)
+        return (self.trigger, self.started, self.candidates, self.serving)
 
     def __setstate__(self, state: tuple) -> None:
-        self.trigger, self.started, self.candidates = state
+        if len(state) == 3:  # pickled before a candidate could serve: the champion serves
+            state = (*state, None)
+        self.trigger, self.started, self.candidates, self.serving = state
+
+    def predict(self, x: dict, classifier: bool) -> tuple[Any, dict | None]:
+        """The serving candidate's prediction of ``x`` (and its class probabilities)."""
+        model = self.serving.model
+        if classifier:
+            proba = model.predict_proba_one(x)
+            return (max(proba, key=proba.get) if proba else None), proba
+        return model.predict_one(x), None
 
     def step(
         self,
@@ -139,13 +163,22 @@ class Race:
         margin: float,
         min_events: int,
         max_events: int,
+        rate: float = 0.0,
+        known: float | None = None,
     ) -> tuple[Candidate | None, list[Candidate]]:
-        """Race one labelled event: each candidate predicts it, is scored, then learns it."""
+        """Race one labelled event: each candidate predicts it, is scored, then learns it.
+
+        ``known`` is the serving candidate's loss on this event, when its prediction was
+        already made (it was served); ``rate`` the weight of this event in each candidate's
+        recent lead (0: not kept)."""
         winner = None
         dropped = []
+        serving = self.serving
         for c in self.candidates:
             model = c.model
-            if classifier:
+            if c is serving and known is not None:
+                loss = known
+            elif classifier:
                 proba = model.predict_proba_one(x)
                 loss = 0.0 if proba and max(proba, key=proba.get) == y else 1.0
             else:
@@ -156,6 +189,8 @@ class Race:
             if d:
                 c.total += d
                 c.squares += d * d
+            if rate:
+                c.recent += (d - c.recent) * rate
             if c.n < min_events:
                 continue
             lead, error = c.lead, c.error
@@ -169,6 +204,22 @@ class Race:
         for c in dropped:
             self.candidates.remove(c)
         return winner, dropped
+
+    def choose(self, min_events: int, threshold: float) -> tuple[Candidate | None, bool]:
+        """Serve the candidate with the largest recent lead above ``threshold`` (raced for at
+        least ``min_events``); one already serving keeps serving while its recent lead stays
+        positive, so that the choice does not flap on noise. Returns the one serving now and
+        whether that changed."""
+        before = self.serving
+        best = None
+        for c in self.candidates:
+            if c.n < min_events:
+                continue
+            bar = 0.0 if c is before else threshold
+            if c.recent > bar and (best is None or c.recent > best.recent):
+                best = c
+        self.serving = best
+        return best, best is not before
 
     def best(self) -> Candidate | None:
         """The candidate with the largest z (the one closest to promotion)."""

@@ -141,6 +141,14 @@ class RetrainConfig:
       for regression) minus ``race_z`` standard errors is at least ``race_margin``.
     - ``race_min_events``: events raced before a candidate can be promoted or dropped;
       ``race_max_events``: a candidate that has not led by then is given up.
+    - ``race_serve``: meanwhile, serve the predictions of the candidate with the best
+      *recent* lead (its paired difference averaged over about ``race_serve_window``
+      events, raced at least half as many), once that lead passes ``race_serve_margin``;
+      it serves while the lead stays positive, and the champion serves otherwise. A sound
+      lead is still what promotes: serving is on trial and changes no version.
+    - ``race_young_grace``: a shadow candidate's Hoeffding trees attempt a split
+      every this many examples per leaf (River's default is 200; 0: the spec's) until
+      ``race_young_events`` after the candidate started; then the spec's grace period.
 
     The defaults were chosen on the acceptance suite (``tests/core/test_suite.py``) and the
     core report (``scripts/core_report.py``).
@@ -156,6 +164,11 @@ class RetrainConfig:
     race_margin: float = 0.01
     race_min_events: int = 50
     race_max_events: int = 2000
+    race_serve: bool = True
+    race_serve_window: int = 100
+    race_serve_margin: float = 0.02
+    race_young_grace: int = 20
+    race_young_events: int = 5000
 
     @classmethod
     def from_dict(cls, d: Mapping[str, Any], *, where: str = "retrain") -> RetrainConfig:
@@ -168,6 +181,12 @@ class RetrainConfig:
             raise ConfigError(
                 f"retrain.window: {self.window} is smaller than min_train + holdout "
                 f"({self.min_train} + {self.holdout}); a retrain could never start"
+            )
+        if self.race_serve_window < 2 or self.race_young_grace < 0 or self.race_young_events < 0:
+            raise ConfigError(
+                "retrain: race_serve_window must be at least 2, race_young_grace and "
+                f"race_young_events at least 0 (got {self.race_serve_window}, "
+                f"{self.race_young_grace} and {self.race_young_events})"
             )
         if self.race_min_events < 1 or self.race_max_events < self.race_min_events:
             raise ConfigError(

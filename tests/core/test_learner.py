@@ -353,18 +353,22 @@ def test_a_copy_taken_mid_stream_continues_exactly_like_the_original(clone):
 
 
 class _StepByStep(Learner):
-    """``learn`` as the composition its hot path inlines: check the label, predict, feed the
-    data monitor, then ``_learn`` (the path of joined labels)."""
+    """``learn`` as the composition its hot path inlines: check the label, predict (the
+    champion, and the candidate serving during a race, as ``predict`` does), feed the data
+    monitor, then ``_learn`` with the champion's prediction."""
 
     def learn(self, event: Event) -> Outcome:
         if event.y is None:
             raise ValueError(f"event {event.id!r} has no label; predict() it instead")
         check_label(event.y, self._task)
         self.index = index = self.index + 1
-        y_pred, proba = self._predict(event.x)
+        champion = y_pred, proba = self._predict(event.x)
+        race = self._race
+        if race is not None and race.serving is not None:
+            y_pred, proba = race.predict(event.x, self._classifier)
         signals = () if self._features is None else self._features.update(event.x, index)
         t = float(index) if event.ts is None else event.ts
-        return self._learn(index, t, event, y_pred, proba, signals)
+        return self._learn(index, t, event, y_pred, proba, signals, champion)
 
 
 @pytest.mark.parametrize("spec", [LINEAR, TREE], ids=["linear", "tree"])

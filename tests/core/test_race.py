@@ -8,8 +8,9 @@ import pickle
 
 from river.datasets import synth
 
-from stream_learner.core.events import Event
+from stream_learner.core.events import Event, Label
 from stream_learner.core.learner import Learner
+from stream_learner.core.models import build_model, quicken, settle
 from stream_learner.core.race import Candidate, Race
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta, assemble, decode_snapshot, encode_snapshot
@@ -235,3 +236,170 @@ def test_a_rollback_during_a_race_ends_it_and_keeps_the_pool():
     assert learner.race_status() == (0, 0.0)  # they raced the model just replaced
     assert [v for v, _ in learner.pool] == [1, 2]  # the pooled one is back, v2 retired
     assert learner.pool[-1][1] is old
+
+
+# -- serving the leader during a race ------------------------------------------------------
+
+
+class Fixed:
+    """Predicts one class and learns nothing: a competitor whose losses the test sets."""
+
+    def __init__(self, y):
+        self.y = y
+
+    def predict_proba_one(self, x):
+        return {self.y: 1.0}
+
+    def learn_one(self, x, y):
+        pass
+
+
+def test_the_candidate_with_a_recent_lead_serves_and_keeps_serving_while_ahead():
+    race = Race("performance", 0)
+    right, wrong = Candidate(Fixed(True), "shadow", 0), Candidate(Fixed(False), "pool", 0)
+    race.candidates = [wrong, right]
+    for _ in range(20):  # the champion is wrong on every event: True is the label
+        race.step({}, True, 1.0, True, 3.0, 0.5, 1000, 5000, rate=0.1)
+    assert right.recent > 0.8 and wrong.recent == 0.0
+    assert race.choose(30, 0.02) == (None, False)  # not raced long enough
+    assert race.choose(10, 0.02) == (right, True)
+    assert race.predict({}, True) == (True, {True: 1.0})
+    for _ in range(5):  # now the champion is right: the lead fades but stays positive
+        race.step({}, True, 0.0, True, 3.0, 0.5, 1000, 5000, rate=0.1, known=0.0)
+        assert race.choose(10, 0.5) == (right, False)  # a server need only stay ahead
+    assert right.n == 25 and 0.0 < right.recent < 0.6
+    for _ in range(20):  # the champion is right and the candidate wrong
+        race.step({}, False, 0.0, True, 3.0, 0.5, 1000, 5000, rate=0.1)
+    assert right.recent < 0.0
+    assert race.choose(10, 0.02) == (None, True)  # the champion serves again
+
+
+def test_a_shadow_serves_before_its_promotion_and_its_predictions_are_scored():
+    evts = concepts((False, 3000), (True, 3000))
+    # No promotion before 300 raced events; a candidate may serve from 50 (serve window / 2).
+    learner = Learner("k", LINEAR, retrain=RetrainConfig(race_min_events=300))
+    champion = Learner("k", LINEAR, retrain=RetrainConfig(race_min_events=300, race_serve=False))
+    outs, reference = feed(learner, evts), feed(champion, evts)
+    serves = [d for d in decisions(outs, "race") if d.code == "candidate_serves"]
+    promoted = decisions(outs, "promote")
+    assert serves and promoted and serves[0].values["source"] == "shadow"
+    first, promotion = serves[0].index, promoted[0].index
+    assert first < promotion  # it served on trial before its lead was sound
+    assert "serves on trial" in serves[0].reason and serves[0].values["recent_lead"] > 0.02
+    # Between the two, the outcomes carry the shadow's predictions under the champion's
+    # version, and the evaluator scores what was served: the loss of each outcome.
+    trial = range(first, promotion - 1)  # outcomes are 0-based, input indexes 1-based
+    assert all(outs[i].version == 1 for i in trial)
+    assert sum(o.loss for o in outs[first:promotion]) < sum(
+        o.loss for o in reference[first:promotion]
+    )
+    served = 1 - sum(o.loss for o in outs) / len(outs)
+    assert abs(learner.evaluator.values()["accuracy"] - served) < 1e-4
+    # Serving changes what is served, not what the race decides on (the champion's losses).
+    assert [(d.index, d.code) for d in promoted] == [
+        (d.index, d.code) for d in decisions(reference, "promote")
+    ]
+    assert learner.evaluator.values()["accuracy"] > champion.evaluator.values()["accuracy"]
+
+
+def test_with_delayed_labels_the_served_candidate_is_scored_and_the_champion_races():
+    evts = concepts((False, 3000), (True, 3000))
+    learner = Learner("k", LINEAR, retrain=RetrainConfig(race_min_events=300))
+    feed(learner, evts[:3200])  # the shadow is racing, not yet promoted
+    race = learner._race
+    assert race is not None and learner.version == 1
+    serving = next(c for c in race.candidates if c.source == "shadow")
+    race.serving = serving  # as choose() would have set it
+    event = evts[3200]
+    unlabelled = Event(event.id, "k", event.x)
+    out = learner.predict(unlabelled)
+    assert out.y_pred == race.predict(event.x, True)[0]  # the candidate's prediction served
+    champion_pred = learner._predict(event.x)[0]
+    n, total = serving.n, serving.total
+    labelled = learner.on_label(Label(event.id, "k", event.y))
+    assert labelled.loss == (0.0 if out.y_pred == event.y else 1.0)  # what was served
+    # The champion predicted the event at label time, as the candidates do.
+    champion_loss = 0.0 if champion_pred == event.y else 1.0
+    assert serving.n == n + 1 and serving.total == total + champion_loss - labelled.loss
+    assert learner.window.items[-1][2] == champion_pred  # the champion's record
+
+
+def test_a_snapshot_taken_while_a_candidate_serves_continues_exactly_like_the_original():
+    evts = concepts((False, 3000), (True, 3000))
+    learner = Learner("k", TREE, retrain=RetrainConfig(race_min_events=300))
+    at = 0
+    while learner._race is None or learner._race.serving is None:  # until a candidate serves
+        feed(learner, evts[at : at + 1])
+        at += 1
+    assert 3000 < at < 3300 and learner.version == 1
+    restored = pickle.loads(pickle.dumps(learner))
+    assert (
+        restored._race.serving
+        is restored._race.candidates[learner._race.candidates.index(learner._race.serving)]
+    )
+    rest = evts[at:]
+    a = [(o.y_pred, o.loss, o.decisions, o.version) for o in feed(learner, rest)]
+    b = [(o.y_pred, o.loss, o.decisions, o.version) for o in feed(restored, rest)]
+    assert a == b
+
+
+def test_candidates_and_races_pickled_before_serving_load_with_none_serving():
+    c = Candidate(Fixed(True), "shadow", 7)
+    c.n, c.total, c.squares = 3, 1.0, 1.0
+    old = Candidate.__new__(Candidate)
+    old.__setstate__(c.__getstate__()[:-1])  # the fields before the recent lead
+    assert (old.n, old.total, old.recent, old.started) == (3, 1.0, 0.0, 7)
+    race = Race.__new__(Race)
+    race.__setstate__(("performance", 5, [old]))
+    assert race.serving is None and race.candidates == [old]
+
+
+# -- young trees ---------------------------------------------------------------------------
+
+
+def test_a_shadow_tree_splits_sooner_while_young_and_grows_up_once_promoted():
+    evts = concepts((False, 3000), (True, 6000))
+    rc = RetrainConfig(race_young_grace=20, race_young_events=2000)
+    learner = Learner("k", TREE, retrain=rc)
+
+    def grace(model):
+        return model["HoeffdingTreeClassifier"].grace_period
+
+    assert grace(learner.model) == 200  # River's default, the spec's
+    outs = []
+    at = 0
+    while learner._race is None:  # until the change starts a race
+        outs += feed(learner, evts[at : at + 1])
+        at += 1
+    assert [grace(c.model) for c in learner._race.candidates] == [20]
+    while learner.version == 1:  # until a candidate is promoted
+        outs += feed(learner, evts[at : at + 1])
+        at += 1
+    promoted = decisions(outs, "promote")[0]
+    assert promoted.values["source"] == "shadow" and grace(learner.model) == 20
+    grown = promoted.values["started"] + 2000
+    assert at < grown - 1
+    feed(learner, evts[at : grown - 1])  # input indexes are 1-based: index grown - 1
+    assert grace(learner.model) == 20
+    feed(learner, evts[grown - 1 : grown])
+    assert grace(learner.model) == 200 and learner._grown is None  # the spec's again
+
+
+def test_without_young_trees_a_shadow_has_the_specs_grace_period():
+    evts = concepts((False, 3000), (True, 200))
+    learner = Learner("k", TREE, retrain=RetrainConfig(race_young_grace=0))
+    at = 0
+    while learner._race is None:
+        feed(learner, evts[at : at + 1])
+        at += 1
+    assert [c.model["HoeffdingTreeClassifier"].grace_period for c in learner._race.candidates] == [
+        200
+    ]
+
+
+def test_quicken_and_settle_touch_only_hoeffding_trees():
+    tree, linear = build_model(TREE), build_model(LINEAR)
+    assert quicken(tree, 20) and not quicken(linear, 20)
+    assert tree["HoeffdingTreeClassifier"].grace_period == 20
+    settle(tree, TREE)
+    assert tree["HoeffdingTreeClassifier"].grace_period == 200

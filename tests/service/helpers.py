@@ -225,8 +225,9 @@ def fingerprint(learner) -> tuple:
     return (
         [learner.model.predict_proba_one(e.x) for e in probe],
         # The race and the pool: what each candidate and retired model predicts, and the
-        # candidates' paired records.
-        [(c.source, c.started, c.n, c.total, c.squares) for c in race],
+        # candidates' paired records, recent leads and which of them serves.
+        [(c.source, c.started, c.n, c.total, c.squares, c.recent) for c in race],
+        [c is learner._race.serving for c in race],
         [[m.predict_proba_one(e.x) for e in probe] for m in [c.model for c in race]],
         [(v, [m.predict_proba_one(e.x) for e in probe]) for v, m in learner.pool],
         dict(learner.race_promotions),
