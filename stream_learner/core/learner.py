@@ -443,7 +443,7 @@ class Learner:
             champion_loss = 0.0 if c_pred == y else 1.0
         else:
             champion_loss = abs(y - (c_pred or 0.0))
-        self.window.items.append((index, event, c_pred, c_proba))  # an Example's fields
+        self.window.push(index, event.ts, x, y, c_pred, c_proba)  # an Example's fields
         signal = self._errors.update(champion_loss, index)
         if signal is not None:
             signals = (signal, *signals)

@@ -321,7 +321,7 @@ def test_with_delayed_labels_the_served_candidate_is_scored_and_the_champion_rac
     # The champion predicted the event at label time, as the candidates do.
     champion_loss = 0.0 if champion_pred == event.y else 1.0
     assert serving.n == n + 1 and serving.total == total + champion_loss - labelled.loss
-    assert learner.window.items[-1][2] == champion_pred  # the champion's record
+    assert list(learner.window)[-1].y_pred == champion_pred  # the champion's record
 
 
 def test_a_snapshot_taken_while_a_candidate_serves_continues_exactly_like_the_original():
