@@ -38,7 +38,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -66,20 +66,26 @@ from stream_learner.core.processor import (
     RetrainApplied,
     RetrainFailed,
     RetrainStarted,
+    prediction,
 )
 from stream_learner.core.restore import (
     Gap,
+    Reflected,
     partition_record,
     plan_restore,
     restore_want,
     retention_gaps,
+    snapshot_meta,
 )
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
-from stream_learner.errors import BrokerError, DecodeError
+from stream_learner.errors import BrokerError, ConfigError, DecodeError
 from stream_learner.logs import log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
+
+if TYPE_CHECKING:
+    from stream_learner.config import Config
 
 log = logging.getLogger("stream_learner.service")
 
@@ -195,6 +201,21 @@ class LearnerFactory:
     max_pending: int = 100_000
     max_age_s: float | None = 3600.0
 
+    @classmethod
+    def from_config(cls, config: Config) -> LearnerFactory:
+        """The config's ``[model]``, ``[learner]``, ``[policy]`` and ``[retrain]`` (and the
+        label bounds of ``[service]``); a bad or missing section is a ``ConfigError``."""
+        if not config.model:
+            raise ConfigError("model: the [model] section is missing; see examples/config.toml")
+        return cls(
+            spec=ModelSpec.from_dict(config.model, where="model"),
+            config=LearnerConfig.from_dict(config.learner),
+            policy=PolicyConfig.from_dict(config.policy),
+            retrain=RetrainConfig.from_dict(config.retrain),
+            max_pending=config.service.label_max_pending,
+            max_age_s=config.service.label_max_age_s or None,
+        )
+
     def __call__(self, key: str) -> Learner:
         return Learner(
             key,
@@ -261,7 +282,7 @@ class Service:
         self.consumed: dict[TopicPartition, int] = {}  # next offset, kept across commits
         self.dirty: set[str] = set()
         self._round_at: dict[int, tuple[int, float]] = {}  # partition -> (inputs, time)
-        self._skip: dict[str, dict[TopicPartition, int]] = {}  # key -> positions in its state
+        self._skip = Reflected()  # key -> input positions its restored state reflects
         self._replay: dict[TopicPartition, int] = {}  # committed offsets: outputs delivered
         self._emit = True
         self._snapshot_soon: set[str] = set()
@@ -351,34 +372,12 @@ class Service:
 
     def _known(self, key: str, rec: Record) -> bool:
         """Whether ``key``'s restored state already reflects ``rec`` (then it is skipped)."""
-        skip = self._skip.get(key)
-        if skip is None:
-            return False
-        tp = (rec.topic, rec.partition)
-        end = skip.get(tp)
-        if end is None:
-            return False
-        if rec.offset < end:
-            return True
-        del skip[tp]
-        if not skip:
-            del self._skip[key]
-        return False
+        return self._skip.known(key, rec.topic, rec.partition, rec.offset)
 
     def _predicted(self, event: Event, out: Outcome) -> None:
         if not self._emit:
             return
-        body: dict[str, Any] = {
-            "id": event.id,
-            "key": event.key,
-            "y_pred": out.y_pred,
-            "model_version": out.version,
-            "lineage": out.lineage,
-            "ts": event.ts,
-        }
-        proba = out.proba
-        if proba:
-            body["proba"] = {str(k): v for k, v in proba.items()}
+        body = prediction(event, out)
         self.sink.produce(self.topics.predictions, orjson.dumps(body, option=_JSON), key=event.key)
         self._counts["predicted"] += 1
 
@@ -612,20 +611,13 @@ class Service:
         state = self.processor.state(key)
         learner = state.learner
         partition = self.processor.partitions[key]
-        meta = SnapshotMeta(
-            key=key,
-            lineage=learner.lineage,
-            model_version=learner.version,
-            trigger=trigger,
-            decision=learner.decisions[-1].reason if learner.decisions else None,
-            metrics=learner.evaluator.values(),
+        meta = snapshot_meta(
+            key,
+            state,
+            partition=partition,
+            events_topic=self.topics.events,
             offsets=self._positions(partition),
-            extra={
-                "partition": partition,
-                "events_topic": self.topics.events,
-                # An adopted lineage says which one it replaced (see restore()).
-                **({"adopted_from": learner.adopted_from} if learner.adopted_from else {}),
-            },
+            trigger=trigger,
         )
         started = time.perf_counter()
         header = self.store.publish(state, meta)
@@ -762,9 +754,7 @@ class Service:
     def _adopt(self, key: str, partition: int, header: dict, state: KeyState) -> None:
         learner = state.learner
         self.processor.adopt(key, learner, partition, paused=state.paused, pending=state.pending)
-        self._skip[key] = {
-            (t, int(p)): off for t, by in header["offsets"].items() for p, off in by.items()
-        }
+        self._skip.add(key, header["offsets"])
         self._joins[key] = (learner.joiner.joined, learner.joiner.unmatched, learner.joiner.expired)
         self.metrics.set_model(key, learner.version, learner.lineage)
         self.metrics.count_checkpoint("restored")
@@ -840,7 +830,7 @@ class Service:
                 self.checkpoint_round(partition, "revoke")
         for key in self.processor.drop(gone):
             self._joins.pop(key, None)
-            self._skip.pop(key, None)
+            self._skip.discard(key)
             self.dirty.discard(key)
             self.metrics.forget_key(key)
         self.merger.drop(partitions)
