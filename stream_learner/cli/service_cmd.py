@@ -136,6 +136,7 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     topics = Topics.from_prefix(config.kafka.topic_prefix)
     identity = group_identity(config.kafka)
     metrics = ServiceMetrics(
+        runtime="service",  # the Faust integration's say "faust" (see metrics.py)
         max_keys=settings.max_key_labels,
         instance=identity.id if identity else None,
         lag=lambda: source.lag,  # the broker's view, fresh between batches too
