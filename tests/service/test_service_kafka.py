@@ -383,9 +383,7 @@ def test_the_lag_gauge_reads_zero_on_every_input_partition_once_all_is_committed
     # What the gauge said is what the broker says: the group committed every partition's end.
     probe = Consumer(client_config(bootstrap, {"group.id": config.kafka.group_id}))
     try:
-        committed = probe.committed(
-            [KafkaTopicPartition(t, p) for t, p in partitions], timeout=10
-        )
+        committed = probe.committed([KafkaTopicPartition(t, p) for t, p in partitions], timeout=10)
         for tp in committed:
             low, high = probe.get_watermark_offsets(tp, timeout=10)
             assert tp.offset == high or (high == low == 0), (tp, low, high)
