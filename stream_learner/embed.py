@@ -47,11 +47,14 @@ from pathlib import Path
 from typing import Any
 
 from stream_learner.config import Config, load_config, parse_config
+from stream_learner.core.commands import Command
 from stream_learner.core.events import Event, Label, RecordDecoder
+from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner, Outcome
 from stream_learner.core.policy import Decision
 from stream_learner.core.processor import (
     PAUSED,
+    CommandTaken,
     Drift,
     InlineRunner,
     Processor,
@@ -66,7 +69,7 @@ from stream_learner.core.restore import (
     restore_want,
     snapshot_meta,
 )
-from stream_learner.errors import ConfigError, DecodeError
+from stream_learner.errors import ConfigError, DecodeError, SnapshotError
 from stream_learner.service.retrainer import Retrainer
 from stream_learner.service.runtime import CheckpointPolicy, LearnerFactory, Topics
 
@@ -126,9 +129,8 @@ class StreamLearner:
         self.factory = LearnerFactory.from_config(config)
         self.topics = Topics.from_prefix(config.kafka.topic_prefix)
         service = config.service
-        if retrain_in_worker:
+        if retrain_in_worker:  # the worker starts with start(), or with the first retrain
             runner: Any = Retrainer(workers=1, apply_after=service.retrain_apply_after)
-            runner.start(self.factory.spec)
         else:
             runner = InlineRunner(service.retrain_apply_after)
         self.runner = runner
@@ -217,6 +219,56 @@ class StreamLearner:
         kind = "parked" if out is None else "learned"
         return Result(kind, label.key, out, None, self._drain())
 
+    def command(
+        self,
+        value: bytes | Mapping[str, Any] | Command,
+        *,
+        key: bytes | str | None = None,
+        partition: int = 0,
+        offset: int | None = None,
+    ) -> tuple[Any, ...]:
+        """Carry out a control command (``pause``, ``resume``, ``retrain``, ``snapshot``,
+        ``rollback``; ``*`` for every key of ``partition``), as the service does; returns
+        the effects. ``snapshot`` and ``rollback`` need the store."""
+        cmd = value if isinstance(value, Command) else self.decoder.command(_raw(value), _key(key))
+        skip = None
+        if offset is not None:
+            topic = self.topics.control
+            self.consumed[topic, partition] = offset + 1
+            if self._reflected:
+
+                def skip(k: str) -> bool:
+                    return self._reflected.known(k, topic, partition, offset)
+
+        self.processor.command(cmd, partition, skip=skip)
+        effects = list(self._drain())
+        for effect in list(effects):
+            if type(effect) is not CommandTaken or effect.key not in self.processor.learners:
+                continue
+            self.dirty.add(effect.key)  # paused, resumed or retraining: a new state
+            if effect.command.command == "snapshot" and self.store is not None:
+                self.promoted.add(effect.key)  # written by the next checkpoint_due()
+            elif effect.command.command == "rollback":
+                self._rollback(effect.key, effect.command)
+                effects += self._drain()
+        return tuple(effects)
+
+    def _rollback(self, key: str, cmd: Command) -> None:
+        """Serve an older version (of any lineage) again as the key's next version; a
+        version that is not in the store, or of another task, is a ``SnapshotError``."""
+        if cmd.version is None:
+            raise SnapshotError(f"rollback of {key!r}: the command names no version")
+        catalog = self._store().read(want=lambda header: header.get("key") == key)
+        loaded = catalog.load(key, cmd.version, staged=cmd.staged)
+        if loaded is None:
+            raise SnapshotError(f"rollback of {key!r}: no valid snapshot of v{cmd.version}")
+        restored = KeyState.of(loaded[1]).learner
+        try:
+            self.processor.rollback(key, restored.model, cmd.version, cmd.reason, restored.spec)
+        except ValueError as exc:
+            raise SnapshotError(f"rollback of {key!r} to v{cmd.version}: {exc}") from None
+        self.promoted.add(key)
+
     def _seen(self, key: str, topic: str, partition: int, offset: int | None) -> bool:
         """Record the position; whether a restored snapshot of ``key`` already holds it."""
         if offset is None:
@@ -266,14 +318,13 @@ class StreamLearner:
         self.promoted.discard(key)
         return header
 
-    def checkpoint(self, partition: int, trigger: str = "periodic") -> list[str]:
+    def checkpoint(self, partition: int, trigger: str = "periodic") -> list[dict[str, Any]]:
         """A round for ``partition``: snapshot its changed keys, then record the positions
-        the round reflects (what a restore starts from); returns the keys written."""
+        the round reflects (what a restore starts from); returns the headers written."""
         store = self._store()
         partitions = self.processor.partitions
         keys = sorted(k for k in self.dirty if partitions.get(k) == partition)
-        for key in keys:
-            self.snapshot(key, trigger)
+        headers = [self.snapshot(key, trigger) for key in keys]
         offsets = {
             t: {str(p): o for p, o in by.items()} for t, by in self._positions(partition).items()
         }
@@ -282,20 +333,20 @@ class StreamLearner:
             {"offsets": offsets, "keys": len(keys), "trigger": trigger, "ts": time.time()},
         )
         self._round_at[partition] = (self._inputs(partition), time.monotonic())
-        return keys
+        return headers
 
-    def checkpoint_due(self) -> list[str]:
+    def checkpoint_due(self) -> list[dict[str, Any]]:
         """Write what the config's ``[checkpoints]`` cadence says is due now: a snapshot of
         each key just promoted (``after_retrain``), a round of each partition past
         ``every_events`` inputs or ``every_seconds`` since its last. Call it between inputs
-        (cheap when nothing is due); returns the keys written."""
+        (cheap when nothing is due); returns the headers written."""
         if self.store is None:
             return []
         written = []
         if self.cadence.after_retrain:
             for key in sorted(self.promoted):
-                self.snapshot(key, "retrain")
-                written.append(key)
+                if key in self.processor.learners:
+                    written.append(self.snapshot(key, "retrain"))
         self.promoted.clear()
         cadence, now = self.cadence, time.monotonic()
         partitions = self.processor.partitions
@@ -355,6 +406,14 @@ class StreamLearner:
         if self.store is None:
             raise ConfigError("checkpoints: this StreamLearner was built without a store")
         return self.store
+
+    def start(self) -> None:
+        """Start the retrain worker now (it imports the model's estimators meanwhile), so
+        the first retrain does not wait for it; nothing when retrains run inline. Not at
+        import time: the worker process imports the ``__main__`` module again."""
+        start = getattr(self.runner, "start", None)
+        if start is not None:
+            start(self.factory.spec)
 
     def close(self) -> None:
         """Stop the retrain worker, if one runs."""

@@ -228,8 +228,20 @@ class LearnerFactory:
         )
 
 
-def _ms_now() -> bytes:
-    return str(int(time.time() * 1000)).encode()
+def dead_letter_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """The headers of a dead letter, as every runtime writes them: the machine-readable
+    ``dlq.reason``, the human ``dlq.detail`` (cut to 1,000 characters), where the record
+    came from, and when it was dead-lettered (epoch milliseconds)."""
+    return [
+        ("dlq.reason", reason.encode()),
+        ("dlq.detail", detail[:1000].encode()),
+        ("dlq.source.topic", topic.encode()),
+        ("dlq.source.partition", str(partition).encode()),
+        ("dlq.source.offset", str(offset).encode()),
+        ("dlq.timestamp", str(int(time.time() * 1000)).encode()),
+    ]
 
 
 class Service:
@@ -384,14 +396,7 @@ class Service:
     def dead_letter(self, rec: Record, reason: str, detail: str) -> None:
         if not self._emit:
             return
-        headers = [
-            ("dlq.reason", reason),
-            ("dlq.detail", detail[:1000]),
-            ("dlq.source.topic", rec.topic),
-            ("dlq.source.partition", str(rec.partition)),
-            ("dlq.source.offset", str(rec.offset)),
-            ("dlq.timestamp", _ms_now()),
-        ]
+        headers = dead_letter_headers(reason, detail, rec.topic, rec.partition, rec.offset)
         self.sink.produce(self.topics.dead_letters, rec.value, key=rec.key, headers=headers)
         self._dead[reason] += 1
 
