@@ -180,12 +180,14 @@ class StreamLearner:
         routes; the body's ``key`` may only repeat it); ``timestamp_ms``: the record's
         time, used when the body has no ``ts``; ``offset``: its position on the events
         topic (for checkpoints and restores)."""
+        topic = self.topics.events
+        if offset is not None:  # a record that does not fit is handled too (dead-lettered)
+            self.consumed[topic, partition] = offset + 1
         if isinstance(value, Event):
             event = value
         else:
             event = self.decoder.event(_raw(value), _key(key), timestamp_ms)
-        topic = self.topics.events
-        if self._seen(event.key, topic, partition, offset):
+        if self._known(event.key, topic, partition, offset):
             return Result("skipped", event.key)
         out = self.processor.event(event, partition)
         if out is PAUSED:
@@ -205,12 +207,14 @@ class StreamLearner:
         offset: int | None = None,
     ) -> Result:
         """Join a delayed label to its prediction and learn it (see :meth:`event`)."""
+        topic = self.topics.labels
+        if offset is not None:
+            self.consumed[topic, partition] = offset + 1
         if isinstance(value, Label):
             label = value
         else:
             label = self.decoder.label(_raw(value), _key(key), timestamp_ms)
-        topic = self.topics.labels
-        if self._seen(label.key, topic, partition, offset):
+        if self._known(label.key, topic, partition, offset):
             return Result("skipped", label.key)
         out = self.processor.label(label, partition)
         if out is PAUSED:
@@ -230,15 +234,15 @@ class StreamLearner:
         """Carry out a control command (``pause``, ``resume``, ``retrain``, ``snapshot``,
         ``rollback``; ``*`` for every key of ``partition``), as the service does; returns
         the effects. ``snapshot`` and ``rollback`` need the store."""
+        topic = self.topics.control
+        if offset is not None:
+            self.consumed[topic, partition] = offset + 1
         cmd = value if isinstance(value, Command) else self.decoder.command(_raw(value), _key(key))
         skip = None
-        if offset is not None:
-            topic = self.topics.control
-            self.consumed[topic, partition] = offset + 1
-            if self._reflected:
+        if offset is not None and self._reflected:
 
-                def skip(k: str) -> bool:
-                    return self._reflected.known(k, topic, partition, offset)
+            def skip(k: str) -> bool:
+                return self._reflected.known(k, topic, partition, offset)
 
         self.processor.command(cmd, partition, skip=skip)
         effects = list(self._drain())
@@ -269,12 +273,11 @@ class StreamLearner:
             raise SnapshotError(f"rollback of {key!r} to v{cmd.version}: {exc}") from None
         self.promoted.add(key)
 
-    def _seen(self, key: str, topic: str, partition: int, offset: int | None) -> bool:
-        """Record the position; whether a restored snapshot of ``key`` already holds it."""
-        if offset is None:
+    def _known(self, key: str, topic: str, partition: int, offset: int | None) -> bool:
+        """Whether a restored snapshot of ``key`` already holds this record."""
+        if offset is None or not self._reflected:
             return False
-        self.consumed[topic, partition] = offset + 1
-        return bool(self._reflected) and self._reflected.known(key, topic, partition, offset)
+        return self._reflected.known(key, topic, partition, offset)
 
     def _drain(self) -> tuple[Any, ...]:
         effects = self.processor.effects

@@ -32,6 +32,7 @@ for teams whose processing already runs in Faust; the service stays the fast pat
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Iterable
@@ -41,6 +42,7 @@ from typing import Any
 import orjson
 
 from stream_learner.config import Config, load_config
+from stream_learner.core.ordering import Merger
 from stream_learner.core.processor import (
     Drift,
     KeyOpened,
@@ -114,16 +116,25 @@ class FaustLearner:
         self.learner = StreamLearner(
             config, store=store, retrain_in_worker=config.service.retrain_in_worker
         )
-        self.metrics = ServiceMetrics(runtime="faust", max_keys=config.service.max_key_labels)
+        self.metrics = ServiceMetrics(
+            runtime="faust", max_keys=config.service.max_key_labels, lag=self.lag
+        )
         self.topics = topics = self.learner.topics
         self.inputs = app.topic(topics.events, topics.labels, topics.control, acks=False, **_RAW)
         self.predictions = app.topic(topics.predictions, **_RAW)
         self.dead_letters = app.topic(topics.dead_letters, **_RAW)
         self.owned: set[int] = set()  # events partitions whose keys this app holds
         self._touched: set[str] = set()
+        self._joins: dict[str, tuple[int, int, int]] = {}  # key -> joiner counts reported
         self._since = 0
         self._last_report = time.monotonic()
+        # A key's events, labels and commands in event-time order, as the service merges
+        # them (core/ordering.py): Faust fetches the topics independently.
+        self.merger = Merger(topics.inputs)
+        self._fetched: dict[tuple[str, int], int] = {}  # next offset fetched per partition
+        self._draining = asyncio.Lock()
         app.agent(self.inputs, name="stream_learner.learn")(self._agent)
+        app.timer(0.2)(self._drain)  # what waited for other partitions, once they are read
         app.task(self._start)
         app.page("/metrics")(self._metrics_page)
         app.on_partitions_assigned.connect(self._on_assigned)
@@ -141,7 +152,34 @@ class FaustLearner:
         async for event in stream.events():
             m = event.message
             ts = None if m.timestamp is None else int(m.timestamp * 1000)
-            await self.handle(m.topic, m.partition, m.offset, m.key, m.value, ts)
+            record = _Record(m.topic, m.partition, m.offset, m.key, m.value, ts)
+            self._fetched[m.topic, m.partition] = m.offset + 1
+            self.merger.push((record,))
+            await self._drain()
+
+    async def _drain(self) -> None:
+        """Handle what the merger releases, in event-time order (one drain at a time: the
+        agent and the timer both call it)."""
+        async with self._draining:
+            for record in self.merger.pop_ready(self._caught_up, time.monotonic()):
+                await self.handle(
+                    record.topic,
+                    record.partition,
+                    record.offset,
+                    record.key,
+                    record.value,
+                    record.timestamp_ms,
+                )
+
+    def _caught_up(self, tp: tuple[str, int]) -> bool:
+        """Whether ``tp`` has nothing more to read now (the merger waits for the others)."""
+        try:
+            high = self.app.consumer.highwater(TP(*tp))
+        except Exception:  # not assigned (any more)
+            return True
+        if high is None:
+            return False
+        return max(self._fetched.get(tp, 0), self.learner.consumed.get(tp, 0)) >= high
 
     async def handle(
         self,
@@ -248,11 +286,37 @@ class FaustLearner:
         m, learners = self.metrics, self.learner.learners
         for key in self._touched:
             learner = learners.get(key)
-            if learner is not None:
-                m.set_key_metrics(key, learner.evaluator.values())
-                alive, lead = learner.race_status()
-                m.set_race(key, alive, lead)
+            if learner is None:
+                continue
+            m.set_key_metrics(key, learner.evaluator.values())
+            alive, lead = learner.race_status()
+            m.set_race(key, alive, lead)
+            j = learner.joiner
+            before = self._joins.get(key, (0, 0, 0))
+            now = (j.joined, j.unmatched, j.expired)
+            for result, b, a in zip(("joined", "unmatched", "expired"), before, now, strict=True):
+                if a > b:
+                    m.count_labels(result, a - b)
+            self._joins[key] = now
         self._touched.clear()
+
+    def lag(self) -> dict[tuple[str, int], int]:
+        """Records not handled yet per assigned input partition: the broker's high
+        watermark (as of the consumer's last fetch) less the next offset to handle."""
+        out: dict[tuple[str, int], int] = {}
+        try:
+            consumer = self.app.consumer
+            assignment = consumer.assignment()
+        except Exception:  # not started, or stopping: no partitions to speak of
+            return out
+        consumed = self.learner.consumed
+        for tp in assignment:
+            high = consumer.highwater(tp)
+            if high is not None:
+                out[tp.topic, tp.partition] = max(
+                    high - consumed.get((tp.topic, tp.partition), 0), 0
+                )
+        return out
 
     def _written(self, header: dict[str, Any]) -> None:
         key = header["key"]
@@ -298,6 +362,8 @@ class FaustLearner:
             learner = restored.state.learner
             self.metrics.set_model(restored.key, learner.version, learner.lineage)
             self.metrics.count_checkpoint("restored")
+            j = learner.joiner
+            self._joins[restored.key] = (j.joined, j.unmatched, j.expired)
             log_event(
                 log, "restored", key=restored.key, version=learner.version, index=learner.index
             )
@@ -305,16 +371,22 @@ class FaustLearner:
             tp = TP(topic, partition)
             if tp in assigned:
                 await app.consumer.seek(tp, start)
+                self._fetched[topic, partition] = start
 
     async def _on_revoked(self, app: Any, revoked: set[TP], **_: Any) -> None:
         """Checkpoint the revoked partitions' keys, then let them go."""
         gone = {tp.partition for tp in revoked if tp.topic == self.topics.events} & self.owned
         if not gone:
             return
+        async with self._draining:
+            self.merger.drop([(tp.topic, tp.partition) for tp in revoked])
+            for tp in revoked:
+                self._fetched.pop((tp.topic, tp.partition), None)
         self.tick()
         self.checkpoint(gone, "revoke")
         for key in self.learner.forget(gone):
             self.metrics.forget_key(key)
+            self._joins.pop(key, None)
         self.owned -= gone
 
     async def _on_shutdown(self, app: Any, **_: Any) -> None:
@@ -343,6 +415,28 @@ class FaustLearner:
         self.report()
         body = generate_latest(self.metrics.registry)
         return self.app.web.bytes(body, content_type=CONTENT_TYPE_LATEST.split(";")[0])
+
+
+class _Record:
+    """A fetched input record, as the merger orders them."""
+
+    __slots__ = ("key", "offset", "partition", "timestamp_ms", "topic", "value")
+
+    def __init__(
+        self,
+        topic: str,
+        partition: int,
+        offset: int,
+        key: bytes | None,
+        value: bytes | None,
+        timestamp_ms: int | None,
+    ) -> None:
+        self.topic = topic
+        self.partition = partition
+        self.offset = offset
+        self.key = key
+        self.value = value
+        self.timestamp_ms = timestamp_ms
 
 
 def _decision_line(d: Any) -> None:
