@@ -212,3 +212,22 @@ def test_no_store_is_one_clear_error():
     with pytest.raises(stream_learner.StreamLearnerError, match="without a store"):
         sl.checkpoint(0)
     assert sl.checkpoint_due() == []
+
+
+def test_the_base_install_needs_no_faust():
+    """faust-streaming is an extra: not a dependency, and the package (embedding API
+    included) imports without loading it."""
+    import subprocess
+    import sys
+    import tomllib
+    from pathlib import Path
+
+    project = tomllib.loads((Path(__file__).parents[1] / "pyproject.toml").read_text())["project"]
+    assert not any("faust" in dep for dep in project["dependencies"])
+    assert any("faust-streaming" in dep for dep in project["optional-dependencies"]["faust"])
+    code = (
+        "import sys, stream_learner, stream_learner.embed, stream_learner.cli; "
+        "stream_learner.StreamLearner; print('faust' in sys.modules, 'aiokafka' in sys.modules)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False"]
