@@ -75,9 +75,10 @@ def _faust_app(config: Path, port: int, log: Path) -> subprocess.Popen:
 def _lines(log: Path, event: str) -> list[dict]:
     out = []
     for line in log.read_bytes().splitlines():
-        if line.startswith(b"{"):
+        start = line.find(b'{"ts"')  # after the terminal codes of Faust's spinner, if any
+        if start >= 0:
             try:
-                record = orjson.loads(line)
+                record = orjson.loads(line[start:])
             except orjson.JSONDecodeError:
                 continue
             if record.get("event") == event:
@@ -91,6 +92,17 @@ def _scrape(port: int) -> str:
             return resp.read().decode()
     except OSError:
         return ""
+
+
+def _stop(app: subprocess.Popen) -> None:
+    """SIGTERM (a clean stop: the shutdown checkpoint round), then SIGKILL after 90 s."""
+    if app.poll() is None:
+        app.send_signal(signal.SIGTERM)
+    try:
+        app.wait(90)
+    except subprocess.TimeoutExpired:
+        app.kill()
+        app.wait(10)
 
 
 def test_faust_app_learns_and_the_service_restores_its_checkpoints(
@@ -129,13 +141,7 @@ def test_faust_app_learns_and_the_service_restores_its_checkpoints(
             raise AssertionError(f"{exc}; /metrics:\n{_scrape(port)}") from None
         metrics = _scrape(port)
     finally:
-        if app.poll() is None:
-            app.send_signal(signal.SIGTERM)  # a clean stop: the shutdown checkpoint round
-        try:
-            app.wait(90)
-        except subprocess.TimeoutExpired:
-            app.kill()
-            app.wait(10)
+        _stop(app)
     assert app.returncode == 0, log.read_text()[-5000:]
 
     # Metrics on the service's names, labelled runtime="faust".
@@ -201,3 +207,25 @@ def test_faust_app_learns_and_the_service_restores_its_checkpoints(
     for key in KEYS:
         assert learners[key].version == final[key]["version"]
         assert learners[key].evaluator.values() == final[key]["metrics"]
+
+    # And the other way round: the app, started again, restores from the checkpoint topic
+    # the service last wrote to (its shutdown round), learning nothing again.
+    port, log = _free_port(), tmp_path / "faust-again.log"
+    app = _faust_app(config_path, port, log)
+    try:
+        wait_until(lambda: len(_lines(log, "restored")) == len(KEYS), 120, "the app's restore")
+        wait_until(
+            lambda: sample(_scrape(port), "stream_learner_consumer_lag", runtime="faust") == 0,
+            60,
+            "the app to read its inputs to their end",
+        )
+        again = _scrape(port)
+    finally:
+        _stop(app)
+    assert {r["key"]: r["version"] for r in _lines(log, "restored")} == {
+        key: final[key]["version"] for key in KEYS
+    }
+    assert sample(again, "stream_learner_events_total", outcome="learned", runtime="faust") == 0
+    assert {f["key"]: f["metrics"] for f in _lines(log, "final")} == {
+        key: final[key]["metrics"] for key in KEYS
+    }
