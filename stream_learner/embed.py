@@ -113,9 +113,10 @@ class Result:
 class StreamLearner:
     """Per-key learners of one config; see the module docstring.
 
-    ``store``: a checkpoint store (``kafka.checkpoints.CheckpointStore`` on the config's
-    checkpoint topic, or the core's ``MemoryCheckpointStore``). ``retrain_in_worker``
-    overrides ``service.retrain_in_worker`` (default here: inline, as the replay runs).
+    ``store``: a checkpoint store (:func:`checkpoint_store` for the config's checkpoint
+    topic, or the core's ``MemoryCheckpointStore``). ``retrain_in_worker`` overrides the
+    config's ``service.retrain_in_worker``: the worker process starts with :meth:`start`
+    or the first retrain, and stops with :meth:`close`.
     """
 
     def __init__(
@@ -123,12 +124,14 @@ class StreamLearner:
         config: Config,
         *,
         store: Any = None,
-        retrain_in_worker: bool = False,
+        retrain_in_worker: bool | None = None,
     ) -> None:
         self.config = config
         self.factory = LearnerFactory.from_config(config)
         self.topics = Topics.from_prefix(config.kafka.topic_prefix)
         service = config.service
+        if retrain_in_worker is None:
+            retrain_in_worker = service.retrain_in_worker
         if retrain_in_worker:  # the worker starts with start(), or with the first retrain
             runner: Any = Retrainer(workers=1, apply_after=service.retrain_apply_after)
         else:
@@ -308,15 +311,16 @@ class StreamLearner:
         """Write ``key``'s whole state (learner, retrain in flight, paused) to the store,
         signed, with the input positions it reflects; returns the header written."""
         partition = self.processor.partitions[key]
+        state = self.processor.state(key)
         meta = snapshot_meta(
             key,
-            self.processor.state(key),
+            state,
             partition=partition,
             events_topic=self.topics.events,
             offsets=self._positions(partition),
             trigger=trigger,
         )
-        header = self._store().publish(self.processor.state(key), meta)
+        header = self._store().publish(state, meta)
         self.dirty.discard(key)
         self.promoted.discard(key)
         return header

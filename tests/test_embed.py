@@ -19,7 +19,7 @@ from stream_learner.synth import demo_messages
 SIGNING_KEY = bytes(range(32))
 
 CONFIG = {
-    "service": {"retrain_apply_after": 50},
+    "service": {"retrain_apply_after": 50, "retrain_in_worker": False},
     "model": {
         "task": "binary",
         "pipeline": [
@@ -95,7 +95,9 @@ def test_a_value_the_model_refuses_is_model_rejected_as_in_the_service():
 
 
 def test_labels_past_the_unseen_key_bound_are_refused_as_unseen_key():
-    sl = StreamLearner.from_dict({**CONFIG, "service": {"label_max_unseen_keys": 1}})
+    sl = StreamLearner.from_dict(
+        {**CONFIG, "service": {"label_max_unseen_keys": 1, "retrain_in_worker": False}}
+    )
     assert sl.label({"id": "e1", "key": "k1", "y": True}).kind == "parked"
     with pytest.raises(DecodeError) as caught:
         sl.label({"id": "e2", "key": "k2", "y": True})

@@ -117,9 +117,7 @@ class FaustLearner:
             store = checkpoint_store(config)
         self.app = app
         self.config = config
-        self.learner = StreamLearner(
-            config, store=store, retrain_in_worker=config.service.retrain_in_worker
-        )
+        self.learner = StreamLearner(config, store=store)
         self.metrics = ServiceMetrics(
             runtime="faust", max_keys=config.service.max_key_labels, lag=self.lag
         )
