@@ -233,3 +233,31 @@ def test_the_base_install_needs_no_faust():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert out.stdout.split() == ["False", "False"]
+
+
+def test_commands_pause_and_roll_back_as_in_the_service():
+    """Control commands through the embedding: pause/resume, and a rollback to a version
+    in the store, served as the key's next version (its snapshot written by the cadence)."""
+    store = MemoryCheckpointStore(signing_key=SIGNING_KEY)
+    sl = StreamLearner.from_dict(CONFIG, store=store)
+    messages = _history()
+    _feed(sl, messages[:400])
+    sl.checkpoint(0)  # version 1 of both keys
+    _feed(sl, messages[400:])
+    assert sl.learners["a"].version >= 2
+    sl.checkpoint(0)
+    before = sl.learners["a"].version
+
+    sl.command({"command": "pause", "key": "a"}, key="a")
+    assert sl.event(
+        {"id": "p1", "x": {"size": 1, "color": 1, "shape": 1}, "y": 1}, key="a"
+    ).kind == ("paused")
+    sl.command({"command": "resume", "key": "a"}, key="a")
+
+    effects = sl.command({"command": "rollback", "key": "a", "version": 1}, key="a")
+    rolled = [d for e in effects for d in getattr(e, "decisions", ()) if d.action == "rollback"]
+    assert len(rolled) == 1 and sl.learners["a"].version == before + 1
+    written = sl.checkpoint_due()
+    assert [h["model_version"] for h in written if h["key"] == "a"] == [before + 1]
+    with pytest.raises(stream_learner.StreamLearnerError, match="no valid snapshot"):
+        sl.command({"command": "rollback", "key": "a", "version": 99}, key="a")
