@@ -51,6 +51,11 @@ class BrokerError(StreamLearnerError):
         self.description = description
 
 
+class FencedError(StreamLearnerError):
+    """A write refused because this instance may no longer own what it would write (it
+    stood still long enough for the group to move its partitions; see service/stall.py)."""
+
+
 class LocalBrokerError(BrokerError):
     """The project's own local Kafka (``stream-learner kafka up``) failed."""
 

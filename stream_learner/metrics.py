@@ -62,6 +62,8 @@ RETRAIN_OUTCOMES = ("promoted", "kept", "failed")
 #: change, a window retrain, or a retired model from the key's pool.
 PROMOTION_SOURCES = ("shadow", "window", "pool")
 CHECKPOINT_RESULTS = ("written", "restored", "rejected")
+#: Why an instance gave up state it could no longer publish (see service/stall.py).
+FENCED_WHY = ("stall", "partitions_lost")
 
 _ROLLING_SUFFIX = "_rolling"
 
@@ -301,6 +303,16 @@ class ServiceMetrics:
             "(deleted by retention before they were learned).",
             registry=reg,
         )
+        self._fenced = Counter(
+            "stream_learner_fenced_total",
+            "Times this instance gave up its partitions' unpublished state because another "
+            "instance may own them now: after the process stood still (stall) or when the "
+            "group took them (partitions_lost).",
+            ["why"],
+            registry=reg,
+        )
+        for why in FENCED_WHY:
+            self._fenced.labels(why)  # exported at 0 from the start
         self._labels = Counter(
             "stream_learner_labels_total",
             "Delayed labels received, by join result.",
@@ -507,6 +519,9 @@ class ServiceMetrics:
 
     def count_input_lost(self, n: int) -> None:
         self._input_lost.inc(n)
+
+    def count_fenced(self, why: str) -> None:
+        self._fenced.labels(_check("why", why, FENCED_WHY)).inc()
 
     def count_labels(self, result: str, n: int) -> None:
         self._labels.labels(_check("result", result, LABEL_RESULTS)).inc(n)

@@ -218,7 +218,7 @@ def resolve_version(
     only in the key's staging slot is found too, as the service finds it on a rollback."""
     versions = versions_of(catalog, key, "--key" if arg == "--version" else arg)
     if version is None:
-        return max(versions, key=lambda v: v.position)
+        return max(versions, key=lambda v: v.recency)
     staged = catalog.staged(key)
     for info in [*versions, *([staged] if staged else [])]:
         if info.model_version == version:

@@ -33,11 +33,12 @@ from stream_learner.kafka.client import BOOTSTRAP_ENV, check_reachable, resolve_
 from stream_learner.kafka.health import KafkaHealth
 from stream_learner.kafka.identity import AUTO, Identity, claim_instance_id
 from stream_learner.kafka.sink import KafkaSink
-from stream_learner.kafka.source import KafkaSource
+from stream_learner.kafka.source import SESSION_TIMEOUT_MS, KafkaSource
 from stream_learner.logs import configure_logging, json_stderr, log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
 from stream_learner.service.runtime import CheckpointPolicy, LearnerFactory, Service, Topics
+from stream_learner.service.stall import StallWatch
 
 log = logging.getLogger("stream_learner.cli")
 
@@ -129,6 +130,14 @@ def signing_key(settings: CheckpointSettings, env=None) -> bytes | None:
     return key
 
 
+def stall_limit_s(client: dict) -> float:
+    """How long the process may stand still before it gives up its partitions' unpublished
+    state (service/stall.py): half the group session, so it always fences itself before
+    the group could have given its partitions to another member."""
+    session_ms = int(client.get("session.timeout.ms", SESSION_TIMEOUT_MS))
+    return session_ms / 2000
+
+
 def build_service(config: Config, bootstrap: str, *, http_port: int | None = None) -> Built:
     """Wire a config to real adapters; nothing touches the network until ``run``."""
     factory = core_factory(config)
@@ -161,7 +170,10 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     def on_revoke(tps):
         service.on_revoke(tps)
 
-    def on_lost(topic, partition, first_lost, log_start):
+    def on_lost(tps):
+        service.on_lost_partitions(tps)
+
+    def on_gap(topic, partition, first_lost, log_start):
         service.lost(Gap(topic, partition, first_lost, log_start))
 
     source = KafkaSource(
@@ -172,6 +184,7 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         on_assign=on_assign,
         on_revoke=on_revoke,
         on_lost=on_lost,
+        on_gap=on_gap,
         identity=identity,
         health=health,
     )
@@ -190,6 +203,8 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
         max_event_features=settings.max_event_features,
         max_feature_name_chars=settings.max_feature_name_chars,
         max_unseen_keys=settings.label_max_unseen_keys,
+        stall=StallWatch(),
+        stall_limit_s=stall_limit_s(extra),
     )
     port = settings.http_port if http_port is None else http_port
     if config.checkpoints.enabled:

@@ -104,7 +104,7 @@ from stream_learner.core.snapshot import (
     verify_signature,
     verify_snapshot,
 )
-from stream_learner.errors import ConfigError
+from stream_learner.errors import ConfigError, FencedError
 
 __all__ = [
     "MAX_CHUNK_BYTES",
@@ -201,6 +201,16 @@ class VersionInfo:
     @property
     def extra(self) -> dict[str, Any]:
         return self.header.get("extra", {})
+
+    @property
+    def recency(self) -> tuple[int, int]:
+        """What "newest" compares: first how far into its inputs the snapshot is (the sum
+        of its input offsets, which only grow for one key), then log order. So a snapshot
+        that reached the topic late from an instance that had lost the key (a stale owner,
+        see service/stall.py) never wins over the new owner's newer state, while a
+        rollback, written with the positions it was taken at, still does."""
+        progress = sum(int(o) for by in self.offsets.values() for o in by.values())
+        return progress, self.position
 
 
 @dataclass(frozen=True, slots=True)
@@ -471,9 +481,9 @@ class Catalog:
             if info.staged:
                 continue
             current = best.get(info.model_version)
-            if current is None or (info.valid, info.position) > (current.valid, current.position):
+            if current is None or (info.valid, info.recency) > (current.valid, current.recency):
                 best[info.model_version] = info
-        return sorted(best.values(), key=lambda i: i.position)
+        return sorted(best.values(), key=lambda i: i.recency)
 
     def staged(self, key: str) -> VersionInfo | None:
         """The snapshot in ``key``'s staging slot, valid or not; ``None`` when it is empty."""
@@ -508,7 +518,7 @@ class Catalog:
                 f"checkpoint key {key!r} was not wanted by this read: its snapshots' bytes "
                 "were not kept"
             )
-        for info in sorted(candidates, key=lambda i: i.position, reverse=True):
+        for info in sorted(candidates, key=_newest_first(version), reverse=True):
             payload = self._payloads.get((key, info.slot))
             if payload is None:  # valid, but want dropped its bytes
                 continue
@@ -566,6 +576,15 @@ def _protected(slots: Mapping[int, _SlotState], version: int, keep: int) -> set[
     return set(others) | ({own} if own is not None else set())
 
 
+def _newest_first(version: int | None) -> Callable[[VersionInfo], tuple]:
+    """How :meth:`Catalog.load` orders candidates: what a restart restores by
+    :attr:`VersionInfo.recency`; the snapshots of one asked-for version (a rollback's
+    target, staged ones included) by log order, the newest offered last."""
+    if version is None:
+        return lambda info: info.recency
+    return lambda info: (info.position,)
+
+
 def _choose_slot(slots: Mapping[int, _SlotState], version: int, keep: int) -> int:
     """An unprotected slot: an empty one, else a broken one, else the oldest."""
     protected = _protected(slots, version, keep)
@@ -605,6 +624,15 @@ class LogStore:
         self.chunk_bytes = chunk_bytes
         self._slots: dict[str, dict[int, _SlotState]] | None = None
         self._position = 0
+        #: Asked before every write; ``False`` refuses it with :class:`FencedError`. The
+        #: service answers whether it may still be the owner (see service/stall.py), so a
+        #: publish that was under way when the process stood still stops between records.
+        self.may_write: Callable[[], bool] | None = None
+
+    def _guarded(self, records: list[tuple[str, bytes | None]]) -> None:
+        if self.may_write is not None and not self.may_write():
+            raise FencedError("checkpoint write refused: this instance may no longer own it")
+        self._write(records)
 
     # transport: subclasses deliver records in order (raising BrokerError) and replay them
     def _write(self, records: list[tuple[str, bytes | None]]) -> None:
@@ -643,11 +671,11 @@ class LogStore:
         written = frozenset(range(len(chunks)))
         leftovers = sorted(slots[slot].indexes - written) if slot in slots else []
         slots[slot] = _SlotState(None, self._tick(), False, written | set(leftovers))
-        self._write(
+        self._guarded(
             [(chunk_key(key, slot, c.header["chunk_index"]), c.to_bytes()) for c in chunks]
             + [(chunk_key(key, slot, i), None) for i in leftovers]
         )
-        self._write([(manifest_key(key, slot), orjson.dumps(header))])
+        self._guarded([(manifest_key(key, slot), orjson.dumps(header))])
         slots[slot] = own[slot] = _SlotState(version, self._tick(), True, written)
         if staged:
             return header
@@ -657,7 +685,7 @@ class LogStore:
             tombstones = [(manifest_key(key, s), None) for s in retired]
             for s in retired:
                 tombstones += [(chunk_key(key, s, i), None) for i in sorted(slots.pop(s).indexes)]
-            self._write(tombstones)
+            self._guarded(tombstones)
         return header
 
     def publish_record(self, key: str, value: dict | None) -> None:
@@ -666,7 +694,7 @@ class LogStore:
             raise ConfigError(f"record key: {key!r} must be a non-empty string")
         if value is not None and not isinstance(value, dict):
             raise ConfigError(f"record {key!r}: value must be a JSON object or None")
-        self._write([(record_key(key), None if value is None else orjson.dumps(value))])
+        self._guarded([(record_key(key), None if value is None else orjson.dumps(value))])
 
     def _tick(self) -> int:
         self._position += 1

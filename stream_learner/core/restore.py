@@ -268,7 +268,7 @@ def plan_restore(
     notes: list[Note] = []
     lost: set[int] = set()
     for key in catalog.keys():  # noqa: SIM118 - a Catalog, not a dict
-        newest = max(catalog.versions(key), key=lambda v: v.position)
+        newest = max(catalog.versions(key), key=lambda v: v.recency)
         partition = newest.extra.get("partition")
         if partition not in owned or newest.extra.get("events_topic") != events_topic:
             continue

@@ -107,8 +107,12 @@ class CheckpointStore(LogStore):
         while True:
             left = deadline - time.monotonic()
             try:
+                # Each ask bounded, so one that hangs (a leader still being elected on a
+                # loaded broker) leaves time to ask again.
                 return consumer.get_watermark_offsets(
-                    TopicPartition(self.topic, PARTITION), timeout=max(left, 0.1), cached=False
+                    TopicPartition(self.topic, PARTITION),
+                    timeout=max(min(left, 5.0), 0.1),
+                    cached=False,
                 )
             except KafkaException as exc:
                 err = exc.args[0] if exc.args else None

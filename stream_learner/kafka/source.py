@@ -11,8 +11,12 @@ position after the last message whose outputs were delivered.
 Nor are they ever reset silently. The service gives every assigned partition an explicit
 start, never below its log start; if the log start passes a partition's position later
 (retention deleting records not read yet), the fetch fails (``auto.offset.reset`` is
-``error``) and ``on_lost(topic, partition, first_lost, log_start)`` is told before the
+``error``) and ``on_gap(topic, partition, first_lost, log_start)`` is told before the
 source reads on from the log start.
+
+Partitions taken away are either *revoked* (a rebalance this member takes part in: the
+service hands them off, ``on_revoke``) or *lost* (the group gave them to another member
+while this one was not heartbeating: ``on_lost``, nothing of their state is handed over).
 """
 
 from __future__ import annotations
@@ -35,6 +39,8 @@ log = logging.getLogger(__name__)
 
 TopicPartition = tuple[str, int]
 
+SESSION_TIMEOUT_MS = 30_000
+
 _CONSUMER_DEFAULTS = {
     "enable.auto.commit": False,
     "enable.auto.offset.store": False,
@@ -51,7 +57,7 @@ _CONSUMER_DEFAULTS = {
     # at once whatever this is; it bounds how long the partitions of an instance that does
     # not come back (a crash without restart, a scale-down: a static member does not leave
     # the group on close) wait before the others take them over.
-    "session.timeout.ms": 30000,
+    "session.timeout.ms": SESSION_TIMEOUT_MS,
     "max.poll.interval.ms": 300000,
 }
 
@@ -122,7 +128,8 @@ class KafkaSource:
     ``on_assign(partitions)`` runs before the first message of newly assigned
     partitions and may return start offsets for some of them (a restored checkpoint's
     positions); ``on_revoke(partitions)`` runs before they are taken away, so the
-    service can flush and commit (and later hand state off) in time.
+    service can flush and commit (and later hand state off) in time; ``on_lost``
+    instead when they are gone already (see the module docstring).
     """
 
     def __init__(
@@ -135,7 +142,8 @@ class KafkaSource:
         on_assign: Callable[[list[TopicPartition]], Mapping[TopicPartition, int] | None]
         | None = None,
         on_revoke: Callable[[list[TopicPartition]], None] | None = None,
-        on_lost: Callable[[str, int, int, int], None] | None = None,
+        on_lost: Callable[[list[TopicPartition]], None] | None = None,
+        on_gap: Callable[[str, int, int, int], None] | None = None,
         identity: Identity | None = None,
         health: KafkaHealth | None = None,
     ) -> None:
@@ -153,6 +161,7 @@ class KafkaSource:
         self._on_assign = on_assign
         self._on_revoke = on_revoke
         self._on_lost = on_lost
+        self._on_gap = on_gap
         self._starts: dict[TopicPartition, int] = {}  # where each assigned partition began
         self._consumer = None
         # Per assigned partition: its end (the last stable offset under read_committed) minus
@@ -164,9 +173,19 @@ class KafkaSource:
     # -- lifecycle ------------------------------------------------------------
     def start(self) -> None:
         self._consumer = Consumer(self._conf)
+        self._subscribe()
+
+    def _subscribe(self) -> None:
         self._consumer.subscribe(
-            self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+            self._topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._lost
         )
+
+    def rejoin(self) -> None:
+        """Leave the current assignment behind and join the group afresh: every partition
+        this member gets is assigned anew (``on_revoke``, then ``on_assign`` with restored
+        starts), from the next poll on."""
+        self._consumer.unsubscribe()
+        self._subscribe()
 
     def close(self) -> None:
         if self._consumer is not None:
@@ -189,14 +208,18 @@ class KafkaSource:
         for p in partitions:
             self._starts[p.topic, p.partition] = p.offset
 
-    def _revoked(self, consumer, partitions) -> None:
+    def _revoked(self, consumer, partitions, *, lost: bool = False) -> None:
         tps = [(p.topic, p.partition) for p in partitions]
-        if self._on_revoke:
-            self._on_revoke(tps)
+        handler = self._on_lost if lost and self._on_lost else self._on_revoke
+        if handler:
+            handler(tps)
         self.assignment.difference_update(tps)
         for tp in tps:
             self.lag.pop(tp, None)
             self._starts.pop(tp, None)
+
+    def _lost(self, consumer, partitions) -> None:
+        self._revoked(consumer, partitions, lost=True)
 
     def _on_stats(self, raw: str) -> None:
         stats = orjson.loads(raw)
@@ -300,15 +323,15 @@ class KafkaSource:
 
     def _out_of_range(self, topic: str, partition: int, offset: int | None) -> None:
         """The broker no longer (or not yet) holds ``offset``: below the log start, the
-        records up to it are lost input (``on_lost``); read on from the log start. Beyond
+        records up to it are lost input (``on_gap``); read on from the log start. Beyond
         the end (a log truncated under us), read on from the end."""
         tp = KafkaTopicPartition(topic, partition)
         low, high = self._consumer.get_watermark_offsets(tp, timeout=10, cached=False)
         if offset is None or offset < 0:  # no position (nothing committed): the log start
             to = low
         elif offset < low:
-            if self._on_lost is not None:
-                self._on_lost(topic, partition, offset, low)
+            if self._on_gap is not None:
+                self._on_gap(topic, partition, offset, low)
             to = low
         else:
             log.warning(

@@ -79,10 +79,11 @@ from stream_learner.core.restore import (
 )
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
-from stream_learner.errors import BrokerError, ConfigError, DecodeError
+from stream_learner.errors import BrokerError, ConfigError, DecodeError, FencedError
 from stream_learner.logs import log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
+from stream_learner.service.stall import StallWatch
 
 if TYPE_CHECKING:
     from stream_learner.config import Config
@@ -126,6 +127,7 @@ class Source(Protocol):
     def high_watermark(self, tp: TopicPartition) -> int | None: ...
     def log_starts(self, tps: list[TopicPartition]) -> Mapping[TopicPartition, int]: ...
     def group_metadata(self) -> Any: ...
+    def rejoin(self) -> None: ...
     def close(self) -> None: ...
 
 
@@ -264,6 +266,8 @@ class Service:
         max_unseen_keys: int = 1000,
         store: Store | None = None,
         checkpoint_policy: CheckpointPolicy | None = None,
+        stall: StallWatch | None = None,
+        stall_limit_s: float = 10.0,
     ) -> None:
         self.factory = factory
         self.topics = topics
@@ -299,6 +303,12 @@ class Service:
         self._emit = True
         self._snapshot_soon: set[str] = set()
         self.merger = Merger(topics.inputs)
+        # Fencing (service/stall.py): a batch's outputs are held until its end, and given up
+        # with the state of every partition if the process stood still for stall_limit_s.
+        self._held: list[tuple[str, bytes | None, Any, Any]] = []
+        self.stall = stall
+        self.stall_limit_s = stall_limit_s
+        self._fenced = False  # state given up; the next assignment restores it afresh
 
     @property
     def learners(self) -> dict[str, Learner]:
@@ -390,14 +400,16 @@ class Service:
         if not self._emit:
             return
         body = prediction(event, out)
-        self.sink.produce(self.topics.predictions, orjson.dumps(body, option=_JSON), key=event.key)
+        self._held.append(
+            (self.topics.predictions, orjson.dumps(body, option=_JSON), event.key, None)
+        )
         self._counts["predicted"] += 1
 
     def dead_letter(self, rec: Record, reason: str, detail: str) -> None:
         if not self._emit:
             return
         headers = dead_letter_headers(reason, detail, rec.topic, rec.partition, rec.offset)
-        self.sink.produce(self.topics.dead_letters, rec.value, key=rec.key, headers=headers)
+        self._held.append((self.topics.dead_letters, rec.value, rec.key, headers))
         self._dead[reason] += 1
 
     # -- what the processor did: logs, metrics, checkpoints ------------------------------
@@ -523,15 +535,23 @@ class Service:
 
     # -- batch boundaries ---------------------------------------------------------------
     def end_batch(self, *, should_stop: Callable[[], bool] = lambda: False) -> None:
-        """Deliver outputs, then commit positions, then update metrics."""
+        """Deliver outputs, then commit positions, then update metrics; nothing of it if
+        the process stood still meanwhile (:meth:`stood_still`)."""
+        if self.stood_still():
+            return
         self.flush(should_stop)
         self.commit(should_stop, wait=False)
         self.dirty |= self._touched
         self._report()
         if self.store is not None:
-            self._checkpoints()
+            self._checkpoints()  # FencedError if it stood still meanwhile: see run()
 
     def flush(self, should_stop: Callable[[], bool] = lambda: False) -> None:
+        """Hand the held outputs to the sink and wait until every one is delivered."""
+        held, self._held = self._held, []
+        produce = self.sink.produce
+        for topic, value, key, headers in held:
+            produce(topic, value, key=key, headers=headers)
         waited = 0.0
         while self.sink.flush(1.0) > 0:
             waited += 1.0
@@ -819,20 +839,97 @@ class Service:
     # -- rebalancing --------------------------------------------------------------------
     def on_assign(self, partitions: list[TopicPartition]) -> dict[TopicPartition, int]:
         self.caught_up = False
+        self._fenced = False
         log_event(log, "assigned", partitions=[f"{t}[{p}]" for t, p in partitions])
         starts = self.restore(partitions)
         self.metrics.set_assigned_partitions(len(self.source.assignment))
         return starts
 
     def on_revoke(self, partitions: list[TopicPartition]) -> None:
-        """Hand off cleanly: deliver outputs, commit, and snapshot before partitions move."""
-        self.flush()
-        self.commit()
+        """Hand off cleanly: deliver outputs, commit, and snapshot before partitions move
+        (unless the state was given up already: :meth:`fence`)."""
+        if not self._fenced and not self.stood_still(rejoin=False):
+            self.flush()
+            self.commit()
+            if self.store is not None:
+                self.dirty |= self._touched
+                try:
+                    for partition in sorted({p for t, p in partitions if t == self.topics.events}):
+                        self.checkpoint_round(partition, "revoke")
+                except FencedError:
+                    self.stood_still(rejoin=False)
+        self._drop(partitions)
+        log_event(log, "revoked", partitions=[f"{t}[{p}]" for t, p in partitions])
+
+    def on_lost_partitions(self, partitions: list[TopicPartition]) -> None:
+        """The group gave ``partitions`` to another instance while this one was not there
+        (its session expired): their state here is a stale owner's, so none of it is
+        handed over (no outputs, commits or snapshots); the new owner restored them from the
+        last checkpoint and the committed offsets."""
+        # Called from a poll: the last batch's outputs and positions are handed over already.
+        self.metrics.count_fenced("partitions_lost")
+        log_event(
+            log,
+            "partitions_lost",
+            level=logging.WARNING,
+            partitions=[f"{t}[{p}]" for t, p in partitions],
+            action="dropped their state unpublished; the group's new owner has them",
+        )
+        self._drop(partitions)
+
+    def stood_still(self, *, rejoin: bool = True) -> bool:
+        """Whether the process stood still long enough since the last look that another
+        instance may own its partitions now; if so, it :meth:`fence` s itself first."""
+        gap = self._stale()
+        if not gap:
+            return False
+        self.stall.clear()
+        self.fence(gap, rejoin=rejoin)
+        return True
+
+    def _stale(self) -> float:
+        """How long the process stood still, if that was long enough to be a stale owner
+        now (0.0 if not): looked at before anything is handed over."""
+        stall = self.stall
+        if stall is None:
+            return 0.0
+        gap = stall.stood_still_s()
+        return gap if gap >= self.stall_limit_s else 0.0
+
+    def fence(self, stood_still_s: float, *, rejoin: bool = True) -> None:
+        """Give up everything not handed over yet — the batch's held outputs, uncommitted
+        positions, every key's state — and rejoin the group. Its next assignment restores
+        each partition from the last checkpoint and the committed offsets, as a restart
+        would: whatever this instance held, the group may have given to another while it
+        stood still, and publishing it would be a stale owner's."""
+        partitions = sorted(self.source.assignment)
+        log_event(
+            log,
+            "fenced",
+            level=logging.WARNING,
+            stood_still_s=round(stood_still_s, 1),
+            limit_s=self.stall_limit_s,
+            partitions=[f"{t}[{p}]" for t, p in partitions],
+            dropped_outputs=len(self._held),
+            action="state dropped unpublished; rejoining the group to restore from checkpoints",
+        )
+        self.metrics.count_fenced("stall")
+        self._held = []
+        self.positions = {}
+        self._touched.clear()
+        self._counts.clear()
+        self._dead.clear()
+        self._learned = 0
+        self._drop(partitions)
+        self._fenced = True
+        self.caught_up = False
+        self.metrics.set_ready(False)
+        if rejoin:  # not from inside a rebalance: that one assigns afresh by itself
+            self.source.rejoin()
+
+    def _drop(self, partitions: list[TopicPartition]) -> None:
+        """Forget ``partitions``: their keys, buffered records and positions."""
         gone = {p for t, p in partitions if t == self.topics.events}
-        if self.store is not None:
-            self.dirty |= self._touched
-            for partition in sorted(gone):
-                self.checkpoint_round(partition, "revoke")
         for key in self.processor.drop(gone):
             self._joins.pop(key, None)
             self._skip.discard(key)
@@ -846,7 +943,6 @@ class Service:
         for p in gone:
             self._round_at.pop(p, None)
         self.metrics.set_assigned_partitions(len(self.source.assignment) - len(partitions))
-        log_event(log, "revoked", partitions=[f"{t}[{p}]" for t, p in partitions])
 
     def _all_caught_up(self) -> bool:
         """Ready: partitions assigned, every one read to its end, nothing left buffered."""
@@ -867,17 +963,27 @@ class Service:
         self.retrainer.start(self.factory.spec)
         self.sink.start()  # before consuming: see KafkaSink.start (exactly-once restarts)
         self.source.start()
+        if self.stall is not None:
+            self.stall.start()
+        if self.store is not None:
+            self.store.may_write = lambda: not self._stale()
         gc_default = gc.get_threshold()
         gc.set_threshold(*GC_THRESHOLDS)
         try:
             while not should_stop():
                 polled = self.source.poll(self.batch_size, self.poll_timeout_s)
+                if self.stood_still():
+                    continue  # fenced: what was polled is read again after the rejoin
                 self.merger.push(polled)
                 records = self.merger.pop_ready(self._caught_up, time.monotonic())
                 if records:
                     started = time.perf_counter()
-                    self.process(records)
-                    self.end_batch(should_stop=should_stop)
+                    try:
+                        self.process(records)
+                        self.end_batch(should_stop=should_stop)
+                    except FencedError:  # a checkpoint write it may no longer make
+                        self.stood_still()
+                        continue
                     self.metrics.observe_batch(time.perf_counter() - started, len(records))
                     self.batches += 1
                 if not self.caught_up and self._all_caught_up():
@@ -886,16 +992,22 @@ class Service:
                     log_event(log, "caught_up", keys=len(self.learners))
         finally:
             try:
-                self.flush(should_stop)
-                self.commit(should_stop)
-                if self.store is not None:
-                    for partition in self._owned():
-                        self.checkpoint_round(partition, "shutdown")
+                if not self._fenced and not self.stood_still(rejoin=False):
+                    self.flush(should_stop)
+                    self.commit(should_stop)
+                    if self.store is not None:
+                        try:
+                            for partition in self._owned():
+                                self.checkpoint_round(partition, "shutdown")
+                        except FencedError:
+                            self.stood_still(rejoin=False)
                 self.source.close()
                 self.retrainer.close()
                 self.metrics.set_ready(False)
             finally:
                 gc.set_threshold(*gc_default)
+                if self.stall is not None:
+                    self.stall.stop()
 
 
 def _rollback_failed(key: str, version: int | None, why: str) -> None:

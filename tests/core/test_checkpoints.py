@@ -95,3 +95,49 @@ def test_a_catalog_keeps_service_records_and_rejects_bad_ones():
 def test_chunk_bytes_is_bounded_by_the_record_size(chunk_bytes):
     with pytest.raises(ConfigError, match="chunk_bytes"):
         MemoryCheckpointStore(chunk_bytes=chunk_bytes)
+
+
+def _at(version: int, events_offset: int, key: str = "k") -> SnapshotMeta:
+    return SnapshotMeta(
+        key=key, lineage="l1", model_version=version, trigger="t", created=1.0,
+        offsets={"in.events": {"0": events_offset}, "in.labels": {"0": events_offset // 2}},
+    )  # fmt: skip
+
+
+def test_newest_is_the_furthest_into_the_inputs_so_a_late_stale_write_never_wins():
+    store = MemoryCheckpointStore(signing_key=KEY, keep_versions=3)
+    store.publish({"v": 1}, _at(1, 500))
+    store.publish({"v": 2}, _at(2, 900))  # the new owner's, further in
+    store.publish({"v": 1, "stale": True}, _at(1, 700))  # a stale owner's, landing last
+    read = store.read()
+    assert read.load("k")[1] == {"v": 2}
+    assert [v.model_version for v in read.versions("k")] == [1, 2]
+    assert read.versions("k")[0].header["offsets"]["in.events"]["0"] == 700
+    # A rollback is written with the positions it was taken at: it is the newest.
+    store.publish({"v": 1, "rollback": True}, _at(1, 950))
+    assert store.read().load("k")[1] == {"v": 1, "rollback": True}
+    # Without positions (offline tools) log order decides, as before.
+    plain = MemoryCheckpointStore(signing_key=KEY)
+    plain.publish({"v": 2}, _meta(2))
+    plain.publish({"v": 1}, _meta(1))
+    assert plain.read().load("k")[1] == {"v": 1}
+
+
+def test_a_writer_that_may_no_longer_write_stops_between_records():
+    from stream_learner.errors import FencedError
+
+    store = MemoryCheckpointStore(signing_key=KEY, keep_versions=1)
+    store.publish({"v": 1}, _at(1, 100))
+    answers = iter([True, False])  # the chunks go; the process stood still before the manifest
+    store.may_write = lambda: next(answers)
+    with pytest.raises(FencedError):
+        store.publish({"v": 2}, _at(2, 200))
+    store.may_write = None
+    read = MemoryCheckpointStore(signing_key=KEY)
+    read.log = store.log
+    catalog = read.read()
+    assert catalog.load("k")[1] == {"v": 1}  # the half-written snapshot is never restored
+    store.may_write = lambda: False
+    with pytest.raises(FencedError):
+        store.publish_record("round", {"offsets": {}})
+    assert read.read().records() == {}

@@ -49,7 +49,7 @@ def test_a_start_below_the_log_start_is_reported_and_reading_goes_on_from_it(
         unique_name("group"),
         [topic],
         on_assign=lambda tps: {tp: 10 for tps_ in [tps] for tp in tps_},  # a stale position
-        on_lost=lambda *gap: lost.append(gap),
+        on_gap=lambda *gap: lost.append(gap),
     )
     assert _first_offset(source) == 50
     assert lost == [(topic, 0, 10, 50)]
@@ -61,7 +61,7 @@ def test_a_group_with_nothing_committed_starts_at_the_log_start(
     topic = _topic_with_a_deleted_head(bootstrap, admin, topic_factory)
     lost = []
     source = KafkaSource(
-        bootstrap, unique_name("group"), [topic], on_lost=lambda *gap: lost.append(gap)
+        bootstrap, unique_name("group"), [topic], on_gap=lambda *gap: lost.append(gap)
     )
     assert _first_offset(source) == 50
     assert lost == []

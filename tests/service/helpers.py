@@ -17,6 +17,7 @@ from pathlib import Path
 
 import orjson
 
+from stream_learner.core.events import Event
 from stream_learner.kafka.sink import KafkaSink
 from stream_learner.synth import Message
 
@@ -212,3 +213,24 @@ def run_in_thread(service) -> tuple[threading.Event, threading.Thread, list]:
     thread = threading.Thread(target=target, daemon=True)
     thread.start()
     return stop, thread, errors
+
+
+def fingerprint(learner) -> tuple:
+    """What must be equal between an interrupted and an uninterrupted run of one key: the
+    model's (and the race's and pool's) answers on a probe set, the prequential metrics,
+    the counts and the decision log."""
+    probe = [Event(f"p{i}", learner.key, {"x0": (i * 3.7) % 10, "x1": (i * 1.3) % 10,
+                                           "x2": (i * 7.1) % 10}) for i in range(200)]  # fmt: skip
+    race = learner._race.candidates if learner._race is not None else []
+    return (
+        [learner.model.predict_proba_one(e.x) for e in probe],
+        # The race and the pool: what each candidate and retired model predicts, and the
+        # candidates' paired records.
+        [(c.source, c.started, c.n, c.total, c.squares) for c in race],
+        [[m.predict_proba_one(e.x) for e in probe] for m in [c.model for c in race]],
+        [(v, [m.predict_proba_one(e.x) for e in probe]) for v, m in learner.pool],
+        dict(learner.race_promotions),
+        learner.evaluator.values(),
+        learner.index, learner.learned, learner.predicted, learner.version,
+        [(d.index, d.trigger, d.action, d.code) for d in learner.decisions],
+    )  # fmt: skip

@@ -18,14 +18,13 @@ from collections import defaultdict
 import orjson
 import pytest
 
-from stream_learner.core.events import Event
 from stream_learner.core.snapshot import load_signing_key
 from stream_learner.kafka.checkpoints import CheckpointStore
 from stream_learner.kafka.topics import apply, default_topics_file, load_topics, plan
 from stream_learner.service import Topics
 from stream_learner.synth import Message, demo_messages
 from tests.conftest import drain
-from tests.service.helpers import ServiceProcess, produce, wait_until, write_config
+from tests.service.helpers import ServiceProcess, fingerprint, produce, wait_until, write_config
 
 pytestmark = pytest.mark.kafka
 
@@ -88,24 +87,6 @@ def _run(tmp_path, bootstrap, prefix, admin, kills: int, rng: random.Random, t0)
     return {"learners": learners, "predictions": predictions, "requests": requests}
 
 
-def _fingerprint(learner) -> tuple:
-    probe = [Event(f"p{i}", learner.key, {"x0": (i * 3.7) % 10, "x1": (i * 1.3) % 10,
-                                           "x2": (i * 7.1) % 10}) for i in range(200)]  # fmt: skip
-    race = learner._race.candidates if learner._race is not None else []
-    return (
-        [learner.model.predict_proba_one(e.x) for e in probe],
-        # The race and the pool: what each candidate and retired model predicts, and the
-        # candidates' paired records.
-        [(c.source, c.started, c.n, c.total, c.squares) for c in race],
-        [[m.predict_proba_one(e.x) for e in probe] for m in [c.model for c in race]],
-        [(v, [m.predict_proba_one(e.x) for e in probe]) for v, m in learner.pool],
-        dict(learner.race_promotions),
-        learner.evaluator.values(),
-        learner.index, learner.learned, learner.predicted, learner.version,
-        [(d.index, d.trigger, d.action, d.code) for d in learner.decisions],
-    )  # fmt: skip
-
-
 def test_sigkill_at_random_moments_equals_an_uninterrupted_run(
     bootstrap, admin, unique_name, tmp_path
 ):
@@ -123,7 +104,7 @@ def test_sigkill_at_random_moments_equals_an_uninterrupted_run(
             if mine:
                 admin.delete_topics(mine, operation_timeout=30)
     for key in KEYS:
-        assert _fingerprint(killed["learners"][key]) == _fingerprint(calm["learners"][key]), key
+        assert fingerprint(killed["learners"][key]) == fingerprint(calm["learners"][key]), key
     # Races ran for hundreds of inputs per key (candidates alive across checkpoints and,
     # likely, kills) and ended in promotions, leaving the retired model in the pool.
     for learner in calm["learners"].values():
