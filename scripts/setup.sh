@@ -23,7 +23,7 @@ want=$(sha256sum pyproject.toml | cut -d' ' -f1)
 if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
   echo "setup: installing Python dependencies into .venv" >&2
   .venv/bin/python -m pip install -q --disable-pip-version-check --upgrade pip >/dev/null
-  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,report]'
+  .venv/bin/python -m pip install -q --disable-pip-version-check -e '.[dev,report,faust]'
   echo "$want" > "$stamp"
 fi
 # Fetch the Kafka jars once (a no-op when cached).

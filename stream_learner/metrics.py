@@ -15,6 +15,12 @@ dictionary look-ups. Decisions worth knowing:
 - **Ages at scrape time.** ``seconds_since_last_retrain`` and ``checkpoint_age_seconds`` are
   computed from stored timestamps when Prometheus scrapes, so they keep growing while the
   service is busy elsewhere; their size is bounded by the same key cap.
+- **One label says which runtime.** ``runtime="service"`` (``stream-learner run``) or
+  ``runtime="faust"`` (:mod:`stream_learner.integrations.faust`) is on every series of an
+  instance built with ``runtime=``, so a dashboard can tell them apart or sum them; the
+  dashboard and alerts aggregate by ``job``/``instance`` and match on named labels, so the
+  extra label changes none of their results. It is added when the registry is collected
+  (the series themselves are the same objects), never per update.
 - **Closed label sets are checked.** Outcomes, results and signals listed below raise
   ``ValueError`` on a value outside their set (a caller bug, caught in tests) and start at 0 so
   ``rate()`` works from the first scrape. Free-form labels (reasons, detectors, triggers) come
@@ -29,7 +35,7 @@ import time
 from collections.abc import Callable, Iterator, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.core import GaugeMetricFamily
+from prometheus_client.core import GaugeMetricFamily, Metric
 
 from stream_learner import __version__
 
@@ -201,6 +207,21 @@ class _KafkaUnavailable:
         yield family
 
 
+class _Labelled:
+    """Every family of ``registry`` with ``labels`` added to each sample, at collect time."""
+
+    def __init__(self, registry: CollectorRegistry, labels: Mapping[str, str]) -> None:
+        self._registry = registry
+        self._labels = dict(labels)
+
+    def collect(self) -> Iterator[Metric]:
+        extra = self._labels
+        for family in self._registry.collect():
+            out = Metric(family.name, family.documentation, family.type, family.unit)
+            out.samples = [s._replace(labels={**s.labels, **extra}) for s in family.samples]
+            yield out
+
+
 class ServiceMetrics:
     """Every Prometheus series of one service instance.
 
@@ -218,6 +239,8 @@ class ServiceMetrics:
     lag
         Where the per-partition consumer lag is read when scraped (the source's, which its
         statistics refresh every few seconds, batch or not); without it, ``set_lag`` sets it.
+    runtime
+        The ``runtime`` label on every series (``service``, ``faust``); ``None``: no label.
 
     Examples
     --------
@@ -231,6 +254,11 @@ class ServiceMetrics:
     1.0
     >>> m.registry.get_sample_value("stream_learner_keys_overflow_total")
     1.0
+    >>> f = ServiceMetrics(runtime="faust")
+    >>> f.count_events("learned", 2)
+    >>> f.registry.get_sample_value(
+    ...     "stream_learner_events_total", {"outcome": "learned", "runtime": "faust"})
+    2.0
     """
 
     def __init__(
@@ -241,17 +269,23 @@ class ServiceMetrics:
         instance: str | None = None,
         clock: Callable[[], float] = time.time,
         lag: Callable[[], Mapping[tuple[str, int], int]] | None = None,
+        runtime: str | None = None,
     ) -> None:
         if max_keys < 1:
             raise ValueError(f"max_keys={max_keys!r} must be at least 1")
         self.registry = CollectorRegistry() if registry is None else registry
+        if runtime is not None:  # the series live on a private registry, labelled on collect
+            self._series = CollectorRegistry()
+            self.registry.register(_Labelled(self._series, {"runtime": runtime}))
+        else:
+            self._series = self.registry
         self.max_keys = max_keys
         self._admitted: dict[str, str] = {}  # key -> its label
         self._overflowed: set[str] = set()  # keys folded into OTHER_KEY
         self._quality_series: dict[str, set[tuple[str, str]]] = {}  # label -> (metric, window)
         self._quality_children: dict[str, dict[str, object]] = {}  # label -> name -> child
         self._lineage: dict[str, str] = {}  # label -> lineage currently exported
-        reg = self.registry
+        reg = self._series
 
         self._events = Counter(
             "stream_learner_events_total",
@@ -673,4 +707,4 @@ class ServiceMetrics:
     def watch_kafka(self, ages: Callable[[], Mapping[str, float]]) -> None:
         """Export ``stream_learner_kafka_unavailable_seconds{what}``: how long each problem
         with Kafka (see ``kafka/health.py``) has lasted, 0 when there is none; at scrape time."""
-        self.registry.register(_KafkaUnavailable(ages))
+        self._series.register(_KafkaUnavailable(ages))

@@ -24,11 +24,7 @@ from stream_learner.config import (
     resolve_secret,
 )
 from stream_learner.core.commands import ALL_KEYS, Command
-from stream_learner.core.learner import LearnerConfig
-from stream_learner.core.models import ModelSpec
-from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.restore import Gap
-from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import load_signing_key
 from stream_learner.errors import BrokerError, ConfigError
 from stream_learner.http import HealthServer
@@ -102,16 +98,7 @@ def group_identity(kafka: KafkaSettings) -> Identity | None:
 
 
 def core_factory(config: Config) -> LearnerFactory:
-    if not config.model:
-        raise ConfigError("model: the [model] section is missing; see examples/config.toml")
-    return LearnerFactory(
-        spec=ModelSpec.from_dict(config.model, where="model"),
-        config=LearnerConfig.from_dict(config.learner),
-        policy=PolicyConfig.from_dict(config.policy),
-        retrain=RetrainConfig.from_dict(config.retrain),
-        max_pending=config.service.label_max_pending,
-        max_age_s=config.service.label_max_age_s or None,
-    )
+    return LearnerFactory.from_config(config)
 
 
 def signing_key(settings: CheckpointSettings, env=None) -> bytes | None:
@@ -164,6 +151,7 @@ def build_service(config: Config, bootstrap: str, *, http_port: int | None = Non
     topics = Topics.from_prefix(config.kafka.topic_prefix)
     identity = group_identity(config.kafka)
     metrics = ServiceMetrics(
+        runtime="service",  # the Faust integration's say "faust" (see metrics.py)
         max_keys=settings.max_key_labels,
         instance=identity.id if identity else None,
         lag=lambda: source.lag,  # the broker's view, fresh between batches too

@@ -75,6 +75,7 @@ __all__ = [
     "RetrainFailed",
     "RetrainStarted",
     "Runner",
+    "prediction",
 ]
 
 #: Commands the processor leaves to its caller: they need a checkpoint store.
@@ -586,6 +587,34 @@ class Processor:
             self.paused.discard(key)
             self.unseen.seen(key)
         return keys
+
+
+def prediction(event: Event, out: Outcome) -> dict[str, Any]:
+    """The message every runtime publishes to the predictions topic for a prediction
+    request (``proba`` only when the model gives one; class names as strings).
+
+    >>> from stream_learner.core.models import ModelSpec
+    >>> spec = ModelSpec.from_dict({"task": "binary", "pipeline": [
+    ...     {"estimator": "linear_model.LogisticRegression"}]})
+    >>> event = Event("e1", "fraud", {"a": 1.0}, ts=1.5)
+    >>> body = prediction(event, Learner("fraud", spec).predict(event))
+    >>> sorted(body)
+    ['id', 'key', 'lineage', 'model_version', 'proba', 'ts', 'y_pred']
+    >>> body["y_pred"], body["proba"]
+    (False, {'False': 0.5, 'True': 0.5})
+    """
+    body: dict[str, Any] = {
+        "id": event.id,
+        "key": event.key,
+        "y_pred": out.y_pred,
+        "model_version": out.version,
+        "lineage": out.lineage,
+        "ts": event.ts,
+    }
+    proba = out.proba
+    if proba:
+        body["proba"] = {str(k): v for k, v in proba.items()}
+    return body
 
 
 def _refused(exc: Exception) -> DecodeError:

@@ -27,16 +27,19 @@ from typing import Any
 
 from stream_learner.core.checkpoints import Catalog, Rejection, Want
 from stream_learner.core.keystate import KeyState
+from stream_learner.core.snapshot import SnapshotMeta
 
 __all__ = [
     "Gap",
     "Note",
+    "Reflected",
     "RestorePlan",
     "Restored",
     "partition_record",
     "plan_restore",
     "restore_want",
     "retention_gaps",
+    "snapshot_meta",
 ]
 
 TopicPartition = tuple[str, int]
@@ -46,6 +49,89 @@ def partition_record(topic: str, partition: int) -> str:
     """The name of the service record holding a round's positions for ``partition`` of the
     events ``topic`` (``publish_record`` key; a checkpoint-format name, never change it)."""
     return f"__partition__\x1f{topic}\x1f{partition}"
+
+
+def snapshot_meta(
+    key: str,
+    state: KeyState,
+    *,
+    partition: int,
+    events_topic: str,
+    offsets: Mapping[str, Mapping[int | str, int]],
+    trigger: str,
+) -> SnapshotMeta:
+    """The header of ``key``'s snapshot, as every runtime writes it (the service, an
+    embedding, the Faust integration): what :func:`plan_restore` and ``stream-learner
+    checkpoints`` read back. ``offsets``: the input positions the state reflects.
+
+    >>> from stream_learner.core.learner import Learner
+    >>> from stream_learner.core.models import ModelSpec
+    >>> spec = ModelSpec.from_dict({"task": "binary", "pipeline": [
+    ...     {"estimator": "linear_model.LogisticRegression"}]})
+    >>> meta = snapshot_meta("fraud", KeyState(Learner("fraud", spec)), partition=2,
+    ...     events_topic="ev", offsets={"ev": {2: 10}}, trigger="periodic")
+    >>> meta.model_version, meta.extra
+    (1, {'partition': 2, 'events_topic': 'ev'})
+    """
+    learner = state.learner
+    return SnapshotMeta(
+        key=key,
+        lineage=learner.lineage,
+        model_version=learner.version,
+        trigger=trigger,
+        decision=learner.decisions[-1].reason if learner.decisions else None,
+        metrics=learner.evaluator.values(),
+        offsets=offsets,
+        extra={
+            "partition": partition,
+            "events_topic": events_topic,
+            # An adopted lineage says which one it replaced (see plan_restore()).
+            **({"adopted_from": learner.adopted_from} if learner.adopted_from else {}),
+        },
+    )
+
+
+class Reflected:
+    """Per restored key, the input positions its snapshot already reflects: a record of
+    that key below them is skipped (learning it again would count it twice), and the
+    key's entry goes once its inputs pass them.
+
+    >>> r = Reflected()
+    >>> r.add("fraud", {"ev": {"0": 5}})
+    >>> r.known("fraud", "ev", 0, 4), r.known("fraud", "ev", 0, 5), bool(r)
+    (True, False, False)
+    """
+
+    __slots__ = ("by_key",)
+
+    def __init__(self) -> None:
+        self.by_key: dict[str, dict[TopicPartition, int]] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.by_key)
+
+    def add(self, key: str, offsets: Mapping[str, Mapping[Any, int]]) -> None:
+        """``offsets``: a snapshot header's ``offsets`` (topic -> partition -> next)."""
+        self.by_key[key] = {(t, int(p)): off for t, by in offsets.items() for p, off in by.items()}
+
+    def discard(self, key: str) -> None:
+        self.by_key.pop(key, None)
+
+    def known(self, key: str, topic: str, partition: int, offset: int) -> bool:
+        """Whether ``key``'s restored state already reflects this record."""
+        skip = self.by_key.get(key)
+        if skip is None:
+            return False
+        tp = (topic, partition)
+        end = skip.get(tp)
+        if end is None:
+            return False
+        if offset < end:
+            return True
+        del skip[tp]
+        if not skip:
+            del self.by_key[key]
+        return False
 
 
 def restore_want(owned: Iterable[int], events_topic: str) -> Want:

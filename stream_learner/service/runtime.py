@@ -44,7 +44,7 @@ import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
@@ -74,22 +74,28 @@ from stream_learner.core.processor import (
     RetrainApplied,
     RetrainFailed,
     RetrainStarted,
+    prediction,
 )
 from stream_learner.core.restore import (
     Gap,
+    Reflected,
     partition_record,
     plan_restore,
     restore_want,
     retention_gaps,
+    snapshot_meta,
 )
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
-from stream_learner.errors import BrokerError, DecodeError, FencedError
+from stream_learner.errors import BrokerError, ConfigError, DecodeError, FencedError
 from stream_learner.keystore import CheckpointTier, EvictedKeys
 from stream_learner.logs import log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
 from stream_learner.service.stall import StallWatch
+
+if TYPE_CHECKING:
+    from stream_learner.config import Config
 
 log = logging.getLogger("stream_learner.service")
 
@@ -206,6 +212,21 @@ class LearnerFactory:
     max_pending: int = 100_000
     max_age_s: float | None = 3600.0
 
+    @classmethod
+    def from_config(cls, config: Config) -> LearnerFactory:
+        """The config's ``[model]``, ``[learner]``, ``[policy]`` and ``[retrain]`` (and the
+        label bounds of ``[service]``); a bad or missing section is a ``ConfigError``."""
+        if not config.model:
+            raise ConfigError("model: the [model] section is missing; see examples/config.toml")
+        return cls(
+            spec=ModelSpec.from_dict(config.model, where="model"),
+            config=LearnerConfig.from_dict(config.learner),
+            policy=PolicyConfig.from_dict(config.policy),
+            retrain=RetrainConfig.from_dict(config.retrain),
+            max_pending=config.service.label_max_pending,
+            max_age_s=config.service.label_max_age_s or None,
+        )
+
     def __call__(self, key: str) -> Learner:
         return Learner(
             key,
@@ -218,8 +239,20 @@ class LearnerFactory:
         )
 
 
-def _ms_now() -> bytes:
-    return str(int(time.time() * 1000)).encode()
+def dead_letter_headers(
+    reason: str, detail: str, topic: str, partition: int, offset: int
+) -> list[tuple[str, bytes]]:
+    """The headers of a dead letter, as every runtime writes them: the machine-readable
+    ``dlq.reason``, the human ``dlq.detail`` (cut to 1,000 characters), where the record
+    came from, and when it was dead-lettered (epoch milliseconds)."""
+    return [
+        ("dlq.reason", reason.encode()),
+        ("dlq.detail", detail[:1000].encode()),
+        ("dlq.source.topic", topic.encode()),
+        ("dlq.source.partition", str(partition).encode()),
+        ("dlq.source.offset", str(offset).encode()),
+        ("dlq.timestamp", str(int(time.time() * 1000)).encode()),
+    ]
 
 
 class Service:
@@ -274,7 +307,7 @@ class Service:
         self.consumed: dict[TopicPartition, int] = {}  # next offset, kept across commits
         self.dirty: set[str] = set()
         self._round_at: dict[int, tuple[int, float]] = {}  # partition -> (inputs, time)
-        self._skip: dict[str, dict[TopicPartition, int]] = {}  # key -> positions in its state
+        self._skip = Reflected()  # key -> input positions its restored state reflects
         self._replay: dict[TopicPartition, int] = {}  # committed offsets: outputs delivered
         self._emit = True
         self._snapshot_soon: set[str] = set()
@@ -313,10 +346,10 @@ class Service:
             now = self.positions.get((topic, partition))
             if now is not None and now > by[partition]:
                 by[partition] = now
-        for (topic, p), off in self._skip.get(key, {}).items():
+        for (topic, p), off in self._skip.by_key.get(key, {}).items():
             if p == partition and off > offsets.get(topic, {}).get(p, 0):
                 offsets.setdefault(topic, {})[p] = off
-        return self._meta(key, state.learner, partition, "evict", offsets)
+        return self._meta(key, state, partition, "evict", offsets)
 
     @property
     def learners(self) -> dict[str, Learner]:
@@ -402,34 +435,12 @@ class Service:
 
     def _known(self, key: str, rec: Record) -> bool:
         """Whether ``key``'s restored state already reflects ``rec`` (then it is skipped)."""
-        skip = self._skip.get(key)
-        if skip is None:
-            return False
-        tp = (rec.topic, rec.partition)
-        end = skip.get(tp)
-        if end is None:
-            return False
-        if rec.offset < end:
-            return True
-        del skip[tp]
-        if not skip:
-            del self._skip[key]
-        return False
+        return self._skip.known(key, rec.topic, rec.partition, rec.offset)
 
     def _predicted(self, event: Event, out: Outcome) -> None:
         if not self._emit:
             return
-        body: dict[str, Any] = {
-            "id": event.id,
-            "key": event.key,
-            "y_pred": out.y_pred,
-            "model_version": out.version,
-            "lineage": out.lineage,
-            "ts": event.ts,
-        }
-        proba = out.proba
-        if proba:
-            body["proba"] = {str(k): v for k, v in proba.items()}
+        body = prediction(event, out)
         self._held.append(
             (self.topics.predictions, orjson.dumps(body, option=_JSON), event.key, None)
         )
@@ -438,14 +449,7 @@ class Service:
     def dead_letter(self, rec: Record, reason: str, detail: str) -> None:
         if not self._emit:
             return
-        headers = [
-            ("dlq.reason", reason),
-            ("dlq.detail", detail[:1000]),
-            ("dlq.source.topic", rec.topic),
-            ("dlq.source.partition", str(rec.partition)),
-            ("dlq.source.offset", str(rec.offset)),
-            ("dlq.timestamp", _ms_now()),
-        ]
+        headers = dead_letter_headers(reason, detail, rec.topic, rec.partition, rec.offset)
         self._held.append((self.topics.dead_letters, rec.value, rec.key, headers))
         self._dead[reason] += 1
 
@@ -697,7 +701,7 @@ class Service:
         state = self.processor.state(key)
         learner = state.learner
         partition = self.processor.partitions[key]
-        meta = self._meta(key, learner, partition, trigger, self._positions(partition))
+        meta = self._meta(key, state, partition, trigger, self._positions(partition))
         started = time.perf_counter()
         header = self.store.publish(state, meta)
         self.dirty.discard(key)
@@ -715,22 +719,15 @@ class Service:
         return header
 
     def _meta(
-        self, key: str, learner: Learner, partition: int, trigger: str, offsets: dict
+        self, key: str, state: KeyState, partition: int, trigger: str, offsets: dict
     ) -> SnapshotMeta:
-        return SnapshotMeta(
-            key=key,
-            lineage=learner.lineage,
-            model_version=learner.version,
-            trigger=trigger,
-            decision=learner.decisions[-1].reason if learner.decisions else None,
-            metrics=learner.evaluator.values(),
+        return snapshot_meta(
+            key,
+            state,
+            partition=partition,
+            events_topic=self.topics.events,
             offsets=offsets,
-            extra={
-                "partition": partition,
-                "events_topic": self.topics.events,
-                # An adopted lineage says which one it replaced (see restore()).
-                **({"adopted_from": learner.adopted_from} if learner.adopted_from else {}),
-            },
+            trigger=trigger,
         )
 
     def checkpoint_round(self, partition: int, trigger: str) -> int:
@@ -868,9 +865,7 @@ class Service:
     def _adopt(self, key: str, partition: int, header: dict, state: KeyState) -> None:
         learner = state.learner
         self.processor.adopt(key, learner, partition, paused=state.paused, pending=state.pending)
-        self._skip[key] = {
-            (t, int(p)): off for t, by in header["offsets"].items() for p, off in by.items()
-        }
+        self._skip.add(key, header["offsets"])
         self._joins[key] = (learner.joiner.joined, learner.joiner.unmatched, learner.joiner.expired)
         self.metrics.set_model(key, learner.version, learner.lineage)
         self.metrics.count_checkpoint("restored")
@@ -1023,7 +1018,7 @@ class Service:
         gone = {p for t, p in partitions if t == self.topics.events}
         for key in self.processor.drop(gone):
             self._joins.pop(key, None)
-            self._skip.pop(key, None)
+            self._skip.discard(key)
             self.dirty.discard(key)
             self.metrics.forget_key(key)
         self.merger.drop(partitions)

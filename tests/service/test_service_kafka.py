@@ -366,7 +366,8 @@ def test_the_lag_gauge_reads_zero_on_every_input_partition_once_all_is_committed
     def lags() -> dict:
         return {
             (t, p): registry.get_sample_value(
-                "stream_learner_consumer_lag", {"topic": t, "partition": str(p)}
+                "stream_learner_consumer_lag",
+                {"topic": t, "partition": str(p), "runtime": "service"},
             )
             for t, p in partitions
         }
@@ -374,7 +375,7 @@ def test_the_lag_gauge_reads_zero_on_every_input_partition_once_all_is_committed
     try:
         wait_until(lambda: built.service.caught_up, 90, "the service to catch up")
         wait_until(lambda: set(lags().values()) == {0.0}, 30, "lag 0 everywhere", interval=0.5)
-        assert registry.get_sample_value("stream_learner_ready") == 1
+        assert registry.get_sample_value("stream_learner_ready", {"runtime": "service"}) == 1
     finally:
         stop.set()
         thread.join(30)

@@ -1,0 +1,1 @@
+"""The learner inside other stream processors (each behind its own optional extra)."""
