@@ -73,9 +73,10 @@ def _run(tmp_path, bootstrap, prefix, admin, messages, kills, rng, monkeypatch, 
         fh.write(f'\n[kafka.client]\n"group.instance.id" = "budget-{prefix}"\n'
                  '"session.timeout.ms" = 6000\n')  # fmt: skip
     monkeypatch.setenv("STREAM_LEARNER__SERVICE__MAX_KEYS", str(budget))
-    # A cache of a few keys' states: reloads come from the cache and from the topic. A
-    # short retrain window keeps the states (and each eviction's pickling) small.
-    monkeypatch.setenv("STREAM_LEARNER__SERVICE__EVICTED_CACHE_MB", "0.05")
+    # A cache smaller than one key's state (~11 KB here): a key evicted and needed again
+    # within a batch comes from the cache, one whose entry the batch's end trimmed comes
+    # from the topic. A short retrain window keeps each eviction's pickling small.
+    monkeypatch.setenv("STREAM_LEARNER__SERVICE__EVICTED_CACHE_MB", "0.005")
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__WINDOW", "300")
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__HOLDOUT", "50")
     monkeypatch.setenv("STREAM_LEARNER__RETRAIN__MIN_TRAIN", "100")
