@@ -224,6 +224,23 @@ class RepeatFilter(logging.Filter):
         return True
 
 
+def log_decision(logger: logging.Logger, d: Any) -> None:
+    """One trigger decision (``core.policy.Decision``) as its ``decision`` line: every
+    runtime (the service, the Faust integration) logs them alike."""
+    log_event(
+        logger,
+        "decision",
+        key=d.key,
+        trigger=d.trigger,
+        action=d.action,
+        code=d.code,
+        reason=d.reason,
+        kind=d.kind,
+        index=d.index,
+        ts=d.ts,
+    )
+
+
 def log_event(logger: logging.Logger, event: str, level: int = logging.INFO, **fields: Any) -> None:
     """Log ``event`` with ``fields`` as top-level keys of the JSON line.
 

@@ -52,7 +52,7 @@ from stream_learner.core.processor import (
 )
 from stream_learner.embed import Result, StreamLearner, checkpoint_store
 from stream_learner.errors import ConfigError, DecodeError, StreamLearnerError
-from stream_learner.logs import JsonFormatter, log_event
+from stream_learner.logs import JsonFormatter, log_decision, log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.runtime import dead_letter_headers
 
@@ -255,7 +255,7 @@ class FaustLearner:
                     m.count_drift(s.detector, s.kind, s.level)
                 for d in effect.decisions:
                     m.count_decision(d.trigger, d.action)
-                    _decision_line(d)
+                    log_decision(log, d)
                     if d.action in ("promote", "rollback"):
                         learner = self.learner.learners[effect.key]
                         m.set_model(effect.key, learner.version, learner.lineage)
@@ -267,7 +267,7 @@ class FaustLearner:
                 outcome = "promoted" if d.action == "promote" else "kept"
                 m.count_decision(d.trigger, d.action)
                 m.record_retrain(result.decision.trigger, result.kind, outcome, result.duration_s)
-                _decision_line(d)
+                log_decision(log, d)
                 if outcome == "promoted":
                     learner = self.learner.learners[effect.key]
                     m.set_model(effect.key, learner.version, learner.lineage)
@@ -448,21 +448,6 @@ class _Record:
         self.key = key
         self.value = value
         self.timestamp_ms = timestamp_ms
-
-
-def _decision_line(d: Any) -> None:
-    log_event(
-        log,
-        "decision",
-        key=d.key,
-        trigger=d.trigger,
-        action=d.action,
-        code=d.code,
-        reason=d.reason,
-        kind=d.kind,
-        index=d.index,
-        ts=d.ts,
-    )
 
 
 def _json_logs() -> None:

@@ -89,7 +89,7 @@ from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import BrokerError, ConfigError, DecodeError, FencedError
 from stream_learner.keystore import CheckpointTier, EvictedKeys
-from stream_learner.logs import log_event
+from stream_learner.logs import log_decision, log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
 from stream_learner.service.stall import StallWatch
@@ -526,18 +526,7 @@ class Service:
             )
         for d in effect.decisions:
             self.metrics.count_decision(d.trigger, d.action)
-            log_event(
-                log,
-                "decision",
-                key=d.key,
-                trigger=d.trigger,
-                action=d.action,
-                code=d.code,
-                reason=d.reason,
-                kind=d.kind,
-                index=d.index,
-                ts=d.ts,
-            )
+            log_decision(log, d)
             if d.action in _NEW_VERSION:
                 learner = self.processor.learners[effect.key]
                 self.metrics.set_model(effect.key, learner.version, learner.lineage)
@@ -849,18 +838,7 @@ class Service:
             d = learner.input_lost(gap.topic, gap.partition, gap.first_lost, gap.log_start)
             self.metrics.count_decision(d.trigger, d.action)
             self.dirty.add(key)  # the next round keeps the record
-            log_event(
-                log,
-                "decision",
-                key=key,
-                trigger=d.trigger,
-                action=d.action,
-                code=d.code,
-                reason=d.reason,
-                kind=d.kind,
-                index=d.index,
-                ts=d.ts,
-            )
+            log_decision(log, d)
 
     def _adopt(self, key: str, partition: int, header: dict, state: KeyState) -> None:
         learner = state.learner
