@@ -183,6 +183,20 @@ def test_faust_app_learns_and_the_service_restores_its_checkpoints(
         assert mine and all(v["signature"] == "valid" for v in mine)
         assert max(v["version"] for v in mine) == final[key]["version"]
 
+    # A replay starts from a snapshot the app wrote, as from one the service wrote.
+    key = KEYS[0]
+    replayed = subprocess.run(
+        [sys.executable, "-m", "stream_learner", "replay", "--config", str(config_path)]
+        + ["--from-kafka", "--from-checkpoint", key, "--policy", "never", "--json"],
+        capture_output=True,
+        timeout=180,
+        text=True,
+    )
+    assert replayed.returncode == 0, replayed.stderr[-2000:]
+    assert f"starts from version {final[key]['version']}" in replayed.stderr
+    # The app's shutdown round reflects every input: nothing is left to replay after it.
+    assert json.loads(replayed.stdout)[0]["inputs"] == 0
+
     # The service on the same topics restores the app's snapshots: same model versions and
     # prequential metrics, nothing learned again.
     from stream_learner.cli.service_cmd import build_service
