@@ -33,6 +33,7 @@ import hashlib
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -623,6 +624,21 @@ class ServiceMetrics:
                 self._model_info.remove(label, old)
             self._lineage[label] = lineage
             self._model_info.labels(label, lineage).set(1)
+
+    def report_key(self, key: str, learner: Any, joins: dict[str, tuple[int, int, int]]) -> None:
+        """One key's gauges after a batch (its metrics, its race) and the labels its
+        joiner joined, found unmatched or expired since the counts kept in ``joins``
+        (updated here): what every runtime reports per touched key."""
+        self.set_key_metrics(key, learner.evaluator.values())
+        j = learner.joiner
+        before = joins.get(key, (0, 0, 0))
+        now = (j.joined, j.unmatched, j.expired)
+        for result, b, a in zip(LABEL_RESULTS, before, now, strict=True):
+            if a > b:
+                self.count_labels(result, a - b)
+        joins[key] = now
+        alive, lead = learner.race_status()  # the race (core/race.py)
+        self.set_race(key, alive, lead)
 
     def set_race(self, key: str, candidates: int, lead: float) -> None:
         """Export the key's race: candidates alive and the best one's lead."""

@@ -299,16 +299,7 @@ class FaustLearner:
             learner = learners.get(key)
             if learner is None:
                 continue
-            m.set_key_metrics(key, learner.evaluator.values())
-            alive, lead = learner.race_status()
-            m.set_race(key, alive, lead)
-            j = learner.joiner
-            before = self._joins.get(key, (0, 0, 0))
-            now = (j.joined, j.unmatched, j.expired)
-            for result, b, a in zip(("joined", "unmatched", "expired"), before, now, strict=True):
-                if a > b:
-                    m.count_labels(result, a - b)
-            self._joins[key] = now
+            m.report_key(key, learner, self._joins)
         self._touched.clear()
 
     def lag(self) -> dict[tuple[str, int], int]:

@@ -665,17 +665,7 @@ class Service:
         m.set_ready(ready)
 
     def _report_key(self, key: str, learner: Learner) -> None:
-        m = self.metrics
-        m.set_key_metrics(key, learner.evaluator.values())
-        j = learner.joiner
-        before = self._joins.get(key, (0, 0, 0))
-        now = (j.joined, j.unmatched, j.expired)
-        for result, b, a in zip(("joined", "unmatched", "expired"), before, now, strict=True):
-            if a > b:
-                m.count_labels(result, a - b)
-        self._joins[key] = now
-        alive, lead = learner.race_status()  # the race (core/race.py)
-        m.set_race(key, alive, lead)
+        self.metrics.report_key(key, learner, self._joins)
 
     # -- checkpoints --------------------------------------------------------------------
     def _positions(self, partition: int) -> dict[str, dict[int, int]]:
