@@ -92,6 +92,13 @@ def test_a_stalled_instance_publishes_nothing_stale_after_it_resumes(
         mark = Counter(m.partition() for m in drain(bootstrap, service_topics.predictions))
         resumed_at = stalled.log_path.stat().st_size
         stalled.proc.send_signal(signal.SIGCONT)
+
+        def reassigned() -> bool:  # gave its state up, then was assigned afresh
+            lines = [x.get("event") for x in _log_lines(stalled.log_path, resumed_at)]
+            gave_up = [i for i, e in enumerate(lines) if e in ("fenced", "partitions_lost")]
+            return bool(gave_up) and "assigned" in lines[gave_up[0] :]
+
+        wait_until(reassigned, 90, "the stalled instance fenced and assigned afresh")
         wait_until(lambda: stalled.ready() and other.ready(), 90, "both ready again")
         produce(bootstrap, prefix, _messages(*chunks[2], t0))
         wait_until(
