@@ -7,7 +7,9 @@ as they need::
     ├── ConfigError          bad configuration (file, env, model spec, policy)
     ├── DecodeError          an input message that does not fit the event contract
     ├── BrokerError          Kafka unreachable or refused a request
+    │   ├── TransactionAborted  an exactly-once batch given up (replayed, not lost)
     │   └── LocalBrokerError the project's own local broker could not be run
+    ├── FencedError          a write this instance may no longer make
     └── SnapshotError        a checkpoint that cannot be trusted or read
 
 The CLI turns any ``StreamLearnerError`` into one line on stderr and a non-zero
@@ -54,6 +56,13 @@ class BrokerError(StreamLearnerError):
 class FencedError(StreamLearnerError):
     """A write refused because this instance may no longer own what it would write (it
     stood still long enough for the group to move its partitions; see service/stall.py)."""
+
+
+class TransactionAborted(BrokerError):
+    """An exactly-once transaction that did not commit and was aborted (or, stuck inside
+    librdkafka, abandoned to be fenced by the next one): none of its outputs or input
+    positions are visible to ``read_committed`` readers, so the batch is replayed from the
+    last committed positions, not lost and not learned twice."""
 
 
 class LocalBrokerError(BrokerError):

@@ -67,7 +67,7 @@ CHECKPOINT_RESULTS = ("written", "restored", "rejected")
 #: Where an evicted key was reloaded from (``keystore.py``): the local cache or the topic.
 RELOAD_SOURCES = ("cache", "topic")
 #: Why an instance gave up state it could no longer publish (see service/stall.py).
-FENCED_WHY = ("stall", "partitions_lost")
+FENCED_WHY = ("stall", "partitions_lost", "transaction")
 
 _ROLLING_SUFFIX = "_rolling"
 
@@ -309,9 +309,10 @@ class ServiceMetrics:
         )
         self._fenced = Counter(
             "stream_learner_fenced_total",
-            "Times this instance gave up its partitions' unpublished state because another "
-            "instance may own them now: after the process stood still (stall) or when the "
-            "group took them (partitions_lost).",
+            "Times this instance gave up its partitions' unpublished state: another instance "
+            "may own them now, after the process stood still (stall) or when the group took "
+            "them (partitions_lost), or an exactly-once transaction did not commit "
+            "(transaction; the batch is replayed).",
             ["why"],
             registry=reg,
         )

@@ -9,12 +9,13 @@ only after :meth:`KafkaSink.flush` reports everything delivered.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
-from typing import Any
+import threading
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any, TypeVar
 
 from confluent_kafka import KafkaError, KafkaException, Producer, TopicPartition
 
-from stream_learner.errors import BrokerError
+from stream_learner.errors import BrokerError, TransactionAborted
 from stream_learner.kafka.client import client_config
 from stream_learner.kafka.health import KafkaHealth
 
@@ -38,6 +39,40 @@ _PRODUCER_DEFAULTS = {
     # Dead letters carry the original bytes, up to the topics' max.message.bytes (8 MiB).
     "message.max.bytes": 8_388_608 + 65_536,
 }
+
+# How long past its own timeout a transactional call may run before it counts as stuck:
+# librdkafka 2.x can block in send_offsets_to_transaction past any timeout while the group
+# coordinator moves (librdkafka issues #5456, #5511; seen in the chaos suite's rolling
+# restart), which would stop the service and make it deaf to SIGTERM.
+_GRACE_S = 5.0
+
+T = TypeVar("T")
+
+
+class _Stuck(Exception):
+    """A call that did not return within its limit (it still runs, on its own thread)."""
+
+
+def call_within(call: Callable[[], T], limit: float) -> T:
+    """``call()`` on a daemon thread: its result or its exception, or :class:`_Stuck` when it
+    has not returned within ``limit`` seconds. A stuck call is left running (nothing can
+    interrupt a C call); a daemon thread does not hold back the process's exit."""
+    box: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            box["result"] = call()
+        except BaseException as exc:  # noqa: BLE001 - re-raised on the caller's thread
+            box["error"] = exc
+
+    thread = threading.Thread(target=run, name="kafka-transaction", daemon=True)
+    thread.start()
+    thread.join(limit)
+    if thread.is_alive():
+        raise _Stuck
+    if "error" in box:
+        raise box["error"]
+    return box["result"]
 
 
 class KafkaSink:
@@ -65,13 +100,26 @@ class KafkaSink:
         self._in_transaction = False
         self._producer = None
         self._failures: list[str] = []
+        # Producers whose transaction got stuck: kept, not closed (closing would wait on the
+        # stuck call); the next producer's init_transactions fences them.
+        self._abandoned: list[Any] = []
+        self.stuck_grace_s = _GRACE_S
 
     @property
     def producer(self):
         if self._producer is None:  # lazily: no network in __init__
-            self._producer = Producer(self._conf)
+            producer = Producer(self._conf)
             if self.transactional:
-                self._producer.init_transactions(30)
+                try:  # also fences an abandoned predecessor (see commit_transaction)
+                    producer.init_transactions(30)
+                except KafkaException as exc:
+                    err = exc.args[0]
+                    raise BrokerError(
+                        f"transactions could not start: {err.str()}",
+                        code=err.name(),
+                        description=err.str(),
+                    ) from None
+            self._producer = producer
         return self._producer
 
     def start(self) -> None:
@@ -142,30 +190,66 @@ class KafkaSink:
         return remaining
 
     def commit_transaction(
-        self, positions: Mapping[tuple[str, int], int], group_metadata: Any, timeout: float = 30
+        self,
+        positions: Mapping[tuple[str, int], int],
+        group_metadata: Any,
+        timeout: float | None = None,
     ) -> None:
         """Commit the outputs produced since the last call together with the input
         ``positions``: consumers reading committed data see both or neither.
 
-        A failure aborts the transaction and raises ``BrokerError``; the caller must not
-        go on (a restart replays from the last committed positions and emits again)."""
+        ``timeout`` (default: the producer's ``transaction.timeout.ms``) bounds each step.
+        A failure the producer survives aborts the transaction and raises
+        :class:`TransactionAborted`: the caller gives the batch up and replays it from the
+        last committed positions. A step stuck past its timeout abandons this producer (the
+        next one fences it) and raises the same. A fatal error (this transactional id now
+        belongs to another producer) raises ``BrokerError``: the caller must stop."""
         producer = self.producer
+        if timeout is None:
+            timeout = int(self._conf.get("transaction.timeout.ms", 60_000)) / 1000
+        limit = timeout + self.stuck_grace_s
+        offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
         try:
             if not self._in_transaction:
                 producer.begin_transaction()
-                self._in_transaction = True
-            offsets = [TopicPartition(t, p, off) for (t, p), off in positions.items()]
-            producer.send_offsets_to_transaction(offsets, group_metadata, timeout)
-            producer.commit_transaction(timeout)
+            call_within(
+                lambda: producer.send_offsets_to_transaction(offsets, group_metadata, timeout),
+                limit,
+            )
+            call_within(lambda: producer.commit_transaction(timeout), limit)
+        except _Stuck:
+            self._abandon()
+            raise TransactionAborted(
+                f"transaction stuck for more than {limit:.0f} s; producer abandoned (fenced "
+                "by the next one)",
+                code="_TXN_STUCK",
+            ) from None
         except KafkaException as exc:
             err = exc.args[0]
-            if err.txn_requires_abort():
-                producer.abort_transaction(timeout)
-            raise BrokerError(
-                f"transaction failed: {err.str()}", code=err.name(), description=err.str()
+            if err.fatal():
+                raise BrokerError(
+                    f"transaction failed: {err.str()}", code=err.name(), description=err.str()
+                ) from None
+            self._abort(producer, timeout, limit)
+            raise TransactionAborted(
+                f"transaction aborted: {err.str()}", code=err.name(), description=err.str()
             ) from None
         finally:
             self._in_transaction = False
+
+    def _abort(self, producer: Any, timeout: float, limit: float) -> None:
+        """Abort the open transaction; a producer that cannot is abandoned (and fenced)."""
+        try:
+            call_within(lambda: producer.abort_transaction(timeout), limit)
+        except (_Stuck, KafkaException) as exc:
+            log.warning("abandoning the transactional producer: abort failed (%s)", exc)
+            self._abandon()
+
+    def _abandon(self) -> None:
+        if self._producer is not None:
+            self._abandoned.append(self._producer)
+            self._producer = None
+        self._failures = []  # outputs of the given-up transaction: replayed, not lost
 
     def close(self, timeout: float = 10.0) -> int:
         remaining = self.flush(timeout)

@@ -87,7 +87,13 @@ from stream_learner.core.restore import (
 )
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
-from stream_learner.errors import BrokerError, ConfigError, DecodeError, FencedError
+from stream_learner.errors import (
+    BrokerError,
+    ConfigError,
+    DecodeError,
+    FencedError,
+    TransactionAborted,
+)
 from stream_learner.keystore import CheckpointTier, EvictedKeys
 from stream_learner.logs import log_decision, log_event
 from stream_learner.metrics import ServiceMetrics
@@ -622,9 +628,15 @@ class Service:
         if not self.positions:
             return
         if self.sink.transactional:
-            # Outputs and input positions in one transaction; a failure is not retried
-            # (its outputs are gone): the service stops and a restart replays.
-            self.sink.commit_transaction(self.positions, self.source.group_metadata())
+            # Outputs and input positions in one transaction. One that did not commit is
+            # given up whole, as a stall is (:meth:`fence`): its outputs are invisible, so
+            # the state that produced them goes too and the batch is read again from the
+            # last committed positions.
+            try:
+                self.sink.commit_transaction(self.positions, self.source.group_metadata())
+            except TransactionAborted as exc:
+                self.fence("transaction", rejoin=False, error=str(exc), code=exc.code)
+                raise FencedError(str(exc)) from None
             self.positions = {}
             return
         delay = 0.5
@@ -903,15 +915,15 @@ class Service:
         """Hand off cleanly: deliver outputs, commit, and snapshot before partitions move
         (unless the state was given up already: :meth:`fence`)."""
         if not self._fenced and not self.stood_still(rejoin=False):
-            self.flush()
-            self.commit()
-            if self.store is not None:
-                self.dirty |= self._touched
-                try:
+            try:
+                self.flush()
+                self.commit()
+                if self.store is not None:
+                    self.dirty |= self._touched
                     for partition in sorted({p for t, p in partitions if t == self.topics.events}):
                         self.checkpoint_round(partition, "revoke")
-                except FencedError:
-                    self.stood_still(rejoin=False)
+            except FencedError:  # fenced already (a transaction), or it stood still now
+                self.stood_still(rejoin=False)
         self._drop(partitions)
         log_event(log, "revoked", partitions=[f"{t}[{p}]" for t, p in partitions])
 
@@ -938,7 +950,7 @@ class Service:
         if not gap:
             return False
         self.stall.clear()
-        self.fence(gap, rejoin=rejoin)
+        self.fence("stall", rejoin=rejoin, stood_still_s=round(gap, 1), limit_s=self.stall_limit_s)
         return True
 
     def _stale(self) -> float:
@@ -950,24 +962,26 @@ class Service:
         gap = stall.stood_still_s()
         return gap if gap >= self.stall_limit_s else 0.0
 
-    def fence(self, stood_still_s: float, *, rejoin: bool = True) -> None:
+    def fence(self, why: str, *, rejoin: bool = True, **details: object) -> None:
         """Give up everything not handed over yet — the batch's held outputs, uncommitted
         positions, every key's state — and rejoin the group. Its next assignment restores
         each partition from the last checkpoint and the committed offsets, as a restart
-        would: whatever this instance held, the group may have given to another while it
-        stood still, and publishing it would be a stale owner's."""
+        would. ``why``: ``stall`` (the group may have given its partitions to another while
+        it stood still, and publishing what it held would be a stale owner's) or
+        ``transaction`` (an exactly-once batch that did not commit: its outputs are gone,
+        so the state that learned from it must go too)."""
         partitions = sorted(self.source.assignment)
         log_event(
             log,
             "fenced",
             level=logging.WARNING,
-            stood_still_s=round(stood_still_s, 1),
-            limit_s=self.stall_limit_s,
+            why=why,
+            **details,
             partitions=[f"{t}[{p}]" for t, p in partitions],
             dropped_outputs=len(self._held),
             action="state dropped unpublished; rejoining the group to restore from checkpoints",
         )
-        self.metrics.count_fenced("stall")
+        self.metrics.count_fenced(why)
         self._held = []
         self.positions = {}
         self._touched.clear()
@@ -1035,8 +1049,9 @@ class Service:
                     try:
                         self.process(records)
                         self.end_batch(should_stop=should_stop)
-                    except FencedError:  # a checkpoint write it may no longer make
-                        self.stood_still()
+                    except FencedError:  # a write it may no longer make, or a lost transaction
+                        if not self.stood_still() and self._fenced:
+                            self.source.rejoin()
                         continue
                     self.metrics.observe_batch(time.perf_counter() - started, len(records))
                     self.batches += 1
@@ -1047,14 +1062,14 @@ class Service:
         finally:
             try:
                 if not self._fenced and not self.stood_still(rejoin=False):
-                    self.flush(should_stop)
-                    self.commit(should_stop)
-                    if self.store is not None:
-                        try:
+                    try:
+                        self.flush(should_stop)
+                        self.commit(should_stop)
+                        if self.store is not None:
                             for partition in self._owned():
                                 self.checkpoint_round(partition, "shutdown")
-                        except FencedError:
-                            self.stood_still(rejoin=False)
+                    except FencedError:  # the next owner replays what was not handed over
+                        self.stood_still(rejoin=False)
                 self.source.close()
                 self.retrainer.close()
                 self.metrics.set_ready(False)

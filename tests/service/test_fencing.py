@@ -1,6 +1,7 @@
 """A stale owner publishes nothing: the service loop over the in-memory source, sink and
 checkpoint store, with the process standing still (as under SIGSTOP) in the middle of the
-stream, or the group taking its partitions while it was away.
+stream, or the group taking its partitions while it was away, or an exactly-once transaction
+that does not commit.
 
 What must hold, against an instance that was never interrupted, on the same records:
 the interrupted batch's outputs, offsets and checkpoints are never handed over; every
@@ -17,6 +18,7 @@ import pytest
 from stream_learner.cli.service_cmd import core_factory
 from stream_learner.config import load_config
 from stream_learner.core.checkpoints import MemoryCheckpointStore
+from stream_learner.errors import TransactionAborted
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service import Retrainer, Service, Topics
 from stream_learner.service.runtime import CheckpointPolicy
@@ -93,9 +95,37 @@ class _Store(MemoryCheckpointStore):
         super()._write(records)
 
 
+class _TransactionalSink(MemorySink):
+    """Outputs become visible (``outputs``) only with the commit of their transaction, as
+    to a ``read_committed`` reader; the ``fail_at``-th commit is aborted instead, as
+    ``KafkaSink.commit_transaction`` reports one that did not commit."""
+
+    transactional = True
+
+    def __init__(self, fail_at: int) -> None:
+        super().__init__()
+        self.open: list = []
+        self.commits = 0
+        self.fail_at = fail_at
+        self.source: MemorySource | None = None
+
+    def produce(self, topic, value, *, key=None, headers=None) -> None:
+        self.open.append((topic, value, key, headers))
+
+    def commit_transaction(self, positions, group_metadata) -> None:
+        self.commits += 1
+        held, self.open = self.open, []
+        if self.commits == self.fail_at:
+            raise TransactionAborted("transaction aborted: a test's", code="_TEST")
+        self.outputs += held
+        self.source.commit(positions)
+
+
 class _Run:
-    def __init__(self, config, logs, *, at=0, trouble=None, during="poll", limit=5.0) -> None:
-        self.sink = MemorySink()
+    def __init__(
+        self, config, logs, *, at=0, trouble=None, during="poll", limit=5.0, sink=None
+    ) -> None:
+        self.sink = sink or MemorySink()
         self.store = _Store(signing_key=b"k" * 32)
         self.watch = StallWatch()  # never started: the tests say what its thread would see
         self.service: Service
@@ -109,6 +139,7 @@ class _Run:
             run=40,
         )
         self.source.run_of = self
+        self.sink.source = self.source
         self.service = Service(
             factory=core_factory(config),
             topics=TOPICS,
@@ -227,4 +258,15 @@ def test_partitions_lost_to_the_group_are_dropped_without_handing_anything_over(
     assert after == before  # no snapshot and no commit from the lost state
     assert seen["keys"] == 0
     assert run.fenced("partitions_lost") == 1
+    _same_learning(run, calm)
+
+
+def test_an_aborted_transaction_gives_the_batch_up_and_learns_it_again_once(setup):
+    config, logs, calm = setup
+    sink = _TransactionalSink(fail_at=7)
+    run = _Run(config, logs, sink=sink)
+    assert sink.commits > sink.fail_at and not sink.open
+    assert run.source.rejoins == 1 and run.fenced("transaction") == 1
+    # The aborted batch's outputs never became visible and its state was dropped with them:
+    # replayed from the committed positions, every request is served once, as if calm.
     _same_learning(run, calm)
