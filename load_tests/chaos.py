@@ -334,6 +334,9 @@ def rolling_restart(run: Run, messages: list[Message]) -> None:
         run.suite.restart_nodes()
     run.figures["restarts_s"] = round(time.monotonic() - started, 1)
     run.figures["recovered_s"] = run.wait_served()
+    # Exactly-once batches whose transaction did not commit (given up and replayed).
+    run.figures["transactions_given_up"] = proc.sample("stream_learner_fenced_total",
+                                                       why="transaction")  # fmt: skip
 
 
 def service_kill_x10(run: Run, messages: list[Message]) -> None:
