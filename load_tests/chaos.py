@@ -354,12 +354,19 @@ def service_kill_x10(run: Run, messages: list[Message]) -> None:
 
 
 def stall(run: Run, messages: list[Message]) -> None:
-    stalled, other = run.start("stalled"), run.start("other")
-    wait_until(lambda: stalled.ready() and other.ready(), 120, "both instances ready")
+    pair = run.start("a"), run.start("b")
+    wait_until(lambda: all(p.ready() for p in pair), 120, "both instances ready")
     third = len(messages) // 3
     run.produce(messages[:third])
-    wait_until(lambda: stalled.sample("stream_learner_events_total", outcome="learned") > 500,
-               60, "the stalled instance busy")  # fmt: skip
+
+    def learned(p: ServiceProcess) -> float:
+        n = p.sample("stream_learner_events_total", outcome="learned")
+        return 0.0 if n != n else n  # NaN: nothing learned yet
+
+    # The group decides which instance owns the keys' partitions: stop a busy one.
+    wait_until(lambda: max(map(learned, pair)) > 500, 60, "an instance busy")
+    stalled, other = sorted(pair, key=learned, reverse=True)
+    run.figures["stalled"] = stalled.log_path.stem
     stalled.proc.send_signal(signal.SIGSTOP)
     run.produce(messages[third : 2 * third])
     wait_until(lambda: other.sample("stream_learner_assigned_partitions") == 12, 90,
