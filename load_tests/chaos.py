@@ -38,6 +38,7 @@ Prints a table and writes load_tests/results/chaos.json.
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import os
 import random
@@ -277,7 +278,12 @@ class Suite:
     def run(self, name: str, mode: str, body: Callable[[Run, list[Message]], None]) -> dict:
         started = time.monotonic()
         session = STALL_SESSION_MS if name == "stall" else None
-        run = Run(self, name, mode, self.root / f"{name}-{mode}", session_ms=session)
+        where = self.root / f"{name}-{mode}"
+        for n in itertools.count(2):  # a scenario asked for more than once: each its logs
+            if not where.exists():
+                break
+            where = self.root / f"{name}-{mode}-{n}"
+        run = Run(self, name, mode, where, session_ms=session)
         deleted: set[str] = set()
         try:
             deleted = body(run, stream(self.t0)) or set()
@@ -499,7 +505,14 @@ def main(argv: list[str] | None = None) -> int:
     when = datetime.now().isoformat(timespec="seconds")
     summary = {"when": when, "total_s": total, "scenarios": rows}
     RESULTS.write_text(json.dumps(summary, indent=2) + "\n")
-    bad = [r for r in rows if "error" in r or r.get("lost") or r.get("duplicates_that_differ")]
+    bad = [
+        r
+        for r in rows
+        if "error" in r
+        or r.get("lost")
+        or r.get("duplicates_that_differ")
+        or (r["mode"] == "exactly-once" and r.get("duplicates"))
+    ]
     if bad:
         print(f"logs of every run: {tmp}")
         return 1
