@@ -77,6 +77,7 @@ def child(args: argparse.Namespace) -> None:
 
     from stream_learner.cli.service_cmd import core_factory
     from stream_learner.config import load_config
+    from stream_learner.core.codec import KeyCodec
     from stream_learner.core.events import Event
     from stream_learner.core.processor import InlineRunner, Processor
     from stream_learner.replay import _evicted_keys
@@ -84,9 +85,11 @@ def child(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     service = replace(config.service, max_keys=args.budget, evicted_cache_mb=args.cache_mb)
     factory = core_factory(config)
-    store = _evicted_keys(service) if args.budget else None
+    # As a replay under a budget does: the codec's compact pickles and fresh keys.
+    codec = KeyCodec(factory) if args.budget else None
+    store = _evicted_keys(service, codec) if args.budget else None
     proc = Processor(
-        factory,
+        factory if codec is None else codec.fresh,
         InlineRunner(service.retrain_apply_after),
         max_unseen_keys=service.label_max_unseen_keys,
         max_keys=args.budget,

@@ -7,7 +7,10 @@ memory and when it comes back (``service.max_keys``); :class:`EvictedKeys` is th
 :class:`~stream_learner.core.keystate.KeyState` is pickled, with the snapshot header it
 will have (input positions as of the eviction), and kept in the cache, most recently
 evicted last: a pickle and an unpickle are all an eviction and a reload from the cache
-cost (compressing, checksumming and signing are for what leaves the process). The cache
+cost (compressing, checksumming and signing are for what leaves the process). With a
+:class:`~stream_learner.core.codec.KeyCodec` the pickles refer to the objects every key
+shares by number (this process's bytes only: what is written to the checkpoint topic is
+made a standard, self-contained pickle first, :meth:`KeyCodec.standalone`). The cache
 is bounded in bytes (``service.evicted_cache_mb``): past it, the oldest entries go to the
 second tier — written there first if they were not yet — and leave memory. The topic
 tier writes them in the signed snapshot format (``core/snapshot.py``), so a restart
@@ -27,12 +30,12 @@ import os
 import pickle
 import tempfile
 import time
-import zlib
 from collections import Counter, OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from stream_learner.core.codec import KeyCodec
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.snapshot import PICKLE_PROTOCOL, SnapshotMeta
 
@@ -68,6 +71,20 @@ class Tier(Protocol):
     def discard(self, keys: Iterable[str]) -> None: ...
 
 
+class _Pickle:
+    """The codec without a :class:`KeyCodec`: standard pickles."""
+
+    @staticmethod
+    def dumps(state: KeyState) -> bytes:
+        return pickle.dumps(state, protocol=PICKLE_PROTOCOL)
+
+    loads = staticmethod(pickle.loads)
+
+    @staticmethod
+    def standalone(data: bytes) -> bytes:
+        return data
+
+
 class Observer(Protocol):
     """Metrics: ``evicted(bytes)`` per eviction, ``reloaded(source, seconds)`` per reload,
     ``written(bytes)`` per entry written to the tier, ``cached(bytes, entries)`` after
@@ -82,7 +99,9 @@ class Observer(Protocol):
 class EvictedKeys:
     """The :class:`~stream_learner.core.processor.KeyStore` of a runtime; see the module
     docstring. ``meta(key, partition, state)`` says what the key's snapshot header holds
-    (input positions as of the eviction, trigger ``evict``)."""
+    (input positions as of the eviction, trigger ``evict``). ``codec``: how states are
+    pickled (a :class:`KeyCodec`, whose bytes the tier must know too; default: standard
+    pickles)."""
 
     def __init__(
         self,
@@ -92,7 +111,9 @@ class EvictedKeys:
         cache_bytes: int,
         observer: Observer | None = None,
         trim_on_save: bool = True,
+        codec: KeyCodec | None = None,
     ) -> None:
+        self.codec: KeyCodec | _Pickle = _Pickle() if codec is None else codec
         self.tier = tier
         self.meta = meta
         self.cache_bytes = cache_bytes
@@ -113,7 +134,7 @@ class EvictedKeys:
 
     # -- the KeyStore protocol -----------------------------------------------------------
     def save(self, key: str, partition: int, state: KeyState) -> None:
-        pickled = pickle.dumps(state, protocol=PICKLE_PROTOCOL)
+        pickled = self.codec.dumps(state)
         size = len(pickled)
         self._drop(key)
         meta = self.meta(key, partition, state)
@@ -133,7 +154,7 @@ class EvictedKeys:
         started = time.perf_counter()
         entry = self._drop(key)
         if entry is not None:
-            state, source = pickle.loads(entry.pickled), "cache"
+            state, source = self.codec.loads(entry.pickled), "cache"
         else:
             state, source = self.tier.get(key), self.tier.name
         self.reloads[source] += 1
@@ -210,16 +231,20 @@ class CheckpointTier:
     """The checkpoint topic as the second tier (the service): entries are published with
     the slot rules of any snapshot (trigger ``evict``), so a restart restores an evicted
     key's newest state like any other; a reload reads the topic keeping only that key's
-    bytes (a read of the topic's compacted size: the cache is what keeps this rare)."""
+    bytes (a read of the topic's compacted size: the cache is what keeps this rare).
+    ``codec``: the cache's (its bytes are made standard pickles before they are signed
+    and published: the topic's format is that of any snapshot)."""
 
     name = "topic"
 
-    def __init__(self, store: Any) -> None:
+    def __init__(self, store: Any, codec: KeyCodec | None = None) -> None:
         self.store = store  # a LogStore: encode_pickled, publish_encoded, read
+        self.codec = codec
 
     def put(self, entries: list[Entry]) -> None:
         encode = self.store.encode_pickled
-        self.store.publish_encoded([encode(e.pickled, e.meta) for e in entries])
+        standalone = (lambda b: b) if self.codec is None else self.codec.standalone
+        self.store.publish_encoded([encode(standalone(e.pickled), e.meta) for e in entries])
 
     def get(self, key: str) -> object:
         catalog = self.store.read(want=lambda header: header.get("key") == key)
@@ -233,39 +258,64 @@ class CheckpointTier:
 
 
 class SpillFile:
-    """A local file as the second tier (a replay, which has no topic): pickles appended,
-    compressed, with an index of (offset, length) per key; the file is removed on
-    :meth:`close`. It holds only what this process wrote, so entries are read back without
-    a signature check. Space is not reused: the file grows by every entry spilled."""
+    """A local file as the second tier (a replay, which has no topic): each entry's bytes
+    as they are (a :class:`KeyCodec`'s, or standard pickles), uncompressed, in a slot of
+    the file, with an index of (offset, length) per key; the file is removed on
+    :meth:`close`. A slot is freed when its key is read back or discarded, and reused by a
+    later entry that fits it (slots are sized in steps of :data:`SLOT` bytes), so the file
+    grows to the most entries spilled at once, not by every entry. It holds only what this
+    process wrote, so entries are read back without a signature check."""
 
     name = "disk"
+    SLOT = 1024
 
-    def __init__(self, directory: str | None = None) -> None:
+    def __init__(self, directory: str | None = None, codec: KeyCodec | None = None) -> None:
         fd, self.path = tempfile.mkstemp(prefix="stream-learner-evicted-", dir=directory)
-        self._file = os.fdopen(fd, "w+b")
-        self.index: dict[str, tuple[int, int]] = {}
-        self.size = 0
+        self._fd = fd
+        self.codec: KeyCodec | _Pickle = _Pickle() if codec is None else codec
+        self.index: dict[str, tuple[int, int]] = {}  # key -> (offset, length)
+        self._free: dict[int, list[int]] = {}  # slot size -> offsets of free slots
+        self.size = 0  # the file's end
+
+    def _slot(self, length: int) -> int:
+        return -(-max(length, 1) // self.SLOT) * self.SLOT
 
     def put(self, entries: list[Entry]) -> None:
-        f = self._file
-        f.seek(0, os.SEEK_END)
         for entry in entries:
-            payload = zlib.compress(entry.pickled, 1)
-            self.index[entry.key] = (f.tell(), len(payload))
-            f.write(payload)
-        self.size = f.tell()
+            data = entry.pickled
+            self._release(entry.key)
+            slot = self._slot(len(data))
+            free = self._free.get(slot)
+            if free:
+                at = free.pop()
+            else:
+                at = self.size
+                self.size += slot
+            view, done = memoryview(data), 0
+            while done < len(data):
+                done += os.pwrite(self._fd, view[done:], at + done)
+            self.index[entry.key] = (at, len(data))
 
     def get(self, key: str) -> object:
-        at, length = self.index.pop(key)  # KeyError is a LookupError
-        f = self._file
-        f.flush()
-        f.seek(at)
-        return pickle.loads(zlib.decompress(f.read(length)))
+        at, length = self.index[key]  # KeyError is a LookupError
+        data = os.pread(self._fd, length, at)
+        while len(data) < length:  # a short read (rare): the rest
+            more = os.pread(self._fd, length - len(data), at + len(data))
+            if not more:
+                raise LookupError(f"key {key!r}: the spill file ends before its entry")
+            data += more
+        self._release(key)
+        return self.codec.loads(data)
 
     def discard(self, keys: Iterable[str]) -> None:
         for key in keys:
-            self.index.pop(key, None)
+            self._release(key)
+
+    def _release(self, key: str) -> None:
+        held = self.index.pop(key, None)
+        if held is not None:
+            self._free.setdefault(self._slot(held[1]), []).append(held[0])
 
     def close(self) -> None:
-        self._file.close()
+        os.close(self._fd)
         os.unlink(self.path)

@@ -34,6 +34,7 @@ from typing import Any
 import orjson
 
 from stream_learner.config import SECTIONS, Config, read_toml
+from stream_learner.core.codec import KeyCodec
 from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import (
@@ -401,9 +402,10 @@ def replay(
                 max_age_s=service.label_max_age_s or None,
             )
 
-        store = _evicted_keys(service) if service.max_keys else None
+        codec = KeyCodec(fresh) if service.max_keys else None
+        store = _evicted_keys(service, codec) if service.max_keys else None
         processor = Processor(
-            fresh,
+            fresh if codec is None else codec.fresh,
             InlineRunner(service.retrain_apply_after),
             max_unseen_keys=service.label_max_unseen_keys,
             max_keys=service.max_keys,
@@ -432,16 +434,22 @@ def replay(
     return reports
 
 
-def _evicted_keys(service: Any) -> EvictedKeys:
+def _evicted_keys(service: Any, codec: KeyCodec | None = None) -> EvictedKeys:
     """Where a replay under a key budget (``service.max_keys``) puts evicted keys: the
     same cache as the service's (``service.evicted_cache_mb``), then a local spill file
-    instead of the checkpoint topic (the states never leave this process)."""
+    instead of the checkpoint topic (the states never leave this process); ``codec``
+    encodes them for both (default: standard pickles)."""
 
     def meta(key: str, partition: int, state: KeyState) -> SnapshotMeta:
         learner = state.learner
         return SnapshotMeta(key, learner.lineage, learner.version, "evict", created=0.0)
 
-    return EvictedKeys(SpillFile(), meta, cache_bytes=int(service.evicted_cache_mb * 1024 * 1024))
+    return EvictedKeys(
+        SpillFile(codec=codec),
+        meta,
+        cache_bytes=int(service.evicted_cache_mb * 1024 * 1024),
+        codec=codec,
+    )
 
 
 class _Evicted:

@@ -4,6 +4,7 @@ replay without one reports."""
 
 from __future__ import annotations
 
+import os
 import pickle
 
 import orjson
@@ -98,6 +99,50 @@ def test_the_spill_file_reads_back_what_left_the_cache_and_forgets_discarded_key
     with pytest.raises(LookupError):
         keys.load("a")
     tier.close()
+
+
+def test_the_spill_file_reuses_the_slots_of_keys_read_back():
+    tier = SpillFile()
+    keys = _keys(tier, cache_bytes=0)
+    for round_ in range(5):  # every key leaves and comes back each round
+        for k in range(10):
+            keys.save(f"k{k}", 0, KeyState({"weights": [float(round_ + k)] * 100}))
+        for k in range(10):
+            assert keys.load(f"k{k}").learner == {"weights": [float(round_ + k)] * 100}
+    assert tier.size <= 10 * tier._slot(len(pickle.dumps(KeyState({"weights": [0.0] * 100}))))
+    tier.close()
+
+
+def _codec():
+    from stream_learner.core.codec import KeyCodec
+    from stream_learner.core.learner import Learner
+    from tests.core.specs import LINEAR
+
+    return KeyCodec(lambda key: Learner(key, LINEAR))
+
+
+def test_with_a_codec_the_cache_and_file_keep_its_bytes_and_the_topic_standard_snapshots():
+    from stream_learner.core.events import Event
+
+    codec = _codec()
+    learner = codec.fresh("k0")
+    for i in range(5):
+        learner.learn(Event(str(i), "k0", {"u": float(i)}, i % 2 == 0, float(i)))
+    state = KeyState(learner, paused=True)
+    store = MemoryCheckpointStore(signing_key=KEY)
+    keys = EvictedKeys(CheckpointTier(store, codec), _meta, cache_bytes=0, codec=codec)
+    keys.save("k0", 0, state)  # straight to the topic, as a standard snapshot
+    assert keys.evicted_bytes == len(codec.dumps(state))
+    restored = store.read().load("k0")[1]  # a restore: no codec, signature verified
+    assert restored.paused and restored.learner.index == 5
+    assert keys.load("k0").learner.index == 5  # from the topic
+    spill = SpillFile(codec=codec)
+    keys = EvictedKeys(spill, _meta, cache_bytes=0, codec=codec)
+    keys.save("k0", 0, state)
+    with pytest.raises(pickle.UnpicklingError):  # the file holds the codec's bytes
+        pickle.loads(os.pread(spill._fd, spill.index["k0"][1], spill.index["k0"][0]))
+    assert keys.load("k0").learner.spec is learner.spec
+    spill.close()
 
 
 CONFIG = """

@@ -23,7 +23,8 @@ row otherwise. Reads encode what is left first.
 
 A row comes back equal to what was put in: the same keys in the same order, the same types,
 the same floats bit for bit. Rows leave in the order they came (first in, first out).
-Pure and picklable: a snapshot holds the arrays' bytes and the kinds.
+Pure and picklable: a snapshot holds the arrays' bytes, the kinds and the last few rows
+not encoded yet.
 
 >>> rows = Rows()
 >>> rows.push(7, 1.5, {"a": 0.25, "n": 3, "c": "FR"}, True, False, {False: 0.6, True: 0.4})
@@ -123,9 +124,12 @@ class Rows:
         self._widths: tuple[list, list, list] = ([], [], [])  # per kind: in _v, _w, _q
 
     # -- pickling: the live rows' arrays and the kinds, not the interning dict -------------
+    # The rows pushed since the last batch (fewer than BATCH) are pickled as they are, not
+    # encoded first: a key evicted after each of its few events (a key budget) would
+    # otherwise pay an encoding per eviction, and the rows encode as they would have when
+    # the batch fills after a reload. Snapshots pickled before this hold an empty tail.
 
     def __getstate__(self) -> dict:
-        self._flush()
         self._compact()
         state = dict(vars(self))
         del state["_ids"], state["_combos"], state["_widths"]
@@ -134,6 +138,7 @@ class Rows:
 
     def __setstate__(self, state: dict) -> None:
         self.__dict__.update(state)
+        self.__dict__.setdefault("_tail", [])
         self.kinds = [_Kind(*k) for k in state["kinds"]]
         self._ids = {_key(k): i for i, k in enumerate(self.kinds)}
         self._combos = {}

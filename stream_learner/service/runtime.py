@@ -48,6 +48,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import orjson
 
+from stream_learner.core.codec import KeyCodec
 from stream_learner.core.commands import Command
 from stream_learner.core.events import (
     MAX_EVENT_BYTES,
@@ -334,14 +335,16 @@ class Service:
             return
         if self.store is None:
             raise ValueError("a key budget needs the checkpoint store (checkpoints.enabled)")
+        codec = KeyCodec(self.factory)  # compact pickles in the cache; fresh keys faster
         self.evicted = EvictedKeys(
-            CheckpointTier(self.store),
+            CheckpointTier(self.store, codec),
             self._eviction_meta,
             cache_bytes=cache_bytes,
             observer=self.metrics,
             trim_on_save=False,  # end_batch trims: a snapshot never precedes its outputs
+            codec=codec,
         )
-        self.processor.limit(max_keys, self.evicted)
+        self.processor.limit(max_keys, self.evicted, factory=codec.fresh)
 
     def _eviction_meta(self, key: str, partition: int, state: KeyState) -> SnapshotMeta:
         """An evicted key's snapshot reflects every input of its partition processed so far

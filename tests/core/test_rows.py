@@ -79,6 +79,28 @@ def test_rows_come_back_exactly_and_in_order_through_evictions_pickles_and_copie
     assert rows.newest(1999) == [] and len(rows.newest(-1)) == 300
 
 
+def test_a_pickle_keeps_the_rows_not_encoded_yet_and_they_encode_as_if_never_pickled():
+    # A key budget pickles a key after each of its few events: the last rows (fewer than
+    # a batch) are pickled as they are, and encoded when the batch fills after a reload.
+    rng = random.Random(5)
+    kept, pickled = Rows(maxlen=40), Rows(maxlen=40)
+    for i in range(100):
+        x = {"x0": rng.random(), "x1": rng.random()}
+        row = (i, float(i), x, i % 3 == 0, i % 2 == 0, {False: 0.25, True: 0.75})
+        kept.push(*row)
+        pickled.push(*row)
+        if i % 7 == 0:
+            pickled = pickle.loads(pickle.dumps(pickled, protocol=5))
+            assert pickled._tail == kept._tail  # not encoded by the pickle
+    assert exact(list(pickled), list(kept))
+    assert pickle.dumps(pickled, protocol=5) == pickle.dumps(kept, protocol=5)
+    kept._flush()  # as a pickle of before held it: every row encoded
+    state = {k: v for k, v in kept.__getstate__().items() if k != "_tail"}
+    old = Rows.__new__(Rows)
+    old.__setstate__(state)
+    assert exact(list(old), list(kept))
+
+
 def test_a_key_with_one_shape_of_event_interns_a_handful_of_kinds():
     rows = Rows(maxlen=1000)
     rng = random.Random(1)

@@ -1,0 +1,168 @@
+"""How a key's state is encoded while it waits evicted in this process (``service.max_keys``).
+
+An evicted key's state is pickled, and pickled back when its next input comes. A pickle of
+a whole River object graph per key is what a key budget costs (the classes by name, every
+attribute name, the model spec and configs every key refers to), so :class:`KeyCodec`
+makes each key's bytes hold only what is the key's own:
+
+- **a table of shared objects**: the objects that every fresh learner of the factory
+  refers to, the same object in each (the model spec, the learner, policy and retrain
+  configs, class objects, attribute and metric names), are found once, by building two
+  learners for two keys; a key's pickle refers to them by their number in the table
+  (pickle's persistent ids) and its unpickling takes them from the table. A learner
+  round-tripped through the codec refers to the very objects a never-evicted one does;
+- **fresh keys from a prototype**: a new key's learner is made by unpickling a fresh
+  learner pickled once (its key given at load), which is cheaper than running the model
+  factory — but only when that was proven to give what the factory gives: at
+  construction, for two probe keys, the prototype's learner and the factory's must pickle
+  to the same bytes. Otherwise (an unseeded random generator somewhere, a factory that
+  derives something from the key) :meth:`KeyCodec.fresh` calls the factory.
+
+The bytes depend on this process's table: they never leave it. :meth:`KeyCodec.standalone`
+turns them into a standard, self-contained pickle of the state (what
+``core/snapshot.py`` signs and publishes), so the checkpoint topic's format is unchanged
+and a restore never needs the table.
+
+Pure: no Kafka, no clock, no logging.
+
+>>> from stream_learner.core.learner import Learner
+>>> from stream_learner.core.models import ModelSpec
+>>> spec = ModelSpec.from_dict({"task": "binary", "pipeline": [
+...     {"estimator": "linear_model.LogisticRegression"}]})
+>>> codec = KeyCodec(lambda key: Learner(key, spec))
+>>> codec.prototype is not None  # a fresh learner unpickles as the factory builds it
+True
+>>> learner = codec.fresh("fraud")
+>>> learner.key, learner.spec is spec
+('fraud', True)
+>>> state = codec.loads(codec.dumps(KeyState(learner, paused=True)))
+>>> state.learner.key, state.paused, state.learner.spec is spec
+('fraud', True, True)
+>>> pickle.loads(codec.standalone(codec.dumps(state))).learner.spec == spec
+True
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import io
+import pickle
+import types
+from collections.abc import Callable
+from typing import Any
+
+from stream_learner.core.keystate import KeyState
+from stream_learner.core.snapshot import PICKLE_PROTOCOL
+
+__all__ = ["KeyCodec"]
+
+#: Kept by the codec's pickles: 5 (as snapshots), out-of-band buffers unused.
+PROTOCOL = PICKLE_PROTOCOL
+#: Keys no real key is: the factory builds the probes with them.
+_PROBES = ("\x00stream-learner/probe/a", "\x00stream-learner/probe/bb")
+_CHECKS = ("\x00stream-learner/probe/ccc", "\x00stream-learner/probe/d")
+
+_ATOMS = (str, bytes, int, float, complex, bool, type(None))
+_CODE = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType)
+
+
+def _immutable(obj: Any) -> bool:
+    """Whether ``obj`` may be shared by reference: it cannot change (a string, a class, a
+    function, a frozen dataclass, an enum member, a tuple of such)."""
+    if isinstance(obj, (*_ATOMS, *_CODE, enum.Enum)):
+        return True
+    if type(obj) in (tuple, frozenset):
+        return all(_immutable(item) for item in obj)
+    params = getattr(type(obj), "__dataclass_params__", None)
+    return params is not None and dataclasses.is_dataclass(obj) and params.frozen
+
+
+def _reachable(obj: Any) -> dict[int, Any]:
+    """Every object a pickle of ``obj`` visits, by id."""
+    seen: dict[int, Any] = {}
+
+    def record(item: Any) -> None:
+        seen[id(item)] = item
+
+    pickler = pickle.Pickler(io.BytesIO(), protocol=PROTOCOL)
+    pickler.persistent_id = record  # returns None: everything is pickled as usual
+    pickler.dump(obj)
+    return seen
+
+
+class KeyCodec:
+    """Encodes the states of evicted keys for this process, and makes fresh keys; see the
+    module docstring. ``factory(key)`` builds a key's fresh learner."""
+
+    def __init__(self, factory: Callable[[str], Any]) -> None:
+        self.factory = factory
+        first, second = (KeyState(factory(key)) for key in _PROBES)
+        seen, other = _reachable(first), _reachable(second)
+        shared = [
+            obj
+            for ident, obj in seen.items()
+            if other.get(ident) is obj
+            and _immutable(obj)
+            and not isinstance(obj, (int, float, complex, bool, type(None)))
+        ]
+        #: The objects every key refers to (held here, so their ids stay theirs).
+        self.shared: list[Any] = shared
+        self._ids: dict[int, int] = {id(obj): i for i, obj in enumerate(shared)}
+        #: A fresh learner pickled with its key as a persistent id (``None``: not proven).
+        self.prototype: bytes | None = self._prototype()
+
+    # -- encoding ----------------------------------------------------------------------
+
+    def dumps(self, state: KeyState) -> bytes:
+        """``state`` pickled against the shared table (for :meth:`loads` in this process)."""
+        return self._dump(state, self._ids.get)
+
+    def loads(self, data: bytes) -> KeyState:
+        """The state of :meth:`dumps`' bytes."""
+        return self._load(data, self.shared)
+
+    def standalone(self, data: bytes) -> bytes:
+        """:meth:`dumps`' bytes as a standard pickle (:data:`PICKLE_PROTOCOL`) of the
+        state, which needs no table: what a snapshot holds."""
+        return pickle.dumps(self.loads(data), protocol=PICKLE_PROTOCOL)
+
+    def fresh(self, key: str) -> Any:
+        """A fresh learner for ``key``: from the prototype when proven, else the factory's."""
+        if self.prototype is None:
+            return self.factory(key)
+        return self._load(self.prototype, [*self.shared, key])
+
+    # -- helpers -----------------------------------------------------------------------
+
+    @staticmethod
+    def _dump(obj: Any, persistent_id: Callable[[int], Any]) -> bytes:
+        buffer = io.BytesIO()
+        pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
+        pickler.persistent_id = lambda item, get=persistent_id, ident=id: get(ident(item))
+        pickler.dump(obj)
+        return buffer.getvalue()
+
+    @staticmethod
+    def _load(data: bytes, table: list[Any]) -> Any:
+        unpickler = pickle.Unpickler(io.BytesIO(data))
+        unpickler.persistent_load = table.__getitem__
+        return unpickler.load()
+
+    def _prototype(self) -> bytes | None:
+        """The prototype's bytes, when unpickling them gives, for other keys, learners
+        that pickle to the very bytes of the factory's (else ``None``)."""
+        probe = _PROBES[0]
+        ids = dict(self._ids)
+        try:
+            learner = self.factory(probe)
+            ids[id(probe)] = len(self.shared)  # the key: given at load
+            data = self._dump(learner, ids.get)
+            for key in _CHECKS:
+                made = self._load(data, [*self.shared, key])
+                built = self.factory(key)
+                if pickle.dumps(made, protocol=PROTOCOL) != pickle.dumps(built, protocol=PROTOCOL):
+                    return None
+        except Exception:  # a factory whose learners do not pickle: the factory it is
+            return None
+        return data

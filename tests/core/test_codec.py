@@ -1,0 +1,207 @@
+"""The codec of evicted keys (``core/codec.py``): a key that goes through it — made from
+the prototype, pickled against the shared table and back at every input — serves, decides
+and ends exactly like one that never did; what it hands to a snapshot needs no table."""
+
+from __future__ import annotations
+
+import pickle
+import random
+import struct
+import types
+from collections import deque
+from collections.abc import Iterator
+
+import pytest
+
+from stream_learner.core.codec import KeyCodec
+from stream_learner.core.events import Event, Label
+from stream_learner.core.keystate import KeyState
+from stream_learner.core.learner import Learner
+from stream_learner.core.policy import PolicyConfig
+from stream_learner.core.processor import PAUSED, InlineRunner, Processor
+from stream_learner.core.retrain import RetrainConfig
+from stream_learner.core.snapshot import (
+    SnapshotMeta,
+    SnapshotRejected,
+    assemble,
+    decode_snapshot,
+    encode_pickled,
+)
+from stream_learner.errors import DecodeError
+from tests.core.specs import LINEAR, TREE
+from tests.core.test_eviction import _inputs
+
+SIGNING = b"s" * 32
+_CODE = (types.FunctionType, types.BuiltinFunctionType)
+
+
+def _factory(spec):
+    def factory(key: str) -> Learner:
+        return Learner(
+            key,
+            spec,
+            policy=PolicyConfig(warmup=100, cooldown_events=100, interval_events=300),
+            retrain=RetrainConfig(window=300, holdout=40, min_train=60, margin=0.0),
+        )
+
+    return factory
+
+
+class CodecStore:
+    """A KeyStore keeping the codec's bytes (what EvictedKeys caches)."""
+
+    def __init__(self, codec: KeyCodec) -> None:
+        self.codec = codec
+        self.states: dict[str, bytes] = {}
+
+    def save(self, key, partition, state):
+        self.states[key] = self.codec.dumps(state)
+
+    def load(self, key):
+        return self.codec.loads(self.states.pop(key))
+
+    def discard(self, keys):
+        for key in keys:
+            self.states.pop(key, None)
+
+
+def _same(a, b, seen=None) -> bool:
+    """Equal object graphs, value by value (floats bit for bit), whatever objects are
+    shared: an equal string may be one object in one graph and two in the other."""
+    seen = set() if seen is None else seen
+    if type(a) is not type(b):
+        return False
+    if isinstance(a, float):
+        return struct.pack("<d", a) == struct.pack("<d", b)
+    if isinstance(a, types.MethodType):
+        return a.__func__ is b.__func__ and _same(a.__self__, b.__self__, seen)
+    if a is None or isinstance(a, (bool, int, str, bytes, type, *_CODE)):
+        return a == b
+    if (id(a), id(b)) in seen:
+        return True
+    seen.add((id(a), id(b)))
+    if isinstance(a, dict):
+        return list(a) == list(b) and all(_same(a[k], b[k], seen) for k in a)
+    if isinstance(a, (list, tuple, deque)):
+        return len(a) == len(b) and all(_same(u, v, seen) for u, v in zip(a, b, strict=True))
+    if isinstance(a, (set, frozenset)):
+        return a == b
+    reduced = [a.__reduce_ex__(5), b.__reduce_ex__(5)]
+    reduced = [[list(part) if isinstance(part, Iterator) else part for part in r] for r in reduced]
+    return _same(reduced[0][1:], reduced[1][1:], seen)
+
+
+def _run(spec, inputs, max_keys: int):
+    factory = _factory(spec)
+    if max_keys:
+        codec = KeyCodec(factory)
+        proc = Processor(codec.fresh, InlineRunner(40), max_keys=max_keys, store=CodecStore(codec))
+    else:
+        proc = Processor(factory, InlineRunner(40))
+    served, refused = [], []
+    for item in inputs:
+        try:
+            if isinstance(item, Event):
+                out = proc.event(item)
+            elif isinstance(item, Label):
+                out = proc.label(item)
+            else:
+                out = proc.command(item)
+        except DecodeError as exc:
+            refused.append((item.id, exc.reason))
+            out = None
+        if out is not None and out is not PAUSED:
+            served.append((item.id, out.y_pred, out.version, out.proba, out.loss))
+        proc.effects.clear()
+    learners = dict(proc.learners)
+    for key in proc.evicted:
+        learners[key] = proc.store.load(key).learner
+    return proc, served, refused, {k: learners[k] for k in sorted(learners)}
+
+
+@pytest.mark.parametrize("spec", [LINEAR, TREE], ids=["linear", "tree"])
+def test_keys_through_the_codec_serve_decide_and_end_as_keys_that_never_left(spec):
+    inputs = _inputs()
+    _, served, refused, learners = _run(spec, inputs, 0)
+    proc, served_c, refused_c, learners_c = _run(spec, inputs, 1)
+    assert proc.evictions > 500 and proc.reloads > 500
+    assert served_c == served
+    assert refused_c == refused
+    assert list(learners_c) == list(learners)
+    for key, learner in learners.items():
+        other = learners_c[key]
+        assert list(other.decisions) == list(learner.decisions)
+        assert other.evaluator.values() == learner.evaluator.values()
+        assert (other.index, other.version, other.learned) == (
+            learner.index,
+            learner.version,
+            learner.learned,
+        )
+        if spec is LINEAR:  # (a tree's leaves hold unseeded generators)
+            assert _same(other, learner)
+
+
+def test_a_fresh_key_from_the_prototype_is_the_factorys_learner():
+    factory = _factory(LINEAR)
+    codec = KeyCodec(factory)
+    assert codec.prototype is not None
+    made, built = codec.fresh("merchant-7"), factory("merchant-7")
+    assert made.key == "merchant-7" and made.policy.key == "merchant-7"
+    assert pickle.dumps(made, protocol=5) == pickle.dumps(built, protocol=5)
+    assert made.spec is codec.shared[codec.shared.index(made.spec)]  # the shared spec
+    assert codec.fresh("a") is not codec.fresh("a")  # every key its own learner
+
+
+def test_a_factory_the_prototype_cannot_stand_for_is_called():
+    factory = _factory(LINEAR)
+
+    def keyed(key: str) -> Learner:  # derives something from the key
+        learner = factory(key)
+        learner.tag = key.upper()
+        return learner
+
+    def noisy(key: str) -> Learner:  # an unseeded random draw
+        learner = factory(key)
+        learner.noise = random.random()
+        return learner
+
+    for odd in (keyed, noisy):
+        codec = KeyCodec(odd)
+        assert codec.prototype is None
+        assert codec.fresh("k").key == "k"
+    assert KeyCodec(keyed).fresh("k").tag == "K"
+
+
+def test_the_codecs_bytes_hold_only_the_keys_own_and_need_its_table():
+    factory = _factory(LINEAR)
+    codec = KeyCodec(factory)
+    learner = codec.fresh("k")
+    for i in range(20):
+        learner.learn(Event(str(i), "k", {"u": i / 20, "v": 1.0}, i % 3 == 0, float(i)))
+    state = KeyState(learner, paused=True)
+    data = codec.dumps(state)
+    assert len(data) < 0.7 * len(pickle.dumps(state, protocol=5))
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(data)  # persistent ids: this process's table only
+    back = codec.loads(data)
+    assert back.paused and back.learner.spec is learner.spec
+    assert pickle.dumps(back, protocol=5) == pickle.dumps(state, protocol=5)
+
+
+def test_a_standalone_snapshot_restores_without_the_table_and_is_verified():
+    factory = _factory(LINEAR)
+    codec = KeyCodec(factory)
+    learner = codec.fresh("k")
+    for i in range(50):
+        learner.learn(Event(str(i), "k", {"u": i / 50, "v": 1.0}, i % 2 == 0, float(i)))
+    data = codec.dumps(KeyState(learner))
+    meta = SnapshotMeta("k", learner.lineage, learner.version, "evict", created=0.0)
+    chunks = encode_pickled(codec.standalone(data), meta, SIGNING, chunk_bytes=1 << 20)
+    header, payload = assemble(chunks)
+    restored = decode_snapshot(header, payload, SIGNING)  # plain pickle.loads inside
+    assert isinstance(restored, KeyState)
+    assert _same(restored, KeyState(learner))
+    event = Event("next", "k", {"u": 0.3, "v": 1.0}, True, 99.0)
+    assert restored.learner.learn(event) == learner.learn(event)
+    with pytest.raises(SnapshotRejected, match="bad_signature"):
+        decode_snapshot(header, payload, b"another key, long enough!")
