@@ -14,12 +14,10 @@ from collections.abc import Iterator
 import pytest
 
 from stream_learner.core.codec import KeyCodec
-from stream_learner.core.events import Event, Label
+from stream_learner.core.events import Event
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner
-from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.processor import PAUSED, InlineRunner, Processor
-from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import (
     SnapshotMeta,
     SnapshotRejected,
@@ -27,24 +25,11 @@ from stream_learner.core.snapshot import (
     decode_snapshot,
     encode_pickled,
 )
-from stream_learner.errors import DecodeError
 from tests.core.specs import LINEAR, TREE
-from tests.core.test_eviction import _inputs
+from tests.core.test_eviction import _factory, _inputs, _step
 
 SIGNING = b"s" * 32
 _CODE = (types.FunctionType, types.BuiltinFunctionType)
-
-
-def _factory(spec):
-    def factory(key: str) -> Learner:
-        return Learner(
-            key,
-            spec,
-            policy=PolicyConfig(warmup=100, cooldown_events=100, interval_events=300),
-            retrain=RetrainConfig(window=300, holdout=40, min_train=60, margin=0.0),
-        )
-
-    return factory
 
 
 class CodecStore:
@@ -100,16 +85,7 @@ def _run(spec, inputs, max_keys: int):
         proc = Processor(factory, InlineRunner(40))
     served, refused = [], []
     for item in inputs:
-        try:
-            if isinstance(item, Event):
-                out = proc.event(item)
-            elif isinstance(item, Label):
-                out = proc.label(item)
-            else:
-                out = proc.command(item)
-        except DecodeError as exc:
-            refused.append((item.id, exc.reason))
-            out = None
+        out = _step(proc, item, refused)
         if out is not None and out is not PAUSED:
             served.append((item.id, out.y_pred, out.version, out.proba, out.loss))
         proc.effects.clear()

@@ -31,6 +31,19 @@ from tests.core.specs import LINEAR, TREE
 KEYS = ("a", "b", "c", "d", "e")
 
 
+def _step(proc: Processor, item, refused: list) -> object:
+    """Feed one input to ``proc`` as the service does; a refused one is noted, not raised."""
+    try:
+        if isinstance(item, Event):
+            return proc.event(item)
+        if isinstance(item, Label):
+            return proc.label(item)
+        return proc.command(item)
+    except DecodeError as exc:
+        refused.append((item.id, exc.reason))
+        return None
+
+
 def _inputs(n: int = 3000, seed: int = 3) -> list:
     """Interleaved keys with a concept flip half-way, 20 % prediction requests whose
     labels come 30 inputs later, a label before its key's first event, pause/resume and
@@ -64,7 +77,9 @@ def _inputs(n: int = 3000, seed: int = 3) -> list:
     return out
 
 
-def _run(spec, inputs, max_keys: int):
+def _factory(spec):
+    """Learners that decide often on a short stream (warm-up, cooldown and window small)."""
+
     def factory(key: str) -> Learner:
         return Learner(
             key,
@@ -73,20 +88,16 @@ def _run(spec, inputs, max_keys: int):
             retrain=RetrainConfig(window=300, holdout=40, min_train=60, margin=0.0),
         )
 
+    return factory
+
+
+def _run(spec, inputs, max_keys: int):
+    factory = _factory(spec)
     store = MemoryKeyStore() if max_keys else None
     proc = Processor(factory, InlineRunner(apply_after=40), max_keys=max_keys, store=store)
     served, refused, kinds, most = [], [], [], 0
     for item in inputs:
-        try:
-            if isinstance(item, Event):
-                out = proc.event(item)
-            elif isinstance(item, Label):
-                out = proc.label(item)
-            else:
-                out = proc.command(item)
-        except DecodeError as exc:
-            refused.append((item.id, exc.reason))
-            out = None
+        out = _step(proc, item, refused)
         if out is not None and out is not PAUSED:
             served.append((item.id, out.y_pred, out.version, out.proba))
         kinds += [type(e).__name__ for e in proc.effects]
