@@ -808,6 +808,14 @@ class Service:
             self.consumed[tp] = start
             if committed.get(tp, -1) > start:
                 self._replay[tp] = committed[tp]
+        # Where each input resumes and up to where its outputs were delivered before: what a
+        # duplicate or a gap after a restart is traced back to.
+        log_event(
+            log,
+            "resuming",
+            starts={f"{t}[{p}]": off for (t, p), off in sorted(starts.items())},
+            committed={f"{t}[{p}]": off for (t, p), off in sorted(committed.items())},
+        )
         for gap in gaps:
             self.lost(gap)
         for partition in {p for t, p in partitions if t == self.topics.events}:
