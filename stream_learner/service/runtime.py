@@ -639,6 +639,9 @@ class Service:
                 self.sink.commit_transaction(self.positions, self.source.group_metadata())
             except TransactionAborted as exc:
                 self.fence("transaction", rejoin=False, error=str(exc), code=exc.code)
+                # An abandoned producer is fenced now, before the committed offsets are read
+                # again: a commit of its still in flight either lands first or never.
+                self.sink.start()
                 raise FencedError(str(exc)) from None
             self.positions = {}
             return
