@@ -630,13 +630,20 @@ class Service:
         Per batch it does not wait for the broker; on revoke and shutdown it does."""
         if not self.positions:
             return
+        positions = self.positions
+        if self._replay:
+            # Below the committed offset a restart only rebuilds state: committing those
+            # positions would move the group's offset back, and the next restart would emit
+            # again what was delivered before (exactly-once duplicates after two crashes).
+            replay = self._replay
+            positions = {tp: off for tp, off in positions.items() if off > replay.get(tp, -1)}
         if self.sink.transactional:
             # Outputs and input positions in one transaction. One that did not commit is
             # given up whole, as a stall is (:meth:`fence`): its outputs are invisible, so
             # the state that produced them goes too and the batch is read again from the
             # last committed positions.
             try:
-                self.sink.commit_transaction(self.positions, self.source.group_metadata())
+                self.sink.commit_transaction(positions, self.source.group_metadata())
             except TransactionAborted as exc:
                 self.fence("transaction", rejoin=False, error=str(exc), code=exc.code)
                 # An abandoned producer is fenced now, before the committed offsets are read
@@ -646,9 +653,9 @@ class Service:
             self.positions = {}
             return
         delay = 0.5
-        while True:
+        while positions:
             try:
-                self.source.commit(self.positions, wait=wait)
+                self.source.commit(positions, wait=wait)
                 break
             except BrokerError as exc:
                 if should_stop():
