@@ -58,6 +58,7 @@ class _Source(MemorySource):
         super().__init__(logs, **kwargs)
         self.polls, self.at, self.trouble, self.during = 0, at, trouble, during
         self.rejoins = 0
+        self.commits: list[dict] = []
         self.run_of = None
         self._due = False
 
@@ -77,6 +78,10 @@ class _Source(MemorySource):
             self._due = False
             self.trouble(self.run_of)
         return super().high_watermark(tp)
+
+    def commit(self, positions, *, wait=True) -> None:
+        self.commits.append(dict(positions))
+        super().commit(positions, wait=wait)
 
     def rejoin(self) -> None:
         self.rejoins += 1
@@ -123,7 +128,16 @@ class _TransactionalSink(MemorySink):
 
 class _Run:
     def __init__(
-        self, config, logs, *, at=0, trouble=None, during="poll", limit=5.0, sink=None
+        self,
+        config,
+        logs,
+        *,
+        at=0,
+        trouble=None,
+        during="poll",
+        limit=5.0,
+        sink=None,
+        committed=None,
     ) -> None:
         self.sink = sink or MemorySink()
         self.store = _Store(signing_key=b"k" * 32)
@@ -136,6 +150,7 @@ class _Run:
             during=during,
             on_assign=lambda tps: self.service.on_assign(tps),
             on_revoke=self._revoked,
+            committed=committed,
             run=40,
         )
         self.source.run_of = self
@@ -270,3 +285,14 @@ def test_an_aborted_transaction_gives_the_batch_up_and_learns_it_again_once(setu
     # The aborted batch's outputs never became visible and its state was dropped with them:
     # replayed from the committed positions, every request is served once, as if calm.
     _same_learning(run, calm)
+
+
+def test_a_restart_rebuilding_below_the_committed_offsets_never_moves_them_back(setup):
+    config, logs, calm = setup
+    # Every output was delivered and committed before; no snapshot survived: the state is
+    # rebuilt from each log's start, silently, up to the committed offsets.
+    ends = {tp: len(records) for tp, records in logs.items()}
+    run = _Run(config, logs, committed=ends)
+    assert run.predicted() == []
+    assert all(c[tp] >= ends[tp] for c in run.source.commits for tp in c)
+    assert run.source.offsets == ends
