@@ -8,9 +8,13 @@ makes each key's bytes hold only what is the key's own:
 - **a table of shared objects**: the objects that every fresh learner of the factory
   refers to, the same object in each (the model spec, the learner, policy and retrain
   configs, class objects, attribute and metric names), are found once, by building two
-  learners for two keys; a key's pickle refers to them by their number in the table
-  (pickle's persistent ids) and its unpickling takes them from the table. A learner
-  round-tripped through the codec refers to the very objects a never-evicted one does;
+  learners for two keys. A key's pickle refers to them by their place in the pickler's
+  memo, which starts seeded with the table as if they had been pickled already: a
+  reference is a memo lookup in C (a 2-5-byte ``BINGET``), not a Python call for every
+  object pickled, which is what pickle's persistent ids cost (3x the time of a tree's
+  dump). Unpickling seeds its memo alike, by loading a short prelude that stores the
+  table's objects in order. A learner round-tripped through the codec refers to the very
+  objects a never-evicted one does;
 - **fresh keys from a prototype**: a new key's learner is made by unpickling a fresh
   learner pickled once (its key given at load), which is cheaper than running the model
   factory — but only when that was proven to give what the factory gives: at
@@ -108,7 +112,8 @@ class KeyCodec:
         ]
         #: The objects every key refers to (held here, so their ids stay theirs).
         self.shared: list[Any] = shared
-        self._ids: dict[int, int] = {id(obj): i for i, obj in enumerate(shared)}
+        self._memo = _memo(shared)
+        self._prelude = _prelude(len(shared))
         #: A fresh learner pickled with its key as a persistent id (``None``: not proven).
         self.prototype: bytes | None = self._prototype()
 
@@ -116,11 +121,11 @@ class KeyCodec:
 
     def dumps(self, state: KeyState) -> bytes:
         """``state`` pickled against the shared table (for :meth:`loads` in this process)."""
-        return self._dump(state, self._ids.get)
+        return _dump(state, self._memo)
 
     def loads(self, data: bytes) -> KeyState:
         """The state of :meth:`dumps`' bytes."""
-        return self._load(data, self.shared)
+        return _load(self._prelude, data, self.shared)
 
     def standalone(self, data: bytes) -> bytes:
         """:meth:`dumps`' bytes as a standard pickle (:data:`PICKLE_PROTOCOL`) of the
@@ -131,38 +136,59 @@ class KeyCodec:
         """A fresh learner for ``key``: from the prototype when proven, else the factory's."""
         if self.prototype is None:
             return self.factory(key)
-        return self._load(self.prototype, [*self.shared, key])
+        return _load(self._keyed, self.prototype, [*self.shared, key])
 
     # -- helpers -----------------------------------------------------------------------
 
-    @staticmethod
-    def _dump(obj: Any, persistent_id: Callable[[int], Any]) -> bytes:
-        buffer = io.BytesIO()
-        pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
-        pickler.persistent_id = lambda item, get=persistent_id, ident=id: get(ident(item))
-        pickler.dump(obj)
-        return buffer.getvalue()
-
-    @staticmethod
-    def _load(data: bytes, table: list[Any]) -> Any:
-        unpickler = pickle.Unpickler(io.BytesIO(data))
-        unpickler.persistent_load = table.__getitem__
-        return unpickler.load()
-
     def _prototype(self) -> bytes | None:
         """The prototype's bytes, when unpickling them gives, for other keys, learners
-        that pickle to the very bytes of the factory's (else ``None``)."""
+        that pickle to the very bytes of the factory's (else ``None``). The key is one
+        more seeded object, after the table: given at load."""
         probe = _PROBES[0]
-        ids = dict(self._ids)
+        self._keyed = _prelude(len(self.shared) + 1)
         try:
             learner = self.factory(probe)
-            ids[id(probe)] = len(self.shared)  # the key: given at load
-            data = self._dump(learner, ids.get)
+            data = _dump(learner, _memo([*self.shared, probe]))
             for key in _CHECKS:
-                made = self._load(data, [*self.shared, key])
+                made = _load(self._keyed, data, [*self.shared, key])
                 built = self.factory(key)
                 if pickle.dumps(made, protocol=PROTOCOL) != pickle.dumps(built, protocol=PROTOCOL):
                     return None
         except Exception:  # a factory whose learners do not pickle: the factory it is
             return None
         return data
+
+
+def _memo(table: list[Any]) -> Any:
+    """A pickler memo holding ``table``'s objects at places 0, 1, ... (a copy of it seeds
+    each dump)."""
+    pickler = pickle.Pickler(io.BytesIO(), protocol=PROTOCOL)
+    pickler.memo = {id(obj): (i, obj) for i, obj in enumerate(table)}
+    return pickler.memo
+
+
+def _prelude(n: int) -> bytes:
+    """A pickle that stores persistent objects 0 .. n-1 in the unpickler's memo, in order,
+    and loads as ``None``: unpickled first, it seeds the memo as :func:`_memo` seeds the
+    pickler's. (Setting an unpickler's memo directly does not: it keeps no count of the
+    places taken, and the next ``MEMOIZE`` would overwrite place 0.)"""
+    body = b"".join(
+        pickle.BININT + i.to_bytes(4, "little") + pickle.BINPERSID + pickle.MEMOIZE + pickle.POP
+        for i in range(n)
+    )
+    return pickle.PROTO + bytes([PROTOCOL]) + body + pickle.NONE + pickle.STOP
+
+
+def _dump(obj: Any, memo: Any) -> bytes:
+    buffer = io.BytesIO()
+    pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
+    pickler.memo = memo  # copied: the seeded places, then this pickle's own
+    pickler.dump(obj)
+    return buffer.getvalue()
+
+
+def _load(prelude: bytes, data: bytes, table: list[Any]) -> Any:
+    unpickler = pickle.Unpickler(io.BytesIO(prelude + data))
+    unpickler.persistent_load = table.__getitem__
+    unpickler.load()  # the prelude: the table into the memo
+    return unpickler.load()

@@ -157,8 +157,9 @@ def test_the_codecs_bytes_hold_only_the_keys_own_and_need_its_table():
     state = KeyState(learner, paused=True)
     data = codec.dumps(state)
     assert len(data) < 0.7 * len(pickle.dumps(state, protocol=5))
+    assert b"LogisticRegression" not in data and b"river" not in data  # classes: the table's
     with pytest.raises(pickle.UnpicklingError):
-        pickle.loads(data)  # persistent ids: this process's table only
+        pickle.loads(data)  # references to the table's places in the memo: this process's
     back = codec.loads(data)
     assert back.paused and back.learner.spec is learner.spec
     assert pickle.dumps(back, protocol=5) == pickle.dumps(state, protocol=5)
