@@ -85,11 +85,12 @@ def child(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     service = replace(config.service, max_keys=args.budget, evicted_cache_mb=args.cache_mb)
     factory = core_factory(config)
-    # As a replay under a budget does: the codec's compact pickles and fresh keys.
-    codec = KeyCodec(factory) if args.budget else None
+    # As a replay does: new keys from the codec's prototype (with a budget or not), and
+    # under a budget the codec's compact pickles.
+    codec = KeyCodec(factory)
     store = _evicted_keys(service, codec) if args.budget else None
     proc = Processor(
-        factory if codec is None else codec.fresh,
+        codec.fresh,
         InlineRunner(service.retrain_apply_after),
         max_unseen_keys=service.label_max_unseen_keys,
         max_keys=args.budget,

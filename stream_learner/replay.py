@@ -402,10 +402,10 @@ def replay(
                 max_age_s=service.label_max_age_s or None,
             )
 
-        codec = KeyCodec(fresh) if service.max_keys else None
+        codec = KeyCodec(fresh)  # new keys from its prototype; evicted ones encoded by it
         store = _evicted_keys(service, codec) if service.max_keys else None
         processor = Processor(
-            fresh if codec is None else codec.fresh,
+            codec.fresh,
             InlineRunner(service.retrain_apply_after),
             max_unseen_keys=service.label_max_unseen_keys,
             max_keys=service.max_keys,

@@ -16,11 +16,13 @@ makes each key's bytes hold only what is the key's own:
   table's objects in order. A learner round-tripped through the codec refers to the very
   objects a never-evicted one does;
 - **fresh keys from a prototype**: a new key's learner is made by unpickling a fresh
-  learner pickled once (its key given at load), which is cheaper than running the model
-  factory — but only when that was proven to give what the factory gives: at
-  construction, for two probe keys, the prototype's learner and the factory's must pickle
-  to the same bytes. Otherwise (an unseeded random generator somewhere, a factory that
-  derives something from the key) :meth:`KeyCodec.fresh` calls the factory.
+  learner pickled once (its key given at load, its pipeline's execution plan built), which
+  is cheaper than running the model factory and building the plan on the first event; the
+  service and the replay make every new key so, with a key budget or without. But only
+  when that was proven to give what the factory gives: at construction, for two probe
+  keys, the prototype's learner and the factory's (plan built) must pickle to the same
+  bytes. Otherwise (an unseeded random generator somewhere, a factory that derives
+  something from the key) :meth:`KeyCodec.fresh` calls the factory.
 
 The bytes depend on this process's table: they never leave it. :meth:`KeyCodec.standalone`
 turns them into a standard, self-contained pickle of the state (what
@@ -147,16 +149,26 @@ class KeyCodec:
         probe = _PROBES[0]
         self._keyed = _prelude(len(self.shared) + 1)
         try:
-            learner = self.factory(probe)
+            learner = _planned(self.factory(probe))
             data = _dump(learner, _memo([*self.shared, probe]))
             for key in _CHECKS:
                 made = _load(self._keyed, data, [*self.shared, key])
-                built = self.factory(key)
+                built = _planned(self.factory(key))
                 if pickle.dumps(made, protocol=PROTOCOL) != pickle.dumps(built, protocol=PROTOCOL):
                     return None
         except Exception:  # a factory whose learners do not pickle: the factory it is
             return None
         return data
+
+
+def _planned(learner: Any) -> Any:
+    """``learner`` with its pipeline's execution plan built, as its first event would build
+    it (River reads each step's method signatures for it: on a long tail of new keys,
+    about a tenth of the time). The prototype carries it, so new keys start with it."""
+    build = getattr(getattr(learner, "model", None), "_build_plan", None)
+    if callable(build):
+        build()
+    return learner
 
 
 def _memo(table: list[Any]) -> Any:

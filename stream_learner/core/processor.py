@@ -515,17 +515,11 @@ class Processor:
         self.evictions += 1
         self.effects.append(KeyEvicted(key, learner))
 
-    def limit(
-        self, max_keys: int, store: KeyStore, *, factory: Callable[[str], Learner] | None = None
-    ) -> None:
-        """Set the key budget (see the constructor) before the first input; ``factory``
-        replaces the constructor's (one that builds the same learners faster, e.g.
-        :meth:`~stream_learner.core.codec.KeyCodec.fresh`)."""
+    def limit(self, max_keys: int, store: KeyStore) -> None:
+        """Set the key budget (see the constructor) before the first input."""
         if self.learners or self.evicted:
             raise ValueError("the key budget is set before any key is held")
         self.max_keys, self.store = max_keys, store
-        if factory is not None:
-            self.factory = factory
         self._recent = OrderedDict() if max_keys else None
 
     def resident(self, key: str) -> Learner:

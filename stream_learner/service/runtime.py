@@ -293,8 +293,11 @@ class Service:
         self.retrainer = retrainer
         self.batch_size = batch_size
         self.poll_timeout_s = poll_timeout_s
+        # New keys come from the codec's prototype (the factory's learner, cheaper to make);
+        # with a key budget the codec also encodes the evicted ones.
+        self.codec = KeyCodec(factory)
         # The keys, their learners and retrains: the core's one copy of the per-record steps.
-        self.processor = Processor(factory, retrainer, max_unseen_keys=max_unseen_keys)
+        self.processor = Processor(self.codec.fresh, retrainer, max_unseen_keys=max_unseen_keys)
         self.positions: dict[TopicPartition, int] = {}
         self.caught_up = False
         self.batches = 0
@@ -335,16 +338,15 @@ class Service:
             return
         if self.store is None:
             raise ValueError("a key budget needs the checkpoint store (checkpoints.enabled)")
-        codec = KeyCodec(self.factory)  # compact pickles in the cache; fresh keys faster
-        self.evicted = EvictedKeys(
-            CheckpointTier(self.store, codec),
+        self.evicted = EvictedKeys(  # the codec's compact pickles in the cache
+            CheckpointTier(self.store, self.codec),
             self._eviction_meta,
             cache_bytes=cache_bytes,
             observer=self.metrics,
             trim_on_save=False,  # end_batch trims: a snapshot never precedes its outputs
-            codec=codec,
+            codec=self.codec,
         )
-        self.processor.limit(max_keys, self.evicted, factory=codec.fresh)
+        self.processor.limit(max_keys, self.evicted)
 
     def _eviction_meta(self, key: str, partition: int, state: KeyState) -> SnapshotMeta:
         """An evicted key's snapshot reflects every input of its partition processed so far

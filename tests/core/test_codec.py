@@ -123,6 +123,9 @@ def test_a_fresh_key_from_the_prototype_is_the_factorys_learner():
     assert codec.prototype is not None
     made, built = codec.fresh("merchant-7"), factory("merchant-7")
     assert made.key == "merchant-7" and made.policy.key == "merchant-7"
+    assert made.model._plan is not None  # River's execution plan comes built
+    for learner in (made, built):  # ... as the first event builds it for the factory's
+        learner.learn(Event("1", "merchant-7", {"u": 0.5, "v": 1.0}, True, 1.0))
     assert pickle.dumps(made, protocol=5) == pickle.dumps(built, protocol=5)
     assert made.spec is codec.shared[codec.shared.index(made.spec)]  # the shared spec
     assert codec.fresh("a") is not codec.fresh("a")  # every key its own learner
