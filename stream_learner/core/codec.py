@@ -103,8 +103,11 @@ class KeyCodec:
 
     def __init__(self, factory: Callable[[str], Any]) -> None:
         self.factory = factory
-        first, second = (KeyState(factory(key)) for key in _PROBES)
-        seen, other = _reachable(first), _reachable(second)
+        try:
+            first, second = (KeyState(factory(key)) for key in _PROBES)
+            seen, other = _reachable(first), _reachable(second)
+        except Exception:  # learners that do not pickle: no table, and the factory makes keys
+            seen, other = {}, {}
         shared = [
             obj
             for ident, obj in seen.items()
@@ -116,8 +119,10 @@ class KeyCodec:
         self.shared: list[Any] = shared
         self._memo = _memo(shared)
         self._prelude = _prelude(len(shared))
-        #: A fresh learner pickled with its key as a persistent id (``None``: not proven).
-        self.prototype: bytes | None = self._prototype()
+        self._keyed = _prelude(len(shared) + 1)  # ... and the key, for the prototype
+        #: A fresh learner pickled with its key in the memo's place after the table
+        #: (``None``: not proven to be the factory's, or no table).
+        self.prototype: bytes | None = self._prototype() if shared else None
 
     # -- encoding ----------------------------------------------------------------------
 
@@ -147,7 +152,6 @@ class KeyCodec:
         that pickle to the very bytes of the factory's (else ``None``). The key is one
         more seeded object, after the table: given at load."""
         probe = _PROBES[0]
-        self._keyed = _prelude(len(self.shared) + 1)
         try:
             learner = _planned(self.factory(probe))
             data = _dump(learner, _memo([*self.shared, probe]))

@@ -144,11 +144,17 @@ def test_a_factory_the_prototype_cannot_stand_for_is_called():
         learner.noise = random.random()
         return learner
 
-    for odd in (keyed, noisy):
+    def unpicklable(key: str) -> Learner:  # the service builds a codec even so
+        learner = factory(key)
+        learner.hook = lambda: key
+        return learner
+
+    for odd in (keyed, noisy, unpicklable):
         codec = KeyCodec(odd)
         assert codec.prototype is None
         assert codec.fresh("k").key == "k"
     assert KeyCodec(keyed).fresh("k").tag == "K"
+    assert KeyCodec(unpicklable).fresh("k").hook() == "k"
 
 
 def test_the_codecs_bytes_hold_only_the_keys_own_and_need_its_table():
