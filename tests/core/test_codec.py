@@ -157,12 +157,18 @@ def test_a_factory_the_prototype_cannot_stand_for_is_called():
     assert KeyCodec(unpicklable).fresh("k").hook() == "k"
 
 
-def test_the_codecs_bytes_hold_only_the_keys_own_and_need_its_table():
-    factory = _factory(LINEAR)
-    codec = KeyCodec(factory)
+def _learned(events: int, every: int) -> tuple[KeyCodec, Learner]:
+    """A codec of the linear spec and its fresh key ``k`` after ``events`` labelled events
+    (``True`` every ``every``-th)."""
+    codec = KeyCodec(_factory(LINEAR))
     learner = codec.fresh("k")
-    for i in range(20):
-        learner.learn(Event(str(i), "k", {"u": i / 20, "v": 1.0}, i % 3 == 0, float(i)))
+    for i in range(events):
+        learner.learn(Event(str(i), "k", {"u": i / events, "v": 1.0}, i % every == 0, float(i)))
+    return codec, learner
+
+
+def test_the_codecs_bytes_hold_only_the_keys_own_and_need_its_table():
+    codec, learner = _learned(20, every=3)
     state = KeyState(learner, paused=True)
     data = codec.dumps(state)
     assert len(data) < 0.7 * len(pickle.dumps(state, protocol=5))
@@ -175,11 +181,7 @@ def test_the_codecs_bytes_hold_only_the_keys_own_and_need_its_table():
 
 
 def test_a_standalone_snapshot_restores_without_the_table_and_is_verified():
-    factory = _factory(LINEAR)
-    codec = KeyCodec(factory)
-    learner = codec.fresh("k")
-    for i in range(50):
-        learner.learn(Event(str(i), "k", {"u": i / 50, "v": 1.0}, i % 2 == 0, float(i)))
+    codec, learner = _learned(50, every=2)
     data = codec.dumps(KeyState(learner))
     meta = SnapshotMeta("k", learner.lineage, learner.version, "evict", created=0.0)
     chunks = encode_pickled(codec.standalone(data), meta, SIGNING, chunk_bytes=1 << 20)
