@@ -28,12 +28,10 @@ from __future__ import annotations
 
 import argparse
 import gc
-import importlib.util
 import itertools
 import json
 import math
 import platform
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -45,6 +43,9 @@ from stream_learner.core.drift import ErrorDriftMonitor, FeatureDriftMonitor
 from stream_learner.core.events import Event
 from stream_learner.core.learner import Learner, LearnerConfig
 from stream_learner.core.models import ModelSpec, build_model
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from revision import module_at  # noqa: E402
 
 MODELS = {
     "scaler+logistic_regression": [
@@ -67,20 +68,7 @@ def sea_events(n: int, seed: int = 1) -> list[Event]:
 
 def learner_at(ref: str) -> type:
     """The ``Learner`` class of ``stream_learner/core/learner.py`` at git revision ``ref``."""
-    root = Path(__file__).resolve().parent.parent
-    source = subprocess.run(
-        ["git", "show", f"{ref}:stream_learner/core/learner.py"],
-        cwd=root,
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout
-    name = "stream_learner.core._learner_before"
-    spec = importlib.util.spec_from_loader(name, loader=None)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[name] = module
-    exec(compile(source, f"{ref}:learner.py", "exec"), module.__dict__)  # noqa: S102
-    return module.Learner
+    return module_at(ref, "stream_learner/core/learner.py").Learner
 
 
 def one_round(

@@ -24,6 +24,19 @@ makes each key's bytes hold only what is the key's own:
   bytes. Otherwise (an unseeded random generator somewhere, a factory that derives
   something from the key) :meth:`KeyCodec.fresh` calls the factory.
 
+- **containers reduced in C where they can be**: ``OrderedDict``, ``deque`` and
+  ``Counter`` (River's pipelines and scalers, the learner's own rings and counts) pickle
+  through the codec's dispatch table as their items. Their own reductions ask
+  ``copyreg._slotnames`` each time (a built-in type cannot cache the answer) and a
+  ``Counter`` loads through its Python ``__init__``: together about a sixth of a small
+  key's dump and load.
+- **no random state that nothing can reproduce**: River's distributions (the Gaussian of
+  each feature and class in every Hoeffding tree leaf) each hold a ``random.Random``; when
+  unseeded, its state came from the OS and only ``sample()`` reads it. The codec pickles
+  such a distribution without it, and a load gives it this process's shared, OS-seeded
+  generator: the same behaviour, without 625 numbers per distribution (for a young tree,
+  9 tenths of its bytes and most of its pickling time).
+
 The bytes depend on this process's table: they never leave it. :meth:`KeyCodec.standalone`
 turns them into a standard, self-contained pickle of the state (what
 ``core/snapshot.py`` signs and publishes), so the checkpoint topic's format is unchanged
@@ -50,13 +63,18 @@ True
 
 from __future__ import annotations
 
+import copyreg
 import dataclasses
 import enum
 import io
 import pickle
+import random
 import types
+from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
+
+from river.proba import base as _proba
 
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.snapshot import PICKLE_PROTOCOL
@@ -115,11 +133,12 @@ class KeyCodec:
             and _immutable(obj)
             and not isinstance(obj, (int, float, complex, bool, type(None)))
         ]
-        #: The objects every key refers to (held here, so their ids stay theirs).
-        self.shared: list[Any] = shared
-        self._memo = _memo(shared)
-        self._prelude = _prelude(len(shared))
-        self._keyed = _prelude(len(shared) + 1)  # ... and the key, for the prototype
+        #: The objects every key refers to (held here, so their ids stay theirs), and
+        #: what the codec's own reductions refer to.
+        self.shared: list[Any] = [*shared, _unseeded]
+        self._memo = _memo(self.shared)
+        self._prelude = _prelude(len(self.shared))
+        self._keyed = _prelude(len(self.shared) + 1)  # ... and the key, for the prototype
         #: A fresh learner pickled with its key in the memo's place after the table
         #: (``None``: not proven to be the factory's, or no table).
         self.prototype: bytes | None = self._prototype() if shared else None
@@ -195,9 +214,53 @@ def _prelude(n: int) -> bytes:
     return pickle.PROTO + bytes([PROTOCOL]) + body + pickle.NONE + pickle.STOP
 
 
+def _reduce_mapping(obj: Any) -> tuple:
+    """An ``OrderedDict`` or ``Counter`` as a new object of its class (``__init__``
+    skipped, as pickle does for plain objects), its attributes and its items."""
+    return copyreg.__newobj__, (type(obj),), obj.__dict__ or None, None, iter(obj.items())
+
+
+def _reduce_deque(obj: deque) -> tuple:
+    return deque, ((), obj.maxlen), None, iter(obj)
+
+
+#: What unseeded distributions loaded by a codec draw from (see the module docstring).
+_RNG = random.Random()
+
+
+def _reduce_distribution(obj: Any) -> Any:
+    """An unseeded River distribution without its generator (:func:`_unseeded` gives it
+    the shared one back); any other as pickle would."""
+    state = obj.__dict__
+    if state.get("seed") is not None or type(state.get("_rng")) is not random.Random:
+        return obj.__reduce_ex__(PROTOCOL)
+    state = {name: value for name, value in state.items() if name != "_rng"}
+    return copyreg.__newobj__, (type(obj),), state, None, None, _unseeded
+
+
+def _unseeded(obj: Any, state: dict) -> None:
+    obj.__dict__.update(state)
+    obj._rng = _RNG
+
+
+def _subclasses(cls: type) -> list[type]:
+    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
+
+
+#: The codec's reductions by exact type (subclasses keep theirs).
+_DISPATCH = {
+    **copyreg.dispatch_table,
+    OrderedDict: _reduce_mapping,
+    Counter: _reduce_mapping,
+    deque: _reduce_deque,
+    **{cls: _reduce_distribution for cls in _subclasses(_proba.Distribution)},
+}
+
+
 def _dump(obj: Any, memo: Any) -> bytes:
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
+    pickler.dispatch_table = _DISPATCH
     pickler.memo = memo  # copied: the seeded places, then this pickle's own
     pickler.dump(obj)
     return buffer.getvalue()
