@@ -7,8 +7,10 @@ holds ``retrain.pool`` (3) retired models and a race is on with a candidate that
 ``--raced`` events. Then it measures the key's state three ways: the learner's pickle (what
 a snapshot holds, before compression), the same compressed as a snapshot is, and the memory
 the live learner holds (tracemalloc: the allocations a learner unpickled from that state
-keeps). For comparison, the same learner with the race off (``retrain.shadow = false``) at
-the same input.
+keeps). The pickles are the core's (``core/pickling.py``, what snapshots hold); a standard
+``pickle.dumps`` of the same learner (unseeded generators included) is given beside them.
+For comparison, the same learner with the race off (``retrain.shadow = false``) at the same
+input.
 
     .venv/bin/python load_tests/race_memory.py [--segment 5000] [--raced 500]
 
@@ -28,6 +30,7 @@ from pathlib import Path
 
 from river.datasets import synth
 
+from stream_learner.core import pickling
 from stream_learner.core.events import Event
 from stream_learner.core.learner import Learner
 from stream_learner.core.models import ModelSpec
@@ -52,9 +55,9 @@ def stream(segment: int, seed: int = 1):
             yield {f"x{j}": v for j, v in x.items()}, y
 
 
-def held(learner: Learner) -> int:
+def held(learner: Learner, dumps=pickling.dumps) -> int:
     """Bytes a learner rebuilt from its pickle keeps allocated."""
-    data = pickle.dumps(learner)
+    data = dumps(learner)
     tracemalloc.start()
     before = tracemalloc.get_traced_memory()[0]
     copy = pickle.loads(data)
@@ -84,10 +87,15 @@ def measure(name: str, pipeline: list, segment: int, raced: int, limit: int) -> 
     else:
         raise SystemExit(f"{name}: no race with a full pool within {limit} events")
     race = learner._race
-    state = pickle.dumps(learner)
-    plain_state = pickle.dumps(plain)
+    standard = pickle.dumps(learner)  # before pickling.dumps shares the live generators
+    standard_held = held(learner, pickle.dumps)
+    state = pickling.dumps(learner)
+    plain_state = pickling.dumps(plain)
     return {
         "input": learner.index,
+        "standard_pickle_bytes": len(standard),
+        "standard_compressed_bytes": len(zlib.compress(standard, ZLIB_LEVEL)),
+        "standard_held_bytes": standard_held,
         "candidates": sorted(c.source for c in race.candidates),
         "pool": len(learner.pool),
         "pickle_bytes": len(state),
@@ -97,7 +105,7 @@ def measure(name: str, pipeline: list, segment: int, raced: int, limit: int) -> 
         "no_race_compressed_bytes": len(zlib.compress(plain_state, ZLIB_LEVEL)),
         "no_race_held_bytes": held(plain),
         "models_pickle_bytes": [
-            len(pickle.dumps(m))
+            len(pickling.dumps(m))
             for m in (
                 learner.model,
                 *(m for _, m in learner.pool),
@@ -123,7 +131,10 @@ def main() -> None:
             f"{r['held_bytes'] / 1024:,.0f} KiB; race off: pickle "
             f"{r['no_race_pickle_bytes'] / 1024:,.0f} KiB (compressed "
             f"{r['no_race_compressed_bytes'] / 1024:,.0f} KiB), held "
-            f"{r['no_race_held_bytes'] / 1024:,.0f} KiB"
+            f"{r['no_race_held_bytes'] / 1024:,.0f} KiB; a standard pickle: "
+            f"{r['standard_pickle_bytes'] / 1024:,.0f} KiB (compressed "
+            f"{r['standard_compressed_bytes'] / 1024:,.0f} KiB), held "
+            f"{r['standard_held_bytes'] / 1024:,.0f} KiB"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {

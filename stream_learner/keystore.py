@@ -35,6 +35,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Protocol
 
+from stream_learner.core import pickling
 from stream_learner.core.codec import KeyCodec
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.snapshot import PICKLE_PROTOCOL, SnapshotMeta
@@ -76,7 +77,7 @@ class _Pickle:
 
     @staticmethod
     def dumps(state: KeyState) -> bytes:
-        return pickle.dumps(state, protocol=PICKLE_PROTOCOL)
+        return pickling.dumps(state, PICKLE_PROTOCOL)
 
     loads = staticmethod(pickle.loads)
 

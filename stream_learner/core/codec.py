@@ -24,18 +24,8 @@ makes each key's bytes hold only what is the key's own:
   bytes. Otherwise (an unseeded random generator somewhere, a factory that derives
   something from the key) :meth:`KeyCodec.fresh` calls the factory.
 
-- **containers reduced in C where they can be**: ``OrderedDict``, ``deque`` and
-  ``Counter`` (River's pipelines and scalers, the learner's own rings and counts) pickle
-  through the codec's dispatch table as their items. Their own reductions ask
-  ``copyreg._slotnames`` each time (a built-in type cannot cache the answer) and a
-  ``Counter`` loads through its Python ``__init__``: together about a sixth of a small
-  key's dump and load.
-- **no random state that nothing can reproduce**: River's distributions (the Gaussian of
-  each feature and class in every Hoeffding tree leaf) each hold a ``random.Random``; when
-  unseeded, its state came from the OS and only ``sample()`` reads it. The codec pickles
-  such a distribution without it, and a load gives it this process's shared, OS-seeded
-  generator: the same behaviour, without 625 numbers per distribution (for a young tree,
-  9 tenths of its bytes and most of its pickling time).
+- **the core's reductions** (``core/pickling.py``): River's unseeded distributions
+  without their generator, ``OrderedDict``, ``deque`` and ``Counter`` as their items.
 
 The bytes depend on this process's table: they never leave it. :meth:`KeyCodec.standalone`
 turns them into a standard, self-contained pickle of the state (what
@@ -63,26 +53,21 @@ True
 
 from __future__ import annotations
 
-import copyreg
 import dataclasses
 import enum
 import io
 import pickle
-import random
 import types
-from collections import Counter, OrderedDict, deque
 from collections.abc import Callable
 from typing import Any
 
-from river.proba import base as _proba
-
+from stream_learner.core import pickling
 from stream_learner.core.keystate import KeyState
-from stream_learner.core.snapshot import PICKLE_PROTOCOL
 
 __all__ = ["KeyCodec"]
 
-#: Kept by the codec's pickles: 5 (as snapshots), out-of-band buffers unused.
-PROTOCOL = PICKLE_PROTOCOL
+#: Kept by the codec's pickles: snapshots', out-of-band buffers unused.
+PROTOCOL = pickling.PROTOCOL
 #: Keys no real key is: the factory builds the probes with them.
 _PROBES = ("\x00stream-learner/probe/a", "\x00stream-learner/probe/bb")
 _CHECKS = ("\x00stream-learner/probe/ccc", "\x00stream-learner/probe/d")
@@ -135,7 +120,7 @@ class KeyCodec:
         ]
         #: The objects every key refers to (held here, so their ids stay theirs), and
         #: what the codec's own reductions refer to.
-        self.shared: list[Any] = [*shared, _unseeded]
+        self.shared: list[Any] = [*shared, pickling.unseeded]
         self._memo = _memo(self.shared)
         self._prelude = _prelude(len(self.shared))
         self._keyed = _prelude(len(self.shared) + 1)  # ... and the key, for the prototype
@@ -154,9 +139,9 @@ class KeyCodec:
         return _load(self._prelude, data, self.shared)
 
     def standalone(self, data: bytes) -> bytes:
-        """:meth:`dumps`' bytes as a standard pickle (:data:`PICKLE_PROTOCOL`) of the
+        """:meth:`dumps`' bytes as a standard pickle (:func:`pickling.dumps`) of the
         state, which needs no table: what a snapshot holds."""
-        return pickle.dumps(self.loads(data), protocol=PICKLE_PROTOCOL)
+        return pickling.dumps(self.loads(data))
 
     def fresh(self, key: str) -> Any:
         """A fresh learner for ``key``: from the prototype when proven, else the factory's."""
@@ -214,53 +199,10 @@ def _prelude(n: int) -> bytes:
     return pickle.PROTO + bytes([PROTOCOL]) + body + pickle.NONE + pickle.STOP
 
 
-def _reduce_mapping(obj: Any) -> tuple:
-    """An ``OrderedDict`` or ``Counter`` as a new object of its class (``__init__``
-    skipped, as pickle does for plain objects), its attributes and its items."""
-    return copyreg.__newobj__, (type(obj),), obj.__dict__ or None, None, iter(obj.items())
-
-
-def _reduce_deque(obj: deque) -> tuple:
-    return deque, ((), obj.maxlen), None, iter(obj)
-
-
-#: What unseeded distributions loaded by a codec draw from (see the module docstring).
-_RNG = random.Random()
-
-
-def _reduce_distribution(obj: Any) -> Any:
-    """An unseeded River distribution without its generator (:func:`_unseeded` gives it
-    the shared one back); any other as pickle would."""
-    state = obj.__dict__
-    if state.get("seed") is not None or type(state.get("_rng")) is not random.Random:
-        return obj.__reduce_ex__(PROTOCOL)
-    state = {name: value for name, value in state.items() if name != "_rng"}
-    return copyreg.__newobj__, (type(obj),), state, None, None, _unseeded
-
-
-def _unseeded(obj: Any, state: dict) -> None:
-    obj.__dict__.update(state)
-    obj._rng = _RNG
-
-
-def _subclasses(cls: type) -> list[type]:
-    return [cls, *(s for sub in cls.__subclasses__() for s in _subclasses(sub))]
-
-
-#: The codec's reductions by exact type (subclasses keep theirs).
-_DISPATCH = {
-    **copyreg.dispatch_table,
-    OrderedDict: _reduce_mapping,
-    Counter: _reduce_mapping,
-    deque: _reduce_deque,
-    **{cls: _reduce_distribution for cls in _subclasses(_proba.Distribution)},
-}
-
-
 def _dump(obj: Any, memo: Any) -> bytes:
     buffer = io.BytesIO()
     pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
-    pickler.dispatch_table = _DISPATCH
+    pickler.dispatch_table = pickling.DISPATCH
     pickler.memo = memo  # copied: the seeded places, then this pickle's own
     pickler.dump(obj)
     return buffer.getvalue()

@@ -48,6 +48,7 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, NamedTuple, Protocol
 
+from stream_learner.core import pickling
 from stream_learner.core.commands import ALL_KEYS, Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import Event, Label
@@ -246,7 +247,7 @@ class MemoryKeyStore:
         self.written = 0
 
     def save(self, key: str, partition: int, state: KeyState) -> None:
-        raw = self.states[key] = pickle.dumps(state, protocol=pickle.HIGHEST_PROTOCOL)
+        raw = self.states[key] = pickling.dumps(state)
         self.bytes += len(raw)
         self.written += len(raw)
 

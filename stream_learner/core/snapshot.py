@@ -53,6 +53,7 @@ from typing import Any
 
 import orjson
 
+from stream_learner.core import pickling
 from stream_learner.errors import ConfigError, SnapshotError
 
 __all__ = [
@@ -81,7 +82,7 @@ __all__ = [
 
 FORMAT_VERSION = 1
 CODEC = "pickle+zlib"
-PICKLE_PROTOCOL = 5
+PICKLE_PROTOCOL = pickling.PROTOCOL
 ZLIB_LEVEL = 3  # snapshots are taken on the hot path: fast beats small
 KEY_ENV = "STREAM_LEARNER_SNAPSHOT_KEY"
 KEY_FILE_ENV = "STREAM_LEARNER_SNAPSHOT_KEY_FILE"
@@ -201,7 +202,7 @@ def encode_snapshot(
     """Pickle, compress, checksum and sign ``state``; split it into chunks whose payload
     slices are at most ``chunk_bytes`` each."""
     try:
-        pickled = pickle.dumps(state, protocol=PICKLE_PROTOCOL)
+        pickled = pickling.dumps(state, PICKLE_PROTOCOL)
     except Exception as exc:  # a lambda, lock or open file somewhere in the state
         raise SnapshotError(f"state cannot be pickled: {type(exc).__name__}: {exc}") from None
     return encode_pickled(pickled, meta, signing_key, chunk_bytes=chunk_bytes)
@@ -210,7 +211,7 @@ def encode_snapshot(
 def encode_pickled(
     pickled: bytes, meta: SnapshotMeta, signing_key: bytes | None, *, chunk_bytes: int
 ) -> list[Chunk]:
-    """:func:`encode_snapshot` of a state pickled already (``pickle.dumps`` with
+    """:func:`encode_snapshot` of a state pickled already (:func:`pickling.dumps` with
     :data:`PICKLE_PROTOCOL`): for a caller that held the pickle a while before publishing
     it (an evicted key's state in the cache)."""
     if chunk_bytes < 1:

@@ -1,0 +1,69 @@
+"""The core's pickles (``core/pickling.py``): standard pickles that leave out what nothing
+can reproduce (unseeded generators) and reduce containers to their items, and that load
+into the same model."""
+
+from __future__ import annotations
+
+import itertools
+import pickle
+from collections import Counter, OrderedDict, deque
+
+from river import tree
+from river.datasets import synth
+from river.proba import Gaussian
+from river.proba.base import Distribution
+
+from stream_learner.core import pickling
+from stream_learner.core.codec import _reachable
+
+
+def _distributions(obj) -> list[Distribution]:
+    return [o for o in _reachable(obj).values() if isinstance(o, Distribution)]
+
+
+def _grown_tree(events: int):
+    model = tree.HoeffdingTreeClassifier(grace_period=50, delta=0.01)
+    stream = synth.Hyperplane(seed=3, n_features=5)
+    for x, y in itertools.islice(stream, events):
+        model.learn_one(x, y)
+    return model, stream
+
+
+def test_a_grown_tree_pickles_without_its_generators_and_goes_on_as_before():
+    model, stream = _grown_tree(3000)
+    own = _distributions(model)
+    assert len({id(d._rng) for d in own}) == len(own) >= 20  # one generator each
+    standard = pickle.dumps(model, protocol=5)
+    data = pickling.dumps(model)
+    assert len(data) < 0.15 * len(standard)
+    back = pickle.loads(data)  # a standard unpickler reads it
+    assert all(d._rng is pickling.SHARED_RNG for d in _distributions(back))
+    # Pickling also gave the live model the shared generator: one left, not one each.
+    assert all(d._rng is pickling.SHARED_RNG for d in _distributions(model))
+    for x, y in itertools.islice(stream, 500):
+        assert back.predict_proba_one(x) == model.predict_proba_one(x)
+        model.learn_one(x, y)
+        back.learn_one(x, y)
+    assert back.n_active_leaves == model.n_active_leaves
+
+
+def test_a_seeded_distribution_keeps_its_generator_mid_sequence():
+    seeded = Gaussian(seed=3)
+    for v in (0.5, 1.5, 2.0):
+        seeded.update(v)
+    seeded.sample()
+    back = pickle.loads(pickling.dumps(seeded))
+    assert back._rng is not pickling.SHARED_RNG and seeded._rng is not pickling.SHARED_RNG
+    assert [back.sample() for _ in range(3)] == [seeded.sample() for _ in range(3)]
+
+
+def test_containers_come_back_with_their_class_items_and_attributes():
+    ordered = OrderedDict(b=1, a=2)
+    ordered.note = "kept"
+    ring = deque([1, 2, 3], maxlen=4)
+    counts = Counter(x=2, y=1)
+    back = pickle.loads(pickling.dumps((counts, ordered, ring, ordered)))
+    assert type(back[0]) is Counter and back[0] == counts
+    assert type(back[1]) is OrderedDict and list(back[1].items()) == [("b", 1), ("a", 2)]
+    assert back[1].note == "kept" and back[1] is back[3]
+    assert type(back[2]) is deque and list(back[2]) == [1, 2, 3] and back[2].maxlen == 4
