@@ -12,6 +12,7 @@ from collections import deque
 from collections.abc import Iterator
 
 import pytest
+
 from stream_learner.core.codec import KeyCodec
 from stream_learner.core.events import Event
 from stream_learner.core.keystate import KeyState
