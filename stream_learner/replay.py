@@ -402,10 +402,16 @@ def replay(
                 max_age_s=service.label_max_age_s or None,
             )
 
-        codec = KeyCodec(fresh)  # new keys from its prototype; evicted ones encoded by it
-        store = _evicted_keys(service, codec) if service.max_keys else None
+        # With a key budget, new keys come from the codec's prototype (cheaper to make: keys
+        # come and go) and evicted ones are encoded by it. Without one, keys stay for the
+        # whole replay and nothing is snapshotted, so they are built by the factory: a
+        # learner that was ever unpickled learns ~10 % slower (load_tests/pickled_speed.py).
+        store, make = None, fresh
+        if service.max_keys:
+            codec = KeyCodec(fresh)
+            store, make = _evicted_keys(service, codec), codec.fresh
         processor = Processor(
-            codec.fresh,
+            make,
             InlineRunner(service.retrain_apply_after),
             max_unseen_keys=service.label_max_unseen_keys,
             max_keys=service.max_keys,

@@ -18,7 +18,7 @@ makes each key's bytes hold only what is the key's own:
 - **fresh keys from a prototype**: a new key's learner is made by unpickling a fresh
   learner pickled once (its key given at load, its pipeline's execution plan built), which
   is cheaper than running the model factory and building the plan on the first event; the
-  service and the replay make every new key so, with a key budget or without. But only
+  service makes every new key so, and a replay with a key budget. But only
   when that was proven to give what the factory gives: at construction, for two probe
   keys, the prototype's learner and the factory's (plan built) must pickle to the same
   bytes. Otherwise (an unseeded random generator somewhere, a factory that derives

@@ -23,6 +23,7 @@ import math
 from dataclasses import dataclass
 from itertools import chain
 from operator import itemgetter, mul
+from typing import Any
 
 from river import drift
 
@@ -67,6 +68,21 @@ _ADWIN_PARAMS = (
     "grace_period",
 )
 _PH_PARAMS = ("threshold", "warning_threshold", "delta", "alpha", "min_instances")
+
+
+#: Constructor parameters by detector class, read once (see :func:`_renewed`).
+_PARAMS: dict[type, tuple[str, ...]] = {}
+
+
+def _renewed(detector: Any) -> Any:
+    """A new, armed detector with ``detector``'s parameters: River's ``clone()``, without
+    reading the constructor's signature each time (that was most of what building a new
+    key's learner cost)."""
+    cls = type(detector)
+    names = _PARAMS.get(cls)
+    if names is None:
+        names = _PARAMS[cls] = tuple(detector._get_params())
+    return cls(**{name: getattr(detector, name) for name in names})
 
 
 class ErrorDriftMonitor:
@@ -142,12 +158,15 @@ class ErrorDriftMonitor:
         self._warning = warning
         self._drift = strict
         self.improvements = 0  # ADWIN cuts toward lower loss: seen, not reported
-        self.reset()
+        self._armed()
 
     def reset(self) -> None:
         """Re-arm both detectors (after a drift, or when a new model is promoted)."""
-        self._warning = self._warning.clone()
-        self._drift = self._drift.clone()
+        self._warning = _renewed(self._warning)
+        self._drift = _renewed(self._drift)
+        self._armed()
+
+    def _armed(self) -> None:
         # Count and sum of the losses since the drift detector was armed, and where the
         # warning detector was last armed within them: ADWIN's window is exactly the updates
         # since it was armed until it cuts, so the dropped part's mean needs no per-event
@@ -190,7 +209,7 @@ class ErrorDriftMonitor:
         signal = self._signal(
             warning, "warning", at, n - self._n_warning, total - self._total_warning
         )
-        self._warning = warning.clone()
+        self._warning = _renewed(warning)
         self._n_warning, self._total_warning = n, total
         return signal
 

@@ -7,7 +7,13 @@ import random
 
 import pytest
 
-from stream_learner.core.drift import DriftSignal, ErrorDriftMonitor, FeatureDriftMonitor, _Feature
+from stream_learner.core.drift import (
+    DriftSignal,
+    ErrorDriftMonitor,
+    FeatureDriftMonitor,
+    _Feature,
+    _renewed,
+)
 from stream_learner.errors import ConfigError
 
 
@@ -69,6 +75,20 @@ def test_reset_rearms_the_detectors():
     assert [
         s for s in signals(monitor, bernoulli([(0.4, 5000)], seed=8)) if s.level == "drift"
     ] == []
+
+
+@pytest.mark.parametrize(
+    ("detector", "params"),
+    [("adwin", {"delta": 0.01, "warning_delta": 0.05, "clock": 8}), ("page_hinkley", {})],
+)
+def test_detectors_are_renewed_as_river_clones_them(detector, params):
+    monitor = ErrorDriftMonitor(detector, **params)
+    for made in (monitor._warning, monitor._drift):
+        renewed = _renewed(made)
+        assert type(renewed) is type(made) and renewed is not made
+        assert renewed._get_params() == made.clone()._get_params() == made._get_params()
+    losses = bernoulli([(0.1, 3000), (0.4, 3000), (0.1, 3000), (0.5, 3000)])
+    assert sum(s.level == "drift" for s in signals(monitor, losses)) >= 2  # renewed on the way
 
 
 def test_index_defaults_to_the_count_of_updates():
