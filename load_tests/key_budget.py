@@ -87,8 +87,8 @@ def child(args: argparse.Namespace) -> None:
     config = load_config(args.config)
     service = replace(config.service, max_keys=args.budget, evicted_cache_mb=args.cache_mb)
     factory = core_factory(config)
-    # As a replay does: new keys from the codec's prototype (with a budget or not), and
-    # under a budget the codec's compact pickles.
+    # As the service does: new keys from the codec's prototype (with a budget or not; a
+    # replay without a budget uses the factory), and under a budget the codec's pickles.
     codec = KeyCodec(factory)
     store = _evicted_keys(service, codec) if args.budget else None
     proc = Processor(
