@@ -405,7 +405,7 @@ def replay(
         # With a key budget, new keys come from the codec's prototype (cheaper to make: keys
         # come and go) and evicted ones are encoded by it. Without one, keys stay for the
         # whole replay and nothing is snapshotted, so they are built by the factory: a
-        # learner that was ever unpickled learns ~10 % slower (load_tests/pickled_speed.py).
+        # learner that was ever unpickled learns ~11 % slower (load_tests/pickled_speed.py).
         store, make = None, fresh
         if service.max_keys:
             codec = KeyCodec(fresh)

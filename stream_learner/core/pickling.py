@@ -7,12 +7,12 @@ reduced differently from pickle's defaults:
 - **River's unseeded distributions.** Each Gaussian of each feature and class in every
   Hoeffding tree leaf (any ``river.proba`` distribution) holds its own
   ``random.Random``, which only ``sample()`` reads and whose state, when no seed was given,
-  came from the OS. Its 625 numbers were 96 % of a grown tree's pickle (and, being random,
-  do not compress). Such a distribution is pickled without it, and loads with this
-  process's shared OS-seeded generator. Pickling also hands the shared generator to the
-  live distribution, so the model in memory drops its own (about 2.5 KB each: 58 % of a
-  tree's memory after 20,000 Hyperplane events). A seeded distribution keeps its
-  generator, mid-sequence: its draws are reproducible and stay so.
+  came from the OS. Its 625 numbers, random and so incompressible, were 69 % of a tree
+  key's snapshot in ``load_tests/race_memory.py``. Such a distribution is pickled without
+  it, and loads with this process's shared OS-seeded generator. Pickling also hands the
+  shared generator to the live distribution, so the model in memory drops its own (about
+  2.5 KB each; a key rebuilt from a snapshot held 47 % less there). A seeded distribution
+  keeps its generator, mid-sequence: its draws are reproducible and stay so.
 - **``OrderedDict``, ``deque`` and ``Counter``** (River's pipelines and scalers, the
   learner's rings and counts) are reduced to their items here: their own reductions call
   back into Python for every object (``copyreg._slotnames``, which a built-in type cannot
