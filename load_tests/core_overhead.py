@@ -18,8 +18,9 @@ was at git revision ``REF`` (on today's other core modules): a before/after rati
 to the learner measured in one run, on one machine load.
 
 Prints events/s and the ratio learner/bare, and writes load_tests/results/core_overhead.json.
-Then, as a floor under the learner's cost, the per-event time of its drift monitors alone on
-the same events (best of the rounds): the error monitor, the two River ADWIN windows inside it
+Then, as a floor under the learner's cost, the per-event time of its parts alone on the
+same events (best of the rounds): the recent window's push (the retrain window, compact
+rows), the error monitor, the two River ADWIN windows inside it
 (warning and drift level; River's Rust code, called through its ``_helper``), and the data
 monitor, each also as a share of the learner's time per event.
 """
@@ -43,6 +44,7 @@ from stream_learner.core.drift import ErrorDriftMonitor, FeatureDriftMonitor
 from stream_learner.core.events import Event
 from stream_learner.core.learner import Learner, LearnerConfig
 from stream_learner.core.models import ModelSpec, build_model
+from stream_learner.core.retrain import RecentWindow, RetrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from revision import module_at  # noqa: E402
@@ -110,13 +112,21 @@ def one_round(
 def monitor_parts(spec: ModelSpec, events: list[Event], rounds: int) -> dict[str, float]:
     """Seconds per event of the drift monitors alone, fed what the learner feeds them."""
     model = build_model(spec)
-    losses = []
-    for e in events:  # the prequential 0/1 losses the error monitor sees
-        losses.append(0.0 if model.predict_one(e.x) == e.y else 1.0)
+    losses, rows = [], []
+    for e in events:  # the prequential 0/1 losses the error monitor sees, the window's rows
+        proba = model.predict_proba_one(e.x)
+        y_pred = max(proba, key=proba.get) if proba else None
+        losses.append(0.0 if y_pred == e.y else 1.0)
+        rows.append((e.x, e.y, y_pred, proba))
         model.learn_one(e.x, e.y)
     xs = [e.x for e in events]
     clock = time.perf_counter
-    best = {"error_monitor": math.inf, "adwin_x2": math.inf, "data_monitor": math.inf}
+    best = {
+        "error_monitor": math.inf,
+        "adwin_x2": math.inf,
+        "data_monitor": math.inf,
+        "window": math.inf,
+    }
     for _ in range(rounds):
         t0 = clock()
         update = ErrorDriftMonitor().update
@@ -132,11 +142,16 @@ def monitor_parts(spec: ModelSpec, events: list[Event], rounds: int) -> dict[str
         for i, x in enumerate(xs):
             update(x, i)
         t3 = clock()
+        push = RecentWindow(RetrainConfig().window, "k").push
+        for i, (x, y, y_pred, proba) in enumerate(rows):
+            push(i, float(i), x, y, y_pred, proba)
+        t4 = clock()
         for _i, _x in enumerate(xs):
             pass
-        t4 = clock()
-        loop = t4 - t3
-        for name, spent in zip(best, (t1 - t0, t2 - t1, t3 - t2), strict=True):
+        t5 = clock()
+        loop = t5 - t4
+        spans = (t1 - t0, t2 - t1, t3 - t2, t4 - t3)
+        for name, spent in zip(best, spans, strict=True):
             best[name] = min(best[name], (spent - loop) / len(events))
     return best
 
@@ -189,7 +204,8 @@ def main() -> None:
             f"{'':28s} alone: error monitor {r['error_monitor_us_per_event']:.2f} us/event "
             f"({r['error_monitor_share']:.1%} of the learner's), of which River ADWIN x2 "
             f"{r['adwin_x2_us_per_event']:.2f} ({r['adwin_x2_share']:.1%}); data monitor "
-            f"{r['data_monitor_us_per_event']:.2f} ({r['data_monitor_share']:.1%})"
+            f"{r['data_monitor_us_per_event']:.2f} ({r['data_monitor_share']:.1%}); the "
+            f"recent window's push {r['window_us_per_event']:.2f} ({r['window_share']:.1%})"
         )
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {
