@@ -19,8 +19,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import itertools
-import json
-import platform
 import statistics
 import sys
 import time
@@ -32,6 +30,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "load_tests"))
 
+from results_file import write  # noqa: E402
 from revision import module_at  # noqa: E402
 
 from stream_learner.cli.service_cmd import core_factory  # noqa: E402
@@ -99,10 +98,7 @@ def main() -> None:
                 flush=True,
             )
         results["models"][name] = figures
-    results["python"] = platform.python_version()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write(RESULTS, results)
 
 
 if __name__ == "__main__":

@@ -33,9 +33,7 @@ import argparse
 import dataclasses
 import gc
 import itertools
-import json
 import pickle
-import platform
 import random
 import statistics
 import sys
@@ -46,6 +44,8 @@ from river.datasets import synth
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+
+from results_file import write  # noqa: E402
 
 from stream_learner.cli.service_cmd import core_factory  # noqa: E402
 from stream_learner.config import load_config  # noqa: E402
@@ -119,10 +119,7 @@ def main() -> None:
         results["models"][name] = figures
         for variant, f in figures.items():
             print(f"{name:6} {variant:17} {f['seconds']:.3f} s  {f['over_factory']:.3f}x")
-    results["python"] = platform.python_version()
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write(RESULTS, results)
 
 
 if __name__ == "__main__":
