@@ -30,7 +30,6 @@ from __future__ import annotations
 import argparse
 import gc
 import itertools
-import json
 import math
 import platform
 import sys
@@ -47,6 +46,7 @@ from stream_learner.core.models import ModelSpec, build_model
 from stream_learner.core.retrain import RecentWindow, RetrainConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from results_file import write  # noqa: E402
 from revision import module_at  # noqa: E402
 
 MODELS = {
@@ -110,7 +110,8 @@ def one_round(
 
 
 def monitor_parts(spec: ModelSpec, events: list[Event], rounds: int) -> dict[str, float]:
-    """Seconds per event of the drift monitors alone, fed what the learner feeds them."""
+    """Seconds per event of the learner's parts alone (its drift monitors and its recent
+    window), fed what the learner feeds them."""
     model = build_model(spec)
     losses, rows = [], []
     for e in events:  # the prequential 0/1 losses the error monitor sees, the window's rows
@@ -207,18 +208,15 @@ def main() -> None:
             f"{r['data_monitor_us_per_event']:.2f} ({r['data_monitor_share']:.1%}); the "
             f"recent window's push {r['window_us_per_event']:.2f} ({r['window_share']:.1%})"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "events": args.events,
         "rounds": args.rounds,
         "chunk": CHUNK,
         "stream": "SEA(noise=0.1, seed=1), stationary",
-        "python": platform.python_version(),
         "machine": platform.machine(),
         "results": results,
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write(RESULTS, report)
 
 
 if __name__ == "__main__":

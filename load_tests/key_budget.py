@@ -42,6 +42,8 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from results_file import write  # noqa: E402
+
 RESULTS = Path(__file__).parent / "results" / "key_budget.json"
 
 
@@ -174,7 +176,6 @@ def main() -> None:
 
     results: dict = {
         "machine": platform.platform(),
-        "python": platform.python_version(),
         "args": {k: v for k, v in vars(args).items() if k not in ("child", "kind", "run_keys")},
     }
     if args.only in (None, "tail"):
@@ -232,9 +233,7 @@ def main() -> None:
         results["skewed"] = {
             "rounds": rounds, "median_ratio": ratio, "median_cpu_ratio": cpu_ratio
         }  # fmt: skip
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
-    RESULTS.write_text(json.dumps(results, indent=2))
-    print(f"wrote {RESULTS}")
+    write(RESULTS, results)
 
 
 if __name__ == "__main__":

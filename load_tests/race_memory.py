@@ -21,13 +21,12 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import json
 import pickle
-import platform
 import tracemalloc
 import zlib
 from pathlib import Path
 
+from results_file import write
 from river.datasets import synth
 
 from stream_learner.core import pickling
@@ -136,15 +135,12 @@ def main() -> None:
             f"{r['standard_compressed_bytes'] / 1024:,.0f} KiB), held "
             f"{r['standard_held_bytes'] / 1024:,.0f} KiB"
         )
-    RESULTS.parent.mkdir(parents=True, exist_ok=True)
     report = {
         "segment": args.segment,
         "raced": args.raced,
-        "python": platform.python_version(),
         "results": results,
     }
-    RESULTS.write_text(json.dumps(report, indent=2) + "\n")
-    print(f"wrote {RESULTS}")
+    write(RESULTS, report)
 
 
 if __name__ == "__main__":

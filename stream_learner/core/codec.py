@@ -22,8 +22,7 @@ makes each key's bytes hold only what is the key's own:
   when that was proven to give what the factory gives: at construction, for two probe
   keys, the prototype's learner and the factory's (plan built) must pickle to the same
   bytes. Otherwise (an unseeded random generator somewhere, a factory that derives
-  something from the key) :meth:`KeyCodec.fresh` calls the factory.
-
+  something from the key) :meth:`KeyCodec.fresh` calls the factory;
 - **the core's reductions** (``core/pickling.py``): River's unseeded distributions
   without their generator, ``OrderedDict``, ``deque`` and ``Counter`` as their items.
 
