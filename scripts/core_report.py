@@ -34,6 +34,7 @@ import river  # noqa: E402
 from readme_section import markers, write_section  # noqa: E402
 from river import drift, tree  # noqa: E402
 
+from stream_learner.core.race import SOURCES  # noqa: E402
 from tests.core.test_suite import (  # noqa: E402
     AFTER,
     CHANGE,
@@ -242,8 +243,8 @@ def markdown(rows: list[dict], stationary: list[dict], args: argparse.Namespace)
         f"after the change (read from the {FIRST}th event on). *Response*: events from the "
         "change to the first performance drift or promotion.",
         "",
-        "| stream | model | response | promoted (shadow/window/pool) | with | without | HAT "
-        "| DRT | vs best anchor | overall: with − without | recover: with | without | HAT "
+        f"| stream | model | response | promoted ({'/'.join(SOURCES)}) | with | without "
+        "| HAT | DRT | vs best anchor | overall: with − without | recover: with | without | HAT "
         "| DRT |",
         "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
         "| ---: | ---: |",
@@ -259,7 +260,7 @@ def markdown(rows: list[dict], stationary: list[dict], args: argparse.Namespace)
         hat = mean([r["hat"]["after"][0] for r in rs if r["hat"]])
         drt = mean([r["drt"]["after"][0] for r in rs if r["drt"]])
         best = max(hat, drt) if model == TREE and hat is not None and drt is not None else wo
-        src = [sum(r["by_source"].get(s, 0) for r in rs) for s in ("shadow", "window", "pool")]
+        src = [sum(r["by_source"].get(s, 0) for r in rs) for s in SOURCES]
         lines.append(
             f"| {stream} | {model} | {events_text([r['response'] for r in rs])} "
             f"| {sum(r['promotions'] for r in rs)} ({'/'.join(map(str, src))}) "

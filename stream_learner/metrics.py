@@ -39,6 +39,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 from prometheus_client.core import GaugeMetricFamily, Metric
 
 from stream_learner import __version__
+from stream_learner.core.race import SOURCES
 
 __all__ = [
     "CHECKPOINT_RESULTS",
@@ -61,8 +62,8 @@ LABEL_RESULTS = ("joined", "unmatched", "expired")
 DRIFT_SIGNALS = ("performance", "data")
 RETRAIN_OUTCOMES = ("promoted", "kept", "failed")
 #: Where a promoted model came from (the core's race.SOURCES): a shadow trained since the
-#: change, a window retrain, or a retired model from the key's pool.
-PROMOTION_SOURCES = ("shadow", "window", "pool")
+#: change, the champion regrown, a window retrain, or a retired model from the key's pool.
+PROMOTION_SOURCES = SOURCES
 CHECKPOINT_RESULTS = ("written", "restored", "rejected")
 #: Where an evicted key was reloaded from (``keystore.py``): the local cache or the topic.
 RELOAD_SOURCES = ("cache", "topic")
@@ -370,7 +371,8 @@ class ServiceMetrics:
         )
         self._race_promotions = Counter(
             "stream_learner_race_promotions_total",
-            "Models promoted, by source: shadow, window (a retrain) or pool (a retired model).",
+            "Models promoted, by source: shadow, regrown (the champion's splits, fresh leaves), "
+            "window (a retrain) or pool (a retired model).",
             ["source"],
             registry=reg,
         )

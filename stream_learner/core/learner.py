@@ -35,7 +35,7 @@ from stream_learner.core.drift import DETECTORS, DriftSignal, ErrorDriftMonitor,
 from stream_learner.core.evaluation import PrequentialEvaluator
 from stream_learner.core.events import Event, Label, check_label
 from stream_learner.core.labels import LabelJoiner
-from stream_learner.core.models import ModelSpec, build_model, quicken, settle
+from stream_learner.core.models import ModelSpec, build_model, quicken, regrow, settle
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy, config_from_dict
 from stream_learner.core.race import Candidate, Race
 from stream_learner.core.retrain import (
@@ -136,6 +136,8 @@ class Outcome(NamedTuple):
 
 
 _NONE: tuple = ()
+#: Candidates whose Hoeffding trees were quickened (models.quicken) while young.
+_YOUNG = ("shadow", "regrown")
 _new = tuple.__new__
 
 #: Label types that fit a task whatever their value (``check_label`` checks the others: a
@@ -504,15 +506,31 @@ class Learner:
             quicken(model, grace)
         return model
 
+    def _regrown(self) -> Any:
+        """A regrown candidate (:func:`models.regrow`), young as a shadow is; ``None`` when
+        it is off or the model has no Hoeffding tree."""
+        if not self.retrain_config.race_regrown:
+            return None
+        model = regrow(self.model)
+        grace = self.retrain_config.race_young_grace
+        if model is not None and grace:
+            quicken(model, grace)
+        return model
+
     def _start_race(self, trigger: str, why: str) -> Decision:
         race = self._race = Race(trigger, self.index)
         race.candidates.append(Candidate(self._fresh(), "shadow", self.index))
+        regrown = self._regrown()
+        if regrown is not None:
+            race.candidates.append(Candidate(regrown, "regrown", self.index))
         for version, model in self.pool:
             race.candidates.append(Candidate(model, "pool", self.index, version))
         pooled = [version for version, _ in self.pool]
         self.pool.clear()
-        reason = f"race started on {why}: a shadow model" + (
-            f" and the retired versions {', '.join(map(str, pooled))}" if pooled else ""
+        reason = (
+            f"race started on {why}: a shadow model"
+            + (", the champion regrown" if regrown is not None else "")
+            + (f" and the retired versions {', '.join(map(str, pooled))}" if pooled else "")
         )
         values = {"candidates": len(race.candidates), "pool_versions": pooled}
         return self._log(trigger, "race", "race_started", reason, None, values)
@@ -589,8 +607,8 @@ class Learner:
         self._retire()
         self.model = winner.model
         self._grown = winner.started + self.retrain_config.race_young_events
-        if winner.source != "shadow" or self.index >= self._grown:
-            self._grow_up()  # only a shadow was quickened
+        if winner.source not in _YOUNG or self.index >= self._grown:
+            self._grow_up()  # only a shadow or a regrown model was quickened
         self.version += 1
         self._errors.reset()  # the new model's error level is a new baseline
         self.race_promotions[winner.source] += 1

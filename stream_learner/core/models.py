@@ -24,6 +24,7 @@ starts a new lineage, while retrains within one lineage are *data iterations*.
 
 from __future__ import annotations
 
+import copy
 import difflib
 import hashlib
 import inspect
@@ -393,6 +394,56 @@ def quicken(model: compose.Pipeline, grace_period: int) -> bool:
     for step in trees:
         step.grace_period = min(step.grace_period, grace_period)
     return bool(trees)
+
+
+def regrow(model: compose.Pipeline) -> compose.Pipeline | None:
+    """A copy of ``model`` whose Hoeffding trees keep their splits and start every leaf
+    afresh, or ``None`` when it has no Hoeffding tree.
+
+    After a change, the champion's splits are often still the right questions and only its
+    leaves' answers are wrong (a function of the same features changed); a regrown tree
+    relearns the answers in a few examples per leaf where a fresh tree must find every split
+    again. A leaf starts from its old class distribution scaled to a total weight of one, so
+    it predicts from its first event and one example outweighs it; an adaptive tree's
+    alternate subtrees go and its branches' detectors start over. The pipeline's other steps
+    (a scaler, say) are copied as they are."""
+    if not any(isinstance(step, HoeffdingTree) for step in model.steps.values()):
+        return None
+    model = copy.deepcopy(model)
+    for step in model.steps.values():
+        if isinstance(step, HoeffdingTree) and step._root is not None:
+            _regrow_tree(step)
+    return model
+
+
+def _regrow_tree(tree: HoeffdingTree) -> None:
+    root = tree._root
+    if not hasattr(root, "children"):  # a tree of one leaf
+        tree._root = tree._new_leaf(_prior(root.stats))
+        leaves = 1
+    else:
+        leaves = 0
+        for branch in root.iter_branches():
+            if hasattr(branch, "_alternate_tree"):  # a Hoeffding adaptive tree's branch
+                branch._alternate_tree = None
+                branch.drift_detector = tree.drift_detector.clone()
+                branch._mean_error = type(branch._mean_error)()
+            children = branch.children
+            for i, child in enumerate(children):
+                if not hasattr(child, "children"):
+                    children[i] = tree._new_leaf(_prior(child.stats), parent=branch)
+                    leaves += 1
+    tree._n_active_leaves = leaves
+    tree._n_inactive_leaves = 0
+
+
+def _prior(stats: Any) -> dict | None:
+    """A leaf's class distribution scaled to a total weight of one (``None`` for a
+    regression leaf's statistics, or an empty leaf)."""
+    if not isinstance(stats, dict):
+        return None
+    total = sum(stats.values())
+    return {c: w / total for c, w in stats.items()} if total > 0 else None
 
 
 def settle(model: compose.Pipeline, spec: ModelSpec) -> None:

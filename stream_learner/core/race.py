@@ -9,6 +9,10 @@ sources:
 - ``shadow``: a fresh model, started at the first performance warning or drift, learning
   online from there (River's ARF background trees and ``DriftRetrainingClassifier`` do the
   same). By the time it leads, it has learned every event since the warning.
+- ``regrown``: the champion's Hoeffding trees with their splits kept and every leaf started
+  afresh, learning online from the same point as the shadow: when a function of the same
+  features changed, the old questions still hold and only the leaves' answers must be
+  relearned, in a few examples each.
 - ``pool``: a model the key retired earlier. A concept that comes back is already known to
   one of them, which then leads at once.
 - ``window``: the candidate of a change-triggered window retrain that passed its holdout
@@ -22,8 +26,9 @@ errors above zero, over at least ``race_min_events`` events. A 200-event holdout
 standard error of 2-3 accuracy points; here the standard error shrinks as the race goes on
 and disagreements are what count (McNemar's idea: events both get right or both get wrong
 say nothing about which is better). A candidate is given up when it has not led within
-``race_max_events`` events, or, if it came trained (pool, window), when it is ``race_z``
-standard errors *behind* after ``race_min_events``: it is not the concept now served.
+``race_max_events`` events, or, unless it is a shadow, when it is ``race_z`` standard
+errors *behind* after ``race_min_events``: a trained one (pool, window) is not the concept
+now served, and a regrown one's splits are not the right questions for it.
 
 While the race is on, the candidate with the best *recent* lead (``d`` averaged with
 exponentially fading weights over about ``race_serve_window`` events) serves the predictions,
@@ -46,7 +51,7 @@ from typing import Any
 __all__ = ["SOURCES", "Candidate", "Race"]
 
 #: Where a candidate came from; promotions are counted by source.
-SOURCES = ("shadow", "window", "pool")
+SOURCES = ("shadow", "regrown", "window", "pool")
 
 
 class Candidate:

@@ -146,7 +146,10 @@ class RetrainConfig:
       events, raced at least half as many), once that lead passes ``race_serve_margin``;
       it serves while the lead stays positive, and the champion serves otherwise. A sound
       lead is still what promotes: serving is on trial and changes no version.
-    - ``race_young_grace``: a shadow candidate's Hoeffding trees attempt a split
+    - ``race_regrown``: a race also starts a *regrown* candidate, the champion with its
+      Hoeffding trees' splits kept and every leaf started afresh (see
+      :func:`models.regrow`); only for a model with such a tree.
+    - ``race_young_grace``: a shadow's or regrown candidate's Hoeffding trees attempt a split
       every this many examples per leaf (River's default is 200; 0: the spec's) until
       ``race_young_events`` after the candidate started; then the spec's grace period.
 
@@ -167,6 +170,7 @@ class RetrainConfig:
     race_serve: bool = True
     race_serve_window: int = 100
     race_serve_margin: float = 0.02
+    race_regrown: bool = True
     race_young_grace: int = 20
     race_young_events: int = 5000
 

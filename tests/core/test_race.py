@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import itertools
 import pickle
+import random
 
+import pytest
 from river.datasets import synth
 
 from stream_learner.core.events import Event, Label
 from stream_learner.core.learner import Learner
-from stream_learner.core.models import build_model, quicken, settle
+from stream_learner.core.models import ModelSpec, build_model, quicken, regrow, settle
 from stream_learner.core.race import Candidate, Race
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta, assemble, decode_snapshot, encode_snapshot
@@ -196,7 +198,7 @@ def test_a_window_candidate_after_a_change_races_instead_of_replacing_the_champi
         ("performance", "race", "candidate_races")
     ]
     assert learner.version == 1  # no sound lead at z = 50: the champion serves on
-    assert sorted(c.source for c in learner._race.candidates) == ["shadow", "window"]
+    assert sorted(c.source for c in learner._race.candidates) == ["regrown", "shadow", "window"]
 
 
 def test_without_the_shadow_a_change_triggered_retrain_is_promoted_on_its_holdout():
@@ -371,12 +373,15 @@ def test_a_shadow_tree_splits_sooner_while_young_and_grows_up_once_promoted():
     while learner._race is None:  # until the change starts a race
         outs += feed(learner, evts[at : at + 1])
         at += 1
-    assert [grace(c.model) for c in learner._race.candidates] == [20]
+    assert [(c.source, grace(c.model)) for c in learner._race.candidates] == [
+        ("shadow", 20),
+        ("regrown", 20),
+    ]
     while learner.version == 1:  # until a candidate is promoted
         outs += feed(learner, evts[at : at + 1])
         at += 1
     promoted = decisions(outs, "promote")[0]
-    assert promoted.values["source"] == "shadow" and grace(learner.model) == 20
+    assert promoted.values["source"] in ("shadow", "regrown") and grace(learner.model) == 20
     grown = promoted.values["started"] + 2000
     assert at < grown - 1
     feed(learner, evts[at : grown - 1])  # input indexes are 1-based: index grown - 1
@@ -393,7 +398,8 @@ def test_without_young_trees_a_shadow_has_the_specs_grace_period():
         feed(learner, evts[at : at + 1])
         at += 1
     assert [c.model["HoeffdingTreeClassifier"].grace_period for c in learner._race.candidates] == [
-        200
+        200,
+        200,
     ]
 
 
@@ -403,3 +409,88 @@ def test_quicken_and_settle_touch_only_hoeffding_trees():
     assert tree["HoeffdingTreeClassifier"].grace_period == 20
     settle(tree, TREE)
     assert tree["HoeffdingTreeClassifier"].grace_period == 200
+
+
+# -- regrown candidates --------------------------------------------------------------------
+
+
+def stripes(n: int, flipped_from: int, seed: int = 1) -> list[Event]:
+    """``y`` is whether ``a`` falls in the second or fourth quarter of [0, 1) (``b`` is
+    noise): a tree learns it in three splits, naive Bayes never does. From ``flipped_from``
+    the labels are flipped: the same splits, every leaf's answer wrong."""
+    rng = random.Random(seed)
+    out = []
+    for i in range(n):
+        x = {"a": rng.random(), "b": rng.random()}
+        out.append(Event(f"e{i}", "k", x, (int(x["a"] * 4) % 2 == 1) != (i >= flipped_from)))
+    return out
+
+
+def splits(model) -> list:
+    root = model["HoeffdingTreeClassifier"]._root
+    return [(b.feature, b.threshold) for b in root.iter_branches()]
+
+
+def test_regrow_keeps_a_trees_splits_and_starts_every_leaf_afresh():
+    model = build_model(TREE)
+    for e in stripes(4000, 4000):
+        model.learn_one(e.x, e.y)
+    before = [model.predict_one(e.x) for e in stripes(200, 200, seed=2)]
+    grown = regrow(model)
+    tree = grown["HoeffdingTreeClassifier"]
+    assert len(splits(grown)) >= 3 and splits(grown) == splits(model)
+    leaves = list(tree._root.iter_leaves())
+    assert (
+        tree.n_active_leaves
+        == len(leaves)
+        == len(list(model["HoeffdingTreeClassifier"]._root.iter_leaves()))
+    )
+    for leaf in leaves:  # the old answer, at the weight of one example
+        assert leaf.total_weight == pytest.approx(1.0) and not leaf.splitters
+    # The champion it was copied from is untouched.
+    assert [model.predict_one(e.x) for e in stripes(200, 200, seed=2)] == before
+    assert regrow(build_model(LINEAR)) is None
+
+
+def test_a_regrown_adaptive_tree_drops_its_alternates_and_predicts_from_the_first_event():
+    spec = ModelSpec.from_dict(
+        {
+            "task": "binary",
+            "pipeline": [{"estimator": "tree.HoeffdingAdaptiveTreeClassifier"}],
+            "seed": 1,
+        }
+    )
+    model = build_model(spec)
+    for e in stripes(3200, 3000):  # just after the flip: alternate subtrees are growing
+        model.learn_one(e.x, e.y)
+    old = list(model["HoeffdingAdaptiveTreeClassifier"]._root.iter_branches())
+    assert any(b._alternate_tree is not None for b in old)
+    grown = regrow(model)
+    tree = grown["HoeffdingAdaptiveTreeClassifier"]
+    branches = list(tree._root.iter_branches())
+    assert branches and all(b._alternate_tree is None for b in branches)
+    assert all(b.drift_detector.total == 0 for b in branches)
+    assert any(b._alternate_tree is not None for b in old)  # the original keeps its own
+    e = stripes(1, 1, seed=3)[0]
+    assert grown.predict_proba_one(e.x)  # a class distribution, not nothing
+    grown.learn_one(e.x, e.y)
+
+
+def test_when_the_splits_still_hold_the_regrown_champion_wins_the_race():
+    evts = stripes(9000, 6000)
+
+    def run(regrown: bool) -> tuple[Learner, list]:
+        learner = Learner("k", TREE, retrain=RetrainConfig(race_regrown=regrown))
+        return learner, feed(learner, evts)
+
+    learner, outs = run(True)
+    started = [d for d in decisions(outs, "race") if d.code == "race_started"]
+    assert any("the champion regrown" in d.reason for d in started)
+    promoted = decisions(outs, "promote")
+    assert [d.values["source"] for d in promoted] == ["regrown"]
+    assert 6000 < promoted[0].index <= 6100
+    after = sum(o.loss == 0.0 for o in outs[6000:7000]) / 1000
+    _, plain = run(False)  # a fresh shadow must find the three splits again
+    after_plain = sum(o.loss == 0.0 for o in plain[6000:7000]) / 1000
+    assert after > 0.9 and after - after_plain > 0.15
+    assert learner.race_promotions == {"regrown": 1}

@@ -11,6 +11,7 @@ import pytest
 
 from stream_learner.cli.service_cmd import build_service
 from stream_learner.config import load_config
+from stream_learner.core.race import SOURCES
 from stream_learner.synth import Message, demo_messages
 from tests.conftest import drain
 from tests.service.helpers import (
@@ -79,8 +80,7 @@ def test_drifting_stream_with_delayed_labels_end_to_end(
     assert sample(text, "stream_learner_labels_total", result="joined") == len(labels)
     assert sample(text, "stream_learner_drift_detections_total", signal="performance") >= 1
     # The new version came from the race (a shadow, or the window candidate racing it).
-    sources = ("shadow", "window", "pool")
-    promoted = [sample(text, "stream_learner_race_promotions_total", source=s) for s in sources]
+    promoted = [sample(text, "stream_learner_race_promotions_total", source=s) for s in SOURCES]
     assert sum(promoted) == 1
     assert sample(text, "stream_learner_model_version", key="default") == learner.version
     assert sample(text, "stream_learner_prequential_metric", key="default", window="rolling") > 0.8
