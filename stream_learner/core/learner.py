@@ -136,8 +136,6 @@ class Outcome(NamedTuple):
 
 
 _NONE: tuple = ()
-#: Candidates whose Hoeffding trees were quickened (models.quicken) while young.
-_YOUNG = ("shadow", "regrown")
 _new = tuple.__new__
 
 #: Label types that fit a task whatever their value (``check_label`` checks the others: a
@@ -507,15 +505,13 @@ class Learner:
         return model
 
     def _regrown(self) -> Any:
-        """A regrown candidate (:func:`models.regrow`), young as a shadow is; ``None`` when
-        it is off or the model has no Hoeffding tree."""
+        """A regrown candidate (:func:`models.regrow`); ``None`` when it is off or the
+        model has no Hoeffding tree. It keeps the spec's grace period: quickened, it split
+        its leaves sooner than the champion had and beat it on a stationary STAGGER stream
+        (a promotion the race must not make), and won nothing after a change (core report)."""
         if not self.retrain_config.race_regrown:
             return None
-        model = regrow(self.model)
-        grace = self.retrain_config.race_young_grace
-        if model is not None and grace:
-            quicken(model, grace)
-        return model
+        return regrow(self.model)
 
     def _start_race(self, trigger: str, why: str) -> Decision:
         race = self._race = Race(trigger, self.index)
@@ -607,8 +603,8 @@ class Learner:
         self._retire()
         self.model = winner.model
         self._grown = winner.started + self.retrain_config.race_young_events
-        if winner.source not in _YOUNG or self.index >= self._grown:
-            self._grow_up()  # only a shadow or a regrown model was quickened
+        if winner.source != "shadow" or self.index >= self._grown:
+            self._grow_up()  # only a shadow was quickened
         self.version += 1
         self._errors.reset()  # the new model's error level is a new baseline
         self.race_promotions[winner.source] += 1

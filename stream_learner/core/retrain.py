@@ -149,7 +149,7 @@ class RetrainConfig:
     - ``race_regrown``: a race also starts a *regrown* candidate, the champion with its
       Hoeffding trees' splits kept and every leaf started afresh (see
       :func:`models.regrow`); only for a model with such a tree.
-    - ``race_young_grace``: a shadow's or regrown candidate's Hoeffding trees attempt a split
+    - ``race_young_grace``: a shadow candidate's Hoeffding trees attempt a split
       every this many examples per leaf (River's default is 200; 0: the spec's) until
       ``race_young_events`` after the candidate started; then the spec's grace period.
 
