@@ -406,35 +406,64 @@ def regrow(model: compose.Pipeline) -> compose.Pipeline | None:
     again. A leaf starts from its old class distribution scaled to a total weight of one, so
     it predicts from its first event and one example outweighs it; an adaptive tree's
     alternate subtrees go and its branches' detectors start over. The pipeline's other steps
-    (a scaler, say) are copied as they are."""
-    if not any(isinstance(step, HoeffdingTree) for step in model.steps.values()):
+    (a scaler, say) are copied as they are. The old leaves are not copied at all: they hold
+    most of a tree (a splitter per feature), and copying them cost ~100 ms on a grown tree."""
+    trees = [step for step in model.steps.values() if isinstance(step, HoeffdingTree)]
+    if not trees:
         return None
-    model = copy.deepcopy(model)
-    for step in model.steps.values():
-        if isinstance(step, HoeffdingTree) and step._root is not None:
-            _regrow_tree(step)
-    return model
-
-
-def _regrow_tree(tree: HoeffdingTree) -> None:
-    root = tree._root
-    if not hasattr(root, "children"):  # a tree of one leaf
-        tree._root = tree._new_leaf(_prior(root.stats))
-        leaves = 1
-    else:
-        leaves = 0
-        for branch in root.iter_branches():
+    memo: dict[int, Any] = {}
+    priors = []  # per tree: the old leaves' priors, in the order _leaf_slots finds them
+    for step in trees:
+        slots = list(_leaf_slots(step))
+        priors.append([_prior(leaf.stats) for _, _, leaf in slots])
+        for _, _, leaf in slots:
+            memo[id(leaf)] = None  # deepcopy takes None for the leaf and copies none of it
+        for branch in _branches(step):
+            if getattr(branch, "_alternate_tree", None) is not None:
+                memo[id(branch._alternate_tree)] = None
+    copied = copy.deepcopy(model, memo)
+    new_trees = [step for step in copied.steps.values() if isinstance(step, HoeffdingTree)]
+    for step, step_priors in zip(new_trees, priors, strict=True):
+        if step._root is None:  # a tree of one leaf (or none yet)
+            if step_priors:
+                step._root = step._new_leaf(step_priors[0])
+        else:
+            slots = list(_leaf_slots(step))  # the same order: each leaf is None here
+            for (branch, i, _), prior in zip(slots, step_priors, strict=True):
+                branch.children[i] = step._new_leaf(prior, parent=branch)
+        for branch in _branches(step):
             if hasattr(branch, "_alternate_tree"):  # a Hoeffding adaptive tree's branch
                 branch._alternate_tree = None
-                branch.drift_detector = tree.drift_detector.clone()
+                branch.drift_detector = step.drift_detector.clone()
                 branch._mean_error = type(branch._mean_error)()
-            children = branch.children
-            for i, child in enumerate(children):
-                if not hasattr(child, "children"):
-                    children[i] = tree._new_leaf(_prior(child.stats), parent=branch)
-                    leaves += 1
-    tree._n_active_leaves = leaves
-    tree._n_inactive_leaves = 0
+        step._n_active_leaves = len(step_priors)
+        step._n_inactive_leaves = 0
+    return copied
+
+
+def _branches(step: HoeffdingTree) -> list:
+    """The branches of a tree's main structure, depth first (alternate subtrees excluded;
+    a leaf may be ``None``, as in a copy whose leaves were left out)."""
+    found = []
+    stack = [step._root] if hasattr(step._root, "children") else []
+    while stack:
+        branch = stack.pop()
+        found.append(branch)
+        stack.extend(c for c in reversed(branch.children) if hasattr(c, "children"))
+    return found
+
+
+def _leaf_slots(step: HoeffdingTree):
+    """``(branch, index, leaf)`` for every leaf of a tree's main structure, in a fixed
+    order; ``branch`` is ``None`` for a tree of one leaf."""
+    root = step._root
+    if root is not None and not hasattr(root, "children"):
+        yield None, 0, root
+        return
+    for branch in _branches(step):
+        for i, child in enumerate(branch.children):
+            if not hasattr(child, "children"):
+                yield branch, i, child
 
 
 def _prior(stats: Any) -> dict | None:

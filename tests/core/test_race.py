@@ -450,7 +450,15 @@ def test_regrow_keeps_a_trees_splits_and_starts_every_leaf_afresh():
         assert leaf.total_weight == pytest.approx(1.0) and not leaf.splitters
     # The champion it was copied from is untouched.
     assert [model.predict_one(e.x) for e in stripes(200, 200, seed=2)] == before
+    assert all(leaf.splitters for leaf in model["HoeffdingTreeClassifier"]._root.iter_leaves())
     assert regrow(build_model(LINEAR)) is None
+    # A tree of one leaf gets one fresh leaf; a tree that has learned nothing stays empty.
+    young = build_model(TREE)
+    young.learn_one({"a": 0.1}, True)
+    root = regrow(young)["HoeffdingTreeClassifier"]._root
+    assert root is not young["HoeffdingTreeClassifier"]._root and root.total_weight == 1.0
+    assert regrow(young).predict_one({"a": 0.9}) is True
+    assert regrow(build_model(TREE))["HoeffdingTreeClassifier"]._root is None
 
 
 def test_a_regrown_adaptive_tree_drops_its_alternates_and_predicts_from_the_first_event():
