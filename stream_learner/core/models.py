@@ -407,7 +407,11 @@ def regrow(model: compose.Pipeline) -> compose.Pipeline | None:
     it predicts from its first event and one example outweighs it; an adaptive tree's
     alternate subtrees go and its branches' detectors start over. The pipeline's other steps
     (a scaler, say) are copied as they are. The old leaves are not copied at all: they hold
-    most of a tree (a splitter per feature), and copying them cost ~100 ms on a grown tree."""
+    most of a tree (a splitter per feature), and copying them cost ~100 ms on a grown tree.
+
+    This reads River 0.26's tree internals (``_root``, ``_new_leaf``, a branch's
+    ``children``), which is why ``pyproject.toml`` pins River's minor version and
+    ``tests/core/test_race.py`` checks a regrown tree's structure."""
     trees = [step for step in model.steps.values() if isinstance(step, HoeffdingTree)]
     if not trees:
         return None
