@@ -45,6 +45,7 @@ from river import (
     naive_bayes,
     neighbors,
     preprocessing,
+    stats,
     tree,
 )
 from river.tree.hoeffding_tree import HoeffdingTree
@@ -403,8 +404,9 @@ def regrow(model: compose.Pipeline) -> compose.Pipeline | None:
     After a change, the champion's splits are often still the right questions and only its
     leaves' answers are wrong (a function of the same features changed); a regrown tree
     relearns the answers in a few examples per leaf where a fresh tree must find every split
-    again. A leaf starts from its old class distribution scaled to a total weight of one, so
-    it predicts from its first event and one example outweighs it; an adaptive tree's
+    again. A leaf starts from its old class distribution scaled to a total weight of one (a
+    regression leaf: its mean target, as one example): a classifier's leaf predicts from its
+    first event, and one example outweighs what it kept; an adaptive tree's
     alternate subtrees go and its branches' detectors start over. The pipeline's other steps
     (a scaler, say) are copied as they are. The old leaves are not copied at all: they hold
     most of a tree (a splitter per feature), and copying them cost ~100 ms on a grown tree.
@@ -439,7 +441,9 @@ def regrow(model: compose.Pipeline) -> compose.Pipeline | None:
             if hasattr(branch, "_alternate_tree"):  # a Hoeffding adaptive tree's branch
                 branch._alternate_tree = None
                 branch.drift_detector = step.drift_detector.clone()
-                branch._mean_error = type(branch._mean_error)()
+                for name in ("_mean_error", "_error_tracker"):  # classifier's, regressor's
+                    if hasattr(branch, name):
+                        setattr(branch, name, type(getattr(branch, name))())
         step._n_active_leaves = len(step_priors)
         step._n_inactive_leaves = 0
     return copied
@@ -470,13 +474,18 @@ def _leaf_slots(step: HoeffdingTree):
                 yield branch, i, child
 
 
-def _prior(stats: Any) -> dict | None:
-    """A leaf's class distribution scaled to a total weight of one (``None`` for a
-    regression leaf's statistics, or an empty leaf)."""
-    if not isinstance(stats, dict):
-        return None
-    total = sum(stats.values())
-    return {c: w / total for c, w in stats.items()} if total > 0 else None
+def _prior(leaf_stats: Any) -> Any:
+    """What a regrown leaf starts from: the old leaf's class distribution scaled to a total
+    weight of one, or for a regression leaf its mean target as one example (``None`` for an
+    empty leaf)."""
+    if isinstance(leaf_stats, dict):
+        total = sum(leaf_stats.values())
+        return {c: w / total for c, w in leaf_stats.items()} if total > 0 else None
+    if isinstance(leaf_stats, stats.Var) and leaf_stats.mean.n > 0:
+        prior = stats.Var()
+        prior.update(leaf_stats.mean.get())
+        return prior
+    return None
 
 
 def settle(model: compose.Pipeline, spec: ModelSpec) -> None:

@@ -485,6 +485,30 @@ def test_a_regrown_adaptive_tree_drops_its_alternates_and_predicts_from_the_firs
     grown.learn_one(e.x, e.y)
 
 
+@pytest.mark.parametrize("estimator", ["HoeffdingTreeRegressor", "HoeffdingAdaptiveTreeRegressor"])
+def test_a_regrown_regression_tree_keeps_its_splits_and_each_leafs_mean_as_one_example(estimator):
+    spec = ModelSpec.from_dict(
+        {"task": "regression", "pipeline": [{"estimator": f"tree.{estimator}"}], "seed": 1}
+    )
+    model = build_model(spec)
+    for e in stripes(4000, 2000):
+        model.learn_one(e.x, 3.0 * e.y + e.x["b"])
+    old = model[estimator]
+    new = regrow(model)[estimator]
+    branches = [(b.feature, b.threshold) for b in new._root.iter_branches()]
+    assert branches and branches == [(b.feature, b.threshold) for b in old._root.iter_branches()]
+    leaves = list(new._root.iter_leaves())
+    if estimator == "HoeffdingTreeRegressor":  # an adaptive tree's old leaves include alternates
+        assert len(leaves) == len(list(old._root.iter_leaves()))
+    for leaf in leaves:
+        assert leaf.stats.mean.n == 1 and 0.0 <= leaf.stats.mean.get() <= 4.0
+    assert all(
+        b._alternate_tree is None
+        for b in new._root.iter_branches()
+        if hasattr(b, "_alternate_tree")
+    )
+
+
 def test_when_the_splits_still_hold_the_regrown_champion_wins_the_race():
     evts = stripes(9000, 6000)
 
