@@ -548,6 +548,7 @@ class Learner:
             rc.race_max_events,
             1.0 / serve if serve else 0.0,
             known,
+            rc.race_behind_events,
         )
         served = None
         if serve and winner is None:

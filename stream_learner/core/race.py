@@ -22,12 +22,14 @@ sources:
 The decision rests on the paired per-event difference ``d = champion loss - candidate loss``
 (0/1 errors, or absolute errors for regression): its mean is the candidate's lead, and the
 candidate is promoted when the lead is at least ``race_margin`` and ``race_z`` standard
-errors above zero, over at least ``race_min_events`` events. A 200-event holdout has a
+errors above zero, over at least ``race_min_events`` events (1,000 by default: the leader
+serves meanwhile, see below, so waiting costs little, and a lead that only a passing dip of
+the champion's gave does not last that long). A 200-event holdout has a
 standard error of 2-3 accuracy points; here the standard error shrinks as the race goes on
 and disagreements are what count (McNemar's idea: events both get right or both get wrong
 say nothing about which is better). A candidate is given up when it has not led within
 ``race_max_events`` events, or, unless it is a shadow, when it is ``race_z`` standard
-errors *behind* after ``race_min_events``: a trained one (pool, window) is not the concept
+errors *behind* after ``race_behind_events`` (50): a trained one (pool, window) is not the concept
 now served, and a regrown one's splits are not the right questions for it.
 
 While the race is on, the candidate with the best *recent* lead (``d`` averaged with
@@ -170,12 +172,15 @@ class Race:
         max_events: int,
         rate: float = 0.0,
         known: float | None = None,
+        behind_events: int | None = None,
     ) -> tuple[Candidate | None, list[Candidate]]:
         """Race one labelled event: each candidate predicts it, is scored, then learns it.
 
         ``known`` is the serving candidate's loss on this event, when its prediction was
         already made (it was served); ``rate`` the weight of this event in each candidate's
-        recent lead (0: not kept)."""
+        recent lead (0: not kept). A candidate can be promoted after ``min_events``, and
+        given up for being behind after ``behind_events`` (default: ``min_events``)."""
+        ready = min_events if behind_events is None else min(behind_events, min_events)
         winner = None
         dropped = []
         serving = self.serving
@@ -196,10 +201,10 @@ class Race:
                 c.squares += d * d
             if rate:
                 c.recent += (d - c.recent) * rate
-            if c.n < min_events:
+            if c.n < ready:
                 continue
             lead, error = c.lead, c.error
-            if lead - z * error >= margin:
+            if lead - z * error >= margin and c.n >= min_events:
                 if winner is None or lead - z * error > winner.lead - z * winner.error:
                     winner = c
             elif c.n >= max_events or (c.source != "shadow" and lead + z * error < 0.0):

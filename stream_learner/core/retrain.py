@@ -139,7 +139,8 @@ class RetrainConfig:
     - ``race_z`` and ``race_margin``: a candidate is promoted when its lead (mean paired
       loss difference per event: accuracy points / 100 for a classifier, the target's units
       for regression) minus ``race_z`` standard errors is at least ``race_margin``.
-    - ``race_min_events``: events raced before a candidate can be promoted or dropped;
+    - ``race_min_events``: events raced before a candidate can be promoted;
+      ``race_behind_events``: before one (not a shadow) can be given up for being behind;
       ``race_max_events``: a candidate that has not led by then is given up.
     - ``race_serve``: meanwhile, serve the predictions of the candidate with the best
       *recent* lead (its paired difference averaged over about ``race_serve_window``
@@ -165,7 +166,8 @@ class RetrainConfig:
     pool: int = 3
     race_z: float = 3.0
     race_margin: float = 0.01
-    race_min_events: int = 50
+    race_min_events: int = 1000
+    race_behind_events: int = 50
     race_max_events: int = 2000
     race_serve: bool = True
     race_serve_window: int = 100
@@ -191,6 +193,10 @@ class RetrainConfig:
                 "retrain: race_serve_window must be at least 2, race_young_grace and "
                 f"race_young_events at least 0 (got {self.race_serve_window}, "
                 f"{self.race_young_grace} and {self.race_young_events})"
+            )
+        if self.race_behind_events < 1:
+            raise ConfigError(
+                f"retrain: race_behind_events must be at least 1 (got {self.race_behind_events})"
             )
         if self.race_min_events < 1 or self.race_max_events < self.race_min_events:
             raise ConfigError(

@@ -19,6 +19,9 @@ from stream_learner.core.snapshot import SnapshotMeta, assemble, decode_snapshot
 from tests.core.specs import LINEAR, TREE
 
 KEY = b"race-test-signing-key-0123456789"
+#: The race with promotion possible after 50 events (the default waits 1,000): for the
+#: tests of what a promotion does, on short streams.
+FAST = RetrainConfig(race_min_events=50)
 
 
 def concepts(*segments: tuple[bool, int], seed: int = 1) -> list[Event]:
@@ -96,7 +99,7 @@ def test_a_leading_shadow_is_promoted_at_a_deterministic_index_and_reported():
     evts = concepts((False, 3000), (True, 3000))
 
     def go():
-        learner = Learner("k", LINEAR)
+        learner = Learner("k", LINEAR, retrain=FAST)
         return learner, feed(learner, evts)
 
     (learner, outs), (twin, twin_outs) = go(), go()
@@ -132,7 +135,7 @@ def test_a_candidate_that_cannot_lead_is_abandoned_with_a_logged_decision():
         Event(f"e{i}", "k", {f"x{j}": v for j, v in x.items()}, y)
         for i, (x, y) in enumerate(itertools.islice(pairs, 6000))
     ]
-    learner = Learner("k", LINEAR, retrain=RetrainConfig(race_max_events=800))
+    learner = Learner("k", LINEAR, retrain=RetrainConfig(race_min_events=50, race_max_events=800))
     outs = feed(learner, evts)
     abandoned = decisions(outs, "abandon")
     assert abandoned and not decisions(outs, "promote")
@@ -144,7 +147,7 @@ def test_a_candidate_that_cannot_lead_is_abandoned_with_a_logged_decision():
 
 def test_a_returning_concept_is_served_from_the_pool():
     evts = concepts((False, 4000), (True, 4000), (False, 4000))
-    learner = Learner("k", LINEAR)
+    learner = Learner("k", LINEAR, retrain=FAST)
     outs = feed(learner, evts)
     promoted = decisions(outs, "promote")
     sources = [(d.values["source"], d.values.get("pool_version")) for d in promoted]
@@ -160,7 +163,7 @@ def test_a_returning_concept_is_served_from_the_pool():
 
 def test_a_snapshot_with_candidates_and_pool_alive_continues_exactly_like_the_original():
     evts = concepts((False, 3000), (True, 3000), (False, 3000))
-    learner = Learner("k", LINEAR)
+    learner = Learner("k", LINEAR, retrain=FAST)
     feed(learner, evts[:6050])
     alive, _ = learner.race_status()
     sources = sorted(c.source for c in learner._race.candidates)
@@ -223,7 +226,7 @@ def test_a_learner_pickled_before_the_race_loads_without_one():
     old = pickle.loads(pickle.dumps(learner))
     assert old._race is None and not old.pool and old.pool.maxlen == 3
     assert not old.race_promotions
-    feed(old, concepts((False, 3000), (True, 1000))[100:])
+    feed(old, concepts((False, 3000), (True, 2000))[100:])
     assert old.race_promotions == {"shadow": 1}
 
 
@@ -521,7 +524,10 @@ def test_when_the_splits_still_hold_the_regrown_champion_wins_the_race():
     assert any("the champion regrown" in d.reason for d in started)
     promoted = decisions(outs, "promote")
     assert [d.values["source"] for d in promoted] == ["regrown"]
-    assert 6000 < promoted[0].index <= 6100
+    # Promoted after race_min_events (1,000); it served on trial long before.
+    assert promoted[0].index == promoted[0].values["started"] + 1000
+    serves = [d for d in decisions(outs, "race") if d.code == "candidate_serves"]
+    assert serves[0].values["source"] == "regrown" and serves[0].index <= 6100
     after = sum(o.loss == 0.0 for o in outs[6000:7000]) / 1000
     _, plain = run(False)  # a fresh shadow must find the three splits again
     after_plain = sum(o.loss == 0.0 for o in plain[6000:7000]) / 1000
