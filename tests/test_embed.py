@@ -30,7 +30,13 @@ CONFIG = {
     },
     "learner": {"feature_drift": False},
     "policy": {"warmup": 300, "cooldown_events": 300},
-    "retrain": {"window": 1000, "holdout": 100, "min_train": 100, "race_z": 2.0},
+    "retrain": {
+        "window": 1000,
+        "holdout": 100,
+        "min_train": 100,
+        "race_z": 2.0,
+        "race_min_events": 50,  # promotions within these short streams
+    },
     "checkpoints": {"every_events": 1000, "every_seconds": 0},
 }
 

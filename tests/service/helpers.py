@@ -57,9 +57,11 @@ holdout = 200
 min_train = 200
 margin = 0.0
 # The race promotes on a 2-standard-error lead in these short streams (SEA's mild change):
-# a promotion, then the retired model in the pool, happen within the tests' few thousand events.
+# a promotion, then the retired model in the pool, happen within the tests' few thousand events
+# (after 50 raced events, not the default 1,000).
 race_z = 2.0
 race_margin = 0.0
+race_min_events = 50
 
 [checkpoints]
 signing_key = "file:{key_file}"
