@@ -24,13 +24,13 @@ The decision rests on the paired per-event difference ``d = champion loss - cand
 candidate is promoted when the lead is at least ``race_margin`` and ``race_z`` standard
 errors above zero, over at least ``race_min_events`` events (1,000 by default: the leader
 serves meanwhile, see below, so waiting costs little, and a lead that only a passing dip of
-the champion's gave does not last that long). A 200-event holdout has a
-standard error of 2-3 accuracy points; here the standard error shrinks as the race goes on
-and disagreements are what count (McNemar's idea: events both get right or both get wrong
-say nothing about which is better). A candidate is given up when it has not led within
-``race_max_events`` events, or, unless it is a shadow, when it is ``race_z`` standard
-errors *behind* after ``race_behind_events`` (50): a trained one (pool, window) is not the concept
-now served, and a regrown one's splits are not the right questions for it.
+the champion's gave does not last that long). A 200-event holdout has a standard error of
+2-3 accuracy points; here the standard error shrinks as the race goes on and disagreements
+are what count (McNemar's idea: events both get right or both get wrong say nothing about
+which is better). A candidate is given up when it has not led within ``race_max_events``
+events, or, unless it is a shadow, when it is ``race_z`` standard errors *behind* after
+``race_behind_events`` (50): a trained one (pool, window) is not the concept now served,
+and a regrown one's splits are not the right questions for it.
 
 While the race is on, the candidate with the best *recent* lead (``d`` averaged with
 exponentially fading weights over about ``race_serve_window`` events) serves the predictions,
