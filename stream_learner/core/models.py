@@ -420,24 +420,25 @@ def regrow(model: compose.Pipeline) -> compose.Pipeline | None:
     memo: dict[int, Any] = {}
     priors = []  # per tree: the old leaves' priors, in the order _leaf_slots finds them
     for step in trees:
-        slots = list(_leaf_slots(step))
+        branches = _branches(step)
+        slots = list(_leaf_slots(step, branches))
         priors.append([_prior(leaf.stats) for _, _, leaf in slots])
         for _, _, leaf in slots:
             memo[id(leaf)] = None  # deepcopy takes None for the leaf and copies none of it
-        for branch in _branches(step):
+        for branch in branches:
             if getattr(branch, "_alternate_tree", None) is not None:
                 memo[id(branch._alternate_tree)] = None
     copied = copy.deepcopy(model, memo)
     new_trees = [step for step in copied.steps.values() if isinstance(step, HoeffdingTree)]
     for step, step_priors in zip(new_trees, priors, strict=True):
-        if step._root is None:  # a tree of one leaf (or none yet)
-            if step_priors:
-                step._root = step._new_leaf(step_priors[0])
-        else:
-            slots = list(_leaf_slots(step))  # the same order: each leaf is None here
+        branches = _branches(step)
+        if branches:  # each leaf is None here, in the order the original's were found
+            slots = _leaf_slots(step, branches)
             for (branch, i, _), prior in zip(slots, step_priors, strict=True):
                 branch.children[i] = step._new_leaf(prior, parent=branch)
-        for branch in _branches(step):
+        elif step_priors:  # a tree of one leaf: its root was left out
+            step._root = step._new_leaf(step_priors[0])
+        for branch in branches:
             if hasattr(branch, "_alternate_tree"):  # a Hoeffding adaptive tree's branch
                 branch._alternate_tree = None
                 branch.drift_detector = step.drift_detector.clone()
@@ -461,14 +462,14 @@ def _branches(step: HoeffdingTree) -> list:
     return found
 
 
-def _leaf_slots(step: HoeffdingTree):
+def _leaf_slots(step: HoeffdingTree, branches: list):
     """``(branch, index, leaf)`` for every leaf of a tree's main structure, in a fixed
-    order; ``branch`` is ``None`` for a tree of one leaf."""
+    order, given its :func:`_branches`; ``branch`` is ``None`` for a tree of one leaf."""
     root = step._root
     if root is not None and not hasattr(root, "children"):
         yield None, 0, root
         return
-    for branch in _branches(step):
+    for branch in branches:
         for i, child in enumerate(branch.children):
             if not hasattr(child, "children"):
                 yield branch, i, child
