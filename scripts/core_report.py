@@ -178,6 +178,10 @@ def stream_rows(stream: str, seed: int, models: tuple[str, ...]) -> list[dict]:
     return rows
 
 
+#: The codes of a candidate given up (a superseded retrain is not a candidate).
+GIVEN_UP = ("candidate_cannot_lead", "candidate_behind", "champion_unchanged")
+
+
 def stationary_row(stream: str, model: str, seed: int, n: int) -> dict:
     result = run(stream, model, seed, n=n, change=None)
     learner = result.learner
@@ -193,9 +197,8 @@ def stationary_row(stream: str, model: str, seed: int, n: int) -> dict:
         "promotions": result.promotions,
         "late_promotions": len(late),
         "races": counts["performance", "race"] + counts["data_drift", "race"],
-        "abandoned": sum(
-            d.code in ("candidate_cannot_lead", "candidate_behind") for d in learner.decisions
-        ),
+        "abandoned": sum(d.code in GIVEN_UP for d in learner.decisions),
+        "unchanged": sum(d.code == "champion_unchanged" for d in learner.decisions),
         "drifts": result.drifts_before,
         "warnings": counts["performance", "warn"],
         "data_warnings": counts["data_drift", "warn"],
@@ -419,18 +422,21 @@ def stationary_lines(stationary: list[dict]) -> list[str]:
         "",
         "**Stationary streams** (the first concept only, no change): what fired over the "
         "whole stream. No retrain can start and no race begins during the 1,000-label "
-        "warm-up; *late promotions* are those after it.",
+        "warm-up; *late promotions* are those after it. *Champion unchanged*: of the "
+        "candidates given up, those that led soundly while the champion's own loss had not "
+        "risen soundly above its level before the race (`retrain.race_confirm`).",
         "",
         "| stream | model | seed | events | performance drifts | warnings "
-        "| data-drift warnings | retrains | races | candidates given up | promoted "
-        "| late promotions |",
-        "| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| data-drift warnings | retrains | races | candidates given up "
+        "| champion unchanged | promoted | late promotions |",
+        "| --- | --- |" + " ---: |" * 11,
     ]
     for r in stationary:
         lines.append(
             f"| {r['stream']} | {r['model']} | {r['seed']} | {r['events']:,} | {r['drifts']} "
             f"| {r['warnings']} | {r['data_warnings']} | {r['retrains']} | {r['races']} "
-            f"| {r['abandoned']} | {r['promotions']} | {r['late_promotions']} |"
+            f"| {r['abandoned']} | {r['unchanged']} | {r['promotions']} "
+            f"| {r['late_promotions']} |"
         )
     return lines
 

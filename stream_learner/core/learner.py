@@ -205,6 +205,7 @@ class Learner:
         self.pool: deque[tuple[int, Any]] = deque(maxlen=self.retrain_config.pool)
         self.race_promotions: Counter[str] = Counter()  # by source (see race.SOURCES)
         self._grown: int | None = None  # index at which a quickened champion settles
+        self._serving_since = 0  # input index after which the champion's predictions count
         self._names: set[str] = set()  # every feature name this key has admitted
 
     # The names as a sorted list: a set pickles in hash order, which changes with the
@@ -221,6 +222,7 @@ class Learner:
             self.pool = deque(maxlen=self.retrain_config.pool)
             self.race_promotions = Counter()
         self.__dict__.setdefault("_grown", None)
+        self.__dict__.setdefault("_serving_since", 0)  # the window then holds any version's
 
     def _admit(self, x: dict) -> None:
         """Remember the feature names of ``x`` new to this key, up to
@@ -513,8 +515,28 @@ class Learner:
             return None
         return regrow(self.model)
 
+    def _before(self) -> tuple[float, float] | None:
+        """The champion's mean loss over the recent window's examples it predicted (since it
+        serves), and the squared standard error of that mean: what the race compares its
+        loss with (:meth:`Race.champion_worse`). ``None`` with ``race_confirm`` off or no
+        such example."""
+        if not self.retrain_config.race_confirm:
+            return None
+        n = total = squares = 0.0
+        classifier = self._classifier
+        for y, p in self.window.outcomes(self._serving_since):
+            loss = (0.0 if p == y else 1.0) if classifier else abs(y - (p or 0.0))
+            n += 1
+            total += loss
+            squares += loss * loss
+        if not n:
+            return None
+        mean = total / n
+        spread = (squares - total * mean) / (n - 1) if n > 1 else 0.0
+        return mean, max(spread, 1.0 / n) / n  # as Candidate.error: a floor
+
     def _start_race(self, trigger: str, why: str) -> Decision:
-        race = self._race = Race(trigger, self.index)
+        race = self._race = Race(trigger, self.index, self._before())
         race.candidates.append(Candidate(self._fresh(), "shadow", self.index))
         regrown = self._regrown()
         if regrown is not None:
@@ -529,6 +551,8 @@ class Learner:
             + (f" and the retired versions {', '.join(map(str, pooled))}" if pooled else "")
         )
         values = {"candidates": len(race.candidates), "pool_versions": pooled}
+        if race.before is not None:
+            values["champion_loss_before"] = round(race.before[0], 6)
         return self._log(trigger, "race", "race_started", reason, None, values)
 
     def _race_step(
@@ -561,14 +585,23 @@ class Learner:
         for c in dropped:
             if c.source == "pool":
                 self.pool.append((c.version, c.model))
-            if c.n >= rc.race_max_events:
-                code = "candidate_cannot_lead"
-                why = f"no sound lead within {rc.race_max_events} events"
-            else:
+            values = c.describe()
+            if c.n < rc.race_max_events:
                 code = "candidate_behind"
                 why = f"{-c.z:.1f} standard errors behind the champion"
+            elif c.lead - rc.race_z * c.error >= rc.race_margin:
+                code = "champion_unchanged"
+                why = (
+                    f"a sound lead within {rc.race_max_events} events, but the champion's "
+                    f"loss did not rise soundly above its level before the race "
+                    f"({race.before[0]:.4f} -> {race.champion_loss:.4f})"
+                )
+                values.update(self._levels(race))
+            else:
+                code = "candidate_cannot_lead"
+                why = f"no sound lead within {rc.race_max_events} events"
             reason = f"{c.source} candidate given up: {why} (lead {c.lead:+.4f})"
-            decided.append(self._log(race.trigger, "abandon", code, reason, None, c.describe()))
+            decided.append(self._log(race.trigger, "abandon", code, reason, None, values))
         if winner is not None:
             decided += self._promote_candidate(winner)
         elif not race.candidates:
@@ -602,15 +635,14 @@ class Learner:
             if c.source == "pool":  # back to the pool, unchanged in rank
                 self.pool.append((c.version, c.model))
         self._retire()
-        self.model = winner.model
+        self._crown(winner.model)
         self._grown = winner.started + self.retrain_config.race_young_events
         if winner.source != "shadow" or self.index >= self._grown:
             self._grow_up()  # only a shadow was quickened
-        self.version += 1
-        self._errors.reset()  # the new model's error level is a new baseline
         self.race_promotions[winner.source] += 1
         values = winner.describe()
         values["version"] = self.version
+        values.update(self._levels(race))
         reason = (
             f"{winner.source} candidate promoted: v{self.version}, lead {winner.lead:+.4f} "
             f"({winner.z:.1f} standard errors) over {winner.n} events"
@@ -629,11 +661,28 @@ class Learner:
             )
         return decided
 
+    @staticmethod
+    def _levels(race: Race) -> dict[str, float]:
+        """The champion's loss before the race and during it, for a decision's values."""
+        if race.before is None:
+            return {}
+        return {
+            "champion_loss_before": round(race.before[0], 6),
+            "champion_loss": round(race.champion_loss, 6),
+        }
+
     def _grow_up(self) -> None:
         """The serving model, promoted from a quickened shadow, has learned
         ``race_young_events`` since it started: its trees get the spec's grace period back."""
         self._grown = None
         settle(self.model, self.spec)
+
+    def _crown(self, model: Any) -> None:
+        """Serve ``model`` as the next version, from this input on."""
+        self.model = model
+        self.version += 1
+        self._serving_since = self.index  # its own predictions start after this input
+        self._errors.reset()  # the new model's error level is a new baseline
 
     def _retire(self) -> None:
         """Keep the serving model in the pool (the oldest there goes when it is full)."""
@@ -696,20 +745,16 @@ class Learner:
             # After a change the holdout is short and noisy: the candidate earns its place
             # in the race, event by event, like the shadow.
             if self._race is None:
-                self._race = Race(trigger, self.index)
+                self._race = Race(trigger, self.index, self._before())
             self._race.candidates.append(Candidate(candidate, "window", self.index))
             reason = f"{kind} retrain #{result.number} passed its holdout and races: {scores}"
             return self._log(trigger, "race", "candidate_races", reason, kind, values)
         self._retire()
-        self.model = candidate
+        self._crown(candidate)
         self._grown = None
-        self.version += 1
-        self._errors.reset()  # the new model's error level is a new baseline
         self.race_promotions["window"] += 1
-        if self._race is not None:  # they raced the model just replaced
-            self._race.serving = None
-            for c in self._race.candidates:
-                c.reset()
+        if self._race is not None:  # they raced the model just replaced; the new one has no
+            self._race.rebase(None)  # example in the window yet: no rise can be asked of it
         reason = f"{kind} retrain #{result.number} promoted: v{self.version}, {scores}"
         return self._log(trigger, "promote", "challenger_better", reason, kind, values)
 
@@ -761,10 +806,8 @@ class Learner:
             self.pool.clear()  # another lineage's models
         else:
             self._retire()
-        self.model = model
+        self._crown(model)
         self._grown = None
-        self.version += 1
-        self._errors.reset()
         values: dict[str, Any] = {"restored_version": version}
         code = "rolled_back"
         text = f"rolled back to the model of version {version}, now v{self.version}"

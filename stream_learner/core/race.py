@@ -32,6 +32,17 @@ events, or, unless it is a shadow, when it is ``race_z`` standard errors *behind
 ``race_behind_events`` (50): a trained one (pool, window) is not the concept now served,
 and a regrown one's splits are not the right questions for it.
 
+A sound lead promotes only while the champion is itself soundly worse than before the race
+(``race_confirm``): its loss over about the last :data:`LEVEL_EVENTS` raced events must be
+above its loss over the recent window's examples it predicted before the race, by
+``race_margin`` and ``race_z`` standard errors of the difference. A race is begun by a sign
+of change, and a sign can be wrong: on a stationary stream a Hoeffding tree's own splits
+cost it points for a while, and a young candidate that beats it there (on some streams a
+tree is at its best before its first split) would be a new version for nothing, soon
+beaten in turn. Such a candidate is given up when its time is out (``champion_unchanged``).
+After a real change the champion stays worse; a champion that recovered by itself (an
+adaptive tree, a linear model relearning) keeps its place.
+
 While the race is on, the candidate with the best *recent* lead (``d`` averaged with
 exponentially fading weights over about ``race_serve_window`` events) serves the predictions,
 once that lead passes ``race_serve_margin``, and keeps serving while it stays positive: right
@@ -54,6 +65,10 @@ __all__ = ["SOURCES", "Candidate", "Race"]
 
 #: Where a candidate came from; promotions are counted by source.
 SOURCES = ("shadow", "regrown", "window", "pool")
+
+#: The champion's loss during a race is averaged over about this many recent events.
+LEVEL_EVENTS = 500
+_LEVEL_RATE = 2.0 / (LEVEL_EVENTS + 1)  # the weight of an exponential mean of that span
 
 
 class Candidate:
@@ -136,21 +151,62 @@ class Race:
     (first), and the candidates given up. ``serving`` is the candidate whose predictions are
     served meanwhile (``None``: the champion's), chosen by :meth:`choose` after each step."""
 
-    __slots__ = ("trigger", "started", "candidates", "serving")
+    __slots__ = ("trigger", "started", "candidates", "serving", "before", "level", "raced")
 
-    def __init__(self, trigger: str, started: int) -> None:
+    def __init__(
+        self, trigger: str, started: int, before: tuple[float, float] | None = None
+    ) -> None:
         self.trigger = trigger
         self.started = started
         self.candidates: list[Candidate] = []
         self.serving: Candidate | None = None
+        # The champion's mean loss before the race and its squared standard error (None:
+        # promotion needs no rise of the champion's loss), and its loss during the race: the
+        # mean, and the mean of the squares, over about LEVEL_EVENTS events.
+        self.before = before
+        self.level = [0.0, 0.0]
+        self.raced = 0  # events raced
 
     def __getstate__(self) -> tuple:
-        return (self.trigger, self.started, self.candidates, self.serving)
+        return tuple(getattr(self, name) for name in self.__slots__)
 
     def __setstate__(self, state: tuple) -> None:
         if len(state) == 3:  # pickled before a candidate could serve: the champion serves
             state = (*state, None)
-        self.trigger, self.started, self.candidates, self.serving = state
+        if len(state) == 4:  # pickled before the champion's rise was asked for: it is not
+            state = (*state, None, [0.0, 0.0], 0)
+        for name, value in zip(self.__slots__, state, strict=True):
+            setattr(self, name, value)
+
+    def rebase(self, before: tuple[float, float] | None) -> None:
+        """Another champion now serves (a window retrain replaced it): the candidates' paired
+        records and the champion's levels start over, and the champion serves meanwhile."""
+        self.serving = None
+        for c in self.candidates:
+            c.reset()
+        self.before = before
+        self.level = [0.0, 0.0]
+        self.raced = 0
+
+    @property
+    def champion_loss(self) -> float:
+        """The champion's loss per event over about the last :data:`LEVEL_EVENTS` raced."""
+        return self.level[0]
+
+    def champion_worse(self, z: float, margin: float) -> bool:
+        """Whether the champion's recent loss is above its loss before the race by at least
+        ``margin``, ``z`` standard errors of the difference clear of it: it got worse (a
+        change), and is not merely a model that a young candidate beats. Always true without
+        a loss from before."""
+        before = self.before
+        if before is None:
+            return True
+        n = min(self.raced, LEVEL_EVENTS)
+        if n < 2:
+            return False
+        mean, squares = self.level
+        spread = max(squares - mean * mean, 1.0 / n)  # as Candidate.error: a floor
+        return mean - before[0] - margin >= z * math.sqrt(before[1] + spread / n)
 
     def predict(self, x: dict, classifier: bool) -> tuple[Any, dict | None]:
         """The serving candidate's prediction of ``x`` (and its class probabilities)."""
@@ -178,9 +234,18 @@ class Race:
 
         ``known`` is the serving candidate's loss on this event, when its prediction was
         already made (it was served); ``rate`` the weight of this event in each candidate's
-        recent lead (0: not kept). A candidate can be promoted after ``min_events``, and
-        given up for being behind after ``behind_events`` (default: ``min_events``)."""
+        recent lead (0: not kept). A candidate can be promoted after ``min_events``, once
+        its lead is sound and the champion got worse (:meth:`champion_worse`), and given up
+        for being behind after ``behind_events`` (default: ``min_events``)."""
         ready = min_events if behind_events is None else min(behind_events, min_events)
+        # The champion's level: the plain mean of its losses over the first events raced,
+        # then an exponential mean over about LEVEL_EVENTS.
+        self.raced = raced = self.raced + 1
+        weight = max(1.0 / raced, _LEVEL_RATE)
+        level = self.level
+        level[0] += (champion_loss - level[0]) * weight
+        level[1] += (champion_loss * champion_loss - level[1]) * weight
+        worse = None  # asked once per event, when a candidate could be promoted
         winner = None
         dropped = []
         serving = self.serving
@@ -205,9 +270,13 @@ class Race:
                 continue
             lead, error = c.lead, c.error
             if lead - z * error >= margin and c.n >= min_events:
-                if winner is None or lead - z * error > winner.lead - z * winner.error:
-                    winner = c
-            elif c.n >= max_events or (c.source != "shadow" and lead + z * error < 0.0):
+                if worse is None:
+                    worse = self.champion_worse(z, margin)
+                if worse:
+                    if winner is None or lead - z * error > winner.lead - z * winner.error:
+                        winner = c
+                    continue
+            if c.n >= max_events or (c.source != "shadow" and lead + z * error < 0.0):
                 dropped.append(c)
         if winner is not None:
             self.candidates.remove(winner)

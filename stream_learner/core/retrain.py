@@ -147,6 +147,12 @@ class RetrainConfig:
       events, raced at least half as many), once that lead passes ``race_serve_margin``;
       it serves while the lead stays positive, and the champion serves otherwise. A sound
       lead is still what promotes: serving is on trial and changes no version.
+    - ``race_confirm``: a candidate is promoted only while the champion's own loss (over
+      about the last 500 events raced) is above its level before the race, over the recent
+      window's examples it predicted, by ``race_margin`` and ``race_z`` standard errors of
+      the difference: the champion got worse. A race that a passing dip began, or a young
+      candidate that beats a champion which never got worse (a Hoeffding tree is at its
+      best before its first split on some streams), ends without a new version.
     - ``race_regrown``: a race also starts a *regrown* candidate, the champion with its
       Hoeffding trees' splits kept and every leaf started afresh (see
       :func:`models.regrow`); only for a model with such a tree.
@@ -170,9 +176,10 @@ class RetrainConfig:
     race_behind_events: int = 50
     race_max_events: int = 2000
     race_serve: bool = True
-    race_serve_window: int = 100
+    race_serve_window: int = 60
     race_serve_margin: float = 0.02
     race_regrown: bool = True
+    race_confirm: bool = True
     race_young_grace: int = 20
     race_young_events: int = 5000
 

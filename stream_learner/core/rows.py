@@ -393,6 +393,25 @@ class Rows:
         self._flush()
         return self._rows(self._head, self._vh, self._wh, self._qh)
 
+    def outcomes(self, since: int | None = None) -> Iterator[tuple[Any, Any]]:
+        """The label and prediction ``(y, p)`` of each row (whose ``a`` is greater than
+        ``since``, if given), oldest first, without building its features: a window's error
+        level costs one pass over its kinds and numbers."""
+        self._flush()
+        a, k, kinds, w, s = self._a, self._k, self.kinds, self._w, self._s
+        base, wo = self._base, self._wh
+        for i in range(self._head, len(k)):
+            j = k[i]
+            if j < 0:
+                if since is None or a[i] > since:
+                    _, _, y, p, _ = s[base + i]
+                    yield y, p
+                continue
+            kind = kinds[j]
+            y, p, wo = _outcome(kind, w, wo)
+            if since is None or a[i] > since:
+                yield y, p
+
     def newest(self, since: int) -> list[tuple]:
         """The rows whose ``a`` is greater than ``since``, oldest first (``a`` is assumed
         to grow from row to row)."""
@@ -429,16 +448,7 @@ class Rows:
                 vo += n
             else:
                 x, vo = _features(kind, v, vo, s.get(base + i))
-            if kind.y_num:
-                y = w[wo]
-                wo += 1
-            else:
-                y = kind.y
-            if kind.p_num:
-                p = w[wo]
-                wo += 1
-            else:
-                p = kind.p
+            y, p, wo = _outcome(kind, w, wo)
             classes = kind.classes
             if classes is None:
                 proba = None
@@ -447,6 +457,22 @@ class Rows:
                 proba = dict(zip(classes, q[qo : qo + m], strict=True))
                 qo += m
             yield a[i], (None if ts != ts else ts), x, y, p, proba
+
+
+def _outcome(kind: _Kind, w: array, wo: int) -> tuple[Any, Any, int]:
+    """A row's label and prediction (read from ``w`` at ``wo`` when they are numbers), and
+    the offset in ``w`` of the next row's."""
+    if kind.y_num:
+        y = w[wo]
+        wo += 1
+    else:
+        y = kind.y
+    if kind.p_num:
+        p = w[wo]
+        wo += 1
+    else:
+        p = kind.p
+    return y, p, wo
 
 
 def _widths(kinds: list[_Kind]) -> tuple[list, list, list]:

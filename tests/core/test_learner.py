@@ -376,6 +376,9 @@ def test_the_inlined_learn_is_the_step_by_step_path(spec):
     kwargs = {
         "config": LearnerConfig(feature_block=50, feature_reference=300, feature_threshold=8.0),
         "policy": PolicyConfig(warmup=300, interval_events=1700, data_drift_triggers=True),
+        # Promotion after 50 events: the linear champion relearns the flipped labels within
+        # about 1,000, and then (see race_confirm) a shadow is no longer promoted.
+        "retrain": RetrainConfig(race_min_events=50),
     }
     fast, reference = Learner("k", spec, **kwargs), _StepByStep("k", spec, **kwargs)
     evts = sea_change(7000)

@@ -17,6 +17,7 @@ from stream_learner.core.race import Candidate, Race
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta, assemble, decode_snapshot, encode_snapshot
 from tests.core.specs import LINEAR, TREE
+from tests.core.test_suite import events as stream_events
 
 KEY = b"race-test-signing-key-0123456789"
 #: The race with promotion possible after 50 events (the default waits 1,000): for the
@@ -90,6 +91,29 @@ def test_the_race_promotes_only_a_sound_lead():
             break
     assert winner is not None and winner.model.y is True
     assert 50 <= winner.n < 200 and winner.lead - 3.0 * winner.error >= 0.02
+
+
+def test_a_sound_lead_is_promoted_only_while_the_champion_is_soundly_worse_than_before():
+    def race(before: float) -> tuple:
+        r = Race("performance", 0, (before, before * (1 - before) / 4000))
+        r.candidates = [Candidate(Fixed(True), "shadow", 0)]  # always right
+        for i in range(3000):
+            champion_loss = float(i % 4 == 0)  # wrong one event in four, all along
+            winner, dropped = r.step({}, True, champion_loss, True, 3.0, 0.01, 1000, 2000)
+            if winner or dropped:
+                return i + 1, winner, dropped, r
+        raise AssertionError("neither promoted nor given up")
+
+    # Before the race the champion was wrong one event in ten: it got worse, by 15 points.
+    at, winner, dropped, r = race(0.10)
+    assert at == 1000 and winner is not None and not dropped
+    assert r.champion_loss == pytest.approx(0.25, abs=0.03)
+    # It was as bad before (and 2 points better is within the margin and the noise): the
+    # candidate leads by 25 points, soundly, and is still given up when its time is out.
+    for before in (0.25, 0.23):
+        at, winner, dropped, r = race(before)
+        assert at == 2000 and winner is None and [c.source for c in dropped] == ["shadow"]
+        assert dropped[0].lead == 0.25 and dropped[0].z > 10
 
 
 # -- through the learner -------------------------------------------------------------------
@@ -186,6 +210,32 @@ def test_a_stationary_stream_promotes_nothing():
         outs = feed(learner, evts)
         assert not decisions(outs, "promote"), spec.lineage
         assert learner.version == 1 and not learner.race_promotions
+
+
+def test_a_young_tree_that_beats_a_champion_which_never_got_worse_is_not_promoted():
+    # Stationary Hyperplane: a Hoeffding tree is at its best as one leaf (naive Bayes over
+    # the whole space); its first splits cost it points, which a performance drift takes
+    # for a change. The young shadow then leads soundly, but the champion's loss is not
+    # soundly above its level before the race: no new version, and the log says why.
+    evts = list(stream_events("hyperplane", 2, 6000, change=None))
+
+    def run(confirm: bool) -> Learner:
+        learner = Learner("k", TREE, retrain=RetrainConfig(race_confirm=confirm))
+        feed(learner, evts)
+        return learner
+
+    learner = run(True)
+    assert learner.version == 1 and not learner.race_promotions
+    given_up = [d for d in learner.decisions if d.code == "champion_unchanged"]
+    assert given_up and all(d.action == "abandon" for d in given_up)
+    d = given_up[0]
+    assert d.values["z"] >= 3.0 and d.values["lead"] > 0.02 and d.values["events"] == 2000
+    assert d.values["champion_loss"] > d.values["champion_loss_before"]  # a little worse
+    assert "did not rise soundly" in d.reason
+    started = [x for x in learner.decisions if x.code == "race_started"]
+    assert started[0].values["champion_loss_before"] == d.values["champion_loss_before"]
+    # Without race_confirm, the same lead promotes the young tree (what the option stops).
+    assert run(False).race_promotions["shadow"] >= 1
 
 
 def test_a_window_candidate_after_a_change_races_instead_of_replacing_the_champion():
@@ -357,6 +407,12 @@ def test_candidates_and_races_pickled_before_serving_load_with_none_serving():
     race = Race.__new__(Race)
     race.__setstate__(("performance", 5, [old]))
     assert race.serving is None and race.candidates == [old]
+    assert race.before is None and race.champion_worse(3.0, 0.01)  # no rise asked of it
+    race.__setstate__(("performance", 5, [old], old))  # before the champion's levels
+    assert race.serving is old and race.before is None and race.raced == 0
+    again = pickle.loads(pickle.dumps(race))
+    assert (again.before, again.level, again.raced) == (None, [0.0, 0.0], 0)
+    assert again.serving is again.candidates[0] and again.serving.started == 7
 
 
 # -- young trees ---------------------------------------------------------------------------

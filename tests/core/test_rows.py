@@ -77,6 +77,8 @@ def test_rows_come_back_exactly_and_in_order_through_evictions_pickles_and_copie
     assert all(exact(a, b) for a, b in zip(got, reference, strict=True))
     assert exact(rows.newest(1899), list(reference)[-100:])
     assert rows.newest(1999) == [] and len(rows.newest(-1)) == 300
+    assert exact(list(rows.outcomes()), [(r[3], r[4]) for r in reference])
+    assert exact(list(rows.outcomes(1949)), [(r[3], r[4]) for r in list(reference)[-50:]])
 
 
 def test_a_pickle_keeps_the_rows_not_encoded_yet_and_they_encode_as_if_never_pickled():
@@ -110,6 +112,7 @@ def test_a_key_with_one_shape_of_event_interns_a_handful_of_kinds():
         rows.push(i, float(i), x, y, p, {False: 1 - 0.3, True: 0.3})
     assert len(rows.kinds) == 4  # (y, prediction) in {True, False}^2
     assert len(rows._v) <= 1.25 * 1000 * 5  # 3 features and 2 probabilities per row
+    assert list(rows.outcomes()) == [(r[3], r[4]) for r in rows]  # from the kinds alone
 
 
 def test_past_the_kind_limit_rows_are_kept_as_objects(monkeypatch):
