@@ -287,9 +287,10 @@ def test_rolling_rings_pickled_as_deques_restore_and_go_on_identically():
                 "ring": deque(map(bool, oldest_first), maxlen=7)})
     )  # fmt: skip
     values = list(mean._ring[mean._pos :]) + list(mean._ring[: mean._pos])
-    state = {k: v for k, v in vars(mean).items() if k not in ("_pos", "_size")}
-    mean_old = _MeanTracker.__new__(_MeanTracker)
-    mean_old.__setstate__({**state, "_ring": deque(values, maxlen=7)})
+    _, state = mean.__getstate__()
+    state = {k: v for k, v in state.items() if k not in ("_pos", "_size")}
+    mean_old = _MeanTracker.__new__(_MeanTracker)  # a dict, as pickled before the slots
+    mean_old.__setstate__({**state, "_ring": deque(values, maxlen=7), "_since_resum": 3})
     feed([acc, mean, acc_old, mean_old], stream[17:])
     for rolling in (True, False):
         assert acc_old.get(rolling, 40) == acc.get(rolling, 40)
