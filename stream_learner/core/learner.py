@@ -35,9 +35,16 @@ from stream_learner.core.drift import DETECTORS, DriftSignal, ErrorDriftMonitor,
 from stream_learner.core.evaluation import PrequentialEvaluator
 from stream_learner.core.events import Event, Label, check_label
 from stream_learner.core.labels import LabelJoiner
-from stream_learner.core.models import ModelSpec, build_model, quicken, regrow, settle
+from stream_learner.core.models import (
+    ModelSpec,
+    build_model,
+    loss_fn,
+    quicken,
+    regrow,
+    settle,
+)
 from stream_learner.core.policy import Decision, PolicyConfig, TriggerPolicy, config_from_dict
-from stream_learner.core.race import Candidate, Race
+from stream_learner.core.race import Candidate, Race, squared_error
 from stream_learner.core.retrain import (
     RecentWindow,
     RetrainConfig,
@@ -523,17 +530,13 @@ class Learner:
         if not self.retrain_config.race_confirm:
             return None
         n = total = squares = 0.0
-        classifier = self._classifier
+        loss_of = loss_fn(self._task)
         for y, p in self.window.outcomes(self._serving_since):
-            loss = (0.0 if p == y else 1.0) if classifier else abs(y - (p or 0.0))
+            loss = loss_of(y, p)
             n += 1
             total += loss
             squares += loss * loss
-        if not n:
-            return None
-        mean = total / n
-        spread = (squares - total * mean) / (n - 1) if n > 1 else 0.0
-        return mean, max(spread, 1.0 / n) / n  # as Candidate.error: a floor
+        return (total / n, squared_error(n, total, squares)) if n else None
 
     def _start_race(self, trigger: str, why: str) -> Decision:
         race = self._race = Race(trigger, self.index, self._before())
@@ -753,8 +756,8 @@ class Learner:
         self._crown(candidate)
         self._grown = None
         self.race_promotions["window"] += 1
-        if self._race is not None:  # they raced the model just replaced; the new one has no
-            self._race.rebase(None)  # example in the window yet: no rise can be asked of it
+        if self._race is not None:  # they raced the model just replaced
+            self._race.rebase()
         reason = f"{kind} retrain #{result.number} promoted: v{self.version}, {scores}"
         return self._log(trigger, "promote", "challenger_better", reason, kind, values)
 

@@ -61,7 +61,7 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["SOURCES", "Candidate", "Race"]
+__all__ = ["SOURCES", "Candidate", "Race", "squared_error"]
 
 #: Where a candidate came from; promotions are counted by source.
 SOURCES = ("shadow", "regrown", "window", "pool")
@@ -69,6 +69,14 @@ SOURCES = ("shadow", "regrown", "window", "pool")
 #: The champion's loss during a race is averaged over about this many recent events.
 LEVEL_EVENTS = 500
 _LEVEL_RATE = 2.0 / (LEVEL_EVENTS + 1)  # the weight of an exponential mean of that span
+
+
+def squared_error(n: float, total: float, squares: float) -> float:
+    """The squared standard error of the mean of ``n`` values, from their sum and their sum
+    of squares. The variance has a floor of one disagreement in ``n``: values that never
+    differed do not make a mean infinitely sure."""
+    spread = (squares - total * total / n) / (n - 1) if n > 1 else 0.0
+    return max(spread, 1.0 / n) / n
 
 
 class Candidate:
@@ -108,11 +116,9 @@ class Candidate:
     def error(self) -> float:
         """The standard error of :attr:`lead` (the variance has a floor of one
         disagreement in ``n``: a candidate that has never disagreed is not infinitely sure)."""
-        n = self.n
-        if n < 2:
+        if self.n < 2:
             return math.inf
-        spread = (self.squares - self.total * self.total / n) / (n - 1)
-        return math.sqrt(max(spread, 1.0 / n) / n)
+        return math.sqrt(squared_error(self.n, self.total, self.squares))
 
     @property
     def z(self) -> float:
@@ -178,13 +184,14 @@ class Race:
         for name, value in zip(self.__slots__, state, strict=True):
             setattr(self, name, value)
 
-    def rebase(self, before: tuple[float, float] | None) -> None:
+    def rebase(self) -> None:
         """Another champion now serves (a window retrain replaced it): the candidates' paired
-        records and the champion's levels start over, and the champion serves meanwhile."""
+        records and the champion's levels start over, and the champion serves meanwhile. The
+        new one has no loss from before the race, so no rise is asked of it."""
         self.serving = None
         for c in self.candidates:
             c.reset()
-        self.before = before
+        self.before = None
         self.level = [0.0, 0.0]
         self.raced = 0
 
