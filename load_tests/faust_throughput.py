@@ -137,14 +137,14 @@ def main() -> None:
             spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline})
             rounds = []
             for r in range(args.rounds):
-                before = bare(spec, data)
+                before = bare(spec, data)[0]
                 prefix = make_topics(admin, bootstrap, 1)
                 produce(bootstrap, prefix + "events", data)
                 service = service_run(bootstrap, prefix, pipeline, args.events)
                 prefix = make_topics(admin, bootstrap, 1)
                 produce(bootstrap, prefix + "events", data)
                 faust = faust_run(bootstrap, prefix, pipeline, args.events, Path(tmp))
-                after = bare(spec, data)
+                after = bare(spec, data)[0]
                 limit = (before + after) / 2
                 row = {
                     "bare_before": before,

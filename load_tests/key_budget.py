@@ -10,6 +10,14 @@ millions of events held in a list would dominate the memory figure).
   its own shuffled order), so a key's events are a whole pass apart and, under the budget,
   every key is evicted after each event and reloaded for the next one. Compared with the
   same number of events over 1,000 hot keys (no budget). Target: ≥ 0.2×.
+  Beside it, the floors of such a stream (``--kind floor``): the least a budget that
+  evicts every key after each of its events can cost, per event the key's state unpickled
+  (a new key's from a pickled fresh one), the event learned, the state pickled back into a
+  dict, and nothing else (no recency order, no cache bound, no spill file). Once with the
+  bare River model and an accuracy metric (standard pickles): what River's own pickling
+  allows, whatever a service does; once with the learning core the service runs (its
+  ``Learner``, through the service's codec): what the core's state per key allows. The
+  long tail is judged against the second, as a service against the least Kafka loop.
 - **skewed**: ``--skew-keys`` keys, 1 % of them receive 90 % of ``--skew-events`` events
   (the rest spread evenly over the other 99 %), under a budget holding 5 % of the keys vs
   no budget. Target: ≥ 0.8×.
@@ -45,6 +53,14 @@ sys.path.insert(0, str(ROOT))
 from results_file import write  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "key_budget.json"
+#: The long tail's ratios: the target's, then against its floors, then the floors'.
+TAIL_RATIOS = (
+    ("tail", "hot"),
+    ("tail", "floor_core"),
+    ("floor_core", "floor_bare"),
+    ("floor_bare", "hot"),
+    ("floor_core", "hot"),
+)
 
 
 def _events(kind: str, keys: int, n: int, seed: int = 7):
@@ -75,8 +91,74 @@ def _events(kind: str, keys: int, n: int, seed: int = 7):
         raise ValueError(kind)
 
 
+def floor(args: argparse.Namespace) -> dict:
+    """The long tail's events through the least evicting loop (see the module docstring);
+    ``args.floor``: ``bare`` (River's model) or ``core`` (the service's learner)."""
+    import pickle
+
+    from river import metrics
+
+    from stream_learner.cli.service_cmd import core_factory
+    from stream_learner.config import load_config
+    from stream_learner.core.codec import KeyCodec
+    from stream_learner.core.events import Event
+    from stream_learner.core.keystate import KeyState
+    from stream_learner.core.models import ModelSpec, build_model
+
+    config = load_config(args.config)
+    if args.floor == "bare":
+        spec = ModelSpec.from_dict(config.model, where="model")
+        fresh = pickle.dumps(build_model(spec), protocol=5)
+        accuracy = metrics.Accuracy()  # one for all keys: the least a score costs
+        update = accuracy.update
+
+        def make(key: str):
+            return pickle.loads(fresh)
+
+        def step(model, n: int, key: str, x: dict, y: bool) -> None:
+            update(y, model.predict_one(x))
+            model.learn_one(x, y)
+
+        dumps, loads = (lambda m: pickle.dumps(m, protocol=5)), pickle.loads
+    else:
+        codec = KeyCodec(core_factory(config))
+
+        def make(key: str):
+            return KeyState(codec.fresh(key))
+
+        def step(state, n: int, key: str, x: dict, y: bool) -> None:
+            state.learner.learn(Event(str(n), key, x, y, ts + n))
+
+        dumps, loads = codec.dumps, codec.loads
+    held: dict[str, bytes] = {}
+    n = 0
+    ts = 1_700_000_000.0
+    start, cpu = time.perf_counter(), time.process_time()
+    for key, x, y in _events("tail", args.run_keys, args.events):
+        n += 1
+        data = held.get(key)
+        state = make(key) if data is None else loads(data)
+        step(state, n, key, x, y)
+        held[key] = dumps(state)
+    elapsed = time.perf_counter() - start
+    cpu = time.process_time() - cpu
+    return {
+        "kind": f"floor-{args.floor}",
+        "keys": args.run_keys,
+        "events": n,
+        "seconds": elapsed,
+        "events_per_s": n / elapsed,
+        "events_per_cpu_s": n / cpu,
+        "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+        "state_bytes": sum(map(len, held.values())),
+    }
+
+
 def child(args: argparse.Namespace) -> None:
     """One run; prints one JSON line."""
+    if args.kind == "floor":
+        print(json.dumps(floor(args)))
+        return
     from dataclasses import replace
 
     from stream_learner.cli.service_cmd import core_factory
@@ -137,18 +219,20 @@ def child(args: argparse.Namespace) -> None:
     print(json.dumps(out))
 
 
-def _run(args: argparse.Namespace, kind: str, keys: int, events: int, budget: int) -> dict:
+def _run(
+    args: argparse.Namespace, kind: str, keys: int, events: int, budget: int, floor: str = ""
+) -> dict:
     cmd = [
         sys.executable, __file__, "--child", "--kind", kind, "--run-keys", str(keys),
         "--events", str(events), "--budget", str(budget), "--cache-mb", str(args.cache_mb),
-        "--config", args.config,
+        "--config", args.config, "--floor", floor or "core",
     ]  # fmt: skip
     done = subprocess.run(cmd, capture_output=True, text=True, check=False)
     if done.returncode != 0:
         raise SystemExit(f"{kind} run failed:\n{done.stderr[-3000:]}")
     result = json.loads(done.stdout.strip().splitlines()[-1])
     shown = {k: v for k, v in result.items() if k not in ("kind",)}
-    print(f"  {kind:5} {json.dumps(shown)}", flush=True)
+    print(f"  {result['kind']:10} {json.dumps(shown)}", flush=True)
     return result
 
 
@@ -169,6 +253,7 @@ def main() -> None:
     parser.add_argument("--run-keys", type=int, help=argparse.SUPPRESS)
     parser.add_argument("--events", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--budget", type=int, default=0, help=argparse.SUPPRESS)
+    parser.add_argument("--floor", choices=("bare", "core"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         child(args)
@@ -187,16 +272,39 @@ def main() -> None:
             print(f" round {r + 1}", flush=True)
             tail = _run(args, "tail", args.keys, n, args.max_keys)
             hot = _run(args, "hot", args.hot_keys, n, 0)
-            rounds.append(
-                {"tail": tail, "hot": hot, "ratio": tail["events_per_s"] / hot["events_per_s"],
-                 "cpu_ratio": tail["events_per_cpu_s"] / hot["events_per_cpu_s"]}
-            )  # fmt: skip
+            bare = _run(args, "floor", args.keys, n, 0, "bare")
+            core = _run(args, "floor", args.keys, n, 0, "core")
+            runs = {"tail": tail, "hot": hot, "floor_bare": bare, "floor_core": core}
+            round_ = dict(runs)
+            for a, b in TAIL_RATIOS:
+                round_[f"{a}_over_{b}"] = runs[a]["events_per_s"] / runs[b]["events_per_s"]
+                round_[f"{a}_over_{b}_cpu"] = (
+                    runs[a]["events_per_cpu_s"] / runs[b]["events_per_cpu_s"]
+                )
+            round_["ratio"], round_["cpu_ratio"] = (
+                round_["tail_over_hot"],
+                round_["tail_over_hot_cpu"],
+            )
+            rounds.append(round_)
         ratio = statistics.median(r["ratio"] for r in rounds)
         cpu_ratio = statistics.median(r["cpu_ratio"] for r in rounds)
         last = rounds[-1]["tail"]
+        medians = {
+            f"{a}_over_{b}{q}": statistics.median(r[f"{a}_over_{b}{q}"] for r in rounds)
+            for a, b in TAIL_RATIOS
+            for q in ("", "_cpu")
+        }
         print(
             f"long tail / hot keys throughput: {ratio:.3f} (median of {len(rounds)}; "
             f"target >= 0.2; per CPU second {cpu_ratio:.3f})\n"
+            + "".join(
+                f"  {a.replace('_', ' ')} / {b.replace('_', ' ')}: "
+                f"{medians[f'{a}_over_{b}']:.3f} (per CPU second "
+                f"{medians[f'{a}_over_{b}_cpu']:.3f})\n"
+                for a, b in TAIL_RATIOS[1:]
+            )
+            + f"  state per key after 3 events: {bare['state_bytes'] / args.keys:,.0f} bytes "
+            f"(bare River), {core['state_bytes'] / args.keys:,.0f} (the learning core)\n"
             f"  peak resident memory {last['peak_rss_mb']:.0f} MB (hot: "
             f"{rounds[-1]['hot']['peak_rss_mb']:.0f} MB), evictions {last['evictions']:,}, "
             f"reloads {last['reloads']:,} {last.get('reloads_by_source')}, snapshot bytes "
@@ -204,7 +312,8 @@ def main() -> None:
             f"{last['snapshot_bytes_spilled'] / 1e6:,.0f} MB"
         )  # fmt: skip
         results["long_tail"] = {
-            "rounds": rounds, "median_ratio": ratio, "median_cpu_ratio": cpu_ratio
+            "rounds": rounds, "median_ratio": ratio, "median_cpu_ratio": cpu_ratio,
+            "medians": medians,
         }  # fmt: skip
     if args.only in (None, "skew"):
         budget = max(1, args.skew_keys // 20)
