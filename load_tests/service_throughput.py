@@ -223,25 +223,21 @@ def consume_decode(bootstrap: str, topic: str, n: int) -> float:
     return rate
 
 
-def least_loop(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> tuple[float, float]:
-    """(d): consume, parse, predict, score, learn, commit; events/s from the first batch."""
+def _least(bootstrap: str, topic: str, n: int, group: str, learn) -> tuple[float, float]:
+    """A bare consumer loop: ``learn(messages)`` for each batch, then an asynchronous
+    commit; events/s from the first batch, and at its batches' lower quartile."""
     consumer = Consumer(
         {
             **client_config(bootstrap),
-            "group.id": f"least-{uuid.uuid4().hex[:6]}",
+            "group.id": f"{group}-{uuid.uuid4().hex[:6]}",
             "auto.offset.reset": "earliest",
             "enable.auto.commit": False,
         }
     )
     consumer.subscribe([topic])
-    model, acc, loads = build_model(spec), metrics.Accuracy(), orjson.loads
 
     def handle(messages) -> None:
-        for msg in messages:
-            ev = loads(msg.value())
-            x, y = ev["x"], ev["y"]
-            acc.update(y, model.predict_one(x))
-            model.learn_one(x, y)
+        learn(messages)
         if messages:
             consumer.commit(asynchronous=True)
 
@@ -251,22 +247,27 @@ def least_loop(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> tuple[flo
     return rate, quick(cycles)
 
 
+def least_loop(bootstrap: str, topic: str, spec: ModelSpec, n: int) -> tuple[float, float]:
+    """(d): consume, parse, predict, score, learn, commit."""
+    model, acc, loads = build_model(spec), metrics.Accuracy(), orjson.loads
+
+    def learn(messages) -> None:
+        for msg in messages:
+            ev = loads(msg.value())
+            x, y = ev["x"], ev["y"]
+            acc.update(y, model.predict_one(x))
+            model.learn_one(x, y)
+
+    return _least(bootstrap, topic, n, "least", learn)
+
+
 def least_core_loop(bootstrap: str, topic: str, cfg: dict, n: int) -> tuple[float, float]:
     """(e): (d) with the service's learning core in place of the bare River loop."""
     factory = core_factory(parse_config(cfg))
-    consumer = Consumer(
-        {
-            **client_config(bootstrap),
-            "group.id": f"least-core-{uuid.uuid4().hex[:6]}",
-            "auto.offset.reset": "earliest",
-            "enable.auto.commit": False,
-        }
-    )
-    consumer.subscribe([topic])
     learners: dict = {}
     loads = orjson.loads
 
-    def handle(messages) -> None:
+    def learn(messages) -> None:
         for msg in messages:
             ev = loads(msg.value())
             key = ev["key"]
@@ -274,13 +275,8 @@ def least_core_loop(bootstrap: str, topic: str, cfg: dict, n: int) -> tuple[floa
             if learner is None:
                 learner = learners[key] = factory(key)
             learner.learn(Event(ev["id"], key, ev["x"], ev["y"], msg.timestamp()[1] / 1000))
-        if messages:
-            consumer.commit(asynchronous=True)
 
-    cycles: list[float] = []
-    rate = _rate(lambda: consumer.consume(BATCH, 1.0), handle, n, cycles)
-    consumer.close()
-    return rate, quick(cycles)
+    return _least(bootstrap, topic, n, "least-core", learn)
 
 
 def core_alone(cfg: dict, data: list[dict]) -> tuple[float, float]:
