@@ -3,10 +3,10 @@
 CPython 3.11 keeps an object's attributes inline (its fastest attribute access) until
 something reads the object's ``__dict__``; from then on the object has a real dict and
 attribute access takes a slower path, for good. Pickling reads the ``__dict__`` of every
-object it saves, and unpickling builds objects through theirs. So every learner a service
-has snapshotted (a checkpoint round), restored, reloaded after an eviction or made from the
-codec's prototype learns through slower attribute access than one just built by the
-factory, which is what the bare River loop and the least Kafka loop run.
+object it saves, and pickle's default load builds objects through theirs. The core's
+pickles (``core/pickling.py``) load plain objects attribute by attribute, which keeps them
+inline; a live learner that was pickled (a checkpoint round's snapshot) stays slower until
+the service renews it (replaces it by an unpickled copy, after a periodic round).
 
 For each model of ``examples/config.toml`` and a Hoeffding tree, it times
 ``Learner.learn`` over the same ``--events`` SEA events for a learner
@@ -14,7 +14,9 @@ For each model of ``examples/config.toml`` and a Hoeffding tree, it times
 - built by the factory (never pickled),
 - made from the codec's prototype (``KeyCodec.fresh``, as the service makes new keys),
 - built by the factory and pickled once (a checkpoint round's snapshot of a live key),
+- pickled once, then renewed (what the service does after a periodic round),
 - pickled and unpickled (a restore, a reload),
+- pickled and unpickled with pickle's own reductions (as every load was before),
 - built by the factory with the ``__dict__`` of every object of its model read, and
   nothing pickled (the cause alone),
 
@@ -52,6 +54,7 @@ from stream_learner.config import load_config  # noqa: E402
 from stream_learner.core import pickling  # noqa: E402
 from stream_learner.core.codec import KeyCodec, _reachable  # noqa: E402
 from stream_learner.core.events import Event  # noqa: E402
+from stream_learner.core.keystate import KeyState  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "pickled_speed.json"
 TREE = [{"estimator": "tree.HoeffdingTreeClassifier"}]
@@ -62,6 +65,10 @@ def _dicts_read(learner):
         if not isinstance(obj, type) and hasattr(obj, "__dict__"):
             obj.__dict__  # noqa: B018 - the read is the point
     return learner
+
+
+def _renewed(codec, learner):
+    return codec.loads(codec.dumps(KeyState(learner))).learner
 
 
 def _dumped(learner):
@@ -96,7 +103,11 @@ def main() -> None:
             "factory": lambda f=factory: f("k"),
             "prototype": lambda c=codec: c.fresh("k"),
             "pickled once": lambda f=factory: _dumped(f("k")),
+            "renewed": lambda f=factory, c=codec: (
+                c.loads(c.dumps(KeyState(_dumped(f("k"))))).learner
+            ),
             "round trip": lambda f=factory: pickle.loads(pickling.dumps(f("k"))),
+            "standard round trip": lambda f=factory: pickle.loads(pickle.dumps(f("k"))),
             "model dicts read": lambda f=factory: _dicts_read(f("k")),
         }
         times: dict[str, list[float]] = {v: [] for v in variants}
@@ -118,7 +129,7 @@ def main() -> None:
         }
         results["models"][name] = figures
         for variant, f in figures.items():
-            print(f"{name:6} {variant:17} {f['seconds']:.3f} s  {f['over_factory']:.3f}x")
+            print(f"{name:6} {variant:19} {f['seconds']:.3f} s  {f['over_factory']:.3f}x")
     write(RESULTS, results)
 
 

@@ -24,7 +24,8 @@ makes each key's bytes hold only what is the key's own:
   bytes. Otherwise (an unseeded random generator somewhere, a factory that derives
   something from the key) :meth:`KeyCodec.fresh` calls the factory;
 - **the core's reductions** (``core/pickling.py``): River's unseeded distributions
-  without their generator, ``OrderedDict``, ``deque`` and ``Counter`` as their items.
+  without their generator, ``OrderedDict``, ``deque`` and ``Counter`` as their items,
+  plain objects' attributes set one by one on load (so they stay inline).
 
 The bytes depend on this process's table: they never leave it. :meth:`KeyCodec.standalone`
 turns them into a standard, self-contained pickle of the state (what
@@ -200,8 +201,7 @@ def _prelude(n: int) -> bytes:
 
 def _dump(obj: Any, memo: Any) -> bytes:
     buffer = io.BytesIO()
-    pickler = pickle.Pickler(buffer, protocol=PROTOCOL)
-    pickler.dispatch_table = pickling.DISPATCH
+    pickler = pickling.Pickler(buffer, protocol=PROTOCOL)
     pickler.memo = memo  # copied: the seeded places, then this pickle's own
     pickler.dump(obj)
     return buffer.getvalue()

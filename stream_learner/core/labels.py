@@ -26,6 +26,7 @@ from __future__ import annotations
 from collections import OrderedDict
 from typing import Any
 
+from stream_learner.core import pickling
 from stream_learner.core.events import Event, Label
 from stream_learner.core.rows import Packer
 from stream_learner.errors import DecodeError
@@ -85,7 +86,7 @@ class LabelJoiner:
     def __setstate__(self, state: dict) -> None:
         state.setdefault("_packer", Packer())  # pickled before pending predictions were packed
         state.setdefault("_key", None)
-        self.__dict__.update(state)
+        pickling.set_attributes(self, state)
 
     @property
     def parked(self) -> int:

@@ -31,6 +31,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, NamedTuple
 
+from stream_learner.core import pickling
 from stream_learner.core.drift import DETECTORS, DriftSignal, ErrorDriftMonitor, FeatureDriftMonitor
 from stream_learner.core.evaluation import PrequentialEvaluator
 from stream_learner.core.events import Event, Label, check_label
@@ -223,13 +224,12 @@ class Learner:
 
     def __setstate__(self, state: dict) -> None:
         state["_names"] = set(state.get("_names", ()))
-        self.__dict__.update(state)
         if "_race" not in state:  # pickled before the race: none, an empty pool, no counts
-            self._race = None
-            self.pool = deque(maxlen=self.retrain_config.pool)
-            self.race_promotions = Counter()
-        self.__dict__.setdefault("_grown", None)
-        self.__dict__.setdefault("_serving_since", 0)  # the window then holds any version's
+            state.update(_race=None, race_promotions=Counter())
+            state["pool"] = deque(maxlen=state["retrain_config"].pool)
+        state.setdefault("_grown", None)
+        state.setdefault("_serving_since", 0)  # the window then holds any version's
+        pickling.set_attributes(self, state)  # inline, as built: see core/pickling.py
 
     def _admit(self, x: dict) -> None:
         """Remember the feature names of ``x`` new to this key, up to

@@ -570,6 +570,17 @@ class Processor:
             key in self.paused,
         )
 
+    def renew(self, key: str, copy: Callable[[KeyState], KeyState]) -> bool:
+        """Hold ``copy(state)`` of ``key`` (the same state in new objects) instead of its
+        learner; ``False``, nothing done, for a key not resident or with a retrain in
+        flight (its result is applied to the learner that asked for it). A learner whose
+        objects were pickled or deep-copied reads its attributes through dicts from then
+        on (``core/pickling.py``); new ones, unpickled, read them inline again."""
+        if key not in self.learners or key in self.pending:
+            return False
+        self.learners[key] = copy(self.state(key)).learner
+        return True
+
     def drop(self, partitions: Iterable[int]) -> list[str]:
         """Forget every key of ``partitions`` (handed to another instance), evicted ones
         included (the store forgets them too); returns them."""

@@ -44,6 +44,8 @@ from itertools import chain
 from struct import pack as _pack
 from typing import Any, NamedTuple
 
+from stream_learner.core import pickling
+
 __all__ = ["BATCH", "MAX_KINDS", "Packer", "Rows"]
 
 #: Distinct row kinds one store interns; rows of further kinds are kept as objects.
@@ -137,12 +139,12 @@ class Rows:
         return state
 
     def __setstate__(self, state: dict) -> None:
-        self.__dict__.update(state)
-        self.__dict__.setdefault("_tail", [])
-        self.kinds = [_Kind(*k) for k in state["kinds"]]
-        self._ids = {_key(k): i for i, k in enumerate(self.kinds)}
-        self._combos = {}
-        self._widths = ([], [], [])
+        state.setdefault("_tail", [])
+        state["kinds"] = kinds = [_Kind(*k) for k in state["kinds"]]
+        state["_ids"] = {_key(k): i for i, k in enumerate(kinds)}
+        state["_combos"] = {}
+        state["_widths"] = ([], [], [])
+        pickling.set_attributes(self, state)
 
     def __len__(self) -> int:
         n = len(self._k) - self._head + len(self._tail)

@@ -11,6 +11,7 @@ import random
 
 import pytest
 
+from stream_learner.core.codec import KeyCodec
 from stream_learner.core.commands import Command
 from stream_learner.core.events import Event, Label
 from stream_learner.core.learner import Learner
@@ -91,12 +92,20 @@ def _factory(spec):
     return factory
 
 
-def _run(spec, inputs, max_keys: int):
+def _run(spec, inputs, max_keys: int, renew_every: int = 0):
     factory = _factory(spec)
     store = MemoryKeyStore() if max_keys else None
     proc = Processor(factory, InlineRunner(apply_after=40), max_keys=max_keys, store=store)
+    codec = KeyCodec(factory)
     served, refused, kinds, most = [], [], [], 0
-    for item in inputs:
+    proc.renewals = []  # what each renew() answered
+    for i, item in enumerate(inputs):
+        if renew_every and i % renew_every == 0:
+            for key in list(proc.learners):
+                before = proc.learners[key]
+                done = proc.renew(key, lambda state: codec.loads(codec.dumps(state)))
+                assert (proc.learners[key] is not before) == done
+                proc.renewals.append(done)
         out = _step(proc, item, refused)
         if out is not None and out is not PAUSED:
             served.append((item.id, out.y_pred, out.version, out.proba))
@@ -134,6 +143,16 @@ def test_a_budget_serves_and_decides_as_no_budget(spec):
         assert final_b == final
         # Over the budget only while keys with a retrain in flight must stay.
         assert most <= budget + 1 + len(KEYS)
+
+
+@pytest.mark.parametrize("spec", [LINEAR, TREE], ids=["linear", "tree"])
+def test_a_renewed_learner_serves_and_decides_as_the_one_it_replaced(spec):
+    inputs = _inputs()
+    _, served, refused, decisions, final, _, _ = _run(spec, inputs, 0)
+    proc, served_r, refused_r, decisions_r, final_r, _, _ = _run(spec, inputs, 0, renew_every=7)
+    assert proc.renewals.count(True) > 1000
+    assert proc.renewals.count(False) > 10  # keys with a retrain in flight keep theirs
+    assert (served_r, refused_r, decisions_r, final_r) == (served, refused, decisions, final)
 
 
 def test_the_least_recently_used_key_goes_and_its_next_input_brings_it_back():

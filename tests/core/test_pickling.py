@@ -1,9 +1,12 @@
 """The core's pickles (``core/pickling.py``): standard pickles that leave out what nothing
-can reproduce (unseeded generators) and reduce containers to their items, and that load
-into the same model."""
+can reproduce (unseeded generators), reduce containers to their items and plain objects to
+attributes set one by one, and that load into the same model."""
 
 from __future__ import annotations
 
+import copyreg
+import dataclasses
+import io
 import itertools
 import pickle
 from collections import Counter, OrderedDict, deque
@@ -67,3 +70,48 @@ def test_containers_come_back_with_their_class_items_and_attributes():
     assert type(back[1]) is OrderedDict and list(back[1].items()) == [("b", 1), ("a", 2)]
     assert back[1].note == "kept" and back[1] is back[3]
     assert type(back[2]) is deque and list(back[2]) == [1, 2, 3] and back[2].maxlen == 4
+
+
+class _Plain:
+    def __init__(self) -> None:
+        self.a = 1
+        self.items = [1, 2]
+
+
+class _Described:
+    """An instance attribute named like a property of its class (set through __dict__)."""
+
+    value = property(lambda self: self.__dict__["value"] * 10)
+
+
+class _OwnState:
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state)
+        self.loaded = True
+
+
+@dataclasses.dataclass(frozen=True)
+class _Frozen:
+    a: int = 1
+
+
+def test_plain_objects_load_attribute_by_attribute_and_the_others_as_pickle_does():
+    pickler = pickling.Pickler(io.BytesIO())
+    plain = _Plain()
+    plain.me = plain
+    assert pickler.reducer_override(plain) == (
+        copyreg.__newobj__,
+        (_Plain,),
+        (None, {"a": 1, "items": [1, 2], "me": plain}),
+    )
+    back = pickle.loads(pickling.dumps(plain))
+    assert (back.a, back.items, back.me is back) == (1, [1, 2], True)
+    described = _Described()
+    described.__dict__["value"] = 3
+    own = _OwnState()
+    own.x = 5
+    others = (described, own, _Frozen(2), _Plain, len, pickling.dumps, Counter(a=1))
+    assert all(pickler.reducer_override(obj) is NotImplemented for obj in others)
+    back = pickle.loads(pickling.dumps(others))
+    assert back[0].value == 30 and (back[1].x, back[1].loaded) == (5, True)
+    assert back[2] == _Frozen(2) and back[3:6] == (_Plain, len, pickling.dumps)
