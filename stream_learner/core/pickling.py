@@ -24,7 +24,7 @@ reduced differently from pickle's defaults:
   (about 4x slower here: five reads 30 -> 130 ns), and pickle's default load reads it. The
   state is pickle's ``(None, attributes)`` form, which ``pickle.loads`` applies with
   ``setattr``; the bytes stay a standard pickle. (Pickling still reads the live object's
-  ``__dict__``: see :func:`renewed` for what a long-lived learner does about it.)
+  ``__dict__``: ``Processor.renew`` is what a long-lived learner does about it.)
 
 Pure: no Kafka, no clock, no logging.
 
