@@ -67,10 +67,6 @@ def _dicts_read(learner):
     return learner
 
 
-def _renewed(codec, learner):
-    return codec.loads(codec.dumps(KeyState(learner))).learner
-
-
 def _dumped(learner):
     pickling.dumps(learner)
     return learner
@@ -103,9 +99,7 @@ def main() -> None:
             "factory": lambda f=factory: f("k"),
             "prototype": lambda c=codec: c.fresh("k"),
             "pickled once": lambda f=factory: _dumped(f("k")),
-            "renewed": lambda f=factory, c=codec: (
-                c.loads(c.dumps(KeyState(_dumped(f("k"))))).learner
-            ),
+            "renewed": lambda f=factory, c=codec: c.copy(KeyState(_dumped(f("k")))).learner,
             "round trip": lambda f=factory: pickle.loads(pickling.dumps(f("k"))),
             "standard round trip": lambda f=factory: pickle.loads(pickle.dumps(f("k"))),
             "model dicts read": lambda f=factory: _dicts_read(f("k")),

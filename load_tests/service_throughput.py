@@ -168,22 +168,33 @@ def config(bootstrap: str, prefix: str, pipeline: list, **service) -> dict:
     }
 
 
-def bare(spec: ModelSpec, data: list[dict]) -> tuple[float, float]:
-    """(a) over ``data``: events/s, and at the lower quartile of its batches' (see quick())."""
-    model, acc = build_model(spec), metrics.Accuracy()
-    predict, learn, update = model.predict_one, model.learn_one, acc.update
+def _in_batches(batches, learn) -> tuple[float, float]:
+    """``learn(batch)`` over ``batches`` (lists built beforehand, untimed): events/s, and
+    at the lower quartile of the batches' time per event (see quick())."""
     cycles: list[float] = []
-    elapsed = 0.0
-    for at in range(0, len(data), BATCH):
-        batch = [(ev["x"], ev["y"]) for ev in data[at : at + BATCH]]
+    elapsed = events = 0
+    for batch in batches:
         began = time.perf_counter()
-        for x, y in batch:
-            update(y, predict(x))
-            learn(x, y)
+        learn(batch)
         took = time.perf_counter() - began
         elapsed += took
+        events += len(batch)
         cycles.append(took / len(batch))
-    return len(data) / elapsed, quick(cycles)
+    return events / elapsed, quick(cycles)
+
+
+def bare(spec: ModelSpec, data: list[dict]) -> tuple[float, float]:
+    """(a) over ``data``, in batches of :data:`BATCH` (see :func:`_in_batches`)."""
+    model, acc = build_model(spec), metrics.Accuracy()
+    predict, learn_one, update = model.predict_one, model.learn_one, acc.update
+
+    def learn(batch) -> None:
+        for x, y in batch:
+            update(y, predict(x))
+            learn_one(x, y)
+
+    pairs = [(ev["x"], ev["y"]) for ev in data]
+    return _in_batches((pairs[at : at + BATCH] for at in range(0, len(pairs), BATCH)), learn)
 
 
 def _rate(poll, handle, n: int, cycles: list[float] | None = None) -> float:
@@ -283,23 +294,16 @@ def core_alone(cfg: dict, data: list[dict]) -> tuple[float, float]:
     """The learning core of (e) over the events in memory, like bare()."""
     factory = core_factory(parse_config(cfg))
     learners: dict = {}
-    cycles: list[float] = []
-    elapsed = 0.0
-    for at in range(0, len(data), BATCH):
-        batch = [
-            Event(ev["id"], ev["key"], ev["x"], ev["y"], 1.7e9 + at + i)
-            for i, ev in enumerate(data[at : at + BATCH])
-        ]
-        began = time.perf_counter()
+
+    def learn(batch) -> None:
         for event in batch:
             learner = learners.get(event.key)
             if learner is None:
                 learner = learners[event.key] = factory(event.key)
             learner.learn(event)
-        took = time.perf_counter() - began
-        elapsed += took
-        cycles.append(took / len(batch))
-    return len(data) / elapsed, quick(cycles)
+
+    events = [Event(ev["id"], ev["key"], ev["x"], ev["y"], 1.7e9 + i) for i, ev in enumerate(data)]
+    return _in_batches((events[at : at + BATCH] for at in range(0, len(events), BATCH)), learn)
 
 
 def service_run(

@@ -138,6 +138,11 @@ class KeyCodec:
         """The state of :meth:`dumps`' bytes."""
         return _load(self._prelude, data, self.shared)
 
+    def copy(self, state: KeyState) -> KeyState:
+        """``state`` in new objects (pickled and unpickled here): what a renewed key holds
+        (``Processor.renew``), its objects' attributes inline again."""
+        return self.loads(self.dumps(state))
+
     def standalone(self, data: bytes) -> bytes:
         """:meth:`dumps`' bytes as a standard pickle (:func:`pickling.dumps`) of the
         state, which needs no table: what a snapshot holds."""

@@ -773,8 +773,7 @@ class Service:
         learned = self.processor.learners[key].learned
         if (learned - self._renewed.get(key, 0)) * RENEW_BYTES_PER_EVENT < size:
             return
-        codec = self.codec
-        if self.processor.renew(key, lambda state: codec.loads(codec.dumps(state))):
+        if self.processor.renew(key, self.codec.copy):
             self._renewed[key] = learned
 
     def _owned(self) -> list[int]:

@@ -103,7 +103,7 @@ def _run(spec, inputs, max_keys: int, renew_every: int = 0):
         if renew_every and i % renew_every == 0:
             for key in list(proc.learners):
                 before = proc.learners[key]
-                done = proc.renew(key, lambda state: codec.loads(codec.dumps(state)))
+                done = proc.renew(key, codec.copy)
                 assert (proc.learners[key] is not before) == done
                 proc.renewals.append(done)
         out = _step(proc, item, refused)
