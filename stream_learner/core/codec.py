@@ -196,12 +196,16 @@ def _prelude(n: int) -> bytes:
     """A pickle that stores persistent objects 0 .. n-1 in the unpickler's memo, in order,
     and loads as ``None``: unpickled first, it seeds the memo as :func:`_memo` seeds the
     pickler's. (Setting an unpickler's memo directly does not: it keeps no count of the
-    places taken, and the next ``MEMOIZE`` would overwrite place 0.)"""
+    places taken, and the next ``MEMOIZE`` would overwrite place 0.) One ``FRAME`` holds
+    it: unframed, the unpickler reads a file one opcode at a time, a ``read`` call each,
+    which made the prelude two thirds of a young key's unpickling."""
     body = b"".join(
         pickle.BININT + i.to_bytes(4, "little") + pickle.BINPERSID + pickle.MEMOIZE + pickle.POP
         for i in range(n)
     )
-    return pickle.PROTO + bytes([PROTOCOL]) + body + pickle.NONE + pickle.STOP
+    body += pickle.NONE + pickle.STOP
+    frame = pickle.FRAME + len(body).to_bytes(8, "little")
+    return pickle.PROTO + bytes([PROTOCOL]) + frame + body
 
 
 def _dump(obj: Any, memo: Any) -> bytes:

@@ -4,6 +4,7 @@ and ends exactly like one that never did; what it hands to a snapshot needs no t
 
 from __future__ import annotations
 
+import io
 import pickle
 import random
 import struct
@@ -178,6 +179,25 @@ def test_the_codecs_bytes_hold_only_the_keys_own_and_need_its_table():
     back = codec.loads(data)
     assert back.paused and back.learner.spec is learner.spec
     assert pickle.dumps(back, protocol=5) == pickle.dumps(state, protocol=5)
+
+
+def test_the_table_seeds_the_unpicklers_memo_in_one_read():
+    """Unframed, an unpickler reads its file one opcode at a time (a ``read`` call each):
+    the table's prelude, four opcodes per shared object, was most of a young key's load."""
+    codec, learner = _learned(3, every=2)
+    reads = []
+
+    class Counted(io.BytesIO):
+        def read(self, n: int = -1) -> bytes:
+            reads.append(n)
+            return super().read(n)
+
+    unpickler = pickle.Unpickler(Counted(codec._prelude + codec.dumps(KeyState(learner))))
+    unpickler.persistent_load = codec.shared.__getitem__
+    assert unpickler.load() is None
+    # PROTO and its byte, FRAME and its length, then the frame: not four per shared object
+    assert len(codec.shared) > 100 and len(reads) <= 5
+    assert _same(unpickler.load(), KeyState(learner))
 
 
 def test_a_standalone_snapshot_restores_without_the_table_and_is_verified():
