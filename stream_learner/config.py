@@ -80,7 +80,7 @@ class ServiceSettings:
     label_max_pending: int = 100_000
     label_max_age_s: float = 3600.0
     label_max_unseen_keys: int = 1000
-    max_keys: int = 0  # resident keys; past it the least recently used are evicted (0: no bound)
+    max_keys: int = 0  # resident keys; past it the least recently used go, or a newcomer passes
     evicted_cache_mb: float = 256.0  # encoded states of evicted keys kept in memory
 
 

@@ -604,14 +604,18 @@ def _replay_one(
             rejections[exc.reason] = rejections.get(exc.reason, 0) + 1
         if adopted and kind is not Command and item.key in adopted:
             adopted.discard(item.key)
-            learners[item.key] = processor.learners[item.key]
+            if item.key in processor.learners:  # else its effects say where it is
+                learners[item.key] = processor.learners[item.key]
         if effects:
             for effect in effects:
                 what = type(effect)
                 if what is KeyOpened or what is KeyReloaded:
-                    learners[effect.key] = effect.learner
+                    # A key counts from its own input (a command or a budget moves others)
+                    if effect.key in learners or (kind is not Command and effect.key == item.key):
+                        learners[effect.key] = effect.learner
                 elif what is KeyEvicted:
-                    learners[effect.key] = _Evicted(effect.learner)
+                    if effect.key in learners:
+                        learners[effect.key] = _Evicted(effect.learner)
                 elif what is Drift:
                     log.extend(_decision(d, done) for d in effect.decisions)
                     promoted += sum(d.action == "promote" for d in effect.decisions)  # the race

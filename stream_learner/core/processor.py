@@ -38,6 +38,16 @@ sequence alone, and a key's learner sees the same inputs in the same order wheth
 was evicted or not: predictions and decisions are those of a processor without a budget.
 The store is the caller's (a local cache, then the checkpoint topic, in the service;
 :class:`MemoryKeyStore` here).
+
+*Admission.* While the budget is full, a key that an event or a label brings into memory
+(new, or reloaded) takes a resident's place only if it came in before within the last
+``max_keys`` such arrivals (it is one of :attr:`Processor.missed`); otherwise it *passes*:
+it is processed, then evicted again at once, and the residents stay. A key seen once
+(a long tail's, or the cold 99 % of a skewed stream) so never pushes out a key that is
+used again, and it is pickled while its objects are still in the CPU's caches — where a
+least recently used key, pickled ``max_keys`` inputs after its last one, costs up to
+twice as much (``load_tests/key_budget.py``). A key that recurs is admitted on its second
+arrival, as are keys a retrain in flight holds; commands reload keys as before.
 """
 
 from __future__ import annotations
@@ -310,6 +320,10 @@ class Processor:
         self.evicted: set[str] = set()  # keys whose state is in the store
         # Resident keys, least recently used first (only with a budget).
         self._recent: OrderedDict[str, None] | None = OrderedDict() if max_keys else None
+        #: Keys that passed (see the module docstring), the last ``max_keys`` of them, oldest
+        #: first: one of them is admitted when it comes in again.
+        self.missed: OrderedDict[str, None] = OrderedDict()
+        self._passing: str | None = None  # the key of the input in hand, when it passes
         self.evictions = 0
         self.reloads = 0
         self._waiting: set[str] = set()  # keys a command to every key has not reached yet
@@ -325,7 +339,10 @@ class Processor:
         key = event.key
         learner = self.learners.get(key)
         if learner is None:
-            learner = self._reload(key) if key in self.evicted else self._open(key, partition)
+            if key in self.evicted:
+                learner = self._reload(key, arriving=True)
+            else:
+                learner = self._open(key, partition, arriving=True)
             if self.unseen.keys:
                 self.unseen.seen(key)
         else:
@@ -334,17 +351,21 @@ class Processor:
             if self._recent is not None:
                 self._recent.move_to_end(key)
         try:
-            if event.y is None:
-                out = learner.predict(event)
-            elif self.paused and key in self.paused:
-                return PAUSED
-            else:
-                out = learner.learn(event)
-        except (TypeError, ValueError, ArithmeticError) as exc:
-            raise _refused(exc) from None
-        if out.signals or out.decisions or out.job is not None or key in self.pending:
-            self._after(learner, out)
-        return out
+            try:
+                if event.y is None:
+                    out = learner.predict(event)
+                elif self.paused and key in self.paused:
+                    return PAUSED
+                else:
+                    out = learner.learn(event)
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                raise _refused(exc) from None
+            if out.signals or out.decisions or out.job is not None or key in self.pending:
+                self._after(learner, out)
+            return out
+        finally:
+            if self._passing is not None:
+                self._pass()
 
     def label(self, label: Label, partition: int = 0) -> Outcome | None:
         """Join a delayed label to its prediction and learn it; ``None`` when it was parked
@@ -353,21 +374,25 @@ class Processor:
         learner = self.learners.get(key)
         if learner is None:
             if key in self.evicted:
-                learner = self._reload(key)
+                learner = self._reload(key, arriving=True)
             else:  # a label may come first: its learner parks it
                 self.unseen.open(key)  # or unseen_key, past max_unseen_keys
-                learner = self._open(key, partition)
+                learner = self._open(key, partition, arriving=True)
         elif self._recent is not None:
             self._recent.move_to_end(key)
-        if self.paused and key in self.paused:
-            return PAUSED
         try:
-            out = learner.on_label(label)
-        except (TypeError, ValueError, ArithmeticError) as exc:
-            raise _refused(exc) from None
-        if out is not None:
-            self._after(learner, out)
-        return out
+            if self.paused and key in self.paused:
+                return PAUSED
+            try:
+                out = learner.on_label(label)
+            except (TypeError, ValueError, ArithmeticError) as exc:
+                raise _refused(exc) from None
+            if out is not None:
+                self._after(learner, out)
+            return out
+        finally:
+            if self._passing is not None:
+                self._pass()
 
     def command(
         self,
@@ -457,17 +482,18 @@ class Processor:
 
     # -- keys --------------------------------------------------------------------------
 
-    def _open(self, key: str, partition: int) -> Learner:
+    def _open(self, key: str, partition: int, arriving: bool = False) -> Learner:
         learner = self.learners[key] = self.factory(key)
         self.partitions[key] = partition
         self.effects.append(KeyOpened(key, learner))
-        if self._recent is not None:
+        if self._recent is not None and not (arriving and self._passes(key)):
             self._recent[key] = None
             self._fit(key)
         return learner
 
-    def _reload(self, key: str) -> Learner:
-        """Bring an evicted key back from the store, as it was when it left."""
+    def _reload(self, key: str, arriving: bool = False) -> Learner:
+        """Bring an evicted key back from the store, as it was when it left; ``arriving``:
+        for an input of its own, which it may pass through (see the module docstring)."""
         assert self.store is not None
         state = self.store.load(key)
         self.evicted.discard(key)
@@ -476,10 +502,36 @@ class Processor:
         if state.paused:
             self.paused.add(key)
         self.effects.append(KeyReloaded(key, learner))
-        if self._recent is not None:
+        if self._recent is not None and not (arriving and self._passes(key)):
             self._recent[key] = None
             self._fit(key)
         return learner
+
+    def _passes(self, key: str) -> bool:
+        """Whether ``key``, just brought into memory for its input, leaves again after it
+        (the budget is full and it did not come in lately); see the module docstring."""
+        if len(self.learners) <= self.max_keys:
+            return False  # room for it
+        missed = self.missed
+        if key in missed:
+            del missed[key]
+            return False
+        missed[key] = None
+        if len(missed) > self.max_keys:
+            missed.popitem(last=False)
+        self._passing = key
+        return True
+
+    def _pass(self) -> None:
+        """The input of a passing key is done: evict it, unless a retrain in flight holds it
+        (then it is admitted, and the least recently used key leaves in its place)."""
+        key, self._passing = self._passing, None
+        assert key is not None and self._recent is not None
+        if key in self.pending:
+            self._recent[key] = None
+            self._fit(key)
+        else:
+            self.evict(key)
 
     def _fit(self, keep: str) -> None:
         """Evict least recently used keys until the budget holds; ``keep`` (the key being
@@ -594,6 +646,7 @@ class Processor:
             self.evicted.discard(key)
             if self._recent is not None:
                 self._recent.pop(key, None)
+            self.missed.pop(key, None)
             del self.partitions[key]
             self.pending.pop(key, None)
             self.paused.discard(key)

@@ -26,7 +26,8 @@ delivered) are re-learned *without* re-emitting their outputs. So a crash at any
 instant loses nothing and learns nothing twice, and restart time depends on the
 snapshot sizes and the records since the last round, not on the stream's history.
 With a key budget (:meth:`Service.limit_keys`, ``service.max_keys``) the processor evicts
-the least recently used keys to :class:`~stream_learner.keystore.EvictedKeys`: a cache
+the least recently used keys (or a key that only passes through; see ``core/processor.py``)
+to :class:`~stream_learner.keystore.EvictedKeys`: a cache
 of their signed snapshots (trigger ``evict``, with the positions they reflect) that a
 round writes to the checkpoint topic before its partition record, so the record's promise
 — every key of the partition is on the topic as of its positions — holds for evicted keys

@@ -19,8 +19,6 @@ from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.processor import (
     PAUSED,
     InlineRunner,
-    KeyEvicted,
-    KeyReloaded,
     MemoryKeyStore,
     Processor,
     RetrainStarted,
@@ -155,26 +153,69 @@ def test_a_renewed_learner_serves_and_decides_as_the_one_it_replaced(spec):
     assert (served_r, refused_r, decisions_r, final_r) == (served, refused, decisions, final)
 
 
-def test_the_least_recently_used_key_goes_and_its_next_input_brings_it_back():
-    proc = Processor(
-        lambda key: Learner(key, LINEAR), InlineRunner(), max_keys=2, store=MemoryKeyStore()
-    )
+def _budget(max_keys: int, factory=None) -> Processor:
+    factory = factory or (lambda key: Learner(key, LINEAR))
+    return Processor(factory, InlineRunner(), max_keys=max_keys, store=MemoryKeyStore())
+
+
+def _changes(proc: Processor) -> list[tuple[str, str]]:
+    """The processor's key effects since they were last cleared (and clear them)."""
+    found = [(type(e).__name__, e.key) for e in proc.effects]
+    proc.effects.clear()
+    return [(kind, key) for kind, key in found if kind.startswith("Key")]
+
+
+def test_a_key_that_comes_back_takes_the_least_recently_used_keys_place():
+    proc = _budget(2)
     proc.event(Event("1", "a", {"u": 1.0}))  # a prediction: parked for its label
     proc.event(Event("2", "b", {"u": 1.0}, True))
     proc.event(Event("3", "a", {"u": 1.0}, True))  # a is now the most recent
     proc.effects.clear()
-    proc.event(Event("4", "c", {"u": 1.0}, True))  # b goes, not a
-    assert [type(e).__name__ for e in proc.effects] == ["KeyOpened", "KeyEvicted"]
-    assert proc.effects[1].key == "b" and proc.evicted == {"b"}
-    proc.effects.clear()
+    # New while the budget is full: c passes (learned, then evicted), a and b stay.
+    proc.event(Event("4", "c", {"u": 1.0}, True))
+    assert _changes(proc) == [("KeyOpened", "c"), ("KeyEvicted", "c")]
+    assert sorted(proc.learners) == ["a", "b"] and list(proc.missed) == ["c"]
+    # c comes back: admitted, and b, the least recently used, goes.
     proc.event(Event("5", "c", {"u": 2.0}, True))
-    proc.event(Event("6", "b", {"u": 1.0}, True))  # b back, a (least recent) goes
-    assert [(type(e), e.key) for e in proc.effects] == [(KeyReloaded, "b"), (KeyEvicted, "a")]
-    assert proc.learners["b"].learned == 2
-    out = proc.label(Label("1", "a", True))  # its parked prediction went with it
+    assert _changes(proc) == [("KeyReloaded", "c"), ("KeyEvicted", "b")]
+    assert proc.learners["c"].learned == 2 and not proc.missed
+    # b did not pass when it went: its next input passes, the one after brings it in.
+    proc.event(Event("6", "b", {"u": 1.0}, True))
+    assert _changes(proc) == [("KeyReloaded", "b"), ("KeyEvicted", "b")]
+    proc.event(Event("7", "b", {"u": 1.0}, True))
+    assert _changes(proc) == [("KeyReloaded", "b"), ("KeyEvicted", "a")]
+    assert proc.learners["b"].learned == 3
+    out = proc.label(Label("1", "a", True))  # a passes; its parked prediction went with it
     assert out is not None and out.loss is not None
-    assert proc.learners["a"].joiner.joined == 1
+    assert _changes(proc) == [("KeyReloaded", "a"), ("KeyEvicted", "a")]
+    assert proc.resident("a").joiner.joined == 1  # reloaded for the caller: c goes
     assert sorted(proc.learners) == ["a", "b"] and proc.evicted == {"c"}
+
+
+def test_the_keys_that_passed_are_remembered_up_to_the_budget():
+    proc = _budget(2)
+    for i, key in enumerate("abcdef"):
+        proc.event(Event(str(i), key, {"u": 1.0}, True))
+    assert sorted(proc.learners) == ["a", "b"] and list(proc.missed) == ["e", "f"]
+    proc.event(Event("g", "c", {"u": 1.0}, True))  # forgotten: it passes again
+    assert list(proc.missed) == ["f", "c"] and "c" in proc.evicted
+    proc.drop([0])
+    assert not proc.missed and not proc.learners and not proc.evicted
+
+
+def test_a_passing_key_leaves_after_a_refused_or_paused_input():
+    proc = _budget(1)
+    proc.event(Event("1", "a", {"u": 1.0}, True))
+    with pytest.raises(DecodeError, match="model_rejected"):
+        proc.event(Event("2", "b", {"u": "not a number"}, True))
+    assert list(proc.learners) == ["a"] and "b" in proc.evicted
+    proc.command(Command("pause", "c"))  # keys not held yet: paused when they come
+    proc.command(Command("pause", "d"))
+    assert proc.event(Event("3", "c", {"u": 1.0}, True)) is PAUSED
+    assert proc.label(Label("4", "d", True)) is PAUSED  # a label first opens its key
+    assert list(proc.learners) == ["a"] and proc.evicted == {"b", "c", "d"}
+    assert not proc.paused  # the pauses went with the keys' states
+    assert proc.resident("d").learned == 0 and proc.paused == {"d"}
 
 
 def test_a_key_with_a_retrain_in_flight_stays_resident():
@@ -186,22 +227,43 @@ def test_a_key_with_a_retrain_in_flight_stays_resident():
         proc.event(Event(str(i), "a", {"u": float(i % 3)}, i % 2 == 0))
     proc.command(Command("retrain", "a", reason="now"))
     assert any(isinstance(e, RetrainStarted) for e in proc.effects)
-    proc.event(Event("b1", "b", {"u": 1.0}, True))  # over the budget: a must stay
-    assert sorted(proc.learners) == ["a", "b"]
+    proc.event(Event("b1", "b", {"u": 1.0}, True))  # over the budget: b passes
+    assert list(proc.learners) == ["a"] and "b" in proc.evicted
     with pytest.raises(ValueError, match="retrain in flight"):
         proc.evict("a")
     proc.effects.clear()
-    proc.event(Event("c1", "c", {"u": 1.0}, True))  # b goes instead
-    assert [e.key for e in proc.effects if isinstance(e, KeyEvicted)] == ["b"]
+    proc.event(Event("b2", "b", {"u": 1.0}, True))  # b comes back: a must stay, both held
+    assert sorted(proc.learners) == ["a", "b"] and "a" in proc.pending
+    assert _changes(proc) == [("KeyReloaded", "b")]
+    proc.event(Event("c1", "c", {"u": 1.0}, True))  # c passes; a and b stay
+    assert _changes(proc) == [("KeyOpened", "c"), ("KeyEvicted", "c")]
+
+
+def test_a_passing_key_whose_input_starts_a_retrain_is_admitted():
+    def factory(key: str) -> Learner:
+        return Learner(
+            key, LINEAR, retrain=RetrainConfig(min_train=1, holdout=1),
+            policy=PolicyConfig(warmup=0, cooldown_events=0, label_volume=5),
+        )  # fmt: skip
+
+    proc = Processor(factory, InlineRunner(apply_after=50), max_keys=1, store=MemoryKeyStore())
+    proc.event(Event("x", "x", {"u": 1.0}, True))
+    for i in range(5):  # a new key between a's inputs: a never comes in lately, it passes
+        proc.event(Event(f"a{i}", "a", {"u": float(i)}, i % 2 == 0))
+        if "a" in proc.pending:
+            break
+        assert "a" in proc.evicted
+        proc.event(Event(f"n{i}", f"n{i}", {"u": 1.0}, True))
+    assert "a" in proc.pending and list(proc.learners) == ["a"] and "x" in proc.evicted
 
 
 def test_commands_reach_evicted_keys_and_a_revoke_forgets_them():
     store = MemoryKeyStore()
     proc = Processor(lambda key: Learner(key, LINEAR), InlineRunner(), max_keys=1, store=store)
     proc.event(Event("1", "a", {"u": 1.0}, True), partition=0)
-    proc.event(Event("2", "b", {"u": 1.0}, True), partition=0)
-    proc.event(Event("3", "c", {"u": 1.0}, True), partition=1)
-    assert proc.evicted == {"a", "b"}
+    proc.event(Event("2", "b", {"u": 1.0}, True), partition=0)  # passes
+    proc.event(Event("3", "c", {"u": 1.0}, True), partition=1)  # passes
+    assert proc.evicted == {"b", "c"}
     proc.command(Command("pause", "*"), partition=0)  # both keys of partition 0
     assert proc.paused == {"b"} and proc.evicted == {"a", "c"}  # a was paused, then evicted
     assert proc.event(Event("4", "a", {"u": 1.0}, True)) is PAUSED  # its pause came back

@@ -12,6 +12,7 @@ records as the Kafka history reader does (merged, then :func:`decode_history`).
 from __future__ import annotations
 
 import pickle
+from dataclasses import replace
 
 import orjson
 import pytest
@@ -272,10 +273,14 @@ def test_a_restart_serves_and_decides_as_one_replay_of_the_whole_history(runs):
     assert report.rejected == 0 and one.sink.on(TOPICS.dead_letters)
 
 
-def test_a_replay_from_the_checkpoints_continues_as_the_restarted_service(runs):
+@pytest.mark.parametrize("max_keys", [0, 1], ids=["no budget", "budget of one key"])
+def test_a_replay_from_the_checkpoints_continues_as_the_restarted_service(runs, max_keys):
     """The replay's ``--from-checkpoint`` path: the restored keys, gamma included, are the
-    processor's from the start, so ``*`` reaches gamma in the replay as in the service."""
+    processor's from the start, so ``*`` reaches gamma in the replay as in the service.
+    Under a budget of one key, restored keys are evicted as they are adopted, and pass
+    through memory for their inputs."""
     config, before, whole, catalog, one, two = runs
+    config = replace(config, service=replace(config.service, max_keys=max_keys))
     initial, partitions = {}, {}
     for key in KEYS:
         header, state = catalog.load(key)
