@@ -8,7 +8,8 @@ makes each key's bytes hold only what is the key's own:
 - **a table of shared objects**: the objects that every fresh learner of the factory
   refers to, the same object in each (the model spec, the learner, policy and retrain
   configs, class objects, attribute and metric names), are found once, by building two
-  learners for two keys. A key's pickle refers to them by their place in the pickler's
+  learners for two keys, and kept when a fresh key's pickle refers to them (not the
+  strings inside the spec: it is one reference). A key's pickle refers to them by their place in the pickler's
   memo, which starts seeded with the table as if they had been pickled already: a
   reference is a memo lookup in C (a 2-5-byte ``BINGET``), not a Python call for every
   object pickled, which is what pickle's persistent ids cost (3x the time of a tree's
@@ -57,6 +58,7 @@ import dataclasses
 import enum
 import io
 import pickle
+import pickletools
 import types
 from collections.abc import Callable
 from typing import Any
@@ -118,6 +120,8 @@ class KeyCodec:
             and _immutable(obj)
             and not isinstance(obj, (int, float, complex, bool, type(None)))
         ]
+        if shared:
+            shared = _referenced(shared, first)
         #: The objects every key refers to (held here, so their ids stay theirs), and
         #: what the codec's own reductions refer to.
         self.shared: list[Any] = [*shared, pickling.unseeded]
@@ -182,6 +186,21 @@ def _planned(learner: Any) -> Any:
     if callable(build):
         build()
     return learner
+
+
+def _referenced(table: list[Any], state: KeyState) -> list[Any]:
+    """The objects of ``table`` that a pickle of ``state`` (its learner's plan built) refers
+    to, in order: one held by another (a string in the model spec) is never reached past
+    it, and every place of the table costs each load and dump its own (the unpickler's
+    prelude, the pickler's memo copy), as well as a 5-byte reference past 256 places. An
+    object left out that an older key does refer to is pickled as a value there."""
+    _planned(state.learner)
+    refs = {
+        arg
+        for op, arg, _ in pickletools.genops(_dump(state, _memo(table)))
+        if op.name in ("BINGET", "LONG_BINGET")
+    }
+    return [obj for place, obj in enumerate(table) if place in refs]
 
 
 def _memo(table: list[Any]) -> Any:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import io
 import pickle
+import pickletools
 import random
 import struct
 import types
@@ -198,6 +199,22 @@ def test_the_table_seeds_the_unpicklers_memo_in_one_read():
     # PROTO and its byte, FRAME and its length, then the frame: not four per shared object
     assert len(codec.shared) > 100 and len(reads) <= 5
     assert _same(unpickler.load(), KeyState(learner))
+
+
+def test_the_table_holds_what_a_fresh_key_refers_to_and_nothing_held_past_it():
+    codec, learner = _learned(3, every=2)
+    refs = {
+        arg
+        for op, arg, _ in pickletools.genops(codec.dumps(KeyState(codec.fresh("k2"))))
+        if op.name in ("BINGET", "LONG_BINGET") and arg < len(codec.shared)
+    }
+    assert refs == set(range(len(codec.shared) - 1))  # all but the codec's own reduction
+    assert len(codec.shared) < 256  # every reference to it a 2-byte BINGET
+    # The spec is the table's; a string inside it is not, and is pickled as a value.
+    name = learner.spec.pipeline[0].estimator
+    assert learner.spec in codec.shared and not any(obj is name for obj in codec.shared)
+    spec, copied = codec.loads(codec.dumps((learner.spec, name)))
+    assert spec is learner.spec and copied == name
 
 
 def test_a_standalone_snapshot_restores_without_the_table_and_is_verified():
