@@ -40,13 +40,13 @@ The store is the caller's (a local cache, then the checkpoint topic, in the serv
 :class:`MemoryKeyStore` here).
 
 *Admission.* While the budget is full, a key that an event or a label brings into memory
-(new, or reloaded) takes a resident's place only if it came in before within the last
-``max_keys`` such arrivals (it is one of :attr:`Processor.missed`); otherwise it *passes*:
+(new, or reloaded) takes a resident's place only if it passed lately (it is one of the
+last ``max_keys`` keys that did, :attr:`Processor.missed`); otherwise it *passes*:
 it is processed, then evicted again at once, and the residents stay. A key seen once
 (a long tail's, or the cold 99 % of a skewed stream) so never pushes out a key that is
 used again, and it is pickled while its objects are still in the CPU's caches — where a
-least recently used key, pickled ``max_keys`` inputs after its last one, costs up to
-twice as much (``load_tests/key_budget.py``). A key that recurs is admitted on its second
+least recently used key, pickled ``max_keys`` inputs after its last one, costs about half
+as much again (``load_tests/key_budget.py``). A key that recurs is admitted on its second
 arrival, as are keys a retrain in flight holds; commands reload keys as before.
 """
 
