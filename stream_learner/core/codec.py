@@ -9,13 +9,13 @@ makes each key's bytes hold only what is the key's own:
   refers to, the same object in each (the model spec, the learner, policy and retrain
   configs, class objects, attribute and metric names), are found once, by building two
   learners for two keys, and kept when a fresh key's pickle refers to them (not the
-  strings inside the spec: it is one reference). A key's pickle refers to them by their place in the pickler's
-  memo, which starts seeded with the table as if they had been pickled already: a
-  reference is a memo lookup in C (a 2-5-byte ``BINGET``), not a Python call for every
-  object pickled, which is what pickle's persistent ids cost (3x the time of a tree's
-  dump). Unpickling seeds its memo alike, by loading a short prelude that stores the
-  table's objects in order. A learner round-tripped through the codec refers to the very
-  objects a never-evicted one does;
+  strings inside the spec: it is one reference). A key's pickle refers to them by their
+  place in the pickler's memo, which starts seeded with the table as if they had been
+  pickled already: a reference is a memo lookup in C (a 2-5-byte ``BINGET``), not a
+  Python call for every object pickled, which is what pickle's persistent ids cost (3x
+  the time of a tree's dump). Unpickling seeds its memo alike, by loading a short
+  prelude (one pickle frame) that stores the table's objects in order. A learner
+  round-tripped through the codec refers to the very objects a never-evicted one does;
 - **fresh keys from a prototype**: a new key's learner is made by unpickling a fresh
   learner pickled once (its key given at load, its pipeline's execution plan built), which
   is cheaper than running the model factory and building the plan on the first event; the
