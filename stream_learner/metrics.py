@@ -461,6 +461,12 @@ class ServiceMetrics:
             "Keys evicted (snapshotted and dropped from memory) to keep the key budget.",
             registry=reg,
         )
+        self._passes = Counter(
+            "stream_learner_key_passes_total",
+            "Keys brought into memory for one input and evicted right after it (not admitted:"
+            " they had not come in lately; counted in evictions and reloads too).",
+            registry=reg,
+        )
         self._reloads = Counter(
             "stream_learner_key_reloads_total",
             "Evicted keys loaded back before their input, by source (cache, topic).",
@@ -680,6 +686,10 @@ class ServiceMetrics:
         """One key evicted; ``size``: its encoded snapshot's bytes (into the cache)."""
         self._evictions.inc()
         self._eviction_bytes.labels("cache").inc(size)
+
+    def passed(self) -> None:
+        """One key evicted right after its input (see ``core/processor.py``)."""
+        self._passes.inc()
 
     def reloaded(self, source: str, seconds: float) -> None:
         self._reloads.labels(_check("source", source, RELOAD_SOURCES)).inc()

@@ -117,10 +117,12 @@ class KeyOpened(NamedTuple):
 
 class KeyEvicted(NamedTuple):
     """A key left memory for the store (the budget); ``learner`` is its last state, for
-    the caller's last look (metrics), not to be kept."""
+    the caller's last look (metrics), not to be kept; ``passed``: right after its input,
+    not admitted (see the module docstring)."""
 
     key: str
     learner: Learner
+    passed: bool = False
 
 
 class KeyReloaded(NamedTuple):
@@ -531,7 +533,7 @@ class Processor:
             self._recent[key] = None
             self._fit(key)
         else:
-            self.evict(key)
+            self.evict(key, passed=True)
 
     def _fit(self, keep: str) -> None:
         """Evict least recently used keys until the budget holds; ``keep`` (the key being
@@ -552,7 +554,7 @@ class Processor:
         for key in victims:
             self.evict(key)
 
-    def evict(self, key: str) -> None:
+    def evict(self, key: str, *, passed: bool = False) -> None:
         """Hand ``key``'s whole state to the store and drop it from memory (the budget
         calls this; a caller may too). A key with a retrain in flight is refused."""
         if key in self.pending:
@@ -566,7 +568,7 @@ class Processor:
             self._recent.pop(key, None)
         self.evicted.add(key)
         self.evictions += 1
-        self.effects.append(KeyEvicted(key, learner))
+        self.effects.append(KeyEvicted(key, learner, passed))
 
     def limit(self, max_keys: int, store: KeyStore) -> None:
         """Set the key budget (see the constructor) before the first input."""

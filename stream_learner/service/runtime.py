@@ -511,6 +511,8 @@ class Service:
                 log_event(log, "command_ignored", key=effect.key, why=effect.why)
             elif kind is KeyEvicted:
                 self._evicted_key(effect.key, effect.learner)
+                if effect.passed:
+                    self.metrics.passed()
             elif kind is KeyReloaded:
                 # Its state may be newer than its snapshot on the topic: the next round
                 # writes it (or its next eviction does).

@@ -159,8 +159,12 @@ def _budget(max_keys: int, factory=None) -> Processor:
 
 
 def _changes(proc: Processor) -> list[tuple[str, str]]:
-    """The processor's key effects since they were last cleared (and clear them)."""
-    found = [(type(e).__name__, e.key) for e in proc.effects]
+    """The processor's key effects since they were last cleared (and clear them); an
+    eviction right after the key's input (it passed) is ``KeyPassed``."""
+    found = [
+        ("KeyPassed" if getattr(e, "passed", False) else type(e).__name__, e.key)
+        for e in proc.effects
+    ]
     proc.effects.clear()
     return [(kind, key) for kind, key in found if kind.startswith("Key")]
 
@@ -173,7 +177,7 @@ def test_a_key_that_comes_back_takes_the_least_recently_used_keys_place():
     proc.effects.clear()
     # New while the budget is full: c passes (learned, then evicted), a and b stay.
     proc.event(Event("4", "c", {"u": 1.0}, True))
-    assert _changes(proc) == [("KeyOpened", "c"), ("KeyEvicted", "c")]
+    assert _changes(proc) == [("KeyOpened", "c"), ("KeyPassed", "c")]
     assert sorted(proc.learners) == ["a", "b"] and list(proc.missed) == ["c"]
     # c comes back: admitted, and b, the least recently used, goes.
     proc.event(Event("5", "c", {"u": 2.0}, True))
@@ -181,13 +185,13 @@ def test_a_key_that_comes_back_takes_the_least_recently_used_keys_place():
     assert proc.learners["c"].learned == 2 and not proc.missed
     # b did not pass when it went: its next input passes, the one after brings it in.
     proc.event(Event("6", "b", {"u": 1.0}, True))
-    assert _changes(proc) == [("KeyReloaded", "b"), ("KeyEvicted", "b")]
+    assert _changes(proc) == [("KeyReloaded", "b"), ("KeyPassed", "b")]
     proc.event(Event("7", "b", {"u": 1.0}, True))
     assert _changes(proc) == [("KeyReloaded", "b"), ("KeyEvicted", "a")]
     assert proc.learners["b"].learned == 3
     out = proc.label(Label("1", "a", True))  # a passes; its parked prediction went with it
     assert out is not None and out.loss is not None
-    assert _changes(proc) == [("KeyReloaded", "a"), ("KeyEvicted", "a")]
+    assert _changes(proc) == [("KeyReloaded", "a"), ("KeyPassed", "a")]
     assert proc.resident("a").joiner.joined == 1  # reloaded for the caller: c goes
     assert sorted(proc.learners) == ["a", "b"] and proc.evicted == {"c"}
 
@@ -236,7 +240,7 @@ def test_a_key_with_a_retrain_in_flight_stays_resident():
     assert sorted(proc.learners) == ["a", "b"] and "a" in proc.pending
     assert _changes(proc) == [("KeyReloaded", "b")]
     proc.event(Event("c1", "c", {"u": 1.0}, True))  # c passes; a and b stay
-    assert _changes(proc) == [("KeyOpened", "c"), ("KeyEvicted", "c")]
+    assert _changes(proc) == [("KeyOpened", "c"), ("KeyPassed", "c")]
 
 
 def test_a_passing_key_whose_input_starts_a_retrain_is_admitted():

@@ -157,6 +157,9 @@ def test_a_budget_forcing_evictions_changes_nothing_even_through_sigkills(
     # Evictions happened, and reloads from the cache and the topic.
     text = budget["metrics"]
     assert sample(text, "stream_learner_key_evictions_total") > 300
+    # Some keys passed (evicted right after their input), some took a resident's place.
+    passes = sample(text, "stream_learner_key_passes_total")
+    assert 0 < passes < sample(text, "stream_learner_key_evictions_total")
     assert sample(text, "stream_learner_key_reloads_total", source="cache") > 100
     assert sample(text, "stream_learner_key_reloads_total", source="topic") > 0
     # Every request predicted once, as without a budget.
