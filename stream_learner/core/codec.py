@@ -54,6 +54,7 @@ True
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import enum
 import io
@@ -120,8 +121,9 @@ class KeyCodec:
             and _immutable(obj)
             and not isinstance(obj, (int, float, complex, bool, type(None)))
         ]
-        if shared:
-            shared = _referenced(shared, first)
+        # Learners the core's pickler refuses keep the whole table: the prototype check fails.
+        with contextlib.suppress(Exception):
+            shared = _referenced(shared, first) if shared else shared
         #: The objects every key refers to (held here, so their ids stay theirs), and
         #: what the codec's own reductions refer to.
         self.shared: list[Any] = [*shared, pickling.unseeded]

@@ -511,7 +511,7 @@ class Processor:
 
     def _passes(self, key: str) -> bool:
         """Whether ``key``, just brought into memory for its input, leaves again after it
-        (the budget is full and it did not come in lately); see the module docstring."""
+        (the budget is full and it did not pass lately); see the module docstring."""
         if len(self.learners) <= self.max_keys:
             return False  # room for it
         missed = self.missed
