@@ -13,9 +13,9 @@ makes each key's bytes hold only what is the key's own:
   place in the pickler's memo, which starts seeded with the table as if they had been
   pickled already: a reference is a memo lookup in C (a 2-5-byte ``BINGET``), not a
   Python call for every object pickled, which is what pickle's persistent ids cost (3x
-  the time of a tree's dump). Unpickling seeds its memo alike, by loading a short
-  prelude (one pickle frame) that stores the table's objects in order. A learner
-  round-tripped through the codec refers to the very objects a never-evicted one does;
+  the time of a tree's dump). Unpickling seeds its memo alike (see :class:`_Seeder`).
+  A learner round-tripped through the codec refers to the very objects a never-evicted
+  one does;
 - **fresh keys from a prototype**: a new key's learner is made by unpickling a fresh
   learner pickled once (its key given at load, its pipeline's execution plan built), which
   is cheaper than running the model factory and building the plan on the first event; the
@@ -74,6 +74,8 @@ PROTOCOL = pickling.PROTOCOL
 #: Keys no real key is: the factory builds the probes with them.
 _PROBES = ("\x00stream-learner/probe/a", "\x00stream-learner/probe/bb")
 _CHECKS = ("\x00stream-learner/probe/ccc", "\x00stream-learner/probe/d")
+#: The persistent id of the key in the prototype's bytes.
+_KEY = "key"
 
 _ATOMS = (str, bytes, int, float, complex, bool, type(None))
 _CODE = (type, types.FunctionType, types.BuiltinFunctionType, types.MethodDescriptorType)
@@ -128,9 +130,8 @@ class KeyCodec:
         #: what the codec's own reductions refer to.
         self.shared: list[Any] = [*shared, pickling.unseeded]
         self._memo = _memo(self.shared)
-        self._prelude = _prelude(len(self.shared))
-        self._keyed = _prelude(len(self.shared) + 1)  # ... and the key, for the prototype
-        #: A fresh learner pickled with its key in the memo's place after the table
+        self._seeder = _Seeder(self.shared, self._memo)
+        #: A fresh learner pickled against the table, its key a persistent id
         #: (``None``: not proven to be the factory's, or no table).
         self.prototype: bytes | None = self._prototype() if shared else None
 
@@ -142,7 +143,7 @@ class KeyCodec:
 
     def loads(self, data: bytes) -> KeyState:
         """The state of :meth:`dumps`' bytes."""
-        return _load(self._prelude, data, self.shared)
+        return self._seeder.load(data)
 
     def copy(self, state: KeyState) -> KeyState:
         """``state`` in new objects (pickled and unpickled here): what a renewed key holds
@@ -158,20 +159,20 @@ class KeyCodec:
         """A fresh learner for ``key``: from the prototype when proven, else the factory's."""
         if self.prototype is None:
             return self.factory(key)
-        return _load(self._keyed, self.prototype, [*self.shared, key])
+        return self._seeder.load(self.prototype, {_KEY: key}.__getitem__)
 
     # -- helpers -----------------------------------------------------------------------
 
     def _prototype(self) -> bytes | None:
         """The prototype's bytes, when unpickling them gives, for other keys, learners
-        that pickle to the very bytes of the factory's (else ``None``). The key is one
-        more seeded object, after the table: given at load."""
+        that pickle to the very bytes of the factory's (else ``None``). The key is a
+        persistent id (a C call per reference on load), given at load."""
         probe = _PROBES[0]
         try:
             learner = _planned(self.factory(probe))
-            data = _dump(learner, _memo([*self.shared, probe]))
+            data = _dump(learner, self._memo, lambda obj: _KEY if obj is probe else None)
             for key in _CHECKS:
-                made = _load(self._keyed, data, [*self.shared, key])
+                made = self._seeder.load(data, {_KEY: key}.__getitem__)
                 built = _planned(self.factory(key))
                 if pickle.dumps(made, protocol=PROTOCOL) != pickle.dumps(built, protocol=PROTOCOL):
                     return None
@@ -213,32 +214,91 @@ def _memo(table: list[Any]) -> Any:
     return pickler.memo
 
 
-def _prelude(n: int) -> bytes:
-    """A pickle that stores persistent objects 0 .. n-1 in the unpickler's memo, in order,
-    and loads as ``None``: unpickled first, it seeds the memo as :func:`_memo` seeds the
-    pickler's. (Setting an unpickler's memo directly does not: it keeps no count of the
-    places taken, and the next ``MEMOIZE`` would overwrite place 0.) One ``FRAME`` holds
-    it: unframed, the unpickler reads a file one opcode at a time, a ``read`` call each,
-    which made the prelude two thirds of a young key's unpickling."""
-    body = b"".join(
-        pickle.BININT + i.to_bytes(4, "little") + pickle.BINPERSID + pickle.MEMOIZE + pickle.POP
-        for i in range(n)
-    )
+class _Seeder:
+    """Unpickles the codec's bytes with the table in the unpickler's memo, at the places
+    :func:`_memo` gives it in the pickler's.
+
+    The sure way is a prelude, loaded first, that stores the table's objects in the memo
+    one by one (four opcodes and a ``persistent_load`` call each: 7 of a young key's 36
+    us of unpickling). The quick way copies a seeded unpickler's memo into each new one
+    (``unpickler.memo = seeded.memo``: one C loop). But the C unpickler numbers each
+    ``MEMOIZE`` by a count of the places it has filled itself, which that copy leaves as
+    it was, so a prelude of bare ``MEMOIZE`` opcodes (one byte each) fills the table's
+    places first. This counts on how CPython's unpickler works, so the quick way is
+    taken only when, at construction, it loads a probe of the table and of shared
+    objects of its own exactly as the sure way does; otherwise the sure way it is.
+    """
+
+    def __init__(self, table: list[Any], memo: Any) -> None:
+        self.table = table
+        self._prelude = _frame(
+            b"".join(
+                pickle.BININT + i.to_bytes(4, "little") + pickle.BINPERSID + pickle.MEMOIZE
+                + pickle.POP
+                for i in range(len(table))
+            )
+        )  # fmt: skip
+        self._places = _frame(pickle.NONE + pickle.MEMOIZE * len(table) + pickle.POP)
+        seeded = pickle.Unpickler(io.BytesIO(self._prelude))
+        seeded.persistent_load = table.__getitem__
+        seeded.load()
+        self._seeded = seeded  # held: its memo is what each quick load copies
+        self.quick = False
+        with contextlib.suppress(Exception):
+            self.quick = self._proven(memo)
+
+    def load(self, data: bytes, persistent_load: Callable[[Any], Any] | None = None) -> Any:
+        """The object of :func:`_dump`'s ``data``; ``persistent_load`` resolves the
+        persistent ids of ``data`` (other than the table's)."""
+        quick = self.quick
+        unpickler = pickle.Unpickler(io.BytesIO((self._places if quick else self._prelude) + data))
+        if quick:
+            unpickler.load()  # the table's places taken
+            unpickler.memo = self._seeded.memo  # ... and filled
+            if persistent_load is not None:
+                unpickler.persistent_load = persistent_load
+        else:
+            table = self.table
+            unpickler.persistent_load = (
+                table.__getitem__
+                if persistent_load is None
+                else lambda pid: table[pid] if type(pid) is int else persistent_load(pid)
+            )
+            unpickler.load()
+        return unpickler.load()
+
+    def _proven(self, memo: Any) -> bool:
+        """Whether the quick way loads what the sure way does: every object of the table
+        by identity, and objects of the probe's own, referred to twice, as one."""
+        own = [1.5, "own"]
+        probe = [*self.table, own, own, (own,), own]
+        data = _dump(probe, memo)
+        self.quick = True
+        quick = [self.load(data) for _ in range(2)]  # twice: the seeded memo unchanged
+        self.quick = False
+        sure = self.load(data)
+        return all(
+            len(got) == len(probe)
+            and all(a is b for a, b in zip(got, self.table, strict=False))
+            and got[-4] == own
+            and got[-4] is got[-3] is got[-2][0] is got[-1]
+            for got in (*quick, sure)
+        )
+
+
+def _frame(body: bytes) -> bytes:
+    """``body`` as a pickle that loads as ``None``, in one ``FRAME``: unframed, the
+    unpickler reads a file one opcode at a time, a ``read`` call each."""
     body += pickle.NONE + pickle.STOP
     frame = pickle.FRAME + len(body).to_bytes(8, "little")
     return pickle.PROTO + bytes([PROTOCOL]) + frame + body
 
 
-def _dump(obj: Any, memo: Any) -> bytes:
+def _dump(obj: Any, memo: Any, persistent_id: Callable[[Any], Any] | None = None) -> bytes:
     buffer = io.BytesIO()
     pickler = pickling.Pickler(buffer, protocol=PROTOCOL)
     pickler.memo = memo  # copied: the seeded places, then this pickle's own
+    if persistent_id is not None:
+        pickler.persistent_id = persistent_id
     pickler.dump(obj)
     return buffer.getvalue()
-
-
-def _load(prelude: bytes, data: bytes, table: list[Any]) -> Any:
-    unpickler = pickle.Unpickler(io.BytesIO(prelude + data))
-    unpickler.persistent_load = table.__getitem__
-    unpickler.load()  # the prelude: the table into the memo
-    return unpickler.load()

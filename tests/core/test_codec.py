@@ -182,10 +182,15 @@ def test_the_codecs_bytes_hold_only_the_keys_own_and_need_its_table():
     assert pickle.dumps(back, protocol=5) == pickle.dumps(state, protocol=5)
 
 
-def test_the_table_seeds_the_unpicklers_memo_in_one_read():
+def test_the_table_seeds_the_unpicklers_memo_in_one_read_and_both_ways_load_alike():
     """Unframed, an unpickler reads its file one opcode at a time (a ``read`` call each):
-    the table's prelude, four opcodes per shared object, was most of a young key's load."""
+    the table's prelude, four opcodes per shared object, was most of a young key's load.
+    The quick way (the memo copied) is proven at construction; the sure way (the prelude)
+    is what any other unpickler gets, and loads the same."""
     codec, learner = _learned(3, every=2)
+    seeder = codec._seeder
+    assert seeder.quick  # CPython's unpickler: proven
+    data = codec.dumps(KeyState(learner))
     reads = []
 
     class Counted(io.BytesIO):
@@ -193,12 +198,41 @@ def test_the_table_seeds_the_unpicklers_memo_in_one_read():
             reads.append(n)
             return super().read(n)
 
-    unpickler = pickle.Unpickler(Counted(codec._prelude + codec.dumps(KeyState(learner))))
-    unpickler.persistent_load = codec.shared.__getitem__
-    assert unpickler.load() is None
-    # PROTO and its byte, FRAME and its length, then the frame: not four per shared object
-    assert len(codec.shared) > 100 and len(reads) <= 5
-    assert _same(unpickler.load(), KeyState(learner))
+    for prelude in (seeder._prelude, seeder._places):
+        reads.clear()
+        unpickler = pickle.Unpickler(Counted(prelude))
+        unpickler.persistent_load = codec.shared.__getitem__
+        assert unpickler.load() is None
+        # PROTO and its byte, FRAME and its length, then the frame: not one per object
+        assert len(codec.shared) > 100 and len(reads) <= 5
+    quick = (codec.loads(data), codec.fresh("k2"))
+    seeder.quick = False
+    sure = (codec.loads(data), codec.fresh("k2"))
+    assert _same(quick, sure) and _same(quick[0], KeyState(learner))
+    for made in (quick[1], sure[1]):
+        assert made.key == "k2" and made.spec is learner.spec  # the table's, by identity
+        assert made.window.key == "k2"
+
+
+def test_the_quick_way_is_not_taken_when_it_does_not_load_what_the_sure_way_does(monkeypatch):
+    """An unpickler whose memo copy counts its places (not CPython's) fails the proof:
+    the codec then loads with the prelude, and still right."""
+    real = pickle.Unpickler
+
+    class Counting(real):
+        @property
+        def memo(self):
+            return real.memo.__get__(self)
+
+        @memo.setter
+        def memo(self, value):
+            pass  # a copy this unpickler ignores: the quick way loads wrong references
+
+    monkeypatch.setattr(pickle, "Unpickler", Counting)
+    codec, learner = _learned(3, every=2)
+    assert not codec._seeder.quick and codec.prototype is not None
+    assert _same(codec.loads(codec.dumps(KeyState(learner))), KeyState(learner))
+    assert codec.fresh("k2").key == "k2"
 
 
 def test_the_table_holds_what_a_fresh_key_refers_to_and_nothing_held_past_it():

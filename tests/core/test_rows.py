@@ -103,6 +103,27 @@ def test_a_pickle_keeps_the_rows_not_encoded_yet_and_they_encode_as_if_never_pic
     assert exact(list(old), list(kept))
 
 
+def test_a_store_with_no_row_encoded_pickles_without_its_arrays_and_comes_back_whole():
+    # A young key (fewer events than a batch) is pickled at each eviction: its six empty
+    # arrays were a tenth of its learner's pickling. It comes back as a new store would.
+    young = RecentWindow(50, key="k")
+    for i in range(3):
+        young.push(i, float(i), {"x0": 0.5 * i}, True, False, None)
+    data = pickle.dumps(young, protocol=5)
+    assert b"array" not in data
+    back = pickle.loads(data)
+    assert sorted(vars(back)) == sorted(vars(young))
+    assert exact(list(back), list(young)) and back._a.typecode == "q"
+    for i in range(3, 40):  # encodes, then pickles its arrays
+        row = (i, float(i), {"x0": 0.5 * i}, True, False, None)
+        back.push(*row)
+        young.push(*row)
+    assert b"array" in pickle.dumps(back, protocol=5)
+    state = back.__getstate__()
+    assert list(state) == list(young.__getstate__())  # the attributes in the same order
+    assert exact(list(back), list(young)) and len(state["_a"]) > 0
+
+
 def test_a_key_with_one_shape_of_event_interns_a_handful_of_kinds():
     rows = Rows(maxlen=1000)
     rng = random.Random(1)
