@@ -112,7 +112,7 @@ class KeyCodec:
     def __init__(self, factory: Callable[[str], Any]) -> None:
         self.factory = factory
         try:
-            first, second = (KeyState(factory(key)) for key in _PROBES)
+            first, second = (KeyState(_planned(factory(key))) for key in _PROBES)
             seen, other = _reachable(first), _reachable(second)
         except Exception:  # learners that do not pickle: no table, and the factory makes keys
             seen, other = {}, {}

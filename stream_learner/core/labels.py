@@ -83,9 +83,18 @@ class LabelJoiner:
         # id -> (label, time parked): labels that came before their prediction.
         self._parked: OrderedDict[str, tuple[Label, float]] = OrderedDict()
 
+    # With nothing pending or parked (a young key's joiner, and every key's whose labels
+    # come with their events), the containers pickle as None: see pickling.hollowed.
+    def __getstate__(self) -> dict:
+        state = dict(vars(self))
+        if not self._packer.kinds:
+            state["_packer"] = None
+        return pickling.hollowed(state, ("_pending", "_parked"))
+
     def __setstate__(self, state: dict) -> None:
-        state.setdefault("_packer", Packer())  # pickled before pending predictions were packed
+        state.setdefault("_packer", None)  # pickled before pending predictions were packed
         state.setdefault("_key", None)
+        pickling.refilled(state, _pending=OrderedDict, _packer=Packer, _parked=OrderedDict)
         pickling.set_attributes(self, state)
 
     @property

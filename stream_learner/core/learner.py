@@ -149,6 +149,8 @@ _new = tuple.__new__
 #: Label types that fit a task whatever their value (``check_label`` checks the others: a
 #: binary 0/1 number, a regression float's finiteness). One set lookup per event instead of
 #: a call; the tests check this agrees with ``check_label``.
+#: The logs and counts a learner pickles as None while empty (see ``__getstate__``).
+_HOLLOWED = ("decisions", "decision_counts", "pool", "race_promotions")
 _LABEL_TYPES = {
     "binary": frozenset((bool,)),
     "multiclass": frozenset((str, int, bool)),
@@ -218,15 +220,23 @@ class Learner:
 
     # The names as a sorted list: a set pickles in hash order, which changes with the
     # process's hash seed, and a snapshot's bytes should not. A learner pickled before the
-    # names were kept starts counting them when it is restored.
+    # names were kept starts counting them when it is restored. Empty logs and counts as
+    # None (a young key's are: see pickling.hollowed).
     def __getstate__(self) -> dict:
-        return {**vars(self), "_names": sorted(self._names)}
+        state = {**vars(self), "_names": sorted(self._names)}
+        return pickling.hollowed(state, _HOLLOWED)
 
     def __setstate__(self, state: dict) -> None:
         state["_names"] = set(state.get("_names", ()))
         if "_race" not in state:  # pickled before the race: none, an empty pool, no counts
-            state.update(_race=None, race_promotions=Counter())
-            state["pool"] = deque(maxlen=state["retrain_config"].pool)
+            state.update(_race=None, race_promotions=None, pool=None)
+        pickling.refilled(
+            state,
+            decisions=lambda: deque(maxlen=state["config"].max_decisions),
+            decision_counts=Counter,
+            pool=lambda: deque(maxlen=state["retrain_config"].pool),
+            race_promotions=Counter,
+        )
         state.setdefault("_grown", None)
         state.setdefault("_serving_since", 0)  # the window then holds any version's
         pickling.set_attributes(self, state)  # inline, as built: see core/pickling.py

@@ -115,3 +115,32 @@ def test_plain_objects_load_attribute_by_attribute_and_the_others_as_pickle_does
     back = pickle.loads(pickling.dumps(others))
     assert back[0].value == 30 and (back[1].x, back[1].loaded) == (5, True)
     assert back[2] == _Frozen(2) and back[3:6] == (_Plain, len, pickling.dumps)
+
+
+def test_a_young_learners_empty_logs_and_joiner_pickle_as_none_and_come_back_as_built():
+    from stream_learner.core.events import Event
+    from stream_learner.core.learner import Learner
+    from tests.core.specs import LINEAR
+
+    learner = Learner("k", LINEAR)
+    learner.learn(Event("e1", "k", {"u": 0.5}, True, 1.0))
+    learner.predict(Event("e2", "k", {"u": 0.7}, None, 2.0))  # a prediction waits
+    state = learner.__getstate__()
+    assert [state[n] for n in ("decisions", "decision_counts", "pool", "race_promotions")] == [
+        None
+    ] * 4
+    joined = learner.joiner.__getstate__()
+    assert joined["_parked"] is None and joined["_pending"] is not None  # only the empty one
+    back = pickle.loads(pickling.dumps(learner))
+    built = Learner("k", LINEAR)
+    for name in ("decisions", "decision_counts", "pool", "race_promotions"):
+        made, want = getattr(back, name), getattr(built, name)
+        assert type(made) is type(want) and not made
+        assert getattr(made, "maxlen", None) == getattr(want, "maxlen", None)
+    assert type(back.joiner._parked) is OrderedDict and back.joiner.pending == 1
+    empty = pickle.loads(pickling.dumps(built.joiner))
+    assert (empty._pending, empty._parked, empty._packer.kinds) == (OrderedDict(), {}, [])
+    assert type(empty._pending) is OrderedDict
+    # ... and a learner that has decided keeps its log
+    learner.decisions.append("a decision")
+    assert list(pickle.loads(pickling.dumps(learner)).decisions) == ["a decision"]
