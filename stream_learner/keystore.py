@@ -53,7 +53,7 @@ class Entry:
     key: str
     partition: int
     pickled: bytes
-    meta: SnapshotMeta
+    meta: SnapshotMeta | None  # None: the store keeps no headers (see EvictedKeys)
     written: bool = False
 
     @property
@@ -100,14 +100,22 @@ class Observer(Protocol):
 class EvictedKeys:
     """The :class:`~stream_learner.core.processor.KeyStore` of a runtime; see the module
     docstring. ``meta(key, partition, state)`` says what the key's snapshot header holds
-    (input positions as of the eviction, trigger ``evict``). ``codec``: how states are
-    pickled (a :class:`KeyCodec`, whose bytes the tier must know too; default: standard
-    pickles)."""
+    (input positions as of the eviction, trigger ``evict``); ``None`` for a tier that
+    writes no header (the spill file): an eviction then makes none. ``codec``: how states
+    are pickled (a :class:`KeyCodec`, whose bytes the tier must know too; default:
+    standard pickles).
+
+    Past its bound, the cache sheds its oldest entries down to :data:`SLACK` of the bound
+    below it, written to the tier in one go: a long tail of keys, each evicted after
+    every input, would otherwise write one entry per eviction, each a call of its own."""
+
+    #: The fraction of the cache's bound it is trimmed below the bound.
+    SLACK = 1 / 64
 
     def __init__(
         self,
         tier: Tier,
-        meta: Callable[[str, int, KeyState], SnapshotMeta],
+        meta: Callable[[str, int, KeyState], SnapshotMeta] | None,
         *,
         cache_bytes: int,
         observer: Observer | None = None,
@@ -138,7 +146,7 @@ class EvictedKeys:
         pickled = self.codec.dumps(state)
         size = len(pickled)
         self._drop(key)
-        meta = self.meta(key, partition, state)
+        meta = None if self.meta is None else self.meta(key, partition, state)
         self.cache[key] = Entry(key, partition, pickled, meta, written=self.restoring)
         if not self.restoring:
             self._unwritten[partition] += 1
@@ -152,16 +160,17 @@ class EvictedKeys:
             self.observer.cached(self.bytes, len(self.cache))
 
     def load(self, key: str) -> KeyState:
-        started = time.perf_counter()
+        observer = self.observer
+        started = 0.0 if observer is None else time.perf_counter()
         entry = self._drop(key)
         if entry is not None:
             state, source = self.codec.loads(entry.pickled), "cache"
         else:
             state, source = self.tier.get(key), self.tier.name
         self.reloads[source] += 1
-        if self.observer is not None:
-            self.observer.reloaded(source, time.perf_counter() - started)
-            self.observer.cached(self.bytes, len(self.cache))
+        if observer is not None:
+            observer.reloaded(source, time.perf_counter() - started)
+            observer.cached(self.bytes, len(self.cache))
         return KeyState.of(state)
 
     def discard(self, keys: Iterable[str]) -> None:
@@ -210,19 +219,20 @@ class EvictedKeys:
                 self.observer.written(entry.size)
 
     def trim(self) -> None:
-        """Move the oldest entries out until the cache is within its bound (writing the
-        ones not written yet, together)."""
+        """Past the cache's bound, move the oldest entries out until it is :data:`SLACK`
+        below (writing the ones not written yet, together, before they leave it)."""
         if self.bytes <= self.cache_bytes:
             return
-        out, freed = [], 0
+        out, freed, over = [], 0, self.bytes - int(self.cache_bytes * (1 - self.SLACK))
         for entry in self.cache.values():
-            if self.bytes - freed <= self.cache_bytes:
+            if freed >= over:
                 break
             out.append(entry)
             freed += entry.size + _OVERHEAD
         self._write([e for e in out if not e.written])
-        for entry in out:
-            del self.cache[entry.key]
+        popitem = self.cache.popitem
+        for _ in out:
+            popitem(last=False)
         self.bytes -= freed
         if self.observer is not None:
             self.observer.cached(self.bytes, len(self.cache))
@@ -282,20 +292,23 @@ class SpillFile:
         return -(-max(length, 1) // self.SLOT) * self.SLOT
 
     def put(self, entries: list[Entry]) -> None:
+        index, free, fd = self.index, self._free, self._fd
         for entry in entries:
             data = entry.pickled
             self._release(entry.key)
             slot = self._slot(len(data))
-            free = self._free.get(slot)
-            if free:
-                at = free.pop()
+            slots = free.get(slot)
+            if slots:
+                at = slots.pop()
             else:
                 at = self.size
                 self.size += slot
-            view, done = memoryview(data), 0
-            while done < len(data):
-                done += os.pwrite(self._fd, view[done:], at + done)
-            self.index[entry.key] = (at, len(data))
+            done = os.pwrite(fd, data, at)
+            if done < len(data):  # a short write (rare): the rest
+                view = memoryview(data)
+                while done < len(data):
+                    done += os.pwrite(fd, view[done:], at + done)
+            index[entry.key] = (at, len(data))
 
     def get(self, key: str) -> object:
         at, length = self.index[key]  # KeyError is a LookupError

@@ -62,7 +62,6 @@ from stream_learner.core.processor import (
     RetrainFailed,
 )
 from stream_learner.core.retrain import RetrainConfig
-from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import ConfigError, DecodeError
 from stream_learner.keystore import EvictedKeys, SpillFile
 
@@ -443,16 +442,11 @@ def replay(
 def _evicted_keys(service: Any, codec: KeyCodec | None = None) -> EvictedKeys:
     """Where a replay under a key budget (``service.max_keys``) puts evicted keys: the
     same cache as the service's (``service.evicted_cache_mb``), then a local spill file
-    instead of the checkpoint topic (the states never leave this process); ``codec``
-    encodes them for both (default: standard pickles)."""
-
-    def meta(key: str, partition: int, state: KeyState) -> SnapshotMeta:
-        learner = state.learner
-        return SnapshotMeta(key, learner.lineage, learner.version, "evict", created=0.0)
-
+    instead of the checkpoint topic (the states never leave this process, so they carry
+    no snapshot header); ``codec`` encodes them for both (default: standard pickles)."""
     return EvictedKeys(
         SpillFile(codec=codec),
-        meta,
+        None,
         cache_bytes=int(service.evicted_cache_mb * 1024 * 1024),
         codec=codec,
     )

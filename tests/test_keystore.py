@@ -113,6 +113,37 @@ def test_the_spill_file_reuses_the_slots_of_keys_read_back():
     tier.close()
 
 
+def test_past_its_bound_the_cache_sheds_its_oldest_below_it_in_one_write():
+    """A long tail evicts a key after each input: the cache passes its bound at nearly
+    every eviction. It sheds SLACK of its bound at once, the oldest first, one write."""
+
+    class Counted(SpillFile):
+        def __init__(self) -> None:
+            super().__init__()
+            self.puts: list[list[str]] = []
+
+        def put(self, entries):
+            self.puts.append([e.key for e in entries])
+            super().put(entries)
+
+    tier = Counted()
+    one = len(pickle.dumps(KeyState("x" * 1000), protocol=5)) + 512
+    keys = EvictedKeys(tier, None, cache_bytes=200 * one)  # no headers: a spill file's
+    for i in range(1000):
+        keys.save(f"k{i}", 0, KeyState("x" * 1000))
+    assert all(entry.meta is None for entry in keys.cache.values())
+    assert keys.bytes <= keys.cache_bytes and len(tier.puts) < 1000 // 3  # not one each
+    assert [len(p) for p in tier.puts[1:]] == [len(tier.puts[1])] * (len(tier.puts) - 1)
+    each = next(iter(keys.cache.values())).size + 512
+    assert len(tier.puts[1]) * each > EvictedKeys.SLACK * keys.cache_bytes  # SLACK of it
+    assert (len(tier.puts[1]) - 1) * each <= EvictedKeys.SLACK * keys.cache_bytes + each
+    shed = [k for put in tier.puts for k in put]
+    assert shed == [f"k{i}" for i in range(len(shed))]  # the oldest, in order
+    assert list(keys.cache) == [f"k{i}" for i in range(len(shed), 1000)]
+    assert all(keys.load(f"k{i}").learner == "x" * 1000 for i in (0, 999))
+    tier.close()
+
+
 def _codec():
     from stream_learner.core.codec import KeyCodec
     from stream_learner.core.learner import Learner
