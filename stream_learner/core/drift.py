@@ -27,6 +27,7 @@ from typing import Any
 
 from river import drift
 
+from stream_learner.core import pickling
 from stream_learner.errors import ConfigError
 
 __all__ = ["DETECTORS", "DriftSignal", "ErrorDriftMonitor", "FeatureDriftMonitor"]
@@ -318,8 +319,7 @@ class FeatureDriftMonitor:
     def __setstate__(self, state: dict) -> None:
         if "_buffer" in state:  # a monitor pickled before ``pending`` had its name
             state["pending"] = state.pop("_buffer")
-        for name, value in state.items():
-            setattr(self, name, value)  # interns the names, as pickle's default does
+        pickling.set_attributes(self, state)  # interns the names, as pickle's default does
         self._known = set(self._known)  # a list since it is pickled sorted; a set before
 
     def update(self, x: dict, index: int) -> tuple[DriftSignal, ...]:

@@ -20,6 +20,7 @@ from typing import Any
 
 from river import utils
 
+from stream_learner.core import pickling
 from stream_learner.core.events import Event
 from stream_learner.core.models import METRICS, loss_fn, make_metric, metric_needs_proba
 from stream_learner.errors import ConfigError
@@ -102,8 +103,7 @@ class _MeanTracker:
         ring = slots["_ring"]
         if isinstance(ring, deque):  # pickled when the ring was a deque, oldest first
             slots.update(_ring=array("d", ring), _pos=0, _size=ring.maxlen)
-        for name, value in slots.items():
-            setattr(self, name, value)
+        pickling.set_attributes(self, slots)
 
     def update(self, y_true: Any, y: Any, loss: float) -> None:
         v = self._value(y_true, y, loss)
@@ -154,8 +154,7 @@ class _Accuracy:
         ring = slots["ring"]
         if isinstance(ring, deque):  # pickled when the ring was a deque of bools, oldest first
             slots.update(ring=bytearray(ring), pos=0, size=ring.maxlen)
-        for name, value in slots.items():
-            setattr(self, name, value)
+        pickling.set_attributes(self, slots)
 
     def update(self, y_true: Any, y: Any, loss: float) -> None:
         wrong = loss != 0.0
@@ -266,8 +265,7 @@ class PrequentialEvaluator:
         state.setdefault("_accuracy", None)
         if "n_scored" in state:
             state["_unscored"] = state["n"] - state.pop("n_scored")
-        for name, value in state.items():
-            setattr(self, name, value)  # interns the names, as pickle's default does
+        pickling.set_attributes(self, state)  # interns the names, as pickle's default does
 
     @property
     def n_scored(self) -> int:

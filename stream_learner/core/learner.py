@@ -233,9 +233,9 @@ class Learner:
         pickling.refilled(
             state,
             decisions=lambda: deque(maxlen=state["config"].max_decisions),
-            decision_counts=Counter,
+            decision_counts=pickling.empty_counter,
             pool=lambda: deque(maxlen=state["retrain_config"].pool),
-            race_promotions=Counter,
+            race_promotions=pickling.empty_counter,
         )
         state.setdefault("_grown", None)
         state.setdefault("_serving_since", 0)  # the window then holds any version's
