@@ -22,7 +22,8 @@ millions of events held in a list would dominate the memory figure).
   (the rest spread evenly over the other 99 %), under a budget holding 5 % of the keys vs
   no budget. Target: ≥ 0.8×.
 
-Each run is a child process (so its peak resident memory is its own); the runs of a
+Each run is a child process (so its peak resident memory is its own), with the garbage
+collector's thresholds of the service's loop (``service/runtime.py``); the runs of a
 workload alternate for ``--rounds`` rounds and the median ratio is reported (the machine
 is shared: ratios of interleaved runs, not absolute figures, are what to compare), beside
 the same ratio per CPU second of each run (``time.process_time``: less moved by other
@@ -155,7 +156,14 @@ def floor(args: argparse.Namespace) -> dict:
 
 
 def child(args: argparse.Namespace) -> None:
-    """One run; prints one JSON line."""
+    """One run; prints one JSON line. Every run collects garbage as the service's loop
+    does (``GC_THRESHOLDS``): a larger young generation lets each event's garbage die
+    unscanned."""
+    import gc
+
+    from stream_learner.service.runtime import GC_THRESHOLDS
+
+    gc.set_threshold(*GC_THRESHOLDS)
     if args.kind == "floor":
         print(json.dumps(floor(args)))
         return
