@@ -146,11 +146,11 @@ class Outcome(NamedTuple):
 _NONE: tuple = ()
 _new = tuple.__new__
 
+#: The logs and counts a learner pickles as None while empty (see ``__getstate__``).
+_HOLLOWED = ("decisions", "decision_counts", "pool", "race_promotions")
 #: Label types that fit a task whatever their value (``check_label`` checks the others: a
 #: binary 0/1 number, a regression float's finiteness). One set lookup per event instead of
 #: a call; the tests check this agrees with ``check_label``.
-#: The logs and counts a learner pickles as None while empty (see ``__getstate__``).
-_HOLLOWED = ("decisions", "decision_counts", "pool", "race_promotions")
 _LABEL_TYPES = {
     "binary": frozenset((bool,)),
     "multiclass": frozenset((str, int, bool)),
