@@ -271,11 +271,13 @@ class CheckpointTier:
 class SpillFile:
     """A local file as the second tier (a replay, which has no topic): each entry's bytes
     as they are (a :class:`KeyCodec`'s, or standard pickles), uncompressed, in a slot of
-    the file, with an index of (offset, length) per key; the file is removed on
+    the file, with an index of (offset, length, slot size) per key; the file is removed on
     :meth:`close`. A slot is freed when its key is read back or discarded, and reused by a
-    later entry that fits it (slots are sized in steps of :data:`SLOT` bytes), so the file
-    grows to the most entries spilled at once, not by every entry. It holds only what this
-    process wrote, so entries are read back without a signature check."""
+    later entry that fits it (slots are sized in steps of :data:`SLOT` bytes; an entry
+    takes a free slot of its size, else of the next size up, whose slot stays that size),
+    so the file grows to the most entries spilled at once, not by every entry — also when
+    the entries' sizes straddle a step. It holds only what this process wrote, so entries
+    are read back without a signature check."""
 
     name = "disk"
     SLOT = 1024
@@ -284,7 +286,7 @@ class SpillFile:
         fd, self.path = tempfile.mkstemp(prefix="stream-learner-evicted-", dir=directory)
         self._fd = fd
         self.codec: KeyCodec | _Pickle = _Pickle() if codec is None else codec
-        self.index: dict[str, tuple[int, int]] = {}  # key -> (offset, length)
+        self.index: dict[str, tuple[int, int, int]] = {}  # key -> (offset, length, slot)
         self._free: dict[int, list[int]] = {}  # slot size -> offsets of free slots
         self.size = 0  # the file's end
 
@@ -298,6 +300,9 @@ class SpillFile:
             self._release(entry.key)
             slot = self._slot(len(data))
             slots = free.get(slot)
+            if not slots and free.get(slot + self.SLOT):  # a slot of the next size up
+                slot += self.SLOT
+                slots = free[slot]
             if slots:
                 at = slots.pop()
             else:
@@ -308,10 +313,10 @@ class SpillFile:
                 view = memoryview(data)
                 while done < len(data):
                     done += os.pwrite(fd, view[done:], at + done)
-            index[entry.key] = (at, len(data))
+            index[entry.key] = (at, len(data), slot)
 
     def get(self, key: str) -> object:
-        at, length = self.index[key]  # KeyError is a LookupError
+        at, length, _ = self.index[key]  # KeyError is a LookupError
         data = os.pread(self._fd, length, at)
         while len(data) < length:  # a short read (rare): the rest
             more = os.pread(self._fd, length - len(data), at + len(data))
@@ -328,7 +333,7 @@ class SpillFile:
     def _release(self, key: str) -> None:
         held = self.index.pop(key, None)
         if held is not None:
-            self._free.setdefault(self._slot(held[1]), []).append(held[0])
+            self._free.setdefault(held[2], []).append(held[0])
 
     def close(self) -> None:
         os.close(self._fd)

@@ -144,6 +144,21 @@ def test_past_its_bound_the_cache_sheds_its_oldest_below_it_in_one_write():
     tier.close()
 
 
+def test_entries_just_under_a_slot_step_reuse_free_slots_of_the_next_size():
+    """A young key's pickle is about 2 KB: some are just under a step of SLOT bytes, some
+    just over, and a key moves between them. Entries just under take the free slots of
+    the next size up (which stay that size) rather than growing the file."""
+    tier = SpillFile()
+    keys = _keys(tier, cache_bytes=0)
+    for size in (1100, 900, 1100, 900):  # 1100 bytes need 2 slot steps, 900 one
+        for k in range(20):
+            keys.save(f"k{k}", 0, KeyState("x" * size))
+        assert tier.size == 20 * 2 * tier.SLOT  # the 20 slots of the first round, reused
+        for k in range(20):
+            assert keys.load(f"k{k}").learner == "x" * size
+    tier.close()
+
+
 def _codec():
     from stream_learner.core.codec import KeyCodec
     from stream_learner.core.learner import Learner
