@@ -273,11 +273,14 @@ class SpillFile:
     as they are (a :class:`KeyCodec`'s, or standard pickles), uncompressed, in a slot of
     the file, with an index of (offset, length, slot size) per key; the file is removed on
     :meth:`close`. A slot is freed when its key is read back or discarded, and reused by a
-    later entry that fits it (slots are sized in steps of :data:`SLOT` bytes; an entry
-    takes a free slot of its size, else of the next size up, whose slot stays that size),
-    so the file grows to the most entries spilled at once, not by every entry — also when
-    the entries' sizes straddle a step. It holds only what this process wrote, so entries
-    are read back without a signature check."""
+    later entry that fits it, so the file grows to the most entries spilled at once, not by
+    every entry. Slots are sized in steps of :data:`SLOT` bytes, a new one with a quarter
+    more room than its entry needs: a key's next pickle is usually a little larger (a
+    young key's grow ~100 bytes an event), and a slot it outgrew would stay free for
+    entries of its size only (the full-size long tail's file grew from 2 to 4.3 GB so).
+    An entry takes the smallest free slot that fits it, up to that roomy size. The file
+    holds only what this process wrote, so entries are read back without a signature
+    check."""
 
     name = "disk"
     SLOT = 1024
@@ -298,14 +301,13 @@ class SpillFile:
         for entry in entries:
             data = entry.pickled
             self._release(entry.key)
-            slot = self._slot(len(data))
-            slots = free.get(slot)
-            if not slots and free.get(slot + self.SLOT):  # a slot of the next size up
+            slot, roomy = self._slot(len(data)), self._slot(len(data) + len(data) // 4)
+            while slot < roomy and not free.get(slot):  # the smallest free slot that fits
                 slot += self.SLOT
-                slots = free[slot]
+            slots = free.get(slot)
             if slots:
                 at = slots.pop()
-            else:
+            else:  # a new slot with room for the entry to grow: a key's next one is larger
                 at = self.size
                 self.size += slot
             done = os.pwrite(fd, data, at)
