@@ -63,9 +63,11 @@ class Entry:
 
 class Tier(Protocol):
     """The second tier: ``put`` writes entries (all at once), ``get`` returns a key's
-    decoded state (``LookupError`` when it holds none), ``discard`` forgets keys."""
+    decoded state (``LookupError`` when it holds none), ``discard`` forgets keys;
+    ``headers``: whether it writes each entry's snapshot header."""
 
     name: str
+    headers: bool
 
     def put(self, entries: list[Entry]) -> None: ...
     def get(self, key: str) -> object: ...
@@ -122,6 +124,8 @@ class EvictedKeys:
         trim_on_save: bool = True,
         codec: KeyCodec | None = None,
     ) -> None:
+        if meta is None and tier.headers:
+            raise ValueError(f"the {tier.name} tier writes snapshot headers: give meta")
         self.codec: KeyCodec | _Pickle = _Pickle() if codec is None else codec
         self.tier = tier
         self.meta = meta
@@ -247,6 +251,7 @@ class CheckpointTier:
     and published: the topic's format is that of any snapshot)."""
 
     name = "topic"
+    headers = True
 
     def __init__(self, store: Any, codec: KeyCodec | None = None) -> None:
         self.store = store  # a LogStore: encode_pickled, publish_encoded, read
@@ -283,6 +288,7 @@ class SpillFile:
     check."""
 
     name = "disk"
+    headers = False
     SLOT = 1024
 
     def __init__(self, directory: str | None = None, codec: KeyCodec | None = None) -> None:

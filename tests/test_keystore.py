@@ -133,6 +133,8 @@ def test_past_its_bound_the_cache_sheds_its_oldest_below_it_in_one_write():
     for i in range(1000):
         keys.save(f"k{i}", 0, KeyState("x" * 1000))
     assert all(entry.meta is None for entry in keys.cache.values())
+    with pytest.raises(ValueError, match="headers"):  # the topic's entries need theirs
+        EvictedKeys(CheckpointTier(MemoryCheckpointStore(signing_key=KEY)), None, cache_bytes=0)
     assert keys.bytes <= keys.cache_bytes and len(tier.puts) < 1000 // 3  # not one each
     assert [len(p) for p in tier.puts[1:]] == [len(tier.puts[1])] * (len(tier.puts) - 1)
     each = next(iter(keys.cache.values())).size + 512
