@@ -192,12 +192,12 @@ def _planned(learner: Any) -> Any:
 
 
 def _referenced(table: list[Any], state: KeyState) -> list[Any]:
-    """The objects of ``table`` that a pickle of ``state`` (its learner's plan built) refers
-    to, in order: one held by another (a string in the model spec) is never reached past
-    it, and every place of the table costs each load and dump its own (the unpickler's
-    prelude, the pickler's memo copy), as well as a 5-byte reference past 256 places. An
-    object left out that an older key does refer to is pickled as a value there."""
-    _planned(state.learner)
+    """The objects of ``table`` that a pickle of ``state`` (a fresh learner, its plan built
+    by :func:`_planned`) refers to, in order: one held by another (a string in the model
+    spec) is never reached past it, and every place of the table costs each load and dump
+    its own (the unpickler's and the pickler's memo copies), as well as a 5-byte
+    reference past 256 places. An object left out that an older key does refer to is
+    pickled as a value there."""
     refs = {
         arg
         for op, arg, _ in pickletools.genops(_dump(state, _memo(table)))
