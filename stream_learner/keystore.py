@@ -17,6 +17,12 @@ tier writes them in the signed snapshot format (``core/snapshot.py``), so a rest
 restores them as any snapshot. A reload takes the entry from the cache when it is there
 (``source="cache"``), else reads it from the tier (``"topic"`` / ``"disk"``).
 
+Reading one key back from the topic means reading the topic (769 ms at 10,000 snapshots:
+it grows with every key the topic holds), so the service keeps a *local* copy of what
+left the cache, in a :class:`SpillFile` (``source="disk"``): the topic is what a restart
+or the next owner of a partition reads, the file what this process reads. What a restore
+evicts to keep the budget is on the topic already, and goes to that file at once.
+
 The service writes behind: an eviction only encodes into the cache, and
 :meth:`EvictedKeys.flush` writes the partition's not-yet-written entries to the topic
 in one go before a checkpoint round's partition record (the record says every key of the
@@ -123,11 +129,15 @@ class EvictedKeys:
         observer: Observer | None = None,
         trim_on_save: bool = True,
         codec: KeyCodec | None = None,
+        local: SpillFile | None = None,
     ) -> None:
         if meta is None and tier.headers:
             raise ValueError(f"the {tier.name} tier writes snapshot headers: give meta")
         self.codec: KeyCodec | _Pickle = _Pickle() if codec is None else codec
         self.tier = tier
+        # Entries the tier holds already, kept where this process reads them back without
+        # asking the tier (the service's: see the module docstring); with the cache's codec.
+        self.local = local
         self.meta = meta
         self.cache_bytes = cache_bytes
         self.observer = observer
@@ -140,6 +150,8 @@ class EvictedKeys:
         self.written_bytes = 0  # snapshot bytes written to the tier
         self.evicted_bytes = 0  # snapshot bytes encoded
         self.reloads: dict[str, int] = {"cache": 0, tier.name: 0}
+        if local is not None:
+            self.reloads[local.name] = 0
         self._unwritten: Counter[int] = Counter()  # entries not in the tier, by partition
         # While set, saved states are copies of what the tier holds (a restore that
         # evicts restored keys to keep the budget): they are never written again.
@@ -150,6 +162,14 @@ class EvictedKeys:
         pickled = self.codec.dumps(state)
         size = len(pickled)
         self._drop(key)
+        if self.restoring and self.local is not None:
+            # On the tier already: to the local file at once, not into the cache (a
+            # restore evicts as it adopts, and writes nothing until its first batch ends).
+            self.local.put([Entry(key, partition, pickled, None, written=True)])
+            self.evicted_bytes += size
+            if self.observer is not None:
+                self.observer.evicted(size)
+            return
         meta = None if self.meta is None else self.meta(key, partition, state)
         self.cache[key] = Entry(key, partition, pickled, meta, written=self.restoring)
         if not self.restoring:
@@ -167,8 +187,11 @@ class EvictedKeys:
         observer = self.observer
         started = 0.0 if observer is None else time.perf_counter()
         entry = self._drop(key)
+        local = self.local
         if entry is not None:
             state, source = self.codec.loads(entry.pickled), "cache"
+        elif local is not None and key in local.index:
+            state, source = local.get(key), local.name
         else:
             state, source = self.tier.get(key), self.tier.name
         self.reloads[source] += 1
@@ -181,9 +204,16 @@ class EvictedKeys:
         keys = list(keys)
         for key in keys:
             self._drop(key)
+        if self.local is not None:
+            self.local.discard(keys)
         self.tier.discard(keys)
         if self.observer is not None:
             self.observer.cached(self.bytes, len(self.cache))
+
+    def close(self) -> None:
+        """Remove the local file (the tier is its owner's to close)."""
+        if self.local is not None:
+            self.local.close()
 
     def _drop(self, key: str) -> Entry | None:
         """Take ``key``'s entry out of the cache (``None`` when it holds none)."""
@@ -224,7 +254,8 @@ class EvictedKeys:
 
     def trim(self) -> None:
         """Past the cache's bound, move the oldest entries out until it is :data:`SLACK`
-        below (writing the ones not written yet, together, before they leave it)."""
+        below (writing the ones not written yet, together, before they leave it; to the
+        local file, with one)."""
         if self.bytes <= self.cache_bytes:
             return
         out, freed, over = [], 0, self.bytes - int(self.cache_bytes * (1 - self.SLACK))
@@ -234,6 +265,8 @@ class EvictedKeys:
             out.append(entry)
             freed += entry.size + _OVERHEAD
         self._write([e for e in out if not e.written])
+        if self.local is not None:
+            self.local.put(out)
         popitem = self.cache.popitem
         for _ in out:
             popitem(last=False)
@@ -274,25 +307,27 @@ class CheckpointTier:
 
 
 class SpillFile:
-    """A local file as the second tier (a replay, which has no topic): each entry's bytes
-    as they are (a :class:`KeyCodec`'s, or standard pickles), uncompressed, in a slot of
-    the file, with an index of (offset, length, slot size) per key; the file is removed on
-    :meth:`close`. A slot is freed when its key is read back or discarded, and reused by a
-    later entry that fits it, so the file grows to the most entries spilled at once, not by
-    every entry. Slots are sized in steps of :data:`SLOT` bytes, a new one with a quarter
-    more room than its entry needs: a key's next pickle is usually a little larger (a
-    young key's grow ~100 bytes an event), and a slot it outgrew would stay free for
-    entries of its size only (the full-size long tail's file grew from 2 to 4.3 GB so).
-    An entry takes the smallest free slot that fits it, up to that roomy size. The file
-    holds only what this process wrote, so entries are read back without a signature
-    check."""
+    """A local file as the second tier (a replay, which has no topic), or as the service's
+    local copy of what the topic holds: each entry's bytes as they are (a
+    :class:`KeyCodec`'s, or standard pickles), uncompressed, in a slot of the file, with an
+    index of (offset, length, slot size) per key. The file has no name (unlinked once
+    opened): it goes on :meth:`close` or with the process, however that ends. A slot is
+    freed when its key is read back or discarded, and reused by a later entry that fits
+    it, so the file grows to the most entries spilled at once, not by every entry. Slots
+    are sized in steps of :data:`SLOT` bytes, a new one with a quarter more room than its
+    entry needs: a key's next pickle is usually a little larger (a young key's grow ~100
+    bytes an event), and a slot it outgrew would stay free for entries of its size only
+    (the full-size long tail's file grew from 2 to 4.3 GB so). An entry takes the smallest
+    free slot that fits it, up to that roomy size. The file holds only what this process
+    wrote, so entries are read back without a signature check."""
 
     name = "disk"
     headers = False
     SLOT = 1024
 
     def __init__(self, directory: str | None = None, codec: KeyCodec | None = None) -> None:
-        fd, self.path = tempfile.mkstemp(prefix="stream-learner-evicted-", dir=directory)
+        fd, path = tempfile.mkstemp(prefix="stream-learner-evicted-", dir=directory)
+        os.unlink(path)  # no name: the file goes with the process, however it ends
         self._fd = fd
         self.codec: KeyCodec | _Pickle = _Pickle() if codec is None else codec
         self.index: dict[str, tuple[int, int, int]] = {}  # key -> (offset, length, slot)
@@ -345,4 +380,3 @@ class SpillFile:
 
     def close(self) -> None:
         os.close(self._fd)
-        os.unlink(self.path)

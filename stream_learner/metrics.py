@@ -65,8 +65,9 @@ RETRAIN_OUTCOMES = ("promoted", "kept", "failed")
 #: change, the champion regrown, a window retrain, or a retired model from the key's pool.
 PROMOTION_SOURCES = SOURCES
 CHECKPOINT_RESULTS = ("written", "restored", "rejected")
-#: Where an evicted key was reloaded from (``keystore.py``): the local cache or the topic.
-RELOAD_SOURCES = ("cache", "topic")
+#: Where an evicted key was reloaded from (``keystore.py``): the cache in memory, the local
+#: file behind it (what left the cache: the service's copy, a replay's spill), the topic.
+RELOAD_SOURCES = ("cache", "disk", "topic")
 #: Why an instance gave up state it could no longer publish (see service/stall.py).
 FENCED_WHY = ("stall", "partitions_lost", "transaction")
 
@@ -469,7 +470,7 @@ class ServiceMetrics:
         )
         self._reloads = Counter(
             "stream_learner_key_reloads_total",
-            "Evicted keys loaded back before their input, by source (cache, topic).",
+            "Evicted keys loaded back before their input, by source (cache, disk, topic).",
             ["source"],
             registry=reg,
         )

@@ -101,6 +101,45 @@ def test_the_spill_file_reads_back_what_left_the_cache_and_forgets_discarded_key
     tier.close()
 
 
+def test_with_a_local_file_what_left_the_cache_is_on_the_topic_and_read_back_from_disk(
+    tmp_path,
+):
+    """The service's store: the topic for restarts, a local file for this process's reloads
+    (reading one key from the topic reads the topic). What a restore evicts is on the topic
+    already: it goes to the file at once, neither into the cache nor to the topic again."""
+
+    class Counted(CheckpointTier):
+        gets = 0
+
+        def get(self, key):
+            Counted.gets += 1
+            return super().get(key)
+
+    store = MemoryCheckpointStore(signing_key=KEY)
+    local = SpillFile(str(tmp_path))
+    assert not list(tmp_path.iterdir())  # no name: nothing left behind, however it ends
+    keys = EvictedKeys(Counted(store), _meta, cache_bytes=0, local=local)
+    for i in range(3):
+        keys.save(f"k{i}", 0, KeyState({"weights": [float(i)] * 50}))
+    assert not keys.cache and set(local.index) == {"k0", "k1", "k2"}
+    assert store.read().keys() == ["k0", "k1", "k2"]  # on the topic, for a restart
+    assert keys.load("k1") == KeyState({"weights": [1.0] * 50})
+    assert keys.reloads == {"cache": 0, "disk": 1, "topic": 0} and Counted.gets == 0
+    written, keys.restoring = keys.written_bytes, True
+    keys.save("k1", 0, KeyState({"weights": [1.0] * 50}))
+    keys.restoring = False
+    assert "k1" in local.index and not keys.cache
+    assert keys.written_bytes == written and store.read().keys() == ["k0", "k1", "k2"]
+    keys.discard(["k0"])
+    assert "k0" not in local.index
+    with pytest.raises(LookupError):  # the memory store kept it: only the file forgot it
+        local.get("k0")
+    assert keys.load("k0") == KeyState({"weights": [0.0] * 50})  # the topic, as a fallback
+    assert keys.reloads["topic"] == 1 and Counted.gets == 1
+    keys.close()
+    assert not list(tmp_path.iterdir())
+
+
 def test_the_spill_file_reuses_the_slots_of_keys_read_back():
     tier = SpillFile()
     keys = _keys(tier, cache_bytes=0)

@@ -96,7 +96,7 @@ from stream_learner.errors import (
     FencedError,
     TransactionAborted,
 )
-from stream_learner.keystore import CheckpointTier, EvictedKeys
+from stream_learner.keystore import CheckpointTier, EvictedKeys, SpillFile
 from stream_learner.logs import log_decision, log_event
 from stream_learner.metrics import ServiceMetrics
 from stream_learner.service.retrainer import Retrainer
@@ -341,7 +341,9 @@ class Service:
     def limit_keys(self, max_keys: int, cache_bytes: int) -> None:
         """Keep at most ``max_keys`` keys in memory (0: no bound), evicting the least
         recently used ones to a cache of ``cache_bytes`` in front of the checkpoint topic
-        (so a store is needed). Call before :meth:`run`."""
+        (so a store is needed), with a local file of what left the cache for the topic:
+        this process reads a key back from it, never from the topic. Call before
+        :meth:`run`."""
         if not max_keys:
             return
         if self.store is None:
@@ -353,6 +355,7 @@ class Service:
             observer=self.metrics,
             trim_on_save=False,  # end_batch trims: a snapshot never precedes its outputs
             codec=self.codec,
+            local=SpillFile(codec=self.codec),
         )
         self.processor.limit(max_keys, self.evicted)
 
@@ -1120,6 +1123,8 @@ class Service:
                         self.stood_still(rejoin=False)
                 self.source.close()
                 self.retrainer.close()
+                if self.evicted is not None:
+                    self.evicted.close()
                 self.metrics.set_ready(False)
             finally:
                 gc.set_threshold(*gc_default)
