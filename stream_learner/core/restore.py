@@ -21,7 +21,7 @@ re-learn. :func:`retention_gaps` moves such a start up to the log start and name
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -177,7 +177,8 @@ class Note:
 class RestorePlan:
     """What :func:`plan_restore` decided.
 
-    ``restored`` in the catalog's key order; ``starts`` by (topic, partition) for every
+    ``restored`` in the catalog's key order (empty when they were handed to ``adopt``
+    instead); ``starts`` by (topic, partition) for every
     input partition of the owned partitions (and any other a partition record or snapshot
     names); ``lost`` the owned partitions that start over from 0 because a key of theirs
     has no valid snapshot; ``notes`` the log lines in order (lineage notes, then one per
@@ -238,6 +239,7 @@ def plan_restore(
     events_topic: str,
     inputs: Sequence[str],
     lineage: str,
+    adopt: Callable[[Restored], None] | None = None,
 ) -> RestorePlan:
     """Plan taking over the events partitions ``owned`` (``inputs``: the input topics,
     events first; ``lineage``: the configured model's).
@@ -248,6 +250,11 @@ def plan_restore(
     (``replay --rebuild --publish``, a rollback): the adoption stands. A restored learner
     whose lineage the config names now drops its ``adopted_from`` (it is its own). The
     catalog's :meth:`~Catalog.load` may add rejections, so they are read last.
+
+    ``adopt``: called with each restored key as soon as it is loaded, which the plan then
+    does not keep — so the states of every key are never held at once (a million keys'
+    learners do not fit in memory; a runtime under a key budget evicts them as it adopts
+    them).
     """
     owned = sorted(set(owned))
     records = catalog.records()
@@ -310,7 +317,10 @@ def plan_restore(
         state = KeyState.of(raw)
         if state.learner.lineage == lineage:
             state.learner.adopted_from = None  # the config names it now: its own
-        restored.append(Restored(key, partition, header, state))
+        if adopt is None:
+            restored.append(Restored(key, partition, header, state))
+        else:
+            adopt(Restored(key, partition, header, state))
         for topic, by in header["offsets"].items():
             for p, off in by.items():
                 tp = (topic, int(p))

@@ -81,6 +81,7 @@ from stream_learner.core.processor import (
 from stream_learner.core.restore import (
     Gap,
     Reflected,
+    Restored,
     partition_record,
     plan_restore,
     restore_want,
@@ -820,23 +821,23 @@ class Service:
             # Only the owned partitions' snapshots are held in memory (restore_want).
             catalog = self.store.read(want=restore_want(owned, events))  # waits out a new topic
             lineage = self.factory.spec.lineage
-            plan = plan_restore(catalog, owned, events, self.topics.inputs, lineage)
+            if self.evicted is not None:  # what restored keys evict is on the topic already
+                self.evicted.restoring = True
+            try:  # each key adopted as it is loaded (evicted at once past the budget)
+                plan = plan_restore(
+                    catalog, owned, events, self.topics.inputs, lineage, adopt=self._adopt
+                )
+            finally:
+                if self.evicted is not None:
+                    self.evicted.restoring = False
+                    if self.processor.effects:
+                        self._effects(self.processor.effects)
             for note in plan.notes:
                 level = logging.WARNING if note.warning else logging.INFO
                 log_event(log, note.event, level=level, **note.fields)
             for rejection in plan.rejections:
                 self.metrics.count_checkpoint("rejected")
                 self.metrics.count_snapshot_rejection(rejection.reason)
-            if self.evicted is not None:  # what restored keys evict is on the topic already
-                self.evicted.restoring = True
-            try:
-                for restored in plan.restored:
-                    self._adopt(restored.key, restored.partition, restored.header, restored.state)
-            finally:
-                if self.evicted is not None:
-                    self.evicted.restoring = False
-                    if self.processor.effects:
-                        self._effects(self.processor.effects)
             starts.update(plan.starts)
             # Restored state needs input from its own positions; a partition rebuilt from
             # its log needs none, but its outputs need it from the committed offset on.
@@ -891,9 +892,14 @@ class Service:
             self.dirty.add(key)  # the next round keeps the record
             log_decision(log, d)
 
-    def _adopt(self, key: str, partition: int, header: dict, state: KeyState) -> None:
+    def _adopt(self, restored: Restored) -> None:
+        key, header, state = restored.key, restored.header, restored.state
         learner = state.learner
-        self.processor.adopt(key, learner, partition, paused=state.paused, pending=state.pending)
+        self.processor.adopt(
+            key, learner, restored.partition, paused=state.paused, pending=state.pending
+        )
+        if self.processor.effects:  # an eviction's: not kept for every key restored
+            self._effects(self.processor.effects)
         self._skip.add(key, header["offsets"])
         self._renewed[key] = learner.learned  # unpickled: new objects
         self._joins[key] = (learner.joiner.joined, learner.joiner.unmatched, learner.joiner.expired)

@@ -75,6 +75,31 @@ def test_starts_are_the_round_positions_moved_back_to_each_restored_keys_own():
     assert plan.notes == () and plan.rejections == ()
 
 
+def test_with_adopt_each_key_is_handed_over_as_it_is_loaded_and_not_kept():
+    """A runtime with a million keys cannot hold every restored state at once: it adopts
+    (and, under a key budget, evicts) each as the plan loads it."""
+    store = _store()
+    _snapshot(store, "a", 0, _offsets(0, 40, 10, 1))
+    _snapshot(store, "b", 0, _offsets(0, 70, 30, 2))
+    _snapshot(store, "c", 1, _offsets(1, 9))
+    _round(store, 0, _offsets(0, 70, 30, 2))
+    kept = _plan(store, [0, 1])
+    handed, live = [], []
+
+    def adopt(restored):
+        handed.append((restored.key, restored.partition, restored.header["offsets"]))
+        live.append(restored.state.learner.key)
+
+    catalog = store.read(want=restore_want([0, 1], EVENTS))
+    plan = plan_restore(catalog, [0, 1], EVENTS, INPUTS, LINEAR.lineage, adopt=adopt)
+    assert plan.restored == ()
+    assert handed == [(r.key, r.partition, r.header["offsets"]) for r in kept.restored]
+    assert live == ["a", "b", "c"]
+    assert (plan.starts, plan.notes, plan.lost, plan.claimed) == (
+        kept.starts, kept.notes, kept.lost, kept.claimed
+    )  # fmt: skip
+
+
 def test_keys_of_other_partitions_or_another_events_topic_are_left_alone():
     store = _store()
     _snapshot(store, "mine", 1, _offsets(1, 5))
