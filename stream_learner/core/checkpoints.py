@@ -225,6 +225,16 @@ class Rejection:
     slot: int | None = None
 
 
+#: The chunk indexes of a one-chunk snapshot (nearly every key's), shared: a frozenset
+#: costs ~200 bytes, and the writer and a catalog hold one per key and slot.
+_ONE_CHUNK = frozenset({0})
+
+
+def _chunk_set(indexes: Iterable[int]) -> frozenset[int]:
+    held = frozenset(indexes)
+    return _ONE_CHUNK if held == _ONE_CHUNK else held
+
+
 @dataclass(slots=True)
 class _SlotState:
     """What the writer needs to know about a slot."""
@@ -446,7 +456,7 @@ class Catalog:
             rejected = exc
         version = header.get("model_version") if isinstance(header, dict) else None
         self._states.setdefault(model_key, {})[slot] = _SlotState(
-            version if complete else None, position, complete, frozenset(indexes)
+            version if complete else None, position, complete, _chunk_set(indexes)
         )
         if rejected is not None:
             self.rejections.append(
@@ -687,9 +697,9 @@ class LogStore:
             slots = self._slots.setdefault(key, {})
             own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
             slot = STAGING_SLOT if staged else _choose_slot(own, version, self.keep_versions)
-            written = frozenset(range(len(chunks)))
+            written = _chunk_set(range(len(chunks)))
             leftovers = sorted(slots[slot].indexes - written) if slot in slots else []
-            slots[slot] = _SlotState(None, self._tick(), False, written | set(leftovers))
+            slots[slot] = _SlotState(None, self._tick(), False, _chunk_set([*written, *leftovers]))
             chunk_records += [
                 (chunk_key(key, slot, c.header["chunk_index"]), c.to_bytes()) for c in chunks
             ]
