@@ -157,13 +157,13 @@ def floor(args: argparse.Namespace) -> dict:
 
 def child(args: argparse.Namespace) -> None:
     """One run; prints one JSON line. Every run collects garbage as the service's loop
-    does (``GC_THRESHOLDS``): a larger young generation lets each event's garbage die
+    does (``core/collector.py``): a larger young generation lets each event's garbage die
     unscanned."""
     import gc
 
-    from stream_learner.service.runtime import GC_THRESHOLDS
+    from stream_learner.core.collector import THRESHOLDS
 
-    gc.set_threshold(*GC_THRESHOLDS)
+    gc.set_threshold(*THRESHOLDS)
     if args.kind == "floor":
         print(json.dumps(floor(args)))
         return

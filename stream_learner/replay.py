@@ -35,6 +35,7 @@ import orjson
 
 from stream_learner.config import SECTIONS, Config, read_toml
 from stream_learner.core.codec import KeyCodec
+from stream_learner.core.collector import learning_thresholds
 from stream_learner.core.commands import Command
 from stream_learner.core.drift import DriftSignal
 from stream_learner.core.events import (
@@ -424,9 +425,10 @@ def replay(
         made: dict[str, Learner] = {}
         served: list[tuple[Event, Outcome]] | None = None if predictions is None else []
         try:
-            reports.append(
-                _replay_one(history, partitions, named, processor, made, progress, served)
-            )
+            with learning_thresholds():  # as the service's loop collects garbage
+                reports.append(
+                    _replay_one(history, partitions, named, processor, made, progress, served)
+                )
             if learners is not None:
                 for key in processor.evicted & made.keys():  # the caller wants them all
                     made[key] = store.load(key).learner

@@ -39,7 +39,6 @@ What the log no longer holds cannot be re-learned: a start below a partition's l
 
 from __future__ import annotations
 
-import gc
 import logging
 import time
 from collections import Counter
@@ -50,6 +49,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 import orjson
 
 from stream_learner.core.codec import KeyCodec
+from stream_learner.core.collector import learning_thresholds
 from stream_learner.core.commands import Command
 from stream_learner.core.events import (
     MAX_EVENT_BYTES,
@@ -115,11 +115,6 @@ TopicPartition = tuple[str, int]
 #: Decision actions after which a key serves another model version (its gauge follows).
 _NEW_VERSION = frozenset({"promote", "rollback"})
 
-# The cyclic GC's thresholds while the loop runs (CPython's default: 700, 10, 10). Every
-# learner keeps thousands of recent examples alive, so with many keys the default spends a
-# tenth of the hot path re-scanning those survivors; a larger young generation lets the
-# per-event garbage die unscanned. The previous thresholds are restored when the loop ends.
-GC_THRESHOLDS = (10_000, 10, 10)
 # A periodic checkpoint round pickles each changed key, and pickling reads the live objects'
 # __dict__, which CPython 3.11 makes them keep (a 5-12 % slower learner, for good; see
 # core/pickling.py). After the round, a key that learned at least one event per this many
@@ -1092,50 +1087,48 @@ class Service:
             self.stall.start()
         if self.store is not None:
             self.store.may_write = lambda: not self._stale()
-        gc_default = gc.get_threshold()
-        gc.set_threshold(*GC_THRESHOLDS)
-        try:
-            while not should_stop():
-                polled = self.source.poll(self.batch_size, self.poll_timeout_s)
-                if self.stood_still():
-                    continue  # fenced: what was polled is read again after the rejoin
-                self.merger.push(polled)
-                records = self.merger.pop_ready(self._caught_up, time.monotonic())
-                if records:
-                    started = time.perf_counter()
-                    try:
-                        self.process(records)
-                        self.end_batch(should_stop=should_stop)
-                    except FencedError:  # a write it may no longer make, or a lost transaction
-                        if not self.stood_still() and self._fenced:
-                            self.source.rejoin()
-                        continue
-                    self.metrics.observe_batch(time.perf_counter() - started, len(records))
-                    self.batches += 1
-                if not self.caught_up and self._all_caught_up():
-                    self.caught_up = True
-                    self.metrics.set_ready(True)
-                    log_event(log, "caught_up", keys=len(self.learners))
-        finally:
+        with learning_thresholds():  # the loop's garbage collection: core/collector.py
             try:
-                if not self._fenced and not self.stood_still(rejoin=False):
-                    try:
-                        self.flush(should_stop)
-                        self.commit(should_stop)
-                        if self.store is not None:
-                            for partition in self._owned():
-                                self.checkpoint_round(partition, "shutdown")
-                    except FencedError:  # the next owner replays what was not handed over
-                        self.stood_still(rejoin=False)
-                self.source.close()
-                self.retrainer.close()
-                if self.evicted is not None:
-                    self.evicted.close()
-                self.metrics.set_ready(False)
+                while not should_stop():
+                    polled = self.source.poll(self.batch_size, self.poll_timeout_s)
+                    if self.stood_still():
+                        continue  # fenced: what was polled is read again after the rejoin
+                    self.merger.push(polled)
+                    records = self.merger.pop_ready(self._caught_up, time.monotonic())
+                    if records:
+                        started = time.perf_counter()
+                        try:
+                            self.process(records)
+                            self.end_batch(should_stop=should_stop)
+                        except FencedError:  # a write it may no longer make, or a lost transaction
+                            if not self.stood_still() and self._fenced:
+                                self.source.rejoin()
+                            continue
+                        self.metrics.observe_batch(time.perf_counter() - started, len(records))
+                        self.batches += 1
+                    if not self.caught_up and self._all_caught_up():
+                        self.caught_up = True
+                        self.metrics.set_ready(True)
+                        log_event(log, "caught_up", keys=len(self.learners))
             finally:
-                gc.set_threshold(*gc_default)
-                if self.stall is not None:
-                    self.stall.stop()
+                try:
+                    if not self._fenced and not self.stood_still(rejoin=False):
+                        try:
+                            self.flush(should_stop)
+                            self.commit(should_stop)
+                            if self.store is not None:
+                                for partition in self._owned():
+                                    self.checkpoint_round(partition, "shutdown")
+                        except FencedError:  # the next owner replays what was not handed over
+                            self.stood_still(rejoin=False)
+                    self.source.close()
+                    self.retrainer.close()
+                    if self.evicted is not None:
+                        self.evicted.close()
+                    self.metrics.set_ready(False)
+                finally:
+                    if self.stall is not None:
+                        self.stall.stop()
 
 
 def _rollback_failed(key: str, version: int | None, why: str) -> None:
