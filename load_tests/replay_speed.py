@@ -17,7 +17,8 @@ loop scores), and for ``performance`` (retrains run inline, so their time counts
 learning core alone (``Learner.learn`` per event, policy ``never``: the work the replay must
 do) is timed in the same rounds, and the replay is given against it too: what the replay
 adds on top of learning. Then the same with the config's model replaced by a Hoeffding
-tree (``--models`` picks); writes load_tests/results/replay_speed.json.
+tree (``--models`` picks); writes load_tests/results/replay_speed.json. Every loop runs
+with the garbage collector's thresholds the replay sets for itself (``core/collector.py``).
 """
 
 from __future__ import annotations
@@ -37,6 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from stream_learner.config import load_config  # noqa: E402
+from stream_learner.core.collector import learning_thresholds  # noqa: E402
 from stream_learner.core.events import Event, decode  # noqa: E402
 from stream_learner.core.learner import Learner, LearnerConfig  # noqa: E402
 from stream_learner.core.models import ModelSpec, build_model  # noqa: E402
@@ -80,7 +82,8 @@ def main() -> None:
         if which == "tree":
             model = {**base.model, "pipeline": [{"estimator": "tree.HoeffdingTreeClassifier"}]}
             config = dataclasses.replace(base, model=model)
-        results[which] = measure(config, history, args.rounds)
+        with learning_thresholds():  # the replay's own; the floors get them too
+            results[which] = measure(config, history, args.rounds)
     RESULTS.parent.mkdir(parents=True, exist_ok=True)
     RESULTS.write_text(json.dumps(results, indent=2) + "\n")
     print(f"wrote {RESULTS}")
