@@ -54,7 +54,7 @@ from stream_learner.embed import Result, StreamLearner, checkpoint_store
 from stream_learner.errors import ConfigError, DecodeError, StreamLearnerError
 from stream_learner.logs import JsonFormatter, log_decision, log_event
 from stream_learner.metrics import ServiceMetrics
-from stream_learner.service.runtime import dead_letter_headers
+from stream_learner.service.runtime import dead_letter_headers, report_restore
 
 try:
     import faust
@@ -354,12 +354,7 @@ class FaustLearner:
         if not new or self.learner.store is None:
             return
         plan = self.learner.restore(new)
-        for note in plan.notes:
-            level = logging.WARNING if note.warning else logging.INFO
-            log_event(log, note.event, level=level, **note.fields)
-        for rejection in plan.rejections:
-            self.metrics.count_checkpoint("rejected")
-            self.metrics.count_snapshot_rejection(rejection.reason)
+        report_restore(plan, self.metrics)
         for restored in plan.restored:
             learner = restored.state.learner
             self.metrics.set_model(restored.key, learner.version, learner.lineage)

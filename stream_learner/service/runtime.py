@@ -82,6 +82,7 @@ from stream_learner.core.restore import (
     Gap,
     Reflected,
     Restored,
+    RestorePlan,
     partition_record,
     plan_restore,
     restore_want,
@@ -247,6 +248,16 @@ class LearnerFactory:
             max_pending=self.max_pending,
             max_age_s=self.max_age_s,
         )
+
+
+def report_restore(plan: RestorePlan, metrics: ServiceMetrics) -> None:
+    """Log a restore plan's notes and count what it refused (every runtime that restores)."""
+    for note in plan.notes:
+        level = logging.WARNING if note.warning else logging.INFO
+        log_event(log, note.event, level=level, **note.fields)
+    for rejection in plan.rejections:
+        metrics.count_checkpoint("rejected")
+        metrics.count_snapshot_rejection(rejection.reason)
 
 
 def dead_letter_headers(
@@ -827,12 +838,7 @@ class Service:
                     self.evicted.restoring = False
                     if self.processor.effects:
                         self._effects(self.processor.effects)
-            for note in plan.notes:
-                level = logging.WARNING if note.warning else logging.INFO
-                log_event(log, note.event, level=level, **note.fields)
-            for rejection in plan.rejections:
-                self.metrics.count_checkpoint("rejected")
-                self.metrics.count_snapshot_rejection(rejection.reason)
+            report_restore(plan, self.metrics)
             starts.update(plan.starts)
             # Restored state needs input from its own positions; a partition rebuilt from
             # its log needs none, but its outputs need it from the committed offset on.
