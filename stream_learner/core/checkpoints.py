@@ -160,7 +160,11 @@ def record_key(key: str) -> str:
 
 @dataclass(frozen=True, slots=True)
 class VersionInfo:
-    """One snapshot found on the topic; ``header`` is its (signed) header."""
+    """One snapshot found on the topic; ``header`` is its (signed) header.
+
+    The header is kept as its JSON bytes and parsed on each read of :attr:`header` (a new
+    dict each time): a restore's catalog holds one per key and version, and parsed it was
+    ~2 KB of a young key's ~6 KB there, against ~0.7 KB as bytes."""
 
     key: str
     model_version: int
@@ -168,7 +172,11 @@ class VersionInfo:
     reason: str | None
     slot: int
     position: int  # order of the manifest (or last chunk) in the log: higher is newer
-    header: dict[str, Any] = field(repr=False)
+    raw: bytes = field(repr=False)  # the header, as JSON
+
+    @property
+    def header(self) -> dict[str, Any]:
+        return orjson.loads(self.raw)
 
     @property
     def staged(self) -> bool:
@@ -473,7 +481,8 @@ class Catalog:
                 "unverified" if unverified and reason is None else reason,
                 slot,
                 position,
-                dict(header),
+                # Copied to bytes of its own size: orjson's buffer keeps its capacity.
+                memoryview(orjson.dumps(header)).tobytes(),
             )
             self._infos.setdefault(model_key, []).append(info)
 
@@ -534,7 +543,8 @@ class Catalog:
             if payload is None:  # valid, but want dropped its bytes
                 continue
             try:
-                return dict(info.header), decode_snapshot(info.header, payload, self._signing_key)
+                header = info.header  # parsed anew: the caller's own
+                return header, decode_snapshot(dict(header), payload, self._signing_key)
             except SnapshotRejected as exc:
                 self.rejections.append(
                     Rejection(exc.reason, exc.detail, key, info.model_version, info.slot)
