@@ -276,18 +276,20 @@ def plan_restore(
     lost: set[int] = set()
     for key in catalog.keys():  # noqa: SIM118 - a Catalog, not a dict
         newest = max(catalog.versions(key), key=lambda v: v.recency)
-        partition = newest.extra.get("partition")
-        if partition not in owned or newest.extra.get("events_topic") != events_topic:
+        # Read once each: a version's header is parsed at every read (VersionInfo).
+        extra, found = newest.extra, newest.lineage
+        partition = extra.get("partition")
+        if partition not in owned or extra.get("events_topic") != events_topic:
             continue
-        if newest.lineage != lineage:
-            if newest.extra.get("adopted_from") != lineage:
+        if found != lineage:
+            if extra.get("adopted_from") != lineage:
                 # The config's [model] changed: a new model iteration starts fresh.
                 notes.append(
                     Note(
                         "checkpoint_lineage_changed",
                         {
                             "key": key,
-                            "old": newest.lineage,
+                            "old": found,
                             "new": lineage,
                             "action": "starting a new lineage fresh",
                         },
@@ -301,7 +303,7 @@ def plan_restore(
                     "adopted_lineage_kept",
                     {
                         "key": key,
-                        "lineage": newest.lineage,
+                        "lineage": found,
                         "configured": lineage,
                         "action": "restoring the adopted lineage; put its [model] in the "
                         "config to make that explicit",
