@@ -37,7 +37,9 @@ service_<part>.json for one ``--part``). ``--rounds N`` repeats the per-model fi
 times, the models alternating, and reports the medians of the ratios (the latency is
 measured in the first round). Each ratio is given twice: of whole runs, and of the lower
 quartiles of their batches' time per event (see ``quick()``), which this shared machine's
-slow stretches move far less; both are printed and written.
+slow stretches move far less; both are printed and written Every loop of a round runs under
+the garbage-collector thresholds the service's loop sets (core/collector.py), so no
+floor is slowed by collections the service does not make.
 """
 
 from __future__ import annotations
@@ -67,6 +69,7 @@ from river.datasets import synth
 
 from stream_learner.cli.service_cmd import build_service, core_factory
 from stream_learner.config import parse_config
+from stream_learner.core.collector import learning_thresholds
 from stream_learner.core.events import Event, decode_event
 from stream_learner.core.models import ModelSpec, build_model
 from stream_learner.kafka.client import client_config, resolve_bootstrap
@@ -547,6 +550,47 @@ def _wait_url(log: Path, proc) -> str:
     raise SystemExit(f"service did not start: {log}")
 
 
+def model_round(admin, bootstrap: str, pipeline: list, data: list[dict], r: int) -> dict:
+    """One round of one model's figures (a)-(e) over ``data``; latency in the first round."""
+    n = len(data)
+    spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline, "seed": 1})
+    prefix = make_topics(admin, bootstrap, 1)
+    produce(bootstrap, prefix + "events", data)
+    raw = consume_decode(bootstrap, prefix + "events", n)
+    paced = events(n + 20_000)[n:] if r == 0 else None  # latency: the first round
+    # The bare loop runs right before and right after the service: their mean is
+    # the limit, and their spread shows how noisy the machine was meanwhile.
+    before = bare(spec, data)
+    least = least_loop(bootstrap, prefix + "events", spec, n)
+    cfg = config(bootstrap, prefix, pipeline)
+    least_core = least_core_loop(bootstrap, prefix + "events", cfg, n)
+    run = service_run(bootstrap, prefix, pipeline, n, paced=paced, retrain_in_worker=True)
+    core = core_alone(cfg, data)
+    after = bare(spec, data)
+    speeds = {  # (events/s over the run, events/s at the lower quartile)
+        "bare": ((before[0] + after[0]) / 2, (before[1] + after[1]) / 2),
+        "least": least,
+        "core": core,
+        "least_core": least_core,
+        "service": (run["events_per_s"], run["quick_events_per_s"]),
+    }
+    figures = {
+        "bare_river_before_after": [round(before[0]), round(after[0])],
+        "consume_decode_events_per_s": round(raw),
+        **{f"{what}_events_per_s": [round(v) for v in speeds[what]] for what in speeds},
+    }
+    for a, b in RATIOS:
+        figures[f"{a}_over_{b}"] = round(speeds[a][0] / speeds[b][0], 3)
+        figures[f"{a}_over_{b}_quick"] = round(speeds[a][1] / speeds[b][1], 3)
+    if paced:
+        figures.update(
+            latency_at_events_per_s=round(run["paced_events_per_s"]),
+            latency_ms_p50=round(run["latency_ms_p50"], 1),
+            latency_ms_p99=round(run["latency_ms_p99"], 1),
+        )
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--events", type=int, default=100_000)
@@ -578,41 +622,8 @@ def main() -> None:
     # every figure of a round sees the same load from the rest of the machine.
     for r in range(args.rounds if args.part in ("all", "models") else 0):
         for name, pipeline in MODELS.items():
-            spec = ModelSpec.from_dict({"task": "binary", "pipeline": pipeline, "seed": 1})
-            prefix = make_topics(admin, bootstrap, 1)
-            produce(bootstrap, prefix + "events", data)
-            raw = consume_decode(bootstrap, prefix + "events", n)
-            paced = events(n + 20_000)[n:] if r == 0 else None  # latency: the first round
-            # The bare loop runs right before and right after the service: their mean is
-            # the limit, and their spread shows how noisy the machine was meanwhile.
-            before = bare(spec, data)
-            least = least_loop(bootstrap, prefix + "events", spec, n)
-            cfg = config(bootstrap, prefix, pipeline)
-            least_core = least_core_loop(bootstrap, prefix + "events", cfg, n)
-            run = service_run(bootstrap, prefix, pipeline, n, paced=paced, retrain_in_worker=True)
-            core = core_alone(cfg, data)
-            after = bare(spec, data)
-            speeds = {  # (events/s over the run, events/s at the lower quartile)
-                "bare": ((before[0] + after[0]) / 2, (before[1] + after[1]) / 2),
-                "least": least,
-                "core": core,
-                "least_core": least_core,
-                "service": (run["events_per_s"], run["quick_events_per_s"]),
-            }
-            figures = {
-                "bare_river_before_after": [round(before[0]), round(after[0])],
-                "consume_decode_events_per_s": round(raw),
-                **{f"{what}_events_per_s": [round(v) for v in speeds[what]] for what in speeds},
-            }
-            for a, b in RATIOS:
-                figures[f"{a}_over_{b}"] = round(speeds[a][0] / speeds[b][0], 3)
-                figures[f"{a}_over_{b}_quick"] = round(speeds[a][1] / speeds[b][1], 3)
-            if paced:
-                figures.update(
-                    latency_at_events_per_s=round(run["paced_events_per_s"]),
-                    latency_ms_p50=round(run["latency_ms_p50"], 1),
-                    latency_ms_p99=round(run["latency_ms_p99"], 1),
-                )
+            with learning_thresholds():  # the service's own: every loop of a round gets them
+                figures = model_round(admin, bootstrap, pipeline, data, r)
             rounds[name].append(figures)
             print(f"{name} round {r + 1}: {figures}", flush=True)
     for name, runs in rounds.items():

@@ -401,24 +401,26 @@ class Service:
         """Route a batch of records through the processor; returns how many were handled
         (all of them: what does not fit goes to the dead-letter topic)."""
         events, labels, control = self.topics.events, self.topics.labels, self.topics.control
-        proc, decoder = self.processor, self.decoder
+        proc, decode_event = self.processor, self.decoder.event
         effects = proc.effects
         positions = self.positions
         touched, counts = self._touched, self._counts
+        skipping = self._skip.by_key  # keys restored mid-way through their input; mostly empty
         n = 0
         replay = self._replay
         for rec in records:
             n += 1
-            topic = rec.topic
-            positions[topic, rec.partition] = rec.offset + 1
+            # Unpacked once: a Record's fields read by name cost a descriptor call each.
+            topic, partition, offset, raw_key, value, timestamp_ms = rec
+            positions[topic, partition] = offset + 1
             if replay:
                 self._emit = self._replaying(rec)
             try:
                 if topic == events:
-                    event = decoder.event(rec.value, rec.key, rec.timestamp_ms)
-                    if self._skip and self._known(event.key, rec):
+                    event = decode_event(value, raw_key, timestamp_ms)
+                    if skipping and self._known(event.key, rec):
                         continue
-                    out = proc.event(event, rec.partition)
+                    out = proc.event(event, partition)
                     if out is PAUSED:
                         counts["paused"] += 1
                     else:
@@ -428,10 +430,10 @@ class Service:
                         else:
                             self._learned += 1
                 elif topic == labels:
-                    label = decoder.label(rec.value, rec.key, rec.timestamp_ms)
-                    if self._skip and self._known(label.key, rec):
+                    label = self.decoder.label(value, raw_key, timestamp_ms)
+                    if skipping and self._known(label.key, rec):
                         continue
-                    out = proc.label(label, rec.partition)
+                    out = proc.label(label, partition)
                     if out is PAUSED:
                         counts["paused"] += 1
                     else:
@@ -439,9 +441,9 @@ class Service:
                         if out is not None:
                             counts["learned"] += 1
                 elif topic == control:
-                    cmd = decoder.command(rec.value, rec.key)
-                    skip = (lambda key, rec=rec: self._known(key, rec)) if self._skip else None
-                    proc.command(cmd, rec.partition, skip=skip)
+                    cmd = self.decoder.command(value, raw_key)
+                    skip = (lambda key, rec=rec: self._known(key, rec)) if skipping else None
+                    proc.command(cmd, partition, skip=skip)
             except DecodeError as exc:
                 self.dead_letter(rec, exc.reason, exc.detail)
             if effects:
