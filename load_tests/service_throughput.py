@@ -37,7 +37,7 @@ service_<part>.json for one ``--part``). ``--rounds N`` repeats the per-model fi
 times, the models alternating, and reports the medians of the ratios (the latency is
 measured in the first round). Each ratio is given twice: of whole runs, and of the lower
 quartiles of their batches' time per event (see ``quick()``), which this shared machine's
-slow stretches move far less; both are printed and written Every loop of a round runs under
+slow stretches move far less; both are printed and written. Every loop of a round runs under
 the garbage-collector thresholds the service's loop sets (core/collector.py), so no
 floor is slowed by collections the service does not make.
 """

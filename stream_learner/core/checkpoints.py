@@ -96,12 +96,13 @@ from stream_learner.core.snapshot import (
     Chunk,
     SnapshotMeta,
     SnapshotRejected,
-    assemble,
     check_header,
     decode_snapshot,
     encode_pickled,
     encode_snapshot,
+    join_pieces,
     parse_chunk,
+    snapshot_identity,
     verify_signature,
     verify_snapshot,
 )
@@ -255,14 +256,27 @@ class _SlotState:
 
 
 @dataclass(slots=True)
+class _Piece:
+    """A chunk as the catalog keeps it while reading: what judging its slot needs, and its
+    header as JSON bytes (parsed again only to describe a slot without a manifest). A
+    parsed header is ~2 KB of dicts against ~0.5 KB as bytes, and a read holds one per
+    chunk and manifest of every slot until the log ends."""
+
+    identity: tuple  # (key, model version, SHA-256, chunk count), as its header says
+    index: int
+    payload: bytes  # b"" when want dropped it
+    raw: bytes = field(repr=False)
+
+
+@dataclass(slots=True)
 class _Entry:
     """The live value of one record key of a slot, as far as the catalog keeps it."""
 
     position: int
     index: str | None  # the record key's chunk index; None for the manifest
-    header: dict[str, Any] | None = None  # a manifest that reads as a header
+    raw: bytes | None = None  # a manifest that reads as a header: its JSON (checked)
     error: SnapshotRejected | None = None  # a manifest that does not
-    chunk: Chunk | None = None  # a parsed chunk (payload b"" when dropped); None: unparseable
+    piece: _Piece | None = None  # a parsed chunk; None: unparseable
     size: int = 0  # the chunk's payload size, kept or not
     wanted: bool = True  # ``want`` accepted its header: a chunk's payload is kept
 
@@ -383,18 +397,23 @@ class Catalog:
                 return _Entry(position, None, error=error, wanted=False)
             except SnapshotRejected as exc:
                 return _Entry(position, None, error=exc, wanted=False)
-            return _Entry(position, None, header=header, wanted=self._wants(header))
+            return _Entry(position, None, raw=value, wanted=self._wants(header))
         try:
             chunk = parse_chunk(value)
         except SnapshotRejected:  # counts as a chunk key present, never as a chunk
             return _Entry(position, tail, wanted=False)
-        wanted = self._wants(chunk.header)
+        header = chunk.header
+        wanted = self._wants(header)
         if self._want is not None:
             self._feed(content, chunk, position)
         size = len(chunk.payload)
-        if not wanted:
-            chunk = Chunk(chunk.header, b"")  # the bytes go now
-        return _Entry(position, tail, chunk=chunk, size=size, wanted=wanted)
+        piece = _Piece(
+            snapshot_identity(header),
+            header["chunk_index"],
+            chunk.payload if wanted else b"",  # the bytes go now
+            value[: value.index(b"\n")],
+        )
+        return _Entry(position, tail, piece=piece, size=size, wanted=wanted)
 
     def _wants(self, header: dict[str, Any]) -> bool:
         return self._want is None or bool(self._want(MappingProxyType(header)))
@@ -427,32 +446,31 @@ class Catalog:
                 if entry.error is not None:
                     manifest_error = entry.error
                 else:
-                    manifest = entry.header
+                    manifest = entry.raw
             else:
                 indexes.add(int(entry.index))
-                if entry.chunk is not None:
+                if entry.piece is not None:
                     chunks.append(entry)
         if any(entry.wanted for entry in entries):
             self._wanted.add(model_key)
         position = entries[-1].position
-        header, payload, complete, unverified, rejected = manifest, None, False, False, None
+        header = orjson.loads(manifest) if manifest is not None else None  # checked on entry
+        payload, complete, unverified, rejected = None, False, False, None
         try:
             if manifest_error is not None:
                 raise manifest_error
             if header is None:
                 if chunks:
-                    header = dict(chunks[0].chunk.header)
+                    header = orjson.loads(chunks[0].piece.raw)
                     del header["chunk_index"]
                 raise SnapshotRejected("no_manifest", "chunks without a manifest (unfinished)")
             if header["key"] != model_key:
                 raise SnapshotRejected("key_mismatch", f"header is for key {header['key']!r}")
-            wanted = (header["model_version"], header["sha256"])
-            pieces = [
-                e
-                for e in chunks
-                if (e.chunk.header["model_version"], e.chunk.header["sha256"]) == wanted
-            ]
-            _, payload = assemble(e.chunk for e in pieces)
+            wanted = snapshot_identity(header)
+            pieces = [e for e in chunks if e.piece.identity[1:3] == wanted[1:3]]
+            payload = join_pieces(
+                (e.piece.identity, e.piece.index, e.piece.payload) for e in pieces
+            )
             if all(e.wanted for e in pieces):
                 verify_snapshot(header, payload, None)
             else:
@@ -574,7 +592,7 @@ def _streamed_checksum(header: Mapping[str, Any], pieces: list[_Entry], run: _Ru
         raise SnapshotRejected(
             "checksum_mismatch", f"payload is {size} bytes, header says {header['payload_size']}"
         )
-    at = {p.chunk.header["chunk_index"]: p.position for p in pieces if p.chunk is not None}
+    at = {p.piece.index: p.position for p in pieces if p.piece is not None}
     if run is None or run.positions != [at[i] for i in range(len(at))]:
         return False
     if run.digest.hexdigest() != header["sha256"]:

@@ -73,9 +73,11 @@ __all__ = [
     "decode_snapshot",
     "encode_pickled",
     "encode_snapshot",
+    "join_pieces",
     "load_signing_key",
     "parse_chunk",
     "sign_header",
+    "snapshot_identity",
     "verify_signature",
     "verify_snapshot",
 ]
@@ -328,7 +330,8 @@ def parse_chunk(raw: bytes) -> Chunk:
     return Chunk(header, raw[end + 1 :])
 
 
-def _identity(header: Mapping[str, Any]) -> tuple:
+def snapshot_identity(header: Mapping[str, Any]) -> tuple:
+    """What the chunks of one snapshot share: (key, model version, SHA-256, chunk count)."""
     return header["key"], header["model_version"], header["sha256"], header["chunk_count"]
 
 
@@ -339,18 +342,31 @@ def assemble(chunks: Iterable[Chunk]) -> tuple[dict[str, Any], bytes]:
     duplicated or foreign chunk is refused as ``incomplete``: a truncated set must never
     be mistaken for a smaller snapshot.
     """
-    by_index: dict[int, Chunk] = {}
+    chunks = list(chunks)
+    headers = [check_header(chunk.header) for chunk in chunks]
+    payload = join_pieces(
+        (snapshot_identity(h), h.get("chunk_index"), c.payload)
+        for h, c in zip(headers, chunks, strict=True)
+    )
+    first = next(h for h in headers if h.get("chunk_index") == 0)
+    return {k: v for k, v in first.items() if k != "chunk_index"}, payload
+
+
+def join_pieces(pieces: Iterable[tuple[tuple, int | None, bytes]]) -> bytes:
+    """The payload of one snapshot from its pieces, ``(identity, chunk_index, payload
+    slice)`` in any order, where ``identity`` is (key, model version, SHA-256, chunk
+    count) as each chunk's header says. A missing, repeated or foreign piece is refused
+    as ``incomplete`` (see :func:`assemble`)."""
+    by_index: dict[int, bytes] = {}
     identity = None
-    for chunk in chunks:
-        header = check_header(chunk.header)
+    for ident, index, payload in pieces:
         if identity is None:
-            identity = _identity(header)
-        elif _identity(header) != identity:
+            identity = ident
+        elif ident != identity:
             raise SnapshotRejected("incomplete", "chunks of different snapshots were mixed")
-        index = header.get("chunk_index")
         if index is None or index in by_index:
             raise SnapshotRejected("incomplete", f"chunk {index!r} missing an index or repeated")
-        by_index[index] = chunk
+        by_index[index] = payload
     if identity is None:
         raise SnapshotRejected("incomplete", "no chunks")
     count = identity[3]
@@ -359,8 +375,7 @@ def assemble(chunks: Iterable[Chunk]) -> tuple[dict[str, Any], bytes]:
         raise SnapshotRejected(
             "incomplete", f"{len(missing)} of {count} chunks missing (first: {missing[0]})"
         )
-    header = {k: v for k, v in by_index[0].header.items() if k != "chunk_index"}
-    return header, b"".join(by_index[i].payload for i in range(count))
+    return b"".join(by_index[i] for i in range(count))
 
 
 def verify_signature(header: Mapping[str, Any], signing_key: bytes) -> None:
