@@ -79,12 +79,19 @@ decides it. :meth:`Catalog.load` never returns a snapshot whose bytes were dropp
 key that was not wanted it raises ``LookupError`` (the caller left it out; ``None`` would
 claim nothing is restorable), and for a wanted key it passes over such a snapshot as if
 absent. Without ``want`` every payload is kept and verified.
+
+A restore of a million keys cannot hold their bytes at once either: the service reads
+the headers only (``want`` keeping none), chooses each key's snapshot from that catalog,
+then :meth:`LogStore.fetch` reads the log a second time and hands over each chosen
+snapshot's bytes as its last chunk streams by, to be verified, unpickled and adopted
+(or evicted) at once. While a log streams by, the catalog keeps each record's header as
+JSON bytes, never parsed dicts.
 """
 
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
@@ -545,29 +552,46 @@ class Catalog:
         when it has a valid snapshot (read it with a ``want`` that accepts it), and a
         snapshot whose bytes were dropped is passed over as if absent.
         """
-        candidates = [
+        candidates = self.candidates(key, version, staged=staged)
+        if candidates and self._want is not None and key not in self._wanted:
+            raise LookupError(
+                f"checkpoint key {key!r} was not wanted by this read: its snapshots' bytes "
+                "were not kept"
+            )
+        for info in candidates:
+            payload = self._payloads.get((key, info.slot))
+            if payload is None:  # valid, but want dropped its bytes
+                continue
+            loaded = self.decode(info, payload)
+            if loaded is not None:
+                return loaded
+        return None
+
+    def candidates(
+        self, key: str, version: int | None = None, *, staged: bool = False
+    ) -> list[VersionInfo]:
+        """The valid snapshots :meth:`load` tries for these arguments, in its order (the
+        first that decodes is the one it returns); a restore reading in two passes
+        (:meth:`LogStore.fetch`) tries them in the same order."""
+        found = [
             info
             for info in self._infos.get(key, [])
             if info.valid
             and (info.model_version == version if version is not None else not info.staged)
             and (info.staged or not staged)
         ]
-        if candidates and self._want is not None and key not in self._wanted:
-            raise LookupError(
-                f"checkpoint key {key!r} was not wanted by this read: its snapshots' bytes "
-                "were not kept"
+        return sorted(found, key=_newest_first(version), reverse=True)
+
+    def decode(self, info: VersionInfo, payload: bytes) -> tuple[dict[str, Any], object] | None:
+        """``info``'s header and its ``payload`` verified and unpickled; ``None`` when that
+        fails, with the reason added to :attr:`rejections`."""
+        try:
+            header = info.header  # parsed anew: the caller's own (decoding reads it)
+            return header, decode_snapshot(header, payload, self._signing_key)
+        except SnapshotRejected as exc:
+            self.rejections.append(
+                Rejection(exc.reason, exc.detail, info.key, info.model_version, info.slot)
             )
-        for info in sorted(candidates, key=_newest_first(version), reverse=True):
-            payload = self._payloads.get((key, info.slot))
-            if payload is None:  # valid, but want dropped its bytes
-                continue
-            try:
-                header = info.header  # parsed anew: the caller's own (decoding reads it)
-                return header, decode_snapshot(header, payload, self._signing_key)
-            except SnapshotRejected as exc:
-                self.rejections.append(
-                    Rejection(exc.reason, exc.detail, key, info.model_version, info.slot)
-                )
         return None
 
     def records(self) -> dict[str, dict]:
@@ -598,6 +622,40 @@ def _streamed_checksum(header: Mapping[str, Any], pieces: list[_Entry], run: _Ru
     if run.digest.hexdigest() != header["sha256"]:
         raise SnapshotRejected("checksum_mismatch", "payload SHA-256 differs from the header")
     return True
+
+
+def _fetch(
+    log: Iterable[tuple[str, bytes | None]], chosen: Mapping[str, VersionInfo]
+) -> Iterator[tuple[VersionInfo, bytes]]:
+    """:meth:`LogStore.fetch` over ``log``."""
+    pieces: dict[str, dict[int, bytes]] = {}  # model key -> chunk index -> payload slice
+    done: set[str] = set()
+    for record_key, value in log:
+        if value is None:
+            continue
+        model_key, _, rest = record_key.rpartition(SEP)
+        if rest == MANIFEST or not rest.isdecimal():
+            continue
+        model_key, _, slot = model_key.rpartition(SEP)
+        info = chosen.get(model_key)
+        if info is None or slot != str(info.slot) or model_key in done:
+            continue
+        try:
+            chunk = parse_chunk(value)
+        except SnapshotRejected:
+            continue
+        header, want = chunk.header, info.header
+        identity = snapshot_identity(want)
+        if snapshot_identity(header) != identity:
+            continue  # an older snapshot in the slot, superseded later in the log
+        got = pieces.setdefault(model_key, {})
+        got[header["chunk_index"]] = chunk.payload  # a repeat is the same bytes (SHA-256)
+        if len(got) < identity[3]:
+            continue
+        del pieces[model_key]
+        payload = join_pieces((identity, index, part) for index, part in got.items())
+        done.add(model_key)
+        yield info, payload
 
 
 # --------------------------------------------------------------------------- stores
@@ -689,6 +747,18 @@ class LogStore:
         self._slots = catalog._slot_states()
         self._position = catalog.records_read
         return catalog
+
+    def fetch(
+        self, chosen: Mapping[str, VersionInfo], timeout: float = 30.0
+    ) -> Iterator[tuple[VersionInfo, bytes]]:
+        """Read the log once more and yield each ``chosen`` snapshot (a catalog's
+        :class:`VersionInfo`, by model key) with its payload as soon as its last chunk
+        streams by, in log order: the second pass of a restore that must not hold every
+        key's bytes at once (``read(want=...)`` keeping none, then a choice, then this).
+        A chunk counts when its record key is the chosen slot's and its header names the
+        chosen snapshot; the payload is not verified here (:meth:`Catalog.decode` does).
+        A chosen snapshot that never streams by whole is not yielded."""
+        return _fetch(self._scan(timeout), chosen)
 
     def publish(self, state: object, meta: SnapshotMeta, *, staged: bool = False) -> dict[str, Any]:
         """Write a snapshot of ``state``; return its header once every record is delivered.

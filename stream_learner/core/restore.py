@@ -25,7 +25,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from stream_learner.core.checkpoints import Catalog, Rejection, Want
+from stream_learner.core.checkpoints import Catalog, Rejection, VersionInfo, Want
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.snapshot import SnapshotMeta
 
@@ -35,6 +35,7 @@ __all__ = [
     "Reflected",
     "RestorePlan",
     "Restored",
+    "keep_none",
     "partition_record",
     "plan_restore",
     "restore_want",
@@ -154,6 +155,12 @@ def restore_want(owned: Iterable[int], events_topic: str) -> Want:
     return want
 
 
+def keep_none(header: Mapping[str, Any]) -> bool:
+    """A ``want`` for ``store.read`` that keeps no snapshot's bytes: the first pass of a
+    restore that fetches them afterwards (``plan_restore(..., fetch=store.fetch)``)."""
+    return False
+
+
 @dataclass(frozen=True, slots=True)
 class Restored:
     """A key to take over: its snapshot's (verified) header and state, on ``partition``."""
@@ -240,6 +247,7 @@ def plan_restore(
     inputs: Sequence[str],
     lineage: str,
     adopt: Callable[[Restored], None] | None = None,
+    fetch: Callable[[Mapping[str, VersionInfo]], Iterable[tuple[VersionInfo, bytes]]] | None = None,
 ) -> RestorePlan:
     """Plan taking over the events partitions ``owned`` (``inputs``: the input topics,
     events first; ``lineage``: the configured model's).
@@ -255,6 +263,13 @@ def plan_restore(
     does not keep — so the states of every key are never held at once (a million keys'
     learners do not fit in memory; a runtime under a key budget evicts them as it adopts
     them).
+
+    ``fetch``: the payloads come from it, not from the catalog (read keeping none, so a
+    restore never holds every key's bytes at once): given the snapshots to load by key, it
+    yields each with its payload (:meth:`~stream_learner.core.checkpoints.LogStore.fetch`).
+    Each key's candidates are tried in :meth:`~Catalog.load`'s order, a pass per round of
+    failures (a payload that does not decode is rare), and keys are adopted in the order
+    their payloads arrive.
     """
     owned = sorted(set(owned))
     records = catalog.records()
@@ -274,10 +289,26 @@ def plan_restore(
     restored: list[Restored] = []
     notes: list[Note] = []
     lost: set[int] = set()
+    chosen: dict[str, int] = {}  # key -> partition, for fetch
+
+    def take(key: str, partition: int, header: dict[str, Any], raw: object) -> None:
+        state = KeyState.of(raw)
+        if state.learner.lineage == lineage:
+            state.learner.adopted_from = None  # the config names it now: its own
+        if adopt is None:
+            restored.append(Restored(key, partition, header, state))
+        else:
+            adopt(Restored(key, partition, header, state))
+        for topic, by in header["offsets"].items():
+            for p, off in by.items():
+                tp = (topic, int(p))
+                starts[tp] = min(starts.get(tp, off), off)
+                claimed.add(tp)
+
     for key in catalog.keys():  # noqa: SIM118 - a Catalog, not a dict
         newest = max(catalog.versions(key), key=lambda v: v.recency)
-        # Read once each: a version's header is parsed at every read (VersionInfo).
-        extra, found = newest.extra, newest.lineage
+        header = newest.header  # parsed at every read (VersionInfo): once here
+        extra, found = header.get("extra", {}), header.get("lineage", "")
         partition = extra.get("partition")
         if partition not in owned or extra.get("events_topic") != events_topic:
             continue
@@ -311,23 +342,29 @@ def plan_restore(
                     warning=True,
                 )
             )
-        loaded = catalog.load(key)
-        if loaded is None:
-            lost.add(partition)
-            continue
-        header, raw = loaded
-        state = KeyState.of(raw)
-        if state.learner.lineage == lineage:
-            state.learner.adopted_from = None  # the config names it now: its own
-        if adopt is None:
-            restored.append(Restored(key, partition, header, state))
+        if fetch is None:
+            loaded = catalog.load(key)
+            if loaded is None:
+                lost.add(partition)
+            else:
+                take(key, partition, *loaded)
         else:
-            adopt(Restored(key, partition, header, state))
-        for topic, by in header["offsets"].items():
-            for p, off in by.items():
-                tp = (topic, int(p))
-                starts[tp] = min(starts.get(tp, off), off)
-                claimed.add(tp)
+            chosen[key] = partition
+    tried = dict.fromkeys(chosen, 0)  # candidates of each key tried so far
+    while tried:
+        wanted: dict[str, VersionInfo] = {}
+        for key, n in tried.items():
+            candidates = catalog.candidates(key)
+            if n < len(candidates):
+                wanted[key] = candidates[n]
+            else:
+                lost.add(chosen[key])  # every candidate failed: no valid snapshot
+        for info, payload in fetch(wanted) if wanted else ():
+            loaded = catalog.decode(info, payload)
+            if loaded is not None:
+                take(info.key, chosen[info.key], *loaded)
+                del wanted[info.key]
+        tried = {key: tried[key] + 1 for key in wanted}
     rejections = tuple(catalog.rejections)
     for rejection in rejections:
         notes.append(

@@ -83,9 +83,9 @@ from stream_learner.core.restore import (
     Reflected,
     Restored,
     RestorePlan,
+    keep_none,
     partition_record,
     plan_restore,
-    restore_want,
     retention_gaps,
     snapshot_meta,
 )
@@ -826,14 +826,21 @@ class Service:
         if self.store is not None:
             owned = {p for t, p in partitions if t == self.topics.events}
             events = self.topics.events
-            # Only the owned partitions' snapshots are held in memory (restore_want).
-            catalog = self.store.read(want=restore_want(owned, events))  # waits out a new topic
+            # Two passes over the topic: the headers, then each chosen snapshot's bytes as
+            # they stream by, adopted at once (a million keys' bytes are not held at once).
+            catalog = self.store.read(want=keep_none)  # waits out a new topic
             lineage = self.factory.spec.lineage
             if self.evicted is not None:  # what restored keys evict is on the topic already
                 self.evicted.restoring = True
             try:  # each key adopted as it is loaded (evicted at once past the budget)
                 plan = plan_restore(
-                    catalog, owned, events, self.topics.inputs, lineage, adopt=self._adopt
+                    catalog,
+                    owned,
+                    events,
+                    self.topics.inputs,
+                    lineage,
+                    adopt=self._adopt,
+                    fetch=self.store.fetch,
                 )
             finally:
                 if self.evicted is not None:

@@ -4,11 +4,12 @@ from __future__ import annotations
 
 import pytest
 
-from stream_learner.core.checkpoints import MemoryCheckpointStore, chunk_key
+from stream_learner.core.checkpoints import MemoryCheckpointStore, _fetch, chunk_key
 from stream_learner.core.keystate import KeyState
 from stream_learner.core.learner import Learner
 from stream_learner.core.restore import (
     Note,
+    keep_none,
     partition_record,
     plan_restore,
     restore_want,
@@ -45,8 +46,26 @@ def _round(store, partition, offsets):
 
 
 def _plan(store, owned, lineage=LINEAR.lineage):
+    """The one-pass plan, after checking that the two-pass one (the service's: headers
+    first, then each chosen snapshot's bytes fetched) decides the same in every branch."""
     catalog = store.read(want=restore_want(owned, EVENTS))
-    return plan_restore(catalog, owned, EVENTS, INPUTS, lineage)
+    plan = plan_restore(catalog, owned, EVENTS, INPUTS, lineage)
+    two = plan_restore(
+        store.read(want=keep_none), owned, EVENTS, INPUTS, lineage, fetch=store.fetch
+    )
+    assert _same(two) == _same(plan)
+    return plan
+
+
+def _same(plan):
+    """What two plans must share; keys are adopted in log order when fetched."""
+    restored = sorted(
+        (r.key, r.partition, r.header, r.state.learner.version, r.state.learner.index)
+        for r in plan.restored
+    )
+    notes = sorted(repr(n) for n in plan.notes)
+    rejections = sorted(repr(r) for r in plan.rejections)
+    return restored, plan.starts, plan.lost, plan.claimed, notes, rejections
 
 
 def _store() -> MemoryCheckpointStore:
@@ -249,3 +268,57 @@ def test_an_eviction_snapshot_newer_than_the_round_is_what_a_restart_restores():
     assert restored.header["trigger"] == "evict" and restored.state.learner.index == 41
     assert restored.header["offsets"][EVENTS] == {"0": 150}
     assert plan.starts[EVENTS, 0] == 100  # the round's record: no key needs less
+
+
+def test_fetched_payloads_restore_multi_chunk_snapshots_and_skip_superseded_bytes():
+    """The service's two passes: a snapshot of several chunks is joined as its last one
+    streams by, and an older snapshot's chunk still in the (not yet compacted) log under
+    the same record key is passed over by its SHA-256."""
+    store = MemoryCheckpointStore(signing_key=SIGNING, chunk_bytes=1024)
+    big = _snapshot(store, "big", 0, _offsets(0, 5), spec=TREE)
+    _snapshot(store, "small", 0, _offsets(0, 7))
+    catalog = store.read(want=keep_none)
+    [info] = catalog.candidates("big")
+    assert info.header["chunk_count"] > 1
+    stale = [(k, v) for k, v in store.log.items() if k.startswith("small\x1f")]
+    log = [*stale, *store.log.items()]  # an old copy first, as an uncompacted log holds it
+    older = Learner("small", LINEAR)
+    older.index = 99
+    other = MemoryCheckpointStore(signing_key=SIGNING)
+    meta = SnapshotMeta(key="small", lineage=LINEAR.lineage, model_version=1,
+                        trigger="periodic", offsets=_offsets(0, 3),
+                        extra={"partition": 0, "events_topic": EVENTS})  # fmt: skip
+    other.publish(KeyState(older), meta)
+    log = [*other.log.items(), *log]  # another snapshot's bytes under the same record keys
+    chosen = {key: catalog.candidates(key)[0] for key in ("big", "small")}
+    fetched = {info.key: catalog.decode(info, payload) for info, payload in _fetch(log, chosen)}
+    assert sorted(fetched) == ["big", "small"]
+    assert fetched["big"][1].learner.key == "big" and fetched["big"][1].learner.spec == big.spec
+    assert fetched["small"][1].learner.index != 99  # the chosen snapshot, not the stale one
+
+
+def test_a_fetched_snapshot_that_does_not_decode_falls_back_to_the_next_one_in_a_new_pass():
+    store = _store()
+    _snapshot(store, "a", 0, _offsets(0, 4))
+    _snapshot(store, "b", 0, _offsets(0, 6))
+    meta = SnapshotMeta(key="a", lineage=LINEAR.lineage, model_version=2,
+                        trigger="periodic", offsets=_offsets(0, 8),
+                        extra={"partition": 0, "events_topic": EVENTS})  # fmt: skip
+    store.publish_encoded([store.encode_pickled(b"not a pickle", meta)])  # signed, undecodable
+    _round(store, 0, _offsets(0, 9, 9, 9))
+    passes = []
+
+    def fetch(chosen):
+        passes.append(sorted((k, i.model_version) for k, i in chosen.items()))
+        return store.fetch(chosen)
+
+    catalog = store.read(want=keep_none)
+    plan = plan_restore(catalog, [0], EVENTS, INPUTS, LINEAR.lineage, fetch=fetch)
+    assert passes == [[("a", 2), ("b", 1)], [("a", 1)]]  # a second pass for "a" alone
+    restored = sorted((r.key, r.header["model_version"]) for r in plan.restored)
+    assert restored == [("a", 1), ("b", 1)]
+    assert [(r.reason, r.key, r.model_version) for r in plan.rejections] == [
+        ("undecodable", "a", 2)
+    ]
+    assert plan.starts[EVENTS, 0] == 4 and plan.lost == frozenset()
+    assert _same(plan) == _same(_plan(store, [0]))
