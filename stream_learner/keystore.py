@@ -119,6 +119,8 @@ class EvictedKeys:
 
     #: The fraction of the cache's bound it is trimmed below the bound.
     SLACK = 1 / 64
+    #: Bytes of cached entries written to the tier per delivery, about (see _write()).
+    WRITE_BYTES = 4 * 1024 * 1024
 
     def __init__(
         self,
@@ -242,8 +244,20 @@ class EvictedKeys:
         return self._unwritten[partition] > 0
 
     def _write(self, entries: list[Entry]) -> None:
-        if not entries:
-            return
+        """Write ``entries`` to the tier in deliveries of about :data:`WRITE_BYTES` each: a
+        flush of the whole cache (a checkpoint round, a shutdown) would otherwise hold
+        every entry's encoded snapshot, its records and the client's copies at once."""
+        batch, size = [], 0
+        for entry in entries:
+            batch.append(entry)
+            size += entry.size
+            if size >= self.WRITE_BYTES:
+                self._deliver(batch)
+                batch, size = [], 0
+        if batch:
+            self._deliver(batch)
+
+    def _deliver(self, entries: list[Entry]) -> None:
         self.tier.put(entries)
         for entry in entries:
             entry.written = True

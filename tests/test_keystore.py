@@ -153,6 +153,36 @@ def test_the_spill_file_reuses_the_slots_of_keys_read_back():
     tier.close()
 
 
+def test_a_flush_of_the_whole_cache_is_written_in_deliveries_of_bounded_size():
+    """A checkpoint round or a shutdown writes every unwritten cached entry: in deliveries
+    of about WRITE_BYTES, so the encoded snapshots of a 256 MB cache are never all held
+    at once (nor the client's copies of them)."""
+
+    class Counted(CheckpointTier):
+        def __init__(self, store) -> None:
+            super().__init__(store)
+            self.puts: list[list[int]] = []
+
+        def put(self, entries):
+            self.puts.append([e.size for e in entries])
+            super().put(entries)
+
+    store = MemoryCheckpointStore(signing_key=KEY)
+    tier = Counted(store)
+    keys = EvictedKeys(tier, _meta, cache_bytes=10**9)
+    keys.WRITE_BYTES = 20_000
+    for i in range(60):
+        keys.save(f"k{i}", i % 2, KeyState({"weights": [float(i)] * 300}))
+    assert tier.puts == [] and keys.unwritten(0) and keys.unwritten(1)
+    assert keys.flush() == 60
+    sizes = [sum(put) for put in tier.puts]
+    one = max(s for put in tier.puts for s in put)
+    assert len(sizes) > 2 and all(size < keys.WRITE_BYTES + one for size in sizes)
+    assert sum(len(put) for put in tier.puts) == 60
+    assert not keys.unwritten(0) and not keys.unwritten(1)
+    assert sorted(store.read().keys()) == sorted(f"k{i}" for i in range(60))
+
+
 def test_past_its_bound_the_cache_sheds_its_oldest_below_it_in_one_write():
     """A long tail evicts a key after each input: the cache passes its bound at nearly
     every eviction. It sheds SLACK of its bound at once, the oldest first, one write."""

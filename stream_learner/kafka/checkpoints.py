@@ -40,8 +40,11 @@ _CONSUMER = {
     "enable.auto.commit": False,
     "enable.partition.eof": True,
     "auto.offset.reset": "earliest",
-    "fetch.max.bytes": 64 * 1024 * 1024,
+    # One partition, read once from start to end: a fetch of 16 MiB keeps the reader busy,
+    # and the prefetch queue (librdkafka's default: 64 MiB) need not hold more than two.
+    "fetch.max.bytes": 16 * 1024 * 1024,
     "max.partition.fetch.bytes": 16 * 1024 * 1024,
+    "queued.max.messages.kbytes": 32 * 1024,
 }
 
 
