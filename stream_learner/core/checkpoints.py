@@ -744,7 +744,7 @@ class LogStore:
         payload bytes only of snapshots whose header ``want`` accepts, when given (see
         the module docstring); the writer learns every key's slots either way."""
         catalog = Catalog(self._scan(timeout), signing_key=self._signing_key, want=want)
-        self._slots = catalog._slot_states()
+        self._slots = catalog._states  # the writer's now: the catalog never reads them again
         self._position = catalog.records_read
         return catalog
 

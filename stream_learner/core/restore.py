@@ -103,17 +103,44 @@ class Reflected:
     (True, False, False)
     """
 
-    __slots__ = ("by_key",)
+    __slots__ = ("by_key", "_tps")
 
     def __init__(self) -> None:
         self.by_key: dict[str, dict[TopicPartition, int]] = {}
+        self._tps: dict[TopicPartition, TopicPartition] = {}  # one tuple each, shared
 
     def __bool__(self) -> bool:
         return bool(self.by_key)
 
     def add(self, key: str, offsets: Mapping[str, Mapping[Any, int]]) -> None:
         """``offsets``: a snapshot header's ``offsets`` (topic -> partition -> next)."""
-        self.by_key[key] = {(t, int(p)): off for t, by in offsets.items() for p, off in by.items()}
+        tps = self._tps
+        self.by_key[key] = {
+            tps.setdefault((t, int(p)), (t, int(p))): off
+            for t, by in offsets.items()
+            for p, off in by.items()
+        }
+
+    def prune(self, starts: Mapping[TopicPartition, int]) -> None:
+        """Forget the positions at or below where their partition starts (``starts``):
+        no record read from there on is below them. A restart of a million restored keys
+        would otherwise keep each key's every position until that key's input passes it
+        (an idle key's, forever).
+
+        >>> r = Reflected()
+        >>> r.add("a", {"ev": {"0": 5}, "ctl": {"0": 0}})
+        >>> r.add("b", {"ev": {"0": 3}})
+        >>> r.prune({("ev", 0): 3, ("ctl", 0): 0})
+        >>> r.by_key
+        {'a': {('ev', 0): 5}}
+        """
+        by_key = self.by_key
+        for key in list(by_key):
+            skip = by_key[key]
+            for tp in [tp for tp, off in skip.items() if off <= starts.get(tp, 0)]:
+                del skip[tp]
+            if not skip:
+                del by_key[key]
 
     def discard(self, key: str) -> None:
         self.by_key.pop(key, None)

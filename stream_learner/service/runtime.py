@@ -848,6 +848,7 @@ class Service:
                     if self.processor.effects:
                         self._effects(self.processor.effects)
             report_restore(plan, self.metrics)
+            self._skip.prune(plan.starts)  # the final starts are never below the plan's
             starts.update(plan.starts)
             # Restored state needs input from its own positions; a partition rebuilt from
             # its log needs none, but its outputs need it from the committed offset on.

@@ -325,6 +325,24 @@ def test_after_a_read_with_want_the_writer_keeps_the_versions_of_unwanted_keys(b
     assert catalog.rejections == []
 
 
+def test_a_headers_only_read_then_fetch_yields_each_chosen_snapshot_whole(backend):
+    """A restart's two passes: a read that keeps no bytes, then a second pass that hands
+    over the chosen snapshots (several chunks each), which decode to what was published;
+    a key or version not chosen is not fetched."""
+    store = backend.store()
+    states = {key: _publish(store, [1, 2, 3], key=key) for key in ("a", "b", "c")}
+    catalog = backend.store().read(want=lambda header: False)
+    assert catalog.payload_bytes == 0 and catalog.keys() == ["a", "b", "c"]
+    chosen = {"a": catalog.candidates("a")[0], "c": catalog.candidates("c")[-1]}
+    assert (chosen["a"].model_version, chosen["c"].model_version) == (3, 1)
+    fetched = {}
+    for info, payload in backend.store().fetch(chosen):
+        fetched[info.key] = catalog.decode(info, payload)
+    assert sorted(fetched) == ["a", "c"]
+    assert fetched["a"][1] == states["a"][3] and fetched["c"][1] == states["c"][1]
+    assert fetched["a"][0]["chunk_count"] > 1 and catalog.rejections == []
+
+
 def test_a_snapshot_whose_bytes_were_dropped_is_still_checked(backend):
     """A corrupt chunk written in order is caught by the checksum fed as chunks stream by;
     one rewritten later cannot be: that snapshot is listed ``unverified`` and kept."""
