@@ -594,6 +594,12 @@ class Catalog:
             )
         return None
 
+    def forget(self, key: str) -> None:
+        """Drop what this catalog holds of ``key``'s snapshots (the writer's view of its
+        slots stays): a restore of a million keys lets go of each as it is adopted."""
+        for info in self._infos.pop(key, ()):
+            self._payloads.pop((key, info.slot), None)
+
     def records(self) -> dict[str, dict]:
         """The service's JSON records, by the key given to ``publish_record``."""
         return dict(self._records)

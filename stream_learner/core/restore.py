@@ -296,7 +296,9 @@ def plan_restore(
     yields each with its payload (:meth:`~stream_learner.core.checkpoints.LogStore.fetch`).
     Each key's candidates are tried in :meth:`~Catalog.load`'s order, a pass per round of
     failures (a payload that does not decode is rare), and keys are adopted in the order
-    their payloads arrive.
+    their payloads arrive. The catalog then forgets each key once it is decided (adopted,
+    another instance's, or starting fresh): it is read for this restore alone, and a
+    million keys' versions need not outlive their adoption.
     """
     owned = sorted(set(owned))
     records = catalog.records()
@@ -338,6 +340,8 @@ def plan_restore(
         extra, found = header.get("extra", {}), header.get("lineage", "")
         partition = extra.get("partition")
         if partition not in owned or extra.get("events_topic") != events_topic:
+            if fetch is not None:
+                catalog.forget(key)
             continue
         if found != lineage:
             if extra.get("adopted_from") != lineage:
@@ -353,6 +357,8 @@ def plan_restore(
                         },
                     )
                 )
+                if fetch is not None:
+                    catalog.forget(key)
                 continue
             # The key adopted another lineage while the config still names the one it
             # replaced: the adoption stands.
@@ -391,6 +397,7 @@ def plan_restore(
             if loaded is not None:
                 take(info.key, chosen[info.key], *loaded)
                 del wanted[info.key]
+                catalog.forget(info.key)
         tried = {key: tried[key] + 1 for key in wanted}
     rejections = tuple(catalog.rejections)
     for rejection in rejections:

@@ -322,3 +322,4 @@ def test_a_fetched_snapshot_that_does_not_decode_falls_back_to_the_next_one_in_a
     ]
     assert plan.starts[EVENTS, 0] == 4 and plan.lost == frozenset()
     assert _same(plan) == _same(_plan(store, [0]))
+    assert catalog.keys() == []  # each key forgotten once adopted: read for this alone
