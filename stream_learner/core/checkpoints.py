@@ -635,7 +635,7 @@ def _fetch(
 ) -> Iterator[tuple[VersionInfo, bytes]]:
     """:meth:`LogStore.fetch` over ``log``."""
     pieces: dict[str, dict[int, bytes]] = {}  # model key -> chunk index -> payload slice
-    done: set[str] = set()
+    done: set[str] = set()  # yielded and still chosen (a caller drops what it adopted)
     for record_key, value in log:
         if value is None:
             continue
@@ -660,8 +660,9 @@ def _fetch(
             continue
         del pieces[model_key]
         payload = join_pieces((identity, index, part) for index, part in got.items())
-        done.add(model_key)
         yield info, payload
+        if model_key in chosen:  # a copy further on in a log not compacted yet: not again
+            done.add(model_key)
 
 
 # --------------------------------------------------------------------------- stores
