@@ -39,7 +39,7 @@ from results_file import write  # noqa: E402
 from stream_learner.kafka.client import client_config, resolve_bootstrap  # noqa: E402
 from stream_learner.kafka.sink import KafkaSink  # noqa: E402
 from stream_learner.kafka.topics import apply, default_topics_file, load_topics, plan  # noqa: E402
-from tests.service.helpers import ServiceProcess, write_config  # noqa: E402
+from tests.service.helpers import ServiceProcess, wait_until, write_config  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "restart_keys.json"
 
@@ -67,10 +67,7 @@ def run_to_ready(config: Path, log: Path, expect_restored: int | None) -> dict:
     started = time.monotonic()
     service = ServiceProcess(config, log)
     try:
-        while not service.ready():
-            if time.monotonic() - started > 1800:
-                raise SystemExit(f"no ready within 30 minutes: see {log}")
-            time.sleep(0.1)
+        wait_until(service.ready, 1800, f"ready (see {log})", interval=0.1)
         ready_s = time.monotonic() - started
         peak = peak_mb(service.proc.pid)
         restored = service.sample("stream_learner_checkpoints_total", result="restored")

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT))
 from stream_learner.kafka.client import client_config, resolve_bootstrap  # noqa: E402
 from stream_learner.kafka.sink import KafkaSink  # noqa: E402
 from stream_learner.kafka.topics import apply, default_topics_file, load_topics, plan  # noqa: E402
-from tests.service.helpers import ServiceProcess, write_config  # noqa: E402
+from tests.service.helpers import ServiceProcess, wait_until, write_config  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results" / "restart_time.json"
 KEYS = ("a", "b", "c", "d")
@@ -77,10 +77,7 @@ def first_run(bootstrap: str, admin, n: int) -> dict:
     first = ServiceProcess(config, tmp / "first.log")
     started = time.monotonic()
     try:
-        while not first.ready():
-            if time.monotonic() - started > 1800:
-                raise SystemExit("the first run did not catch up within 30 minutes")
-            time.sleep(0.5)
+        wait_until(first.ready, 1800, "the first run to catch up", interval=0.5)
         learn_s = time.monotonic() - started
         first.proc.send_signal(signal.SIGTERM)
         assert first.wait(120) == 0
@@ -105,10 +102,7 @@ def timed_start(config: Path, log: Path) -> tuple[float, float, float]:
     started = time.monotonic()
     service = ServiceProcess(config, log)
     try:
-        while not service.ready():
-            if time.monotonic() - started > 300:
-                raise SystemExit(f"no ready within 300 s: see {log}")
-            time.sleep(0.02)
+        wait_until(service.ready, 300, f"ready (see {log})", interval=0.02)
         ready_s = time.monotonic() - started
         restored = service.sample("stream_learner_checkpoints_total", result="restored")
         service.proc.send_signal(signal.SIGTERM)
@@ -138,11 +132,7 @@ def kill_restart(run: dict, i: int, config: Path, out: dict) -> None:
     victim_log = run["tmp"] / f"victim-{out['name']}-{i}.log"
     victim = ServiceProcess(config, victim_log)
     try:
-        started = time.monotonic()
-        while not victim.ready():
-            if time.monotonic() - started > 300:
-                raise SystemExit(f"no ready within 300 s: see {victim_log}")
-            time.sleep(0.05)
+        wait_until(victim.ready, 300, f"ready (see {victim_log})", interval=0.05)
         victim.proc.send_signal(signal.SIGKILL)
         victim.wait(30)
     finally:
