@@ -609,9 +609,6 @@ class Catalog:
         """Snapshot payload bytes this catalog holds (what :meth:`load` can unpickle)."""
         return sum(len(payload) for payload in self._payloads.values())
 
-    def _slot_states(self) -> dict[str, dict[int, _SlotState]]:
-        return {key: dict(slots) for key, slots in self._states.items()}
-
 
 def _streamed_checksum(header: Mapping[str, Any], pieces: list[_Entry], run: _Run | None) -> bool:
     """Check size and SHA-256 of a snapshot whose bytes were dropped: ``True`` when they

@@ -302,7 +302,7 @@ def test_a_read_with_want_keeps_the_bytes_of_wanted_keys_only(backend):
     for key in "abc":
         assert _listing(catalog, key) == _listing(full, key)
         assert [i.valid for i in catalog.versions(key)] == [True, True, True]
-    assert catalog._slot_states() == full._slot_states()
+    assert catalog._states == full._states
     assert catalog.rejections == full.rejections == []
     with pytest.raises(LookupError, match="'a' was not wanted"):
         catalog.load("a")
@@ -364,7 +364,7 @@ def test_a_snapshot_whose_bytes_were_dropped_is_still_checked(backend):
             (2, False, "checksum_mismatch")
         ]
         assert [(r.key, r.reason) for r in read.rejections] == [("a", "checksum_mismatch")]
-        assert read._slot_states()["a"][0].complete is False  # broken: the writer reuses it
+        assert read._states["a"][0].complete is False  # broken: the writer reuses it
     b = catalog.versions("b")[0].header["payload_size"]
     assert catalog.payload_bytes == b and catalog.load("b")[1] == states[1]
 
@@ -375,7 +375,7 @@ def test_a_snapshot_whose_bytes_were_dropped_is_still_checked(backend):
     assert [(i.valid, i.reason) for i in full.versions("a")] == [(True, None)]
     assert [(i.valid, i.reason) for i in catalog.versions("a")] == [(False, "unverified")]
     assert catalog.rejections == full.rejections == []  # not refused: not examined
-    assert catalog._slot_states() == full._slot_states()  # complete: never overwritten on a guess
+    assert catalog._states == full._states  # complete: never overwritten on a guess
     assert catalog.load("b")[1] == states[1]
 
 
@@ -421,7 +421,7 @@ def test_a_catalog_holds_the_bytes_of_wanted_keys_only_while_the_log_streams_by(
     assert peak < kept + full.payload_bytes / 4
     for k in range(keys):
         assert _listing(catalog, f"k{k:02d}") == _listing(full, f"k{k:02d}")
-    assert catalog._slot_states() == full._slot_states() and catalog.rejections == []
+    assert catalog._states == full._states and catalog.rejections == []
     assert catalog.load(wanted[0])[1]["blob"] and catalog.records_read == keys * versions * 3
 
 
