@@ -100,19 +100,55 @@ REASONS = (
 )
 
 
-@dataclass(slots=True, frozen=True)
-class Event:
-    """One decoded input event; ``y`` is ``None`` for a prediction request."""
+# The shapes msgspec accepts on the fast path. Integers are bounded to int64: orjson reads a
+# wider one as a float (or, up to 2**64, as an int), and the precise path has the last word.
+_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+_Value = float | _Int | str | bool
+_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
+_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
+_Name = Annotated[str, msgspec.Meta(max_length=MAX_FEATURE_NAME_CHARS)]
+_X = Annotated[dict[_Name, _Value], msgspec.Meta(max_length=MAX_FEATURES)]
 
-    id: str
-    key: str
-    x: dict[str, float | str | bool]
-    y: float | int | str | bool | None = None
-    ts: float | None = None
+
+class Event(msgspec.Struct, frozen=True, gc=False):
+    """One decoded input event; ``y`` is ``None`` for a prediction request.
+
+    A msgspec struct, so that a message decodes straight into it in one C pass (a second
+    object, filled field by field, cost more than the parse). The annotations are therefore
+    the message's shapes: the decoder turns an int or ISO ``ts`` into float seconds and
+    refuses an event without ``x`` (the default only lets msgspec pass it to the precise
+    path), so a decoded event has a ``key``, an ``x`` and a float or no ``ts``. Not tracked
+    by the garbage collector: it refers to its features, never back to itself.
+    """
+
+    id: _Id
+    key: _Key = DEFAULT_KEY
+    x: _X = None  # type: ignore[assignment]  # see above: never None once decoded
+    y: _Value | None = None
+    ts: float | _Int | str | None = None
 
     @property
     def labelled(self) -> bool:
         return self.y is not None
+
+    def __setstate__(self, state: list) -> None:
+        # Snapshots written while Event was a frozen dataclass pickled it as a bare object
+        # and then its field values; decode_snapshot rebuilds those through LegacyEvent.
+        for name, value in zip(self.__struct_fields__, state, strict=True):
+            _force_setattr(self, name, value)
+
+
+# The decoder fills a new event's key and time in place (nobody else holds it yet).
+_force_setattr = msgspec.structs.force_setattr
+
+
+class LegacyEvent:
+    """``Event`` as an old snapshot names it: a dataclass pickle makes a bare object, then
+    sets its fields (:meth:`Event.__setstate__`); a struct cannot be made bare, so this
+    hands over an empty event for the fields to fill. Calling it makes an event."""
+
+    def __new__(cls, *fields: Any) -> Event:  # type: ignore[misc]
+        return Event(*fields) if fields else Event("-")
 
 
 @dataclass(slots=True, frozen=True)
@@ -262,14 +298,6 @@ def _long_name(x: dict, max_name: int) -> bool:
     return any(len(name) > max_name for name in x)
 
 
-# Frozen dataclasses assign fields through object.__setattr__, which costs about 0.4 us per
-# event here; setting the slots directly builds the same object in half the time.
-_new = object.__new__
-_set_id, _set_key, _set_x, _set_y, _set_ts = (
-    Event.__dict__[f].__set__ for f in ("id", "key", "x", "y", "ts")
-)
-
-
 def _event(
     obj: dict, max_features: int = MAX_FEATURES, max_name: int = MAX_FEATURE_NAME_CHARS
 ) -> Event:
@@ -301,42 +329,30 @@ def _event(
     y = obj.get("y")
     if y is not None:
         y = _y(y)
-    ev = _new(Event)
-    _set_id(ev, id_)
-    _set_key(ev, key)
-    _set_x(ev, x)
-    _set_y(ev, y)
-    _set_ts(ev, ts)
-    return ev
+    return Event(id_, key, x, y, ts)
 
 
 _set_label_key, _set_label_ts = (Label.__dict__[f].__set__ for f in ("key", "ts"))
 
-# The shapes msgspec accepts on the fast path. Integers are bounded to int64: orjson reads a
-# wider one as a float (or, up to 2**64, as an int), and the precise path has the last word.
-_Int = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
-_Value = float | _Int | str | bool
-_Id = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_ID_CHARS)]
-_Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
+_decode_event = msgspec.json.Decoder(Event).decode
 
 
 @functools.cache
-def _wire_event_decoder(max_features: int, max_name: int) -> Callable[[bytes], Any]:
-    """msgspec's decoder of events within these bounds (one per pair of bounds)."""
-    name = Annotated[str, msgspec.Meta(max_length=max_name)]
-    x = Annotated[dict[name, _Value], msgspec.Meta(max_length=max_features)]
-    wire = msgspec.defstruct(
-        "_WireEvent",
-        [
-            ("id", _Id),
-            ("x", x),  # a null feature is the precise path's to drop
-            ("key", _Key | None, None),
-            ("y", _Value | None, None),
-            ("ts", float | _Int | str | None, None),
-        ],
-        gc=False,
-    )
-    return msgspec.json.Decoder(wire).decode
+def _wire_event_decoder(max_features: int, max_name: int) -> Callable[[bytes], Event]:
+    """msgspec's decoder of events within these bounds (one per pair of bounds). Event's
+    own annotations hold the default bounds; under other bounds an event beyond them is
+    the precise path's to judge (refused here, or past looser bounds refused by msgspec)."""
+    if (max_features, max_name) == (MAX_FEATURES, MAX_FEATURE_NAME_CHARS):
+        return _decode_event
+
+    def decode(raw: bytes) -> Event:
+        event = _decode_event(raw)
+        x = event.x
+        if x is not None and (len(x) > max_features or _long_name(x, max_name)):
+            raise msgspec.ValidationError("beyond the decoder's bounds")
+        return event
+
+    return decode
 
 
 class _WireLabel(msgspec.Struct, gc=False):
@@ -346,7 +362,6 @@ class _WireLabel(msgspec.Struct, gc=False):
     ts: float | _Int | str | None = None
 
 
-_wire_event = _wire_event_decoder(MAX_FEATURES, MAX_FEATURE_NAME_CHARS)
 _wire_label = msgspec.json.Decoder(_WireLabel).decode
 # Malformed JSON and ValidationError alike; msgspec raises RecursionError for nesting deeper
 # than it will follow, where orjson refuses the message (not_json).
@@ -380,24 +395,51 @@ def _wire(raw: bytes, max_bytes: int, decode: Callable[[bytes], Any]) -> Any:
     return wire
 
 
-def _fast_event(
-    raw: bytes,
+def _event_path(
     max_bytes: int,
     precise: Callable[[dict], Any] = _event,
-    wire_event: Callable[[bytes], Any] = _wire_event,
-) -> Any:
-    """An event, through msgspec when it can; ``precise`` decides what msgspec refused (both
-    with the same bounds on features)."""
-    wire = _wire(raw, max_bytes, wire_event)
-    if wire is None:
-        return precise(_parse(raw, max_bytes))
-    ev = _new(Event)
-    _set_id(ev, wire.id)
-    _set_key(ev, wire.key)
-    _set_x(ev, wire.x)
-    _set_y(ev, wire.y)
-    _set_ts(ev, wire.ts)
-    return ev
+    decode: Callable[[bytes], Event] = _decode_event,
+    route: tuple[dict[bytes, str], Callable[[bytes, str], str]] | None = None,
+) -> Callable[[bytes | None, bytes | None, int | None], Any]:
+    """``event(value, raw_key, timestamp_ms)``: a message's event, straight from msgspec
+    when it can; ``precise`` decides what msgspec refused or passed without ``x`` (both
+    with the same bounds on features). With ``route`` (the decoder's cache of message keys
+    and its :meth:`RecordDecoder.key`) the message key routes the event. A closure: its
+    settings are read as cells, the cheapest reads per message (this is the hot path)."""
+    known, key_of = route or ({}, None)
+
+    def event(value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Any:
+        if value is None:
+            raise DecodeError("not_json", "the message has no value (a tombstone)")
+        if len(value) > max_bytes:
+            raise DecodeError("payload_too_large", f"{len(value)} bytes; the limit is {max_bytes}")
+        try:
+            ev = decode(value)
+        except _Refused:
+            ev = precise(_parse(value, max_bytes))
+        else:
+            if ev.x is None:
+                ev = precise(_parse(value, max_bytes))
+            else:
+                declared = ev.key
+                if declared is not DEFAULT_KEY and not declared.isprintable():
+                    _key({"key": declared})  # raises bad_key
+                ts = ev.ts
+                if ts is not None and type(ts) is not float:
+                    _force_setattr(ev, "ts", _wire_ts(ts))
+        if raw_key is not None:
+            declared = ev.key
+            key = known.get(raw_key)  # the common case: cached, and the same
+            if key != declared:
+                if key is None or declared != DEFAULT_KEY:
+                    key = key_of(raw_key, declared)  # not cached yet, or a mismatch to report
+                if key != declared:
+                    _force_setattr(ev, "key", key)
+        if timestamp_ms is not None and ev.ts is None:
+            _force_setattr(ev, "ts", timestamp_ms / 1000.0)
+        return ev
+
+    return event
 
 
 def _fast_label(raw: bytes, max_bytes: int) -> Label:
@@ -438,12 +480,17 @@ class RecordDecoder:
         self.max_bytes = max_bytes
         self.max_features = max_features
         self.max_name_chars = max_name_chars
-        self._wire_event = _wire_event_decoder(max_features, max_name_chars)
-        self._precise = functools.partial(
-            _event, max_features=max_features, max_name=max_name_chars
-        )
         self._keys: dict[bytes, str] = {}  # message key bytes -> str, bounded
         self._max_keys = max_keys
+        precise = functools.partial(_event, max_features=max_features, max_name=max_name_chars)
+        #: ``event(value, raw_key, timestamp_ms)``: a message's event (built per decoder as
+        #: a closure over its bounds and key cache: see :func:`_event_path`).
+        self.event = _event_path(
+            max_bytes,
+            precise,
+            _wire_event_decoder(max_features, max_name_chars),
+            (self._keys, self.key),
+        )
 
     def key(self, raw: bytes | None, declared: str) -> str:
         """The model key of a message whose body names ``declared`` (a command's too)."""
@@ -472,21 +519,6 @@ class RecordDecoder:
             return cmd
         key = self.key(raw_key, cmd.key)
         return cmd if key == cmd.key else dataclasses.replace(cmd, key=key)
-
-    def event(self, value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Event:
-        if value is None:
-            raise DecodeError("not_json", "the message has no value (a tombstone)")
-        event = _fast_event(value, self.max_bytes, self._precise, self._wire_event)
-        declared = event.key
-        key = declared if raw_key is None else self._keys.get(raw_key)  # the common case
-        if key != declared:
-            if key is None or declared != DEFAULT_KEY:
-                key = self.key(raw_key, declared)  # not cached yet, or a mismatch to report
-            if key != declared:
-                _set_key(event, key)
-        if event.ts is None and timestamp_ms is not None:
-            _set_ts(event, timestamp_ms / 1000.0)
-        return event
 
     def label(self, value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Label:
         if value is None:
@@ -522,7 +554,7 @@ def decode_event(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     ...
     stream_learner.errors.DecodeError: x_not_object: x: value is a list; expected an object
     """
-    return _fast_event(raw, max_bytes)
+    return _module_path(max_bytes, False)(raw, None, None)
 
 
 def decode_label(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Label:
@@ -536,7 +568,12 @@ def decode_label(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Label:
 
 def decode(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event | Label:
     """Decode a message that may be an event (has ``x``) or a delayed label (``id`` + ``y``)."""
-    return _fast_event(raw, max_bytes, _event_or_label)
+    return _module_path(max_bytes, True)(raw, None, None)
+
+
+@functools.cache
+def _module_path(max_bytes: int, either: bool) -> Callable[[bytes, None, None], Any]:
+    return _event_path(max_bytes, _event_or_label if either else _event)
 
 
 def _event_or_label(obj: dict) -> Event | Label:

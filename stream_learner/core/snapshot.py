@@ -41,6 +41,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import io
 import os
 import pickle
 import re
@@ -54,6 +55,7 @@ from typing import Any
 import orjson
 
 from stream_learner.core import pickling
+from stream_learner.core.events import LegacyEvent
 from stream_learner.errors import ConfigError, SnapshotError
 
 __all__ = [
@@ -413,6 +415,21 @@ def decode_snapshot(header: Mapping[str, Any], payload: bytes, signing_key: byte
     """Verify (see :func:`verify_snapshot`), then decompress and unpickle the state."""
     verify_snapshot(header, payload, signing_key)
     try:
-        return pickle.loads(zlib.decompress(payload))
+        raw = zlib.decompress(payload)
+        try:
+            return pickle.loads(raw)
+        except pickle.UnpicklingError:
+            return _Legacy(io.BytesIO(raw)).load()  # written by an older stream-learner
     except Exception as exc:  # any failure of a verified payload: report, never crash the caller
         raise SnapshotRejected("undecodable", f"{type(exc).__name__}: {exc}") from None
+
+
+class _Legacy(pickle.Unpickler):
+    """Reads snapshots whose pickles name classes as an older release made them: an
+    ``Event`` pickled while it was a dataclass (a bare object, then its fields), which the
+    struct it is now cannot be made from. Only tried when the standard load fails."""
+
+    def find_class(self, module: str, name: str) -> Any:
+        if (module, name) == ("stream_learner.core.events", "Event"):
+            return LegacyEvent
+        return super().find_class(module, name)

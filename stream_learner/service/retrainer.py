@@ -48,15 +48,13 @@ def _run(job: RetrainJob | tuple) -> RetrainResult:
 
 
 # A job travels to the worker pickled, and pickling runs in the service's process, holding
-# the interpreter lock that ingestion needs. Thousands of frozen, slotted Events pickle
-# through a Python-level method each (~15 ms a job); the same data as plain tuples pickles
-# in C in a fifth of that. The packing knows the fields of Example and Event: should they
+# the interpreter lock that ingestion needs. Thousands of Examples and Events pickle
+# through a reduction each (~11 ms for 5,000); the same data as plain tuples pickles in C in
+# a ninth of that. The packing knows the fields of Example and Event: should they
 # change, jobs are pickled as they are (slower, still correct).
 _EXAMPLE_FIELDS = ("index", "event", "y_pred", "proba")
 _EVENT_FIELDS = ("id", "key", "x", "y", "ts")
-_PACKABLE = Example._fields == _EXAMPLE_FIELDS and (
-    tuple(f.name for f in dataclasses.fields(Event)) == _EVENT_FIELDS
-)
+_PACKABLE = Example._fields == _EXAMPLE_FIELDS and Event.__struct_fields__ == _EVENT_FIELDS
 
 
 def _pack(job: RetrainJob) -> tuple | RetrainJob:

@@ -429,6 +429,18 @@ def test_both_paths_bound_features_alike() -> None:
     assert decode_event(three).x == {"a": 1, "b": 2, "c": 3}  # the defaults: far from it
 
 
+def test_bounds_looser_than_the_defaults_accept_what_the_defaults_refuse() -> None:
+    """Event's own annotations hold the default bounds; past them msgspec refuses and the
+    precise path judges under the decoder's looser bounds."""
+    many = {f"f{i}": 1 for i in range(MAX_FEATURES + 1)}
+    long = {"n" * (MAX_FEATURE_NAME_CHARS + 1): 1.5}
+    loose = RecordDecoder(max_features=MAX_FEATURES + 1, max_name_chars=MAX_FEATURE_NAME_CHARS + 1)
+    for x in (many, long):
+        raw = _dumps({"id": "e1", "x": x})
+        assert loose.event(raw, b"k", 1_000).x == x
+        assert _outcome(lambda r: RecordDecoder().event(r, b"k", 1_000), raw)[0] == "refused"
+
+
 def test_the_fast_path_decodes_every_label_as_the_precise_path_does() -> None:
     precise = lambda raw: events._label(events._parse(raw, MAX_EVENT_BYTES))  # noqa: E731
     raws = _messages(id=_IDS, key=_KEYS, ts=_TS, y=_YS) + _RAW_EDGES

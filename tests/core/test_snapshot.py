@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import pickle
 import random
 import zlib
 from pathlib import Path
@@ -12,6 +13,7 @@ import jsonschema
 import numpy as np
 import pytest
 
+from stream_learner.core.events import Event
 from stream_learner.core.snapshot import (
     CODEC,
     FORMAT_VERSION,
@@ -262,6 +264,32 @@ def test_a_verified_payload_that_cannot_be_unpickled_is_undecodable():
     forged = {**header, "payload_size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     forged["signature"] = sign_header(forged, KEY)  # a legitimate writer, an unreadable state
     assert _rejected(forged, payload) == "undecodable"
+
+
+# What the release before events became msgspec structs (cdb5cc9) pickled for two events:
+# a frozen dataclass pickles as a bare object, then its field values.
+_DATACLASS_EVENTS = bytes.fromhex(
+    "80059589000000000000005d94288c1a73747265616d5f6c6561726e65722e636f72652e6576656e7473"
+    "948c054576656e749493942981945d94288c026531948c056672617564947d94288c06616d6f756e7494"
+    "4740290000000000008c0463697479948c044c796f6e947588473ff8000000000000656268032981945d"
+    "94288c0265329468077d9468094b03734e4e6562652e"
+)
+
+
+def test_a_snapshot_holding_events_pickled_as_dataclasses_still_decodes():
+    header, _ = assemble(_encode())
+    payload = zlib.compress(_DATACLASS_EVENTS)
+    signed = {**header, "payload_size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
+    signed["signature"] = sign_header(signed, KEY)
+    with pytest.raises(pickle.UnpicklingError):
+        pickle.loads(_DATACLASS_EVENTS)  # a struct cannot be made bare: the fallback is needed
+    state = decode_snapshot(signed, payload, KEY)
+    assert state == [
+        Event("e1", "fraud", {"amount": 12.5, "city": "Lyon"}, True, 1.5),
+        Event("e2", "fraud", {"amount": 3}),
+    ]
+    assert all(type(event) is Event for event in state)
+    assert pickle.loads(pickle.dumps(state)) == state  # and they pickle as structs from now on
 
 
 def test_unserialisable_metadata_or_state_is_an_error_at_encode_time():
