@@ -42,7 +42,7 @@ from __future__ import annotations
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -397,7 +397,7 @@ class Service:
         return True, f"{len(self.source.assignment)} partitions, {len(self.learners)} keys"
 
     # -- the hot path -------------------------------------------------------------------
-    def process(self, records: Iterable[Record]) -> int:
+    def process(self, records: list[Record]) -> int:
         """Route a batch of records through the processor; returns how many were handled
         (all of them: what does not fit goes to the dead-letter topic)."""
         events, labels, control = self.topics.events, self.topics.labels, self.topics.control
@@ -406,51 +406,59 @@ class Service:
         positions = self.positions
         touched, counts = self._touched, self._counts
         skipping = self._skip.by_key  # keys restored mid-way through their input; mostly empty
-        n = 0
         replay = self._replay
-        for rec in records:
-            n += 1
-            # Unpacked once: a Record's fields read by name cost a descriptor call each.
-            topic, partition, offset, raw_key, value, timestamp_ms = rec
-            positions[topic, partition] = offset + 1
-            if replay:
-                self._emit = self._replaying(rec)
-            try:
-                if topic == events:
-                    event = decode_event(value, raw_key, timestamp_ms)
-                    if skipping and self._known(event.key, rec):
-                        continue
-                    out = proc.event(event, partition)
-                    if out is PAUSED:
-                        counts["paused"] += 1
-                    else:
-                        touched.add(event.key)
-                        if event.y is None:
-                            self._predicted(event, out)
+        # Per event, locals: a key is added to `touched` when it differs from the event's
+        # before (an effect may take it out: after one, the next event adds it again).
+        last_key, learned = None, 0
+        try:
+            for rec in records:
+                # Unpacked once: a Record's fields read by name cost a descriptor call each.
+                topic, partition, offset, raw_key, value, timestamp_ms = rec
+                positions[topic, partition] = offset + 1
+                if replay:
+                    self._emit = self._replaying(rec)
+                try:
+                    if topic == events:
+                        event = decode_event(value, raw_key, timestamp_ms)
+                        key = event.key
+                        if skipping and self._known(key, rec):
+                            continue
+                        out = proc.event(event, partition)
+                        if out is PAUSED:
+                            counts["paused"] += 1
                         else:
-                            self._learned += 1
-                elif topic == labels:
-                    label = self.decoder.label(value, raw_key, timestamp_ms)
-                    if skipping and self._known(label.key, rec):
-                        continue
-                    out = proc.label(label, partition)
-                    if out is PAUSED:
-                        counts["paused"] += 1
-                    else:
-                        touched.add(label.key)
-                        if out is not None:
-                            counts["learned"] += 1
-                elif topic == control:
-                    cmd = self.decoder.command(value, raw_key)
-                    skip = (lambda key, rec=rec: self._known(key, rec)) if skipping else None
-                    proc.command(cmd, partition, skip=skip)
-            except DecodeError as exc:
-                self.dead_letter(rec, exc.reason, exc.detail)
-            if effects:
-                self._effects(effects)
+                            if key is not last_key:
+                                touched.add(key)
+                                last_key = key
+                            if event.y is None:
+                                self._predicted(event, out)
+                            else:
+                                learned += 1
+                    elif topic == labels:
+                        label = self.decoder.label(value, raw_key, timestamp_ms)
+                        if skipping and self._known(label.key, rec):
+                            continue
+                        out = proc.label(label, partition)
+                        if out is PAUSED:
+                            counts["paused"] += 1
+                        else:
+                            touched.add(label.key)
+                            if out is not None:
+                                counts["learned"] += 1
+                    elif topic == control:
+                        cmd = self.decoder.command(value, raw_key)
+                        skip = (lambda key, rec=rec: self._known(key, rec)) if skipping else None
+                        proc.command(cmd, partition, skip=skip)
+                except DecodeError as exc:
+                    self.dead_letter(rec, exc.reason, exc.detail)
+                if effects:
+                    self._effects(effects)
+                    last_key = None
+        finally:
+            self._learned += learned
         self._emit = True
         self.consumed.update(positions)
-        return n
+        return len(records)
 
     def _replaying(self, rec: Record) -> bool:
         """Whether outputs of ``rec`` are due: not when they were delivered before a crash."""
