@@ -294,3 +294,49 @@ def test_lag_read_from_a_source_when_scraped():
     assert partition_lag({**stats, "committed_offset": -1001}) == 105
     assert partition_lag({"hi_offset": 0, "ls_offset": 0, "lo_offset": 0}) == 0
     assert partition_lag({"hi_offset": -1001, "ls_offset": -1001}) is None
+
+
+class _Reported:
+    """What report_key reads of a learner: its scores, its race and its joiner's counts."""
+
+    def __init__(self, i: int) -> None:
+        self.scores = {"accuracy": i / 10, "accuracy_rolling": i / 20}
+        self.race = (i % 3, i / 7)
+        self.joined, self.unmatched, self.expired = i, i // 2, i // 3
+        self.evaluator, self.joiner = self, self
+
+    def values(self) -> dict[str, float]:
+        return self.scores
+
+    def race_status(self) -> tuple[int, float]:
+        return self.race
+
+
+def _samples(registry: CollectorRegistry) -> dict:
+    """Every sample but the ``_created`` times (when each registry made its counters)."""
+    return {
+        (s.name, tuple(sorted(s.labels.items()))): s.value
+        for family in registry.collect()
+        for s in family.samples
+        if not s.name.endswith("_created")
+    }
+
+
+def test_reporting_keys_together_leaves_what_reporting_each_in_turn_does(clock) -> None:
+    """Keys folded into __other__ write its gauges once, with the last one's values."""
+    one, together = CollectorRegistry(), CollectorRegistry()
+    each = ServiceMetrics(one, max_keys=3, clock=clock)
+    batch = ServiceMetrics(together, max_keys=3, clock=clock)
+    joins_each: dict = {}
+    joins_batch: dict = {}
+    batches = [["a", "d", "b", "e", "c", "f"], ["f", "a", "g"], ["e", "d"], ["b"]]
+    for n, keys in enumerate(batches):
+        reported = [(key, _Reported(n * 10 + i)) for i, key in enumerate(keys)]
+        for key, learner in reported:
+            each.report_key(key, learner, joins_each)
+        batch.report_keys(reported, joins_batch)
+        assert _samples(together) == _samples(one)
+        assert joins_batch == joins_each
+    # a, d and b took the three labels; "e" (batch 3, its first key: 20) was the last folded.
+    assert value(together, "stream_learner_race_candidates", key=OTHER_KEY) == 20 % 3
+    assert value(together, "stream_learner_keys_overflow_total") == 4.0

@@ -295,11 +295,9 @@ class FaustLearner:
         for outcome, n in self._counts.items():
             m.count_events(outcome, n)
         self._counts.clear()
-        for key in self._touched:
-            learner = learners.get(key)
-            if learner is None:
-                continue
-            m.report_key(key, learner, self._joins)
+        m.report_keys(
+            ((key, learners[key]) for key in self._touched if key in learners), self._joins
+        )
         self._touched.clear()
 
     def lag(self) -> dict[tuple[str, int], int]:

@@ -546,7 +546,7 @@ class Service:
         """A key left memory: its metrics as it left (the batch's report cannot see it),
         and its state is the evicted-key store's to write now, not a round's."""
         if key in self._touched:
-            self._report_key(key, learner)
+            self.metrics.report_key(key, learner, self._joins)
             self._touched.discard(key)
         self.dirty.discard(key)
         self._renewed.pop(key, None)
@@ -711,10 +711,10 @@ class Service:
             m.count_events("dead_lettered", n)
             m.count_dead_letters(reason, n)
         self._dead.clear()
-        for key in self._touched:
-            learner = self.learners.get(key)
-            if learner is not None:
-                self._report_key(key, learner)
+        learners = self.learners
+        m.report_keys(
+            ((key, learners[key]) for key in self._touched if key in learners), self._joins
+        )
         self._touched.clear()
         m.set_keys(len(self.learners), len(self.processor.evicted))
         for (topic, partition), lag in list(self.source.lag.items()):
@@ -722,9 +722,6 @@ class Service:
         m.set_assigned_partitions(len(self.source.assignment))
         ready, _ = self.readiness()
         m.set_ready(ready)
-
-    def _report_key(self, key: str, learner: Learner) -> None:
-        self.metrics.report_key(key, learner, self._joins)
 
     # -- checkpoints --------------------------------------------------------------------
     def _positions(self, partition: int) -> dict[str, dict[int, int]]:
