@@ -441,6 +441,17 @@ def test_bounds_looser_than_the_defaults_accept_what_the_defaults_refuse() -> No
         assert _outcome(lambda r: RecordDecoder().event(r, b"k", 1_000), raw)[0] == "refused"
 
 
+def test_a_feature_name_is_one_string_across_messages() -> None:
+    """Each message's names are the same str objects (msgspec's cache of short keys), so a
+    model's dict lookups find their hashes made; a bound on the names turned it off."""
+    raw = b'{"id": "e1", "x": {"amount": 1.5, "merchant_category": "food"}}'
+    first, second = (RecordDecoder().event(raw, b"k", None) for _ in range(2))
+    assert first.x == second.x
+    assert all(a is b for a, b in zip(first.x, second.x, strict=True))
+    strict = RecordDecoder(max_name_chars=len("merchant_category") - 1)
+    assert _reason(lambda r: strict.event(r, b"k", None), raw).reason == "feature_name_too_long"
+
+
 def test_the_fast_path_decodes_every_label_as_the_precise_path_does() -> None:
     precise = lambda raw: events._label(events._parse(raw, MAX_EVENT_BYTES))  # noqa: E731
     raws = _messages(id=_IDS, key=_KEYS, ts=_TS, y=_YS) + _RAW_EDGES
