@@ -430,8 +430,9 @@ def test_both_paths_bound_features_alike() -> None:
 
 
 def test_bounds_looser_than_the_defaults_accept_what_the_defaults_refuse() -> None:
-    """Event's own annotations hold the default bounds; past them msgspec refuses and the
-    precise path judges under the decoder's looser bounds."""
+    """Event's annotation holds the default bound on features (past it msgspec refuses and
+    the precise path judges) and the event path the bound on names: a looser decoder
+    accepts what the defaults refuse."""
     many = {f"f{i}": 1 for i in range(MAX_FEATURES + 1)}
     long = {"n" * (MAX_FEATURE_NAME_CHARS + 1): 1.5}
     loose = RecordDecoder(max_features=MAX_FEATURES + 1, max_name_chars=MAX_FEATURE_NAME_CHARS + 1)
