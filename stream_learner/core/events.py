@@ -436,12 +436,13 @@ def _event_path(
                     _force_setattr(ev, "ts", _wire_ts(ts))
         if raw_key is not None:
             declared = ev.key
-            key = known.get(raw_key)  # the common case: cached, and the same
-            if key != declared:
-                if key is None or declared != DEFAULT_KEY:
+            key = known.get(raw_key)  # the common case: cached, and equal to the declared
+            if key is not declared:
+                if key is None or (key != declared and declared != DEFAULT_KEY):
                     key = key_of(raw_key, declared)  # not cached yet, or a mismatch to report
-                if key != declared:
-                    _force_setattr(ev, "key", key)
+                # The cached string, even when equal: the batch's and the processor's dicts
+                # and sets then find their keys by identity, hashed once.
+                _force_setattr(ev, "key", key)
         if timestamp_ms is not None and ev.ts is None:
             _force_setattr(ev, "ts", timestamp_ms / 1000.0)
         return ev

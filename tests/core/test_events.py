@@ -444,11 +444,17 @@ def test_bounds_looser_than_the_defaults_accept_what_the_defaults_refuse() -> No
 
 def test_a_feature_name_is_one_string_across_messages() -> None:
     """Each message's names are the same str objects (msgspec's cache of short keys), so a
-    model's dict lookups find their hashes made; a bound on the names turned it off."""
+    model's dict lookups find their hashes made; a bound on the names turned it off. The
+    model key likewise."""
     raw = b'{"id": "e1", "x": {"amount": 1.5, "merchant_category": "food"}}'
     first, second = (RecordDecoder().event(raw, b"k", None) for _ in range(2))
     assert first.x == second.x
     assert all(a is b for a, b in zip(first.x, second.x, strict=True))
+    # The routed key is the decoder's cached string, also when the message names it too.
+    decoder = RecordDecoder()
+    routed = decoder.event(raw, b"merchant-42", None).key
+    declared = b'{"id": "e2", "key": "merchant-42", "x": {"amount": 1.5}}'
+    assert decoder.event(declared, b"merchant-42", None).key is routed == "merchant-42"
     strict = RecordDecoder(max_name_chars=len("merchant_category") - 1)
     assert _reason(lambda r: strict.event(r, b"k", None), raw).reason == "feature_name_too_long"
 
