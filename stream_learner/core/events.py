@@ -42,7 +42,6 @@ import dataclasses
 import functools
 import math
 from collections.abc import Callable
-from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Annotated, Any
 
@@ -110,7 +109,7 @@ _Key = Annotated[str, msgspec.Meta(min_length=1, max_length=MAX_KEY_CHARS)]
 # characters) rather than a new one per message, so every dict lookup of the name in the
 # model and its detectors finds its hash made and the key itself (1 us of ~18 per event,
 # scaler+LR on three features). A constraint on the names would turn that cache off: their
-# length is checked by the event path (_event_path) instead.
+# length is checked by the event path (_message_path) instead.
 _X = Annotated[dict[str, _Value], msgspec.Meta(max_length=MAX_FEATURES)]
 
 
@@ -136,33 +135,50 @@ class Event(msgspec.Struct, frozen=True, gc=False):
         return self.y is not None
 
     def __setstate__(self, state: list) -> None:
-        # Snapshots written while Event was a frozen dataclass pickled it as a bare object
-        # and then its field values; decode_snapshot rebuilds those through LegacyEvent.
-        for name, value in zip(self.__struct_fields__, state, strict=True):
-            _force_setattr(self, name, value)
+        _fill(self, state)
 
 
-# The decoder fills a new event's key and time in place (nobody else holds it yet).
+class Label(msgspec.Struct, frozen=True, gc=False):
+    """A label that arrives after its event; joined to the event by ``id``.
+
+    A msgspec struct, like :class:`Event` and for the same reason: a label message decodes
+    straight into it. ``y``'s default only lets msgspec pass a message without one to the
+    precise path, which refuses it (``missing_y``): a decoded label has a ``y``.
+    """
+
+    id: _Id
+    key: _Key = DEFAULT_KEY
+    y: _Value = None  # type: ignore[assignment]  # see above: never None once decoded
+    ts: float | _Int | str | None = None
+
+    def __setstate__(self, state: list) -> None:
+        _fill(self, state)
+
+
+# The decoder fills a new message's key and time in place (nobody else holds it yet).
 _force_setattr = msgspec.structs.force_setattr
 
 
-class LegacyEvent:
-    """``Event`` as an old snapshot names it: a dataclass pickle makes a bare object, then
-    sets its fields (:meth:`Event.__setstate__`); a struct cannot be made bare, so this
-    hands over an empty event for the fields to fill. Calling it makes an event."""
-
-    def __new__(cls, *fields: Any) -> Event:  # type: ignore[misc]
-        return Event(*fields) if fields else Event("-")
+def _fill(struct: Any, state: list) -> None:
+    # Snapshots written while Event and Label were frozen dataclasses pickled each as a
+    # bare object and then its field values; decode_snapshot rebuilds those through LEGACY.
+    for name, value in zip(struct.__struct_fields__, state, strict=True):
+        _force_setattr(struct, name, value)
 
 
-@dataclass(slots=True, frozen=True)
-class Label:
-    """A label that arrives after its event; joined to the event by ``id``."""
+def _pickled_before(struct: type) -> type:
+    """``struct`` as an old snapshot names it: a dataclass pickle makes a bare object, then
+    sets its fields (``__setstate__``); a struct cannot be made bare, so this hands over
+    one with a placeholder id for the fields to fill. Calling it makes a ``struct``."""
 
-    id: str
-    key: str
-    y: float | int | str | bool
-    ts: float | None = None
+    def __new__(cls: type, *fields: Any) -> Any:
+        return struct(*fields) if fields else struct("-")
+
+    return type(f"Legacy{struct.__name__}", (), {"__new__": __new__})
+
+
+#: The classes an older release pickled as frozen dataclasses, by name, as they load now.
+LEGACY = {cls.__name__: _pickled_before(cls) for cls in (Event, Label)}
 
 
 def _type_name(v: object) -> str:
@@ -336,9 +352,8 @@ def _event(
     return Event(id_, key, x, y, ts)
 
 
-_set_label_key, _set_label_ts = (Label.__dict__[f].__set__ for f in ("key", "ts"))
-
 _decode_event = msgspec.json.Decoder(Event).decode
+_decode_label = msgspec.json.Decoder(Label).decode
 
 
 @functools.cache
@@ -358,14 +373,6 @@ def _wire_event_decoder(max_features: int) -> Callable[[bytes], Event]:
     return decode
 
 
-class _WireLabel(msgspec.Struct, gc=False):
-    id: _Id
-    y: _Value
-    key: _Key | None = None
-    ts: float | _Int | str | None = None
-
-
-_wire_label = msgspec.json.Decoder(_WireLabel).decode
 # Malformed JSON and ValidationError alike; msgspec raises RecursionError for nesting deeper
 # than it will follow, where orjson refuses the message (not_json).
 _Refused = (msgspec.DecodeError, RecursionError)
@@ -378,43 +385,25 @@ def _wire_ts(ts: int | str) -> float:
     return _ts({"ts": ts})
 
 
-def _wire(raw: bytes, max_bytes: int, decode: Callable[[bytes], Any]) -> Any:
-    """msgspec's reading of ``raw`` with ``key`` and ``ts`` final, or ``None`` when it refuses
-    the message (the precise path then decides)."""
-    if len(raw) > max_bytes:
-        raise DecodeError("payload_too_large", f"{len(raw)} bytes; the limit is {max_bytes}")
-    try:
-        wire = decode(raw)
-    except _Refused:
-        return None
-    key = wire.key
-    if key is None:
-        wire.key = DEFAULT_KEY
-    elif not key.isprintable():
-        _key({"key": key})  # raises bad_key
-    ts = wire.ts
-    if ts is not None and type(ts) is not float:
-        wire.ts = _wire_ts(ts)
-    return wire
-
-
-def _event_path(
+def _message_path(
     max_bytes: int,
     precise: Callable[[dict], Any] = _event,
-    decode: Callable[[bytes], Event] = _decode_event,
+    decode: Callable[[bytes], Any] = _decode_event,
     route: tuple[dict[bytes, str], Callable[[bytes, str], str]] | None = None,
-    max_name: int = MAX_FEATURE_NAME_CHARS,
+    max_name: int | None = MAX_FEATURE_NAME_CHARS,
 ) -> Callable[[bytes | None, bytes | None, int | None], Any]:
-    """``event(value, raw_key, timestamp_ms)``: a message's event, straight from msgspec
-    when it can; ``precise`` decides what msgspec refused, passed without ``x`` or with a
-    feature name longer than ``max_name`` (both with the same bounds on features). Names
-    are measured only in a message longer than ``max_name`` bytes: a shorter one cannot
-    hold such a name. With ``route`` (the decoder's cache of message keys and its
-    :meth:`RecordDecoder.key`) the message key routes the event. A closure: its settings
-    are read as cells, the cheapest reads per message (this is the hot path)."""
+    """``message(value, raw_key, timestamp_ms)``: a message's event (or, with
+    ``max_name=None``, its label), straight from msgspec when it can; ``precise`` decides
+    what msgspec refused or passed without its ``x`` (a label: its ``y``), and an event
+    with a feature name longer than ``max_name`` (both paths with the same bounds on
+    features). Names are measured only in a message longer than ``max_name`` bytes: a
+    shorter one cannot hold such a name. With ``route`` (the decoder's cache of message
+    keys and its :meth:`RecordDecoder.key`) the message key routes it. A closure: its
+    settings are read as cells, the cheapest reads per message (this is the hot path)."""
     known, key_of = route or ({}, None)
+    events = max_name is not None
 
-    def event(value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Any:
+    def message(value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Any:
         if value is None:
             raise DecodeError("not_json", "the message has no value (a tombstone)")
         if len(value) > max_bytes:
@@ -424,8 +413,15 @@ def _event_path(
         except _Refused:
             ev = precise(_parse(value, max_bytes))
         else:
-            x = ev.x
-            if x is None or (len(value) > max_name and max(map(len, x), default=0) > max_name):
+            if events:
+                x = ev.x
+                if x is None:
+                    refused = True
+                else:
+                    refused = len(value) > max_name and max(map(len, x), default=0) > max_name
+            else:
+                refused = ev.y is None
+            if refused:
                 ev = precise(_parse(value, max_bytes))
             else:
                 declared = ev.key
@@ -447,14 +443,7 @@ def _event_path(
             _force_setattr(ev, "ts", timestamp_ms / 1000.0)
         return ev
 
-    return event
-
-
-def _fast_label(raw: bytes, max_bytes: int) -> Label:
-    wire = _wire(raw, max_bytes, _wire_label)
-    if wire is None:
-        return _label(_parse(raw, max_bytes))
-    return Label(wire.id, wire.key, wire.y, wire.ts)
+    return message
 
 
 class RecordDecoder:
@@ -491,15 +480,14 @@ class RecordDecoder:
         self._keys: dict[bytes, str] = {}  # message key bytes -> str, bounded
         self._max_keys = max_keys
         precise = functools.partial(_event, max_features=max_features, max_name=max_name_chars)
-        #: ``event(value, raw_key, timestamp_ms)``: a message's event (built per decoder as
-        #: a closure over its bounds and key cache: see :func:`_event_path`).
-        self.event = _event_path(
-            max_bytes,
-            precise,
-            _wire_event_decoder(max_features),
-            (self._keys, self.key),
-            max_name_chars,
+        route = (self._keys, self.key)
+        #: ``event(value, raw_key, timestamp_ms)``: a message's event, and ``label(...)``
+        #: its label (each built per decoder as a closure over its bounds and key cache:
+        #: see :func:`_message_path`).
+        self.event = _message_path(
+            max_bytes, precise, _wire_event_decoder(max_features), route, max_name_chars
         )
+        self.label = _message_path(max_bytes, _label, _decode_label, route, None)
 
     def key(self, raw: bytes | None, declared: str) -> str:
         """The model key of a message whose body names ``declared`` (a command's too)."""
@@ -529,17 +517,6 @@ class RecordDecoder:
         key = self.key(raw_key, cmd.key)
         return cmd if key == cmd.key else dataclasses.replace(cmd, key=key)
 
-    def label(self, value: bytes | None, raw_key: bytes | None, timestamp_ms: int | None) -> Label:
-        if value is None:
-            raise DecodeError("not_json", "the message has no value (a tombstone)")
-        label = _fast_label(value, self.max_bytes)
-        key = self.key(raw_key, label.key)
-        if key != label.key:
-            _set_label_key(label, key)
-        if label.ts is None and timestamp_ms is not None:
-            _set_label_ts(label, timestamp_ms / 1000.0)
-        return label
-
 
 def _floats(x: dict) -> list[float]:
     return [v for v in x.values() if type(v) is float]
@@ -563,7 +540,7 @@ def decode_event(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event:
     ...
     stream_learner.errors.DecodeError: x_not_object: x: value is a list; expected an object
     """
-    return _module_path(max_bytes, False)(raw, None, None)
+    return _module_path(max_bytes, "event")(raw, None, None)
 
 
 def decode_label(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Label:
@@ -572,17 +549,20 @@ def decode_label(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Label:
     >>> decode_label(b'{"id": "e1", "y": 0, "ts": "2024-01-01T00:00:00Z"}')
     Label(id='e1', key='default', y=0, ts=1704067200.0)
     """
-    return _fast_label(raw, max_bytes)
+    return _module_path(max_bytes, "label")(raw, None, None)
 
 
 def decode(raw: bytes, *, max_bytes: int = MAX_EVENT_BYTES) -> Event | Label:
     """Decode a message that may be an event (has ``x``) or a delayed label (``id`` + ``y``)."""
-    return _module_path(max_bytes, True)(raw, None, None)
+    return _module_path(max_bytes, "either")(raw, None, None)
 
 
 @functools.cache
-def _module_path(max_bytes: int, either: bool) -> Callable[[bytes, None, None], Any]:
-    return _event_path(max_bytes, _event_or_label if either else _event)
+def _module_path(max_bytes: int, kind: str) -> Callable[[bytes, None, None], Any]:
+    """The module functions' paths: an ``event``, a ``label``, or ``either``."""
+    if kind == "label":
+        return _message_path(max_bytes, _label, _decode_label, max_name=None)
+    return _message_path(max_bytes, _event_or_label if kind == "either" else _event)
 
 
 def _event_or_label(obj: dict) -> Event | Label:

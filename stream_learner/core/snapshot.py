@@ -55,7 +55,7 @@ from typing import Any
 import orjson
 
 from stream_learner.core import pickling
-from stream_learner.core.events import LegacyEvent
+from stream_learner.core.events import LEGACY
 from stream_learner.errors import ConfigError, SnapshotError
 
 __all__ = [
@@ -426,10 +426,11 @@ def decode_snapshot(header: Mapping[str, Any], payload: bytes, signing_key: byte
 
 class _Legacy(pickle.Unpickler):
     """Reads snapshots whose pickles name classes as an older release made them: an
-    ``Event`` pickled while it was a dataclass (a bare object, then its fields), which the
-    struct it is now cannot be made from. Only tried when the standard load fails."""
+    ``Event`` or a ``Label`` pickled while it was a dataclass (a bare object, then its
+    fields), which the struct it is now cannot be made from. Only tried when the standard
+    load fails."""
 
     def find_class(self, module: str, name: str) -> Any:
-        if (module, name) == ("stream_learner.core.events", "Event"):
-            return LegacyEvent
+        if module == "stream_learner.core.events" and name in LEGACY:
+            return LEGACY[name]
         return super().find_class(module, name)

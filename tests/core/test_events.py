@@ -455,6 +455,8 @@ def test_a_feature_name_is_one_string_across_messages() -> None:
     routed = decoder.event(raw, b"merchant-42", None).key
     declared = b'{"id": "e2", "key": "merchant-42", "x": {"amount": 1.5}}'
     assert decoder.event(declared, b"merchant-42", None).key is routed == "merchant-42"
+    label = b'{"id": "e2", "key": "merchant-42", "y": true}'
+    assert decoder.label(label, b"merchant-42", None).key is routed
     strict = RecordDecoder(max_name_chars=len("merchant_category") - 1)
     assert _reason(lambda r: strict.event(r, b"k", None), raw).reason == "feature_name_too_long"
 

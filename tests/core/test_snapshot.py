@@ -13,7 +13,7 @@ import jsonschema
 import numpy as np
 import pytest
 
-from stream_learner.core.events import Event
+from stream_learner.core.events import Event, Label
 from stream_learner.core.snapshot import (
     CODEC,
     FORMAT_VERSION,
@@ -276,19 +276,43 @@ _DATACLASS_EVENTS = bytes.fromhex(
 )
 
 
-def test_a_snapshot_holding_events_pickled_as_dataclasses_still_decodes():
+# ... and for two labels (parked by a joiner), by the release before labels became structs.
+_DATACLASS_LABELS = bytes.fromhex(
+    "8005955f000000000000005d94288c1a73747265616d5f6c6561726e65722e636f72652e6576656e7473"
+    "948c054c6162656c9493942981945d94288c026531948c0566726175649488473ff80000000000006562"
+    "68032981945d94288c0265329468074b004e6562652e"
+)
+
+
+def _signed(pickled: bytes) -> tuple[dict, bytes]:
     header, _ = assemble(_encode())
-    payload = zlib.compress(_DATACLASS_EVENTS)
+    payload = zlib.compress(pickled)
     signed = {**header, "payload_size": len(payload), "sha256": hashlib.sha256(payload).hexdigest()}
     signed["signature"] = sign_header(signed, KEY)
+    return signed, payload
+
+
+@pytest.mark.parametrize(
+    ("pickled", "expected"),
+    [
+        (
+            _DATACLASS_EVENTS,
+            [
+                Event("e1", "fraud", {"amount": 12.5, "city": "Lyon"}, True, 1.5),
+                Event("e2", "fraud", {"amount": 3}),
+            ],
+        ),
+        (_DATACLASS_LABELS, [Label("e1", "fraud", True, 1.5), Label("e2", "fraud", 0)]),
+    ],
+)
+def test_a_snapshot_holding_events_or_labels_pickled_as_dataclasses_still_decodes(
+    pickled, expected
+):
     with pytest.raises(pickle.UnpicklingError):
-        pickle.loads(_DATACLASS_EVENTS)  # a struct cannot be made bare: the fallback is needed
-    state = decode_snapshot(signed, payload, KEY)
-    assert state == [
-        Event("e1", "fraud", {"amount": 12.5, "city": "Lyon"}, True, 1.5),
-        Event("e2", "fraud", {"amount": 3}),
-    ]
-    assert all(type(event) is Event for event in state)
+        pickle.loads(pickled)  # a struct cannot be made bare: the fallback is needed
+    state = decode_snapshot(*_signed(pickled), KEY)
+    assert state == expected
+    assert all(type(got) is type(want) for got, want in zip(state, expected, strict=True))
     assert pickle.loads(pickle.dumps(state)) == state  # and they pickle as structs from now on
 
 
