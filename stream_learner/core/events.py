@@ -415,13 +415,11 @@ def _message_path(
         else:
             if events:
                 x = ev.x
-                if x is None:
-                    refused = True
-                else:
-                    refused = len(value) > max_name and max(map(len, x), default=0) > max_name
-            else:
-                refused = ev.y is None
-            if refused:
+                if x is None or (len(value) > max_name and max(map(len, x), default=0) > max_name):
+                    ev = None  # the precise path's to judge
+            elif ev.y is None:
+                ev = None
+            if ev is None:
                 ev = precise(_parse(value, max_bytes))
             else:
                 declared = ev.key
