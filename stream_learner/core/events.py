@@ -315,7 +315,7 @@ def _x(
 
 
 def _long_name(x: dict, max_name: int) -> bool:
-    return any(len(name) > max_name for name in x)
+    return max(map(len, x), default=0) > max_name  # C loops: no generator frame per name
 
 
 def _event(
@@ -415,7 +415,7 @@ def _message_path(
         else:
             if events:
                 x = ev.x
-                if x is None or (len(value) > max_name and max(map(len, x), default=0) > max_name):
+                if x is None or (len(value) > max_name and _long_name(x, max_name)):
                     ev = None  # the precise path's to judge
             elif ev.y is None:
                 ev = None

@@ -401,14 +401,14 @@ class Service:
         """Route a batch of records through the processor; returns how many were handled
         (all of them: what does not fit goes to the dead-letter topic)."""
         events, labels, control = self.topics.events, self.topics.labels, self.topics.control
-        proc, decode_event = self.processor, self.decoder.event
+        proc, decode_event, decode_label = self.processor, self.decoder.event, self.decoder.label
         effects = proc.effects
         positions = self.positions
         touched, counts = self._touched, self._counts
         skipping = self._skip.by_key  # keys restored mid-way through their input; mostly empty
         replay = self._replay
-        # Per event, locals: a key is added to `touched` when it differs from the event's
-        # before (an effect may take it out: after one, the next event adds it again).
+        # Per input, locals: a key is added to `touched` when it differs from the input's
+        # before (an effect may take it out: after one, the next input adds it again).
         last_key, learned = None, 0
         try:
             for rec in records:
@@ -435,14 +435,17 @@ class Service:
                             else:
                                 learned += 1
                     elif topic == labels:
-                        label = self.decoder.label(value, raw_key, timestamp_ms)
-                        if skipping and self._known(label.key, rec):
+                        label = decode_label(value, raw_key, timestamp_ms)
+                        key = label.key
+                        if skipping and self._known(key, rec):
                             continue
                         out = proc.label(label, partition)
                         if out is PAUSED:
                             counts["paused"] += 1
                         else:
-                            touched.add(label.key)
+                            if key is not last_key:
+                                touched.add(key)
+                                last_key = key
                             if out is not None:
                                 counts["learned"] += 1
                     elif topic == control:
