@@ -383,13 +383,14 @@ def plan_restore(
                 take(key, partition, *loaded)
         else:
             chosen[key] = partition
-    tried = dict.fromkeys(chosen, 0)  # candidates of each key tried so far
-    while tried:
+    pending: Iterable[str] = chosen  # keys whose first `tried` candidates all failed
+    tried = 0
+    while pending:
         wanted: dict[str, VersionInfo] = {}
-        for key, n in tried.items():
+        for key in pending:
             candidates = catalog.candidates(key)
-            if n < len(candidates):
-                wanted[key] = candidates[n]
+            if tried < len(candidates):
+                wanted[key] = candidates[tried]
             else:
                 lost.add(chosen[key])  # every candidate failed: no valid snapshot
         for info, payload in fetch(wanted) if wanted else ():
@@ -398,7 +399,7 @@ def plan_restore(
                 take(info.key, chosen[info.key], *loaded)
                 del wanted[info.key]
                 catalog.forget(info.key)
-        tried = {key: tried[key] + 1 for key in wanted}
+        pending, tried = list(wanted), tried + 1
     rejections = tuple(catalog.rejections)
     for rejection in rejections:
         notes.append(

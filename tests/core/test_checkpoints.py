@@ -4,10 +4,15 @@ store's behaviour on both the in-memory log and the real topic)."""
 
 from __future__ import annotations
 
+import random
+
+import orjson
 import pytest
 
 from stream_learner.core.checkpoints import (
     STAGING_SLOT,
+    Catalog,
+    LogStore,
     MemoryCheckpointStore,
     _choose_slot,
     _protected,
@@ -16,7 +21,8 @@ from stream_learner.core.checkpoints import (
     manifest_key,
     record_key,
 )
-from stream_learner.core.snapshot import SnapshotMeta
+from stream_learner.core.restore import keep_none
+from stream_learner.core.snapshot import SnapshotMeta, encode_snapshot
 from stream_learner.errors import ConfigError
 
 KEY = b"core-checkpoint-test-key"
@@ -141,3 +147,110 @@ def test_a_writer_that_may_no_longer_write_stops_between_records():
     with pytest.raises(FencedError):
         store.publish_record("round", {"offsets": {}})
     assert read.read().records() == {}
+
+
+class _Uncompacted(LogStore):
+    """A log as a topic holds it before compaction: every record ever written, in order."""
+
+    def __init__(self, log: list, **options) -> None:
+        super().__init__(signing_key=KEY, keep_versions=2, chunk_bytes=1024, **options)
+        self.log = log
+
+    def _write(self, records):
+        self.log.extend(records)
+
+    def _scan(self, timeout):
+        return iter(list(self.log))
+
+
+class _Unsealed(Catalog):
+    """Every slot judged once the log has ended, as before slots were sealed."""
+
+    def _seal(self, where, content):
+        return None
+
+
+def _history(seed: int) -> list:
+    """Publishes of three keys into an uncompacted log, with crashes mid-publish (a fresh
+    writer reads the log after each), duplicates, tombstones, garbage and tampering."""
+    rng = random.Random(seed)
+    log: list = []
+    store = _Uncompacted(log)
+    for _ in range(40):
+        roll = rng.random()
+        key = rng.choice(["a", "b", "c"])
+        if roll < 0.55 or not log:
+            size = rng.choice([10, 3000])  # one chunk, or several of 1,024 bytes
+            meta = SnapshotMeta(
+                key=key,
+                lineage="l1",
+                model_version=rng.randint(1, 3),
+                trigger="t",
+                created=float(len(log)),
+                offsets={"ev": {"0": len(log)}},
+                extra={"partition": rng.randint(0, 1)},
+            )
+            before = len(log)
+            store.publish({"blob": rng.randbytes(size)}, meta, staged=rng.random() < 0.1)
+            if rng.random() < 0.2:  # a crash part way: what was written after is lost
+                del log[rng.randint(before, len(log) - 1) :]
+                store = _Uncompacted(log)
+        elif roll < 0.7:
+            log.append(rng.choice(log))  # a record delivered again later
+        elif roll < 0.8:
+            log.append((rng.choice(log)[0], None))
+        elif roll < 0.9:
+            record_key, value = rng.choice(log)
+            if value:
+                flipped = bytearray(value)
+                flipped[-1] ^= 1  # a payload (or a manifest) byte changed
+                log.append((record_key, bytes(flipped)))
+        elif roll < 0.95:
+            log.append((chunk_key(key, rng.randint(0, 2), 0), b"not a chunk"))
+        else:  # a copy under a record key of the same slot the writer never writes
+            record_key, value = rng.choice(log)
+            model_key, slot, tail = record_key.split("\x1f")
+            log.append(("\x1f".join([model_key, "0" + slot.lstrip("-"), tail]), value))
+    return log
+
+
+def _decided(catalog: Catalog) -> tuple:
+    return (
+        catalog._infos,
+        catalog._states,
+        catalog._payloads,
+        catalog._wanted,
+        catalog.rejections,
+        catalog.records(),
+    )
+
+
+def _records(created: float) -> list:
+    """A one-chunk snapshot of one state in slot 0 of key "a": its chunk, its manifest."""
+    meta = SnapshotMeta(key="a", lineage="l1", model_version=1, trigger="t", created=created)
+    (chunk,) = encode_snapshot({"state": 1}, meta, KEY, chunk_bytes=1024)
+    header = {k: v for k, v in chunk.header.items() if k != "chunk_index"}
+    return [(chunk_key("a", 0, 0), chunk.to_bytes()), (manifest_key("a", 0), orjson.dumps(header))]
+
+
+def _edges() -> list:
+    (chunk, manifest), (_, other) = _records(1.0), _records(2.0)
+    return [
+        # The chunk under a record key the writer never writes, then a tombstone of the
+        # key it does write: still whole.
+        [(chunk[0].replace("\x1f0\x1f", "\x1f00\x1f"), chunk[1]), manifest,
+         (chunk[0], None)],
+        # A manifest of the same snapshot written at another time (another header), then
+        # gone: the chunk is described by its own header.
+        [chunk, other, (manifest[0], None)],
+    ]  # fmt: skip
+
+
+@pytest.mark.parametrize("log", [*range(40), *_edges()])
+def test_sealing_slots_as_their_manifests_stream_by_decides_what_judging_at_the_end_does(log):
+    log = _history(log) if isinstance(log, int) else log
+    sealed = Catalog(iter(log), signing_key=KEY)
+    assert _decided(sealed) == _decided(_Unsealed(iter(log), signing_key=KEY))
+    for want in (keep_none, lambda header: header.get("extra", {}).get("partition") == 1):
+        sealed = Catalog(iter(log), signing_key=KEY, want=want)
+        assert _decided(sealed) == _decided(_Unsealed(iter(log), signing_key=KEY, want=want))
