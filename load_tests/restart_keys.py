@@ -65,9 +65,16 @@ def peak_mb(pid: int) -> float:
 def run_to_ready(config: Path, log: Path, expect_restored: int | None) -> dict:
     """Start, wait for ready, read the figures, stop with SIGTERM."""
     started = time.monotonic()
-    service = ServiceProcess(config, log)
+    service = ServiceProcess(config, log, max_seconds=3600)  # a million keys take long
     try:
-        wait_until(service.ready, 1800, f"ready (see {log})", interval=0.1)
+        wait_until(
+            lambda: service.ready() or service.proc.poll() is not None,
+            3000,
+            f"ready (see {log})",
+            interval=0.1,
+        )
+        if service.proc.poll() is not None:
+            raise SystemExit(f"the service stopped before it was ready: see {log}")
         ready_s = time.monotonic() - started
         peak = peak_mb(service.proc.pid)
         restored = service.sample("stream_learner_checkpoints_total", result="restored")

@@ -107,7 +107,9 @@ def produce(bootstrap: str, prefix: str, messages: Iterable[Message]) -> int:
 class ServiceProcess:
     """``stream-learner run`` as a child process; finds its metrics URL in its log."""
 
-    def __init__(self, config: Path, log_path: Path, *, append: bool = False) -> None:
+    def __init__(
+        self, config: Path, log_path: Path, *, append: bool = False, max_seconds: int = 240
+    ) -> None:
         self.log_path = log_path
         self._start = log_path.stat().st_size if append and log_path.exists() else 0
         self._log = open(log_path, "ab" if append else "wb")  # noqa: SIM115 - closed in wait()
@@ -121,7 +123,7 @@ class ServiceProcess:
                 "--config",
                 str(config),
                 "--max-seconds",
-                "240",
+                str(max_seconds),
             ],
             stdout=self._log,
             stderr=subprocess.STDOUT,
