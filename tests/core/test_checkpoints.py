@@ -129,6 +129,33 @@ def test_newest_is_the_furthest_into_the_inputs_so_a_late_stale_write_never_wins
     assert plain.read().load("k")[1] == {"v": 1}
 
 
+def test_positions_that_are_not_numbers_never_make_a_snapshot_the_newest():
+    store = MemoryCheckpointStore(keep_versions=3)  # unsigned: any header is read
+    store.publish({"v": 1}, _at(1, 500))
+    store.publish({"v": 2}, _meta(2))
+    store.publish({"v": 3}, _at(3, 900))
+    slot = store.read().versions("k")[-1].slot
+    for record in (chunk_key("k", slot, 0), manifest_key("k", slot)):  # a foreign writer's
+        store.log[record] = store.log[record].replace(b'{"0":900}', b"9", 1)
+    read = store.read()
+    assert [v.model_version for v in read.versions("k")] == [3, 2, 1]
+    assert read.load("k")[1] == {"v": 1}
+
+
+def test_a_catalog_keeps_each_header_deflated_and_gives_back_the_bytes_written():
+    store = MemoryCheckpointStore(signing_key=KEY)
+    for key in ("a", "b"):
+        store.publish({"v": key}, _meta(1, key))
+    read = store.read()
+    for key in ("a", "b"):
+        (info,) = read.versions(key)
+        assert info.json == store.log[manifest_key(key, info.slot)]
+        assert info.header["key"] == key
+    # Packed against the first manifest: the second key's header is a fraction of itself.
+    (info,) = read.versions("b")
+    assert len(info.raw) < len(info.json) / 2
+
+
 def test_a_writer_that_may_no_longer_write_stops_between_records():
     from stream_learner.errors import FencedError
 
