@@ -306,6 +306,20 @@ class _SlotState:
     indexes: frozenset[int]  # chunk keys present in the slot
 
 
+#: A key's slots as the writer (and a catalog, for it) holds them: ``(slot, state, slot,
+#: state, ...)``, ~60 bytes for one slot against a dict's ~220; a million keys are held
+#: for as long as the service runs.
+Slots = tuple
+
+
+def _slot_map(slots: Slots) -> dict[int, _SlotState]:
+    return dict(zip(slots[::2], slots[1::2], strict=True))
+
+
+def _slots_of(states: Mapping[int, _SlotState]) -> Slots:
+    return tuple(x for item in states.items() for x in item)
+
+
 @dataclass(slots=True)
 class _Piece:
     """A chunk as the catalog keeps it while reading: what judging its slot needs, and its
@@ -403,7 +417,7 @@ class Catalog:
         # restore's catalog holds one per key, most of one version.
         self._infos: dict[str, tuple[VersionInfo, ...]] = {}
         self._payloads: dict[tuple[str, int], bytes] = {}
-        self._states: dict[str, dict[int, _SlotState]] = {}
+        self._states: dict[str, Slots] = {}
         # Compaction: the last value of a record key wins, a tombstone deletes it. Service
         # records and bad keys (small) by record key, snapshot records by slot.
         others: dict[str, tuple[int, dict | Rejection]] = {}
@@ -602,7 +616,7 @@ class Catalog:
     def _file(self, model_key: str, slot: int, verdict: _Verdict) -> None:
         if verdict.wanted:
             self._wanted.add(model_key)
-        self._states.setdefault(model_key, {})[slot] = verdict.state
+        self._states[model_key] = (*self._states.get(model_key, ()), slot, verdict.state)
         if verdict.rejection is not None:
             self.rejections.append(verdict.rejection)
         elif verdict.payload is not None:
@@ -914,7 +928,7 @@ class LogStore:
         self._signing_key = signing_key
         self.keep_versions = keep_versions
         self.chunk_bytes = chunk_bytes
-        self._slots: dict[str, dict[int, _SlotState]] | None = None
+        self._slots: dict[str, Slots] | None = None
         self._position = 0
         #: Asked before every write; ``False`` refuses it with :class:`FencedError`. The
         #: service answers whether it may still be the owner (see service/stall.py), so a
@@ -987,12 +1001,13 @@ class LogStore:
         for chunks in snapshots:
             header = {k: v for k, v in chunks[0].header.items() if k != "chunk_index"}
             key, version = header["key"], header["model_version"]
-            slots = self._slots.setdefault(key, {})
+            slots = _slot_map(self._slots.get(key, ()))
             own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
             slot = STAGING_SLOT if staged else _choose_slot(own, version, self.keep_versions)
             written = _chunk_set(range(len(chunks)))
             leftovers = sorted(slots[slot].indexes - written) if slot in slots else []
             slots[slot] = _SlotState(None, self._tick(), False, _chunk_set([*written, *leftovers]))
+            self._slots[key] = _slots_of(slots)
             chunk_records += [
                 (chunk_key(key, slot, c.header["chunk_index"]), c.to_bytes()) for c in chunks
             ]
@@ -1002,17 +1017,18 @@ class LogStore:
         self._guarded([(manifest_key(key, slot), orjson.dumps(h)) for key, slot, h, _ in placed])
         tombstones: list[tuple[str, bytes | None]] = []
         for key, slot, header, written in placed:
-            slots = self._slots[key]
+            slots = _slot_map(self._slots[key])
             version = header["model_version"]
             slots[slot] = _SlotState(version, self._tick(), True, written)
-            if staged:
-                continue
-            own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
-            kept = _protected(own, version, self.keep_versions)
-            retired = [s for s in own if s not in kept]  # older versions, garbage
-            tombstones += [(manifest_key(key, s), None) for s in retired]
-            for s in retired:
-                tombstones += [(chunk_key(key, s, i), None) for i in sorted(slots.pop(s).indexes)]
+            if not staged:
+                own = {s: held for s, held in slots.items() if s != STAGING_SLOT}
+                kept = _protected(own, version, self.keep_versions)
+                retired = [s for s in own if s not in kept]  # older versions, garbage
+                tombstones += [(manifest_key(key, s), None) for s in retired]
+                for s in retired:
+                    indexes = sorted(slots.pop(s).indexes)
+                    tombstones += [(chunk_key(key, s, i), None) for i in indexes]
+            self._slots[key] = _slots_of(slots)
         if tombstones:
             self._guarded(tombstones)
         return [header for _, _, header, _ in placed]
