@@ -126,10 +126,13 @@ class KeyEvicted(NamedTuple):
 
 
 class KeyReloaded(NamedTuple):
-    """An evicted key was loaded back from the store, before its input is processed."""
+    """An evicted key was loaded back from the store, before its input is processed (the
+    effect may be read after: ``joins`` are its joiner's counts as it came back, what it
+    had when it left)."""
 
     key: str
     learner: Learner
+    joins: tuple[int, int, int]  # joined, unmatched, expired
 
 
 class Drift(NamedTuple):
@@ -503,7 +506,8 @@ class Processor:
         learner = self.learners[key] = state.learner
         if state.paused:
             self.paused.add(key)
-        self.effects.append(KeyReloaded(key, learner))
+        j = learner.joiner
+        self.effects.append(KeyReloaded(key, learner, (j.joined, j.unmatched, j.expired)))
         if self._recent is not None and not (arriving and self._passes(key)):
             self._recent[key] = None
             self._fit(key)

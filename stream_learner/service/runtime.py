@@ -325,6 +325,7 @@ class Service:
         self._counts: Counter[str] = Counter()
         self._learned = 0  # events learned in this batch (the hot path's own counter)
         self._dead: Counter[str] = Counter()
+        # Resident key -> its join counts as last reported (see _evicted_key).
         self._joins: dict[str, tuple[int, int, int]] = {}
         # Checkpointing and restore.
         self.store = store
@@ -541,8 +542,7 @@ class Service:
                 # writes it (or its next eviction does).
                 self.dirty.add(effect.key)
                 self._renewed[effect.key] = effect.learner.learned  # unpickled: new objects
-                j = effect.learner.joiner
-                self._joins.setdefault(effect.key, (j.joined, j.unmatched, j.expired))
+                self._joins[effect.key] = effect.joins
         effects.clear()
 
     def _evicted_key(self, key: str, learner: Learner) -> None:
@@ -553,6 +553,9 @@ class Service:
             self._touched.discard(key)
         self.dirty.discard(key)
         self._renewed.pop(key, None)
+        # Its join counts are reported up to here (they change only while it is touched),
+        # and its state keeps them: they come back with it, not held for a million keys.
+        self._joins.pop(key, None)
 
     def _drift(self, effect: Drift) -> None:
         for s in effect.signals:
