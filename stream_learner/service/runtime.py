@@ -376,7 +376,7 @@ class Service:
             now = self.positions.get((topic, partition))
             if now is not None and now > by[partition]:
                 by[partition] = now
-        for (topic, p), off in self._skip.by_key.get(key, {}).items():
+        for (topic, p), off in self._skip.positions(key).items():
             if p == partition and off > offsets.get(topic, {}).get(p, 0):
                 offsets.setdefault(topic, {})[p] = off
         return self._meta(key, state, partition, "evict", offsets)
