@@ -320,6 +320,25 @@ class CheckpointTier:
         pass  # the topic keeps them: the next owner restores them
 
 
+_FIELD = 1 << 40  # a length or slot below 1 TiB
+
+
+def _packed(at: int, length: int, slot: int) -> int:
+    """A spill file entry's place as one number.
+
+    >>> _unpacked(_packed(3 << 41, 1500, 2048))
+    (6597069766656, 1500, 2048)
+    """
+    return (at * _FIELD + slot) * _FIELD + length
+
+
+def _unpacked(packed: int) -> tuple[int, int, int]:
+    """``(offset, length, slot)`` of :func:`_packed`."""
+    rest, length = divmod(packed, _FIELD)
+    at, slot = divmod(rest, _FIELD)
+    return at, length, slot
+
+
 class SpillFile:
     """A local file as the second tier (a replay, which has no topic), or as the service's
     local copy of what the topic holds: each entry's bytes as they are (a
@@ -344,7 +363,9 @@ class SpillFile:
         os.unlink(path)  # no name: the file goes with the process, however it ends
         self._fd = fd
         self.codec: KeyCodec | _Pickle = _Pickle() if codec is None else codec
-        self.index: dict[str, tuple[int, int, int]] = {}  # key -> (offset, length, slot)
+        # key -> offset, length and slot size in one number (see _packed): ~40 bytes a
+        # key against a tuple's ~150, and the file indexes every evicted key.
+        self.index: dict[str, int] = {}
         self._free: dict[int, list[int]] = {}  # slot size -> offsets of free slots
         self.size = 0  # the file's end
 
@@ -370,10 +391,10 @@ class SpillFile:
                 view = memoryview(data)
                 while done < len(data):
                     done += os.pwrite(fd, view[done:], at + done)
-            index[entry.key] = (at, len(data), slot)
+            index[entry.key] = _packed(at, len(data), slot)
 
     def get(self, key: str) -> object:
-        at, length, _ = self.index[key]  # KeyError is a LookupError
+        at, length, _ = _unpacked(self.index[key])  # KeyError is a LookupError
         data = os.pread(self._fd, length, at)
         while len(data) < length:  # a short read (rare): the rest
             more = os.pread(self._fd, length - len(data), at + len(data))
@@ -390,7 +411,8 @@ class SpillFile:
     def _release(self, key: str) -> None:
         held = self.index.pop(key, None)
         if held is not None:
-            self._free.setdefault(held[2], []).append(held[0])
+            at, _, slot = _unpacked(held)
+            self._free.setdefault(slot, []).append(at)
 
     def close(self) -> None:
         os.close(self._fd)

@@ -17,7 +17,7 @@ from stream_learner.core.policy import PolicyConfig
 from stream_learner.core.retrain import RetrainConfig
 from stream_learner.core.snapshot import SnapshotMeta
 from stream_learner.errors import ConfigError
-from stream_learner.keystore import CheckpointTier, EvictedKeys, SpillFile
+from stream_learner.keystore import CheckpointTier, EvictedKeys, SpillFile, _unpacked
 from stream_learner.replay import read_history, replay, resolve_policy
 from stream_learner.synth import demo_messages
 
@@ -259,7 +259,8 @@ def test_with_a_codec_the_cache_and_file_keep_its_bytes_and_the_topic_standard_s
     keys = EvictedKeys(spill, _meta, cache_bytes=0, codec=codec)
     keys.save("k0", 0, state)
     with pytest.raises(pickle.UnpicklingError):  # the file holds the codec's bytes
-        pickle.loads(os.pread(spill._fd, spill.index["k0"][1], spill.index["k0"][0]))
+        at, length, _ = _unpacked(spill.index["k0"])
+        pickle.loads(os.pread(spill._fd, length, at))
     assert keys.load("k0").learner.spec is learner.spec
     spill.close()
 
