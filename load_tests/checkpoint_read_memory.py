@@ -7,7 +7,9 @@ service's do), then reads it back three ways, ``--rounds`` times interleaved:
 
 * ``full``: ``read()``, what ``checkpoints list`` and the replay CLI do;
 * ``partition``: ``read(want=...)`` of one partition's keys, what a restore does;
-* ``key``: ``read(want=...)`` of one key, what a rollback command does.
+* ``key``: ``read(want=...)`` of one key, what a rollback command does;
+* ``headers``: ``read(want=keep_none)``, the first of a restart's two passes (each key's
+  snapshot is chosen from it, its bytes fetched in a second pass).
 
 Each is read from the store's log as it is (``shared``: values allocated before tracing,
 not counted) and ``streamed``: a fresh copy of each value, handed over one at a time the
@@ -32,6 +34,7 @@ import tracemalloc
 from pathlib import Path
 
 from stream_learner.core.checkpoints import MemoryCheckpointStore
+from stream_learner.core.restore import keep_none
 from stream_learner.core.snapshot import SnapshotMeta
 
 RESULTS = Path(__file__).parent / "results" / "checkpoint_read_memory.json"
@@ -89,6 +92,7 @@ def main() -> None:
             h["extra"].get("partition") == 0 and h["extra"].get("events_topic") == "events"
         ),
         "key": lambda h: h["key"] == "model-0",
+        "headers": keep_none,
     }
     shared = MemoryCheckpointStore(signing_key=store._signing_key, keep_versions=args.versions)
     shared.log = store.log
@@ -107,8 +111,10 @@ def main() -> None:
             for name in ("peak_mb", "kept_mb", "seconds")
         }
         peaks = [round(f["peak_mb"], 1) for f in figures]
+        summary[mode]["peak_bytes_per_key"] = round(summary[mode]["peak_mb"] * MB / args.keys)
         print(
-            f"{mode:>18}: peak {summary[mode]['peak_mb']:7.1f} MB (runs {peaks}), "
+            f"{mode:>18}: peak {summary[mode]['peak_mb']:7.1f} MB (runs {peaks}; "
+            f"{summary[mode]['peak_bytes_per_key']:,} B a key), "
             f"kept {summary[mode]['kept_mb']:7.1f} MB, read {summary[mode]['seconds']:.2f} s"
         )
     result = {
