@@ -363,8 +363,9 @@ class SpillFile:
         os.unlink(path)  # no name: the file goes with the process, however it ends
         self._fd = fd
         self.codec: KeyCodec | _Pickle = _Pickle() if codec is None else codec
-        # key -> offset, length and slot size in one number (see _packed): ~40 bytes a
-        # key against a tuple's ~150, and the file indexes every evicted key.
+        # key -> offset, length and slot size in one number (see _packed): 137 bytes a
+        # key with its name and dict entry against a tuple's 221, and the file indexes
+        # every evicted key.
         self.index: dict[str, int] = {}
         self._free: dict[int, list[int]] = {}  # slot size -> offsets of free slots
         self.size = 0  # the file's end
