@@ -667,8 +667,7 @@ class ServiceMetrics:
         self.set_race(key, alive, lead)
 
     def _count_joins(self, key: str, learner: Any, joins: dict[str, tuple[int, int, int]]) -> None:
-        j = learner.joiner
-        now = (j.joined, j.unmatched, j.expired)
+        now = learner.joiner.counts
         before = joins.get(key, (0, 0, 0))
         if now != before:
             for result, b, a in zip(LABEL_RESULTS, before, now, strict=True):

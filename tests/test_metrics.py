@@ -302,7 +302,7 @@ class _Reported:
     def __init__(self, i: int) -> None:
         self.scores = {"accuracy": i / 10, "accuracy_rolling": i / 20}
         self.race = (i % 3, i / 7)
-        self.joined, self.unmatched, self.expired = i, i // 2, i // 3
+        self.counts = (i, i // 2, i // 3)  # the joiner's (joined, unmatched, expired)
         self.evaluator, self.joiner = self, self
 
     def values(self) -> dict[str, float]:

@@ -102,6 +102,11 @@ class LabelJoiner:
         return len(self._parked)
 
     @property
+    def counts(self) -> tuple[int, int, int]:
+        """``(joined, unmatched, expired)``: what the label metrics count from."""
+        return self.joined, self.unmatched, self.expired
+
+    @property
     def pending(self) -> int:
         return len(self._pending)
 

@@ -506,8 +506,7 @@ class Processor:
         learner = self.learners[key] = state.learner
         if state.paused:
             self.paused.add(key)
-        j = learner.joiner
-        self.effects.append(KeyReloaded(key, learner, (j.joined, j.unmatched, j.expired)))
+        self.effects.append(KeyReloaded(key, learner, learner.joiner.counts))
         if self._recent is not None and not (arriving and self._passes(key)):
             self._recent[key] = None
             self._fit(key)

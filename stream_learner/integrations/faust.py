@@ -357,8 +357,7 @@ class FaustLearner:
             learner = restored.state.learner
             self.metrics.set_model(restored.key, learner.version, learner.lineage)
             self.metrics.count_checkpoint("restored")
-            j = learner.joiner
-            self._joins[restored.key] = (j.joined, j.unmatched, j.expired)
+            self._joins[restored.key] = learner.joiner.counts
             log_event(
                 log, "restored", key=restored.key, version=learner.version, index=learner.index
             )

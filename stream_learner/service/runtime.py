@@ -924,7 +924,7 @@ class Service:
             self._effects(self.processor.effects)
         self._skip.add(key, header["offsets"])
         self._renewed[key] = learner.learned  # unpickled: new objects
-        self._joins[key] = (learner.joiner.joined, learner.joiner.unmatched, learner.joiner.expired)
+        self._joins[key] = learner.joiner.counts
         self.metrics.set_model(key, learner.version, learner.lineage)
         self.metrics.count_checkpoint("restored")
         log_event(
