@@ -577,14 +577,14 @@ class Catalog:
         ):
             return None
         return _Sealed(
-            verdict.state,
-            info,
-            verdict.payload,
-            None,
-            verdict.wanted,
-            chunks[0].position,
-            tuple(x for e in chunks for x in (e.position, e.size, e.wanted)),
-            items[-1][1].wanted,
+            state=verdict.state,
+            info=info,
+            payload=verdict.payload,
+            rejection=None,
+            wanted=verdict.wanted,
+            start=chunks[0].position,
+            chunks=tuple(x for e in chunks for x in (e.position, e.size, e.wanted)),
+            manifest_wanted=items[-1][1].wanted,
         )
 
     def _unseal(self, slot: int, sealed: _Sealed) -> _Slot:
